@@ -1,0 +1,168 @@
+//! Node configuration: TOML file, then `CATGA_*` environment variables, then
+//! command-line flags, each overriding the one before.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::nats::NatsConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// Everything a node needs; the TOML file has the same shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Node name, reported as `server_name`; defaults to the server id.
+    pub name: String,
+    /// Where the node keeps its files.
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub nats: NatsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            data_dir: PathBuf::from("./catga-data"),
+            log_format: LogFormat::Human,
+            nats: NatsConfig::default(),
+        }
+    }
+}
+
+/// Flags of `catga run`. Each also reads `CATGA_<FLAG>` from the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "CATGA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Node name.
+    #[arg(long, env = "CATGA_NAME")]
+    pub name: Option<String>,
+    /// Data directory.
+    #[arg(long, env = "CATGA_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// NATS client listener address (port 0 picks a free port).
+    #[arg(long, env = "CATGA_NATS", value_name = "ADDR")]
+    pub nats: Option<String>,
+    /// Log format (level comes from RUST_LOG).
+    #[arg(long, env = "CATGA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The file named by `--config` (if any) with flags and env applied.
+    pub fn load(args: &RunArgs) -> anyhow::Result<Self> {
+        let mut config = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply(args);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn apply(&mut self, args: &RunArgs) {
+        if let Some(v) = &args.name {
+            self.name = v.clone();
+        }
+        if let Some(v) = &args.data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(v) = &args.nats {
+            self.nats.listen = v.clone();
+        }
+        if let Some(v) = args.log_format {
+            self.log_format = v;
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let n = &self.nats;
+        anyhow::ensure!(n.control_line_bytes_max >= 256, "nats.control_line_bytes_max must be at least 256");
+        anyhow::ensure!(n.payload_bytes_max >= 1, "nats.payload_bytes_max must be at least 1");
+        anyhow::ensure!(n.payload_bytes_max <= 64 * 1024 * 1024, "nats.payload_bytes_max may not exceed 64 MiB");
+        anyhow::ensure!(
+            n.pending_bytes_max >= n.payload_bytes_max,
+            "nats.pending_bytes_max must be at least nats.payload_bytes_max"
+        );
+        anyhow::ensure!(n.connections_max >= 1, "nats.connections_max must be at least 1");
+        anyhow::ensure!(n.ping_interval_ms >= 1, "nats.ping_interval_ms must be at least 1");
+        anyhow::ensure!(n.write_deadline_ms >= 1, "nats.write_deadline_ms must be at least 1");
+        anyhow::ensure!(n.match_cache_entries_max >= 1, "nats.match_cache_entries_max must be at least 1");
+        anyhow::ensure!(
+            n.token.is_none() || n.users.is_empty(),
+            "nats.token and nats.users are exclusive; configure one"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_shape() {
+        let c = Config::from_toml(
+            r#"
+            name = "n1"
+            data_dir = "/tmp/x"
+            [nats]
+            listen = "127.0.0.1:0"
+            payload_bytes_max = 2048
+            subscriptions_max = 10
+            [[nats.users]]
+            user = "a"
+            password = "b"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.name, "n1");
+        assert_eq!(c.nats.payload_bytes_max, 2048);
+        assert_eq!(c.nats.subscriptions_max, 10);
+        assert_eq!(c.nats.users[0].user, "a");
+        assert_eq!(c.nats.control_line_bytes_max, 4096, "unset keys keep defaults");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = Config::from_toml("[nats]\nmax_payload = 1\n").unwrap_err();
+        assert!(e.to_string().contains("max_payload"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let mut c = Config::from_toml("name = \"file\"\n[nats]\nlisten = \"1.2.3.4:1\"\n").unwrap();
+        c.apply(&RunArgs { name: Some("flag".into()), ..Default::default() });
+        assert_eq!(c.name, "flag");
+        assert_eq!(c.nats.listen, "1.2.3.4:1");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = Config::default();
+        c.nats.pending_bytes_max = 10;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("pending_bytes_max"), "{e}");
+    }
+}

@@ -1,0 +1,19 @@
+//! catga-node: the `catga` binary's library.
+//!
+//! ```text
+//! cli ─► config ─► node ─┬─► nats::server ─► nats::client ─┐
+//!                        │                                 ▼
+//!                        └──────────────────────────────► bus (sublist, delivery)
+//! ```
+//!
+//! - [`config`]: TOML file, `CATGA_*` env and flags merged into [`config::Config`].
+//! - [`node`]: starts and stops every listener of one node.
+//! - [`nats`]: the NATS client protocol (parser, INFO/CONNECT, connections).
+//! - [`bus`]: subjects, the subject router and delivery to subscribers; the
+//!   protocol adapters share it.
+
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod nats;
+pub mod node;

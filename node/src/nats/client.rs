@@ -1,0 +1,546 @@
+//! One NATS client connection.
+//!
+//! Two tasks per connection. The read task reads into a buffer, parses every
+//! complete op in it and handles them; messages for subscribers (this
+//! connection's own included) are appended to each subscriber's outbound
+//! buffer, and at the end of the batch each touched subscriber's writer is
+//! woken once. The write task swaps the outbound buffer out under a short
+//! lock and writes it with one `write_all`, so writes coalesce to one per
+//! wake-up however many messages arrived.
+//!
+//! Bounds: the read buffer holds at most one control line plus one payload
+//! (the parser refuses larger ones before they are buffered); the outbound
+//! buffer plus the chunk being written hold at most `pending_bytes_max`,
+//! beyond which the client is closed as a slow consumer; a write that does
+//! not finish within `write_deadline_ms` closes it too.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::parser::{Op, ParseError, Parser, ParserLimits};
+use super::proto::{self, err, ConnectOpts};
+use super::server::ServerShared;
+use super::CloseReason;
+use crate::bus::subject::{is_valid_literal_subject, matches as subject_matches};
+use crate::bus::{Delivered, Msg, Publisher, Sink, Subscription};
+
+/// Read buffer growth step. Large enough that a busy publisher's read
+/// returns many ops at once.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// A write chunk buffer larger than this is not kept for reuse.
+const SPARE_BUFFER_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+struct Outbound {
+    buf: Vec<u8>,
+    /// Bytes handed to the writer and not yet written.
+    inflight: usize,
+    /// Flush what is queued, then close.
+    closing: bool,
+    /// Closed: drop everything.
+    closed: bool,
+}
+
+/// The part of a connection other tasks touch: its outbound side and its
+/// subscriptions.
+pub struct ClientShared {
+    pub id: u64,
+    pub addr: SocketAddr,
+    out: Mutex<Outbound>,
+    wake: Notify,
+    kill: CancellationToken,
+    pending_bytes_max: usize,
+    headers: AtomicBool,
+    close_reason: Mutex<Option<CloseReason>>,
+    subs: Mutex<HashMap<Box<[u8]>, Arc<Subscription>>>,
+    pub out_msgs: AtomicU64,
+    pub out_bytes: AtomicU64,
+}
+
+impl ClientShared {
+    pub fn new(id: u64, addr: SocketAddr, pending_bytes_max: usize) -> Self {
+        Self {
+            id,
+            addr,
+            out: Mutex::new(Outbound { buf: Vec::with_capacity(4096), inflight: 0, closing: false, closed: false }),
+            wake: Notify::new(),
+            kill: CancellationToken::new(),
+            pending_bytes_max,
+            headers: AtomicBool::new(false),
+            close_reason: Mutex::new(None),
+            subs: Mutex::new(HashMap::new()),
+            out_msgs: AtomicU64::new(0),
+            out_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues protocol bytes for this client (replies, errors, INFO).
+    /// Returns false when the client is closed or went over its limit.
+    pub fn queue(&self, bytes: &[u8]) -> bool {
+        let mut out = self.out.lock();
+        if out.closed || out.closing {
+            return false;
+        }
+        if out.buf.len() + out.inflight + bytes.len() > self.pending_bytes_max {
+            drop(out);
+            self.close_now(CloseReason::SlowConsumerPendingBytes);
+            return false;
+        }
+        out.buf.extend_from_slice(bytes);
+        true
+    }
+
+    /// Wakes the writer.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn set_reason(&self, reason: CloseReason) {
+        let mut r = self.close_reason.lock();
+        if r.is_none() {
+            *r = Some(reason);
+        }
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        *self.close_reason.lock()
+    }
+
+    /// Sends what is queued, then closes.
+    pub fn close_after_flush(&self, reason: CloseReason) {
+        self.set_reason(reason);
+        self.out.lock().closing = true;
+        self.wake.notify_one();
+    }
+
+    /// Closes at once, dropping anything queued.
+    pub fn close_now(&self, reason: CloseReason) {
+        self.set_reason(reason);
+        {
+            let mut out = self.out.lock();
+            out.closed = true;
+            out.buf = Vec::new();
+        }
+        self.kill.cancel();
+        self.wake.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.kill.is_cancelled()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subs.lock().len()
+    }
+}
+
+impl Sink for ClientShared {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn deliver(&self, sub: &Subscription, msg: &Msg<'_>) -> Delivered {
+        // A client that did not negotiate headers gets the payload only, as
+        // nats-server does.
+        let headers = if self.headers.load(Ordering::Relaxed) { msg.headers } else { None };
+        let size = msg.subject.len()
+            + sub.sid.len()
+            + msg.reply.map_or(0, <[u8]>::len)
+            + headers.map_or(0, <[u8]>::len)
+            + msg.payload.len()
+            + 32;
+        let mut out = self.out.lock();
+        if out.closed || out.closing {
+            return Delivered::Refused;
+        }
+        if out.buf.len() + out.inflight + size > self.pending_bytes_max {
+            drop(out);
+            tracing::warn!(cid = self.id, addr = %self.addr, "slow consumer: pending bytes over limit, closing");
+            self.close_now(CloseReason::SlowConsumerPendingBytes);
+            return Delivered::Refused;
+        }
+        let was_empty = out.buf.is_empty();
+        let before = out.buf.len();
+        proto::write_msg(&mut out.buf, msg.subject, &sub.sid, msg.reply, headers, msg.payload);
+        let written = out.buf.len() - before;
+        drop(out);
+        self.out_msgs.fetch_add(1, Ordering::Relaxed);
+        self.out_bytes.fetch_add(written as u64, Ordering::Relaxed);
+        if was_empty {
+            Delivered::Woke
+        } else {
+            Delivered::Queued
+        }
+    }
+
+    fn flush(&self) {
+        self.wake.notify_one();
+    }
+
+    fn expired(&self, sub: &Subscription) {
+        let mut subs = self.subs.lock();
+        if let Some(s) = subs.get(&sub.sid) {
+            if std::ptr::eq(Arc::as_ptr(s), sub) {
+                subs.remove(&sub.sid);
+            }
+        }
+    }
+}
+
+/// The write task: one `write_all` per wake-up with everything queued.
+async fn write_loop(client: Arc<ClientShared>, mut wr: OwnedWriteHalf, write_deadline: Duration) {
+    let mut chunk: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        let closing;
+        {
+            let mut out = client.out.lock();
+            if out.closed {
+                break;
+            }
+            std::mem::swap(&mut out.buf, &mut chunk);
+            out.inflight = chunk.len();
+            closing = out.closing;
+        }
+        if chunk.is_empty() {
+            if closing {
+                break;
+            }
+            tokio::select! {
+                _ = client.wake.notified() => continue,
+                _ = client.kill.cancelled() => break,
+            }
+        }
+        tokio::select! {
+            r = tokio::time::timeout(write_deadline, wr.write_all(&chunk)) => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(cid = client.id, cause = %e, "write error");
+                    client.close_now(CloseReason::WriteError);
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(cid = client.id, addr = %client.addr, "slow consumer: write deadline exceeded, closing");
+                    client.close_now(CloseReason::SlowConsumerWriteDeadline);
+                    break;
+                }
+            },
+            _ = client.kill.cancelled() => break,
+        }
+        if chunk.capacity() > SPARE_BUFFER_BYTES_MAX {
+            chunk = Vec::with_capacity(READ_CHUNK_BYTES);
+        } else {
+            chunk.clear();
+        }
+        client.out.lock().inflight = 0;
+    }
+    let _ = tokio::time::timeout(write_deadline, wr.shutdown()).await;
+    client.kill.cancel();
+}
+
+/// What the read side decided after handling a batch of ops.
+enum Flow {
+    Continue,
+    /// Close: the error line (if any) has been queued.
+    Close(CloseReason),
+}
+
+/// Per-connection state owned by the read task.
+struct Conn {
+    server: Arc<ServerShared>,
+    client: Arc<ClientShared>,
+    opts: ConnectOpts,
+    connect_received: bool,
+    publisher: Publisher,
+    pings_outstanding: u32,
+    in_msgs: u64,
+    in_bytes: u64,
+}
+
+impl Conn {
+    fn send(&self, bytes: &[u8]) {
+        self.client.queue(bytes);
+    }
+
+    fn handle(&mut self, op: Op<'_>) -> Flow {
+        let auth_pending = self.server.config.auth_required() && !self.connect_received;
+        if auth_pending && !matches!(op, Op::Connect(_)) {
+            self.send(err::AUTHORIZATION_VIOLATION);
+            return Flow::Close(CloseReason::AuthenticationViolation);
+        }
+        match op {
+            Op::Connect(body) => return self.connect(body),
+            Op::Pub { subject, reply, payload } => self.publish(subject, reply, None, payload),
+            Op::Hpub { subject, reply, headers, payload } => {
+                if !self.opts.headers {
+                    // nats-server closes without a reply.
+                    return Flow::Close(CloseReason::ProtocolViolation);
+                }
+                self.publish(subject, reply, Some(headers), payload)
+            }
+            Op::Sub { subject, queue, sid } => self.subscribe(subject, queue, sid),
+            Op::Unsub { sid, max } => self.unsubscribe(sid, max),
+            Op::Ping => self.send(proto::PONG),
+            Op::Pong => self.pings_outstanding = 0,
+            Op::Ok | Op::Info(_) => {}
+            // A client sending -ERR is closed, as nats-server does.
+            Op::Err(_) => return Flow::Close(CloseReason::ParseError),
+        }
+        Flow::Continue
+    }
+
+    fn connect(&mut self, body: &[u8]) -> Flow {
+        let mut opts = self.opts.clone();
+        match opts.apply(body) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::debug!(cid = self.client.id, cause = %e, "bad CONNECT");
+                return Flow::Close(CloseReason::ProtocolViolation);
+            }
+        };
+        if !self.server.check_auth(&opts) {
+            tracing::info!(cid = self.client.id, addr = %self.client.addr, user = opts.user.as_deref().unwrap_or(""), "authorization violation");
+            self.send(err::AUTHORIZATION_VIOLATION);
+            return Flow::Close(CloseReason::AuthenticationViolation);
+        }
+        if !(0..=1).contains(&opts.protocol) {
+            self.send(err::BAD_CLIENT_PROTOCOL);
+            return Flow::Close(CloseReason::BadClientProtocolVersion);
+        }
+        if opts.no_responders && !opts.headers {
+            self.send(err::NO_RESPONDERS_NEEDS_HEADERS);
+            return Flow::Close(CloseReason::NoRespondersRequiresHeaders);
+        }
+        self.client.headers.store(opts.headers, Ordering::Relaxed);
+        if opts.verbose {
+            self.send(proto::OK);
+        }
+        tracing::debug!(cid = self.client.id, name = %opts.name, lang = %opts.lang, version = %opts.version, "client connected");
+        self.opts = opts;
+        self.connect_received = true;
+        Flow::Continue
+    }
+
+    fn publish(&mut self, subject: &[u8], reply: Option<&[u8]>, headers: Option<&[u8]>, payload: &[u8]) {
+        self.in_msgs += 1;
+        self.in_bytes += (payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
+        if self.opts.pedantic && !is_valid_literal_subject(subject) {
+            self.send(err::INVALID_PUBLISH_SUBJECT);
+        }
+        // nats-server acknowledges before it delivers.
+        if self.opts.verbose {
+            self.send(proto::OK);
+        }
+        let msg = Msg { subject, reply, headers, payload };
+        let delivered = self.server.bus.publish(&mut self.publisher, self.client.id, self.opts.echo, &msg);
+        if !delivered && self.opts.no_responders {
+            if let Some(reply) = reply {
+                self.no_responders(reply);
+            }
+        }
+    }
+
+    /// Tells a requester at once that nobody is listening: an HMSG with
+    /// status 503 on its own subscription matching the reply subject.
+    fn no_responders(&mut self, reply: &[u8]) {
+        let sid = {
+            let subs = self.client.subs.lock();
+            subs.values().find(|s| s.queue.is_none() && subject_matches(&s.subject, reply)).map(|s| s.sid.clone())
+        };
+        if let Some(sid) = sid {
+            let mut line = Vec::with_capacity(64 + reply.len());
+            proto::write_msg(&mut line, reply, &sid, None, Some(proto::NO_RESPONDERS_HEADERS), b"");
+            self.send(&line);
+        }
+    }
+
+    fn subscribe(&mut self, subject: &[u8], queue: Option<&[u8]>, sid: &[u8]) {
+        let max = self.server.config.subscriptions_max;
+        {
+            let subs = self.client.subs.lock();
+            if max > 0 && subs.len() >= max {
+                drop(subs);
+                tracing::warn!(cid = self.client.id, max, "maximum subscriptions exceeded");
+                self.send(err::MAX_SUBSCRIPTIONS);
+                return;
+            }
+            if subs.contains_key(sid) {
+                drop(subs);
+                if self.opts.verbose {
+                    self.send(proto::OK);
+                }
+                return;
+            }
+        }
+        let sink: Arc<dyn Sink> = self.client.clone();
+        let sub = Arc::new(Subscription::new(subject, queue, sid, sink));
+        if self.server.bus.subscribe(sub.clone()).is_err() {
+            self.send(err::INVALID_SUBJECT);
+            return;
+        }
+        self.client.subs.lock().insert(sid.into(), sub);
+        if self.opts.verbose {
+            self.send(proto::OK);
+        }
+    }
+
+    fn unsubscribe(&mut self, sid: &[u8], max: Option<u64>) {
+        let sub = self.client.subs.lock().get(sid).cloned();
+        if let Some(sub) = sub {
+            match max {
+                Some(max) if max > sub.delivered() => sub.set_max(max),
+                _ => {
+                    self.client.subs.lock().remove(sid);
+                    self.server.bus.unsubscribe(&sub);
+                }
+            }
+        }
+        if self.opts.verbose {
+            self.send(proto::OK);
+        }
+    }
+
+    /// Removes every subscription of this connection from the bus.
+    fn cleanup(&mut self) {
+        let subs: Vec<_> = self.client.subs.lock().drain().map(|(_, s)| s).collect();
+        for sub in subs {
+            self.server.bus.unsubscribe(&sub);
+        }
+    }
+}
+
+fn parse_error_flow(client: &ClientShared, e: &ParseError) -> Flow {
+    match e {
+        ParseError::UnknownOp => {
+            client.queue(err::UNKNOWN_OP);
+            Flow::Close(CloseReason::ParseError)
+        }
+        ParseError::BadArgs(_) => Flow::Close(CloseReason::ProtocolViolation),
+        ParseError::ControlLineTooLong => {
+            client.queue(err::MAX_CONTROL_LINE);
+            Flow::Close(CloseReason::MaxControlLineExceeded)
+        }
+        ParseError::PayloadTooLarge { .. } => {
+            client.queue(err::MAX_PAYLOAD);
+            Flow::Close(CloseReason::MaxPayloadExceeded)
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, stream: TcpStream) {
+    let cfg = &server.config;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let write_deadline = Duration::from_millis(cfg.write_deadline_ms);
+    let writer = tokio::spawn(write_loop(client.clone(), wr, write_deadline));
+
+    client.queue(&server.info_for(&client));
+    client.wake();
+
+    let mut conn = Conn {
+        server: server.clone(),
+        client: client.clone(),
+        opts: ConnectOpts::default(),
+        connect_received: false,
+        publisher: Publisher::new(cfg.match_cache_entries_max),
+        pings_outstanding: 0,
+        in_msgs: 0,
+        in_bytes: 0,
+    };
+    let mut parser =
+        Parser::new(ParserLimits { control_line_max: cfg.control_line_bytes_max, payload_max: cfg.payload_bytes_max });
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let ping_every = Duration::from_millis(cfg.ping_interval_ms.max(1));
+    let mut ping_timer = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    ping_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let auth_deadline = cfg.auth_required().then(|| Instant::now() + Duration::from_millis(cfg.auth_timeout_ms));
+
+    let reason = 'conn: loop {
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK_BYTES / 4 {
+            rbuf.reserve(READ_CHUNK_BYTES);
+        }
+        let n = tokio::select! {
+            biased;
+            _ = client.kill.cancelled() => break 'conn None,
+            r = rd.read_buf(&mut rbuf) => match r {
+                Ok(0) => break 'conn Some(CloseReason::ClientClosed),
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(cid = client.id, cause = %e, "read error");
+                    break 'conn Some(CloseReason::ReadError);
+                }
+            },
+            _ = ping_timer.tick() => {
+                if conn.pings_outstanding + 1 > cfg.pings_outstanding_max {
+                    client.queue(err::STALE_CONNECTION);
+                    client.wake();
+                    break 'conn Some(CloseReason::StaleConnection);
+                }
+                conn.pings_outstanding += 1;
+                client.queue(proto::PING);
+                client.wake();
+                continue;
+            }
+            _ = sleep_until_opt(auth_deadline), if !conn.connect_received => {
+                client.queue(err::AUTHENTICATION_TIMEOUT);
+                break 'conn Some(CloseReason::AuthenticationTimeout);
+            }
+        };
+        let _ = n;
+        let mut consumed = 0;
+        let mut flow = Flow::Continue;
+        loop {
+            match parser.parse(&rbuf[consumed..]) {
+                Ok(Some((op, len))) => {
+                    consumed += len;
+                    flow = conn.handle(op);
+                    if matches!(flow, Flow::Close(_)) {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(cid = client.id, addr = %client.addr, cause = %e, "protocol error");
+                    flow = parse_error_flow(&client, &e);
+                    break;
+                }
+            }
+        }
+        rbuf.advance(consumed);
+        conn.publisher.flush();
+        client.wake();
+        server.stats.add_in(conn.in_msgs, conn.in_bytes);
+        conn.in_msgs = 0;
+        conn.in_bytes = 0;
+        if let Flow::Close(reason) = flow {
+            break 'conn Some(reason);
+        }
+    };
+
+    conn.cleanup();
+    if let Some(reason) = reason {
+        client.close_after_flush(reason);
+    }
+    // Let the writer flush a final error line, bounded by the write deadline.
+    let _ = tokio::time::timeout(write_deadline + Duration::from_millis(100), writer).await;
+    client.close_now(client.close_reason().unwrap_or(CloseReason::ServerShutdown));
+    server.client_closed(&client);
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,235 @@
+//! The NATS listener: accepts connections, enforces the connection limit,
+//! keeps the client registry and drains clients in lame-duck mode.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{self, ClientShared};
+use super::proto::{self, err, ConnectOpts, Info};
+use super::{CloseReason, NatsConfig};
+use crate::bus::Bus;
+
+/// Server-wide counters (the metrics issue exports them).
+#[derive(Default)]
+pub struct Stats {
+    pub in_msgs: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub closes: Mutex<HashMap<CloseReason, u64>>,
+}
+
+impl Stats {
+    pub fn add_in(&self, msgs: u64, bytes: u64) {
+        if msgs > 0 {
+            self.in_msgs.fetch_add(msgs, Ordering::Relaxed);
+            self.in_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+pub struct ServerShared {
+    pub config: NatsConfig,
+    pub bus: Arc<Bus>,
+    info: Mutex<Info>,
+    clients: Mutex<HashMap<u64, Arc<ClientShared>>>,
+    next_client_id: AtomicU64,
+    lame_duck: AtomicBool,
+    pub stats: Stats,
+    /// Signalled when the last client leaves.
+    idle: tokio::sync::Notify,
+}
+
+impl ServerShared {
+    /// The INFO line for one client.
+    pub fn info_for(&self, client: &ClientShared) -> Vec<u8> {
+        let mut info = self.info.lock().clone();
+        info.client_id = client.id;
+        info.client_ip = client.addr.ip().to_string();
+        info.ldm = self.lame_duck.load(Ordering::Relaxed);
+        info.to_line()
+    }
+
+    pub fn check_auth(&self, opts: &ConnectOpts) -> bool {
+        let cfg = &self.config;
+        if !cfg.auth_required() {
+            return true;
+        }
+        if let (Some(want), Some(got)) = (&cfg.token, &opts.auth_token) {
+            if constant_time_eq(want.as_bytes(), got.as_bytes()) {
+                return true;
+            }
+        }
+        if let (Some(user), Some(pass)) = (&opts.user, &opts.pass) {
+            return cfg
+                .users
+                .iter()
+                .any(|u| u.user == *user && constant_time_eq(u.password.as_bytes(), pass.as_bytes()));
+        }
+        false
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.lock().len()
+    }
+
+    pub(crate) fn client_closed(&self, client: &ClientShared) {
+        let reason = client.close_reason().unwrap_or(CloseReason::ServerShutdown);
+        *self.stats.closes.lock().entry(reason).or_default() += 1;
+        tracing::debug!(cid = client.id, addr = %client.addr, reason = reason.as_str(), "client closed");
+        let mut clients = self.clients.lock();
+        clients.remove(&client.id);
+        if clients.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A running NATS listener.
+pub struct NatsServer {
+    shared: Arc<ServerShared>,
+    local_addr: SocketAddr,
+    stop_accepting: CancellationToken,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl NatsServer {
+    /// Binds `config.listen` and starts accepting.
+    pub async fn start(config: NatsConfig, bus: Arc<Bus>, server_name: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind NATS listener {}: {e}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let server_id = proto::new_server_id();
+        let info = Info {
+            server_name: if server_name.is_empty() { server_id.clone() } else { server_name.to_string() },
+            server_id,
+            version: config.compat_version.clone(),
+            proto: 1,
+            host: local_addr.ip().to_string(),
+            port: local_addr.port(),
+            headers: true,
+            max_payload: config.payload_bytes_max,
+            auth_required: config.auth_required(),
+            ..Default::default()
+        };
+        let shared = Arc::new(ServerShared {
+            config,
+            bus,
+            info: Mutex::new(info),
+            clients: Mutex::new(HashMap::new()),
+            next_client_id: AtomicU64::new(1),
+            lame_duck: AtomicBool::new(false),
+            stats: Stats::default(),
+            idle: tokio::sync::Notify::new(),
+        });
+        let stop_accepting = CancellationToken::new();
+        let accept_task = tokio::spawn(accept_loop(shared.clone(), listener, stop_accepting.clone()));
+        Ok(Self { shared, local_addr, stop_accepting, accept_task: Mutex::new(Some(accept_task)) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn shared(&self) -> &Arc<ServerShared> {
+        &self.shared
+    }
+
+    /// Lame-duck drain: stop accepting, tell every client (INFO with
+    /// `ldm:true`) so it can move to another node, then close clients spread
+    /// over `lame_duck_duration_ms`, and return when all are gone.
+    pub async fn drain(&self) {
+        self.stop_accepting.cancel();
+        if let Some(task) = self.accept_task.lock().take() {
+            task.abort();
+        }
+        self.shared.lame_duck.store(true, Ordering::Relaxed);
+        let clients: Vec<Arc<ClientShared>> = self.shared.clients.lock().values().cloned().collect();
+        tracing::info!(clients = clients.len(), "entering lame duck mode");
+        for c in &clients {
+            c.queue(&self.shared.info_for(c));
+            c.wake();
+        }
+        let duration = Duration::from_millis(self.shared.config.lame_duck_duration_ms);
+        let step = duration.checked_div(clients.len().max(1) as u32 + 1).unwrap_or_default();
+        for c in &clients {
+            tokio::time::sleep(step).await;
+            c.close_after_flush(CloseReason::ServerShutdown);
+        }
+        let deadline = tokio::time::Instant::now() + duration + Duration::from_secs(1);
+        loop {
+            let idle = self.shared.idle.notified();
+            if self.shared.client_count() == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                for c in self.shared.clients.lock().values() {
+                    c.close_now(CloseReason::ServerShutdown);
+                }
+                break;
+            }
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly
+                // instead of spinning.
+                tracing::warn!(cause = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let client = Arc::new(ClientShared::new(id, addr, shared.config.pending_bytes_max));
+        {
+            let mut clients = shared.clients.lock();
+            if clients.len() >= shared.config.connections_max {
+                drop(clients);
+                tracing::warn!(addr = %addr, max = shared.config.connections_max, "maximum connections exceeded");
+                let line = shared.info_for(&client);
+                *shared.stats.closes.lock().entry(CloseReason::MaxConnectionsExceeded).or_default() += 1;
+                tokio::spawn(refuse(stream, line, shared.config.write_deadline_ms));
+                continue;
+            }
+            clients.insert(id, client.clone());
+        }
+        shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(client::serve(shared.clone(), client, stream));
+    }
+}
+
+/// INFO then `-ERR 'maximum connections exceeded'`, then close.
+async fn refuse(mut stream: TcpStream, info: Vec<u8>, write_deadline_ms: u64) {
+    let mut bytes = info;
+    bytes.extend_from_slice(err::MAX_CONNECTIONS);
+    let _ = tokio::time::timeout(Duration::from_millis(write_deadline_ms), async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
