@@ -173,6 +173,14 @@ impl Bus {
         !publisher.cache.get(&self.subs, subject).is_empty()
     }
 
+    /// The first plain subscription of connection `owner` matching
+    /// `subject`, in router order (`>` before `*` before literal, level by
+    /// level, as nats-server orders its matches).
+    pub fn first_own_match(&self, publisher: &mut Publisher, subject: &[u8], owner: u64) -> Option<Arc<Subscription>> {
+        let result = publisher.cache.get(&self.subs, subject);
+        result.plain.iter().find(|s| s.sink.id() == owner).cloned()
+    }
+
     /// Delivers `msg` to every plain subscriber and one member of each queue
     /// group. `origin` is the publishing connection; with `echo` false it does
     /// not receive its own messages. Returns whether anyone took the message.

@@ -33,7 +33,7 @@ use super::parser::{Op, ParseError, Parser, ParserLimits};
 use super::proto::{self, err, ConnectOpts};
 use super::server::ServerShared;
 use super::CloseReason;
-use crate::bus::subject::{is_valid_literal_subject, matches as subject_matches};
+use crate::bus::subject::is_valid_literal_subject;
 use crate::bus::{Delivered, Msg, Publisher, Sink, Subscription};
 
 /// Read buffer growth step. Large enough that a busy publisher's read
@@ -353,11 +353,8 @@ impl Conn {
     /// Tells a requester at once that nobody is listening: an HMSG with
     /// status 503 on its own subscription matching the reply subject.
     fn no_responders(&mut self, reply: &[u8]) {
-        let sid = {
-            let subs = self.client.subs.lock();
-            subs.values().find(|s| s.queue.is_none() && subject_matches(&s.subject, reply)).map(|s| s.sid.clone())
-        };
-        if let Some(sid) = sid {
+        let sub = self.server.bus.first_own_match(&mut self.publisher, reply, self.client.id);
+        if let Some(sid) = sub.map(|s| s.sid.clone()) {
             let mut line = Vec::with_capacity(64 + reply.len());
             proto::write_msg(&mut line, reply, &sid, None, Some(proto::NO_RESPONDERS_HEADERS), b"");
             self.send(&line);

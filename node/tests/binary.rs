@@ -1,0 +1,114 @@
+//! The `catga` binary as a process: port 0, config precedence, and a
+//! SIGTERM that drains clients (INFO with ldm) and exits 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::Raw;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+struct Proc {
+    child: Child,
+    nats: SocketAddr,
+}
+
+/// Starts `catga` with `args` and `env`, waits for its "listening" log line
+/// and returns the bound NATS address.
+async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_catga"));
+    cmd.args(args).stderr(Stdio::piped()).stdout(Stdio::null()).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env_remove("RUST_LOG");
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let nats = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("catga node listening") {
+                let addr = line.split("nats=").nth(1).unwrap().split_whitespace().next().unwrap();
+                return addr.parse::<SocketAddr>().unwrap();
+            }
+        }
+        panic!("catga exited before listening");
+    })
+    .await
+    .expect("catga logs its bound address");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Proc { child, nats }
+}
+
+fn server_name(info: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(info.strip_prefix("INFO ").unwrap()).unwrap();
+    v["server_name"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn port_zero_and_sigterm_drains_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut p = spawn(&["run", "--nats", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()], &[]).await;
+    assert_ne!(p.nats.port(), 0);
+    assert!(data.is_dir(), "data dir created");
+    let mut raw = Raw::connect(p.nats).await;
+    raw.send(b"CONNECT {\"verbose\":false}\r\n").await;
+    assert_eq!(raw.sync().await, b"");
+
+    let pid = p.child.id().unwrap() as i32;
+    send_signal(pid, "TERM");
+    let line = raw.read_line().await.expect("INFO pushed on lame duck");
+    assert!(line.starts_with("INFO ") && line.contains("\"ldm\":true"), "{line}");
+    let rest = raw.read_to_close().await;
+    assert!(rest.is_empty(), "nothing after the INFO: {rest:?}");
+    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn flags_win_over_env_and_env_over_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("catga.toml");
+    let data = dir.path().join("d");
+    std::fs::write(
+        &file,
+        format!("name = \"from-file\"\ndata_dir = {:?}\n[nats]\nlisten = \"127.0.0.1:0\"\n", data.to_str().unwrap()),
+    )
+    .unwrap();
+    let cfg = file.to_str().unwrap();
+
+    let p = spawn(&["--config", cfg], &[]).await;
+    assert_eq!(server_name(&Raw::connect(p.nats).await.info), "from-file");
+
+    let p = spawn(&["--config", cfg], &[("CATGA_NAME", "from-env")]).await;
+    assert_eq!(server_name(&Raw::connect(p.nats).await.info), "from-env");
+
+    let p = spawn(&["--config", cfg, "--name", "from-flag"], &[("CATGA_NAME", "from-env")]).await;
+    assert_eq!(server_name(&Raw::connect(p.nats).await.info), "from-flag");
+
+    // Env also sets the listener: CATGA_CONFIG and CATGA_NATS without flags.
+    let p = spawn(&[], &[("CATGA_CONFIG", cfg), ("CATGA_NATS", "127.0.0.1:0")]).await;
+    assert_eq!(server_name(&Raw::connect(p.nats).await.info), "from-file");
+}
+
+#[tokio::test]
+async fn bad_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[nats]\nmax_payload = 5\n").unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_catga")).args(["--config", file.to_str().unwrap()]).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_payload") && err.contains("bad.toml"), "{err}");
+}
+
+/// Sends a signal with `kill(1)`, which keeps unsafe code out of tests.
+fn send_signal(pid: i32, sig: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}

@@ -1,0 +1,145 @@
+//! Shared test harness: real nodes on 127.0.0.1:0 with temp data dirs, and a
+//! raw TCP client for exact protocol bytes. Waits poll with deadlines.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use catga_node::config::Config;
+use catga_node::node::Node;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+pub struct TestNode {
+    pub node: Node,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(edit: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config { name: "test-node".into(), data_dir: dir.path().to_path_buf(), ..Default::default() };
+        config.nats.listen = "127.0.0.1:0".into();
+        edit(&mut config);
+        config.validate().unwrap();
+        let node = Node::start(config).await.unwrap();
+        Self { node, _dir: dir }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.node.nats_addr()
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr())
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.unwrap()
+    }
+}
+
+/// Polls `cond` every few milliseconds until it holds or `within` passes.
+pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A raw protocol client: reads the INFO line on connect, then sends bytes
+/// and reads replies with deadlines.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub info: String,
+    buf: Vec<u8>,
+}
+
+pub const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut raw = Self { stream, info: String::new(), buf: Vec::new() };
+        let line = raw.read_line().await.expect("INFO line");
+        assert!(line.starts_with("INFO {"), "first line is INFO: {line}");
+        raw.info = line;
+        raw
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one `\n`-terminated line (returned without CRLF).
+    pub async fn read_line(&mut self) -> Option<String> {
+        let deadline = Instant::now() + READ_DEADLINE;
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(String::from_utf8_lossy(&line).trim_end().to_string());
+            }
+            if !self.fill(deadline).await {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until `want` bytes are buffered (or EOF), returns them.
+    pub async fn read_exact_or_eof(&mut self, want: usize) -> Vec<u8> {
+        let deadline = Instant::now() + READ_DEADLINE;
+        while self.buf.len() < want {
+            if !self.fill(deadline).await {
+                break;
+            }
+        }
+        let n = want.min(self.buf.len());
+        self.buf.drain(..n).collect()
+    }
+
+    /// Reads until the peer closes; returns everything read. Panics if the
+    /// peer does not close before the deadline.
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + READ_DEADLINE;
+        while self.fill(deadline).await {}
+        assert!(Instant::now() < deadline, "connection was not closed by the server");
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Sends `PING` and reads until the matching `PONG`: everything the
+    /// server sent before it is returned. Proves the connection is open.
+    pub async fn sync(&mut self) -> Vec<u8> {
+        self.send(b"PING\r\n").await;
+        let deadline = Instant::now() + READ_DEADLINE;
+        loop {
+            if self.buf.ends_with(b"PONG\r\n") {
+                let mut out = std::mem::take(&mut self.buf);
+                out.truncate(out.len() - 6);
+                return out;
+            }
+            assert!(
+                self.fill(deadline).await,
+                "connection closed before PONG; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
+    }
+
+    /// Reads more bytes; false on EOF, error or deadline.
+    async fn fill(&mut self, deadline: Instant) -> bool {
+        let mut chunk = [0u8; 65536];
+        match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => false,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+}
