@@ -1,1 +1,108 @@
-fn main() {}
+//! catga-bench: load generators that talk to servers only over the network
+//! with stock clients, so they measure catga and the reference servers alike.
+
+mod compare;
+mod nats;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "catga-bench", about = "Benchmarks for catga and the servers it replaces")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// NATS workloads against any NATS server.
+    Nats {
+        #[command(subcommand)]
+        workload: NatsWorkload,
+    },
+    /// Start catga and nats-server, run every NATS workload on both,
+    /// alternating, and print medians and ratios as a markdown table.
+    CompareNats {
+        #[arg(long, default_value = "target/release/catga")]
+        catga: PathBuf,
+        #[arg(long, default_value = "nats-server")]
+        nats_server: PathBuf,
+        /// Runs per workload per server.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Workload size in tenths (10 = full size).
+        #[arg(long, default_value_t = 10)]
+        scale: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum NatsWorkload {
+    /// Publish only.
+    Pub {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        msgs: u64,
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+    },
+    /// One publisher, one subscriber.
+    Pubsub {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        msgs: u64,
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+    },
+    /// Request/reply with a responder.
+    Req {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        #[arg(long, default_value_t = 50_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 1)]
+        concurrency: u64,
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+    },
+    /// One publisher, a queue group.
+    Queue {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        #[arg(long, default_value_t = 600_000)]
+        msgs: u64,
+        #[arg(long, default_value_t = 3)]
+        members: usize,
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Nats { workload } => {
+                let report = match workload {
+                    NatsWorkload::Pub { url, msgs, size } => nats::publish(&url, msgs, size).await?,
+                    NatsWorkload::Pubsub { url, msgs, size } => nats::pubsub(&url, msgs, size).await?,
+                    NatsWorkload::Req { url, requests, concurrency, size } => {
+                        nats::request_reply(&url, requests, concurrency, size).await?
+                    }
+                    NatsWorkload::Queue { url, msgs, members, size } => nats::queue(&url, msgs, members, size).await?,
+                };
+                println!("{report}");
+            }
+            Cmd::CompareNats { catga, nats_server, runs, scale } => {
+                let table = compare::compare(catga, nats_server, runs, scale).await?;
+                println!("{table}");
+            }
+        }
+        anyhow::Ok(())
+    })
+}

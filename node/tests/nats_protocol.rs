@@ -307,3 +307,51 @@ async fn frames_split_across_writes() {
     }
     assert_eq!(raw.sync().await, b"MSG a.b 9 r 5\r\nhello\r\n");
 }
+
+#[tokio::test]
+async fn fast_producer_is_stalled_instead_of_dropping_a_reading_consumer() {
+    let node = TestNode::start_with(|c| {
+        c.nats.pending_bytes_max = 512 * 1024;
+        c.nats.payload_bytes_max = 4096;
+    })
+    .await;
+    let mut sub = Raw::connect(node.addr()).await;
+    sub.send(b"CONNECT {\"verbose\":false}\r\nSUB s 1\r\n").await;
+    assert_eq!(sub.sync().await, b"");
+
+    // 32 MiB: far more than loopback socket buffers absorb (a few MiB), so
+    // without the stall the 512 KiB pending limit would close the subscriber.
+    let frames = 32 * 1024usize;
+    let mut frame = b"PUB s 1024\r\n".to_vec();
+    frame.extend(std::iter::repeat_n(b'p', 1024));
+    frame.extend_from_slice(b"\r\n");
+    let per_msg = b"MSG s 1 1024\r\n".len() + 1024 + 2;
+    let want = frames * per_msg;
+
+    // The subscriber reads, but slower than the publisher writes: 32 KiB per
+    // millisecond at most (pacing, not waiting for a condition).
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut got = 0usize;
+        let mut chunk = vec![0u8; 32 * 1024];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while got < want && tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(5), sub.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => got += n,
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        got
+    });
+    let mut publisher = Raw::connect(node.addr()).await;
+    publisher.send(b"CONNECT {\"verbose\":false}\r\n").await;
+    let burst: Vec<u8> = frame.repeat(1024);
+    for _ in 0..frames / 1024 {
+        publisher.send(&burst).await;
+    }
+    assert_eq!(publisher.sync().await, b"");
+    assert_eq!(reader.await.unwrap(), want, "the subscriber received every byte");
+    let closes = node.node.nats.shared().stats.closes.lock().clone();
+    assert!(!closes.contains_key(&catga_node::nats::CloseReason::SlowConsumerPendingBytes), "{closes:?}");
+}

@@ -43,6 +43,11 @@ pub trait Sink: Send + Sync {
     fn flush(&self);
     /// `sub` reached its delivery maximum and was removed from the bus.
     fn expired(&self, sub: &Subscription);
+    /// How long a producer should wait for this sink to drain, when it is
+    /// falling behind (over half its pending limit); `None` when it is not.
+    fn stall_for(&self) -> Option<std::time::Duration>;
+    /// Signalled when the sink drains below half its limit or closes.
+    fn drained(&self) -> &tokio::sync::Notify;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,32 +113,39 @@ impl Subscription {
     }
 }
 
+/// xorshift64: fast, good enough to spread queue picks.
+fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    x
+}
+
 /// The node's subject space.
 #[derive(Default)]
 pub struct Bus {
     subs: Sublist<Subscription>,
 }
 
-/// Per-publisher state: its match cache, the sinks to wake, a cheap RNG.
+/// Per-publisher state: its match cache, the sinks to wake, the sinks that
+/// fell behind, a cheap RNG.
 pub struct Publisher {
     cache: MatchCache<Subscription>,
     woken: Vec<Arc<dyn Sink>>,
+    behind: Vec<Arc<dyn Sink>>,
     rng: u64,
 }
 
 impl Publisher {
     pub fn new(cache_entries_max: usize) -> Self {
-        Self { cache: MatchCache::new(cache_entries_max), woken: Vec::new(), rng: rand::random::<u64>() | 1 }
-    }
-
-    fn next_random(&mut self) -> u64 {
-        // xorshift64: fast, good enough to spread queue picks.
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
+        Self {
+            cache: MatchCache::new(cache_entries_max),
+            woken: Vec::new(),
+            behind: Vec::new(),
+            rng: rand::random::<u64>() | 1,
+        }
     }
 
     /// Wakes every sink that received messages since the last flush.
@@ -141,6 +153,14 @@ impl Publisher {
         for sink in self.woken.drain(..) {
             sink.flush();
         }
+    }
+
+    /// Sinks that were over half their pending limit after a delivery in
+    /// this batch. The caller waits for them before reading more (fast
+    /// producer stall, as nats-server does), so a fast publisher is slowed
+    /// by TCP backpressure instead of overrunning a slower subscriber.
+    pub fn take_behind(&mut self) -> Vec<Arc<dyn Sink>> {
+        std::mem::take(&mut self.behind)
     }
 }
 
@@ -185,23 +205,27 @@ impl Bus {
     /// group. `origin` is the publishing connection; with `echo` false it does
     /// not receive its own messages. Returns whether anyone took the message.
     pub fn publish(&self, publisher: &mut Publisher, origin: u64, echo: bool, msg: &Msg<'_>) -> bool {
-        let result = publisher.cache.get(&self.subs, msg.subject);
+        let Publisher { cache, woken, behind, rng } = publisher;
+        let result = cache.get(&self.subs, msg.subject);
+        if result.is_empty() {
+            return false;
+        }
         let mut delivered = false;
         for sub in &result.plain {
             if !echo && sub.sink.id() == origin {
                 continue;
             }
-            delivered |= self.deliver_one(publisher, sub, msg);
+            delivered |= self.deliver_one(woken, behind, sub, msg);
         }
         for (_, members) in &result.groups {
             let n = members.len();
-            let start = (publisher.next_random() % n as u64) as usize;
+            let start = (next_random(rng) % n as u64) as usize;
             for i in 0..n {
                 let sub = &members[(start + i) % n];
                 if !echo && sub.sink.id() == origin {
                     continue;
                 }
-                if self.deliver_one(publisher, sub, msg) {
+                if self.deliver_one(woken, behind, sub, msg) {
                     delivered = true;
                     break;
                 }
@@ -210,7 +234,13 @@ impl Bus {
         delivered
     }
 
-    fn deliver_one(&self, publisher: &mut Publisher, sub: &Arc<Subscription>, msg: &Msg<'_>) -> bool {
+    fn deliver_one(
+        &self,
+        woken: &mut Vec<Arc<dyn Sink>>,
+        behind: &mut Vec<Arc<dyn Sink>>,
+        sub: &Arc<Subscription>,
+        msg: &Msg<'_>,
+    ) -> bool {
         let Some(last) = sub.claim() else {
             return false;
         };
@@ -221,7 +251,10 @@ impl Bus {
             }
             outcome => {
                 if outcome == Delivered::Woke {
-                    publisher.woken.push(sub.sink.clone());
+                    woken.push(sub.sink.clone());
+                }
+                if sub.sink.stall_for().is_some() && !behind.iter().any(|b| b.id() == sub.sink.id()) {
+                    behind.push(sub.sink.clone());
                 }
                 if last && self.unsubscribe(sub) {
                     sub.sink.expired(sub);
@@ -243,6 +276,7 @@ mod tests {
         got: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
         refuse: AtomicBool,
         expired: Mutex<Vec<Vec<u8>>>,
+        drained: tokio::sync::Notify,
     }
 
     impl Recorder {
@@ -252,6 +286,7 @@ mod tests {
                 got: Mutex::new(Vec::new()),
                 refuse: AtomicBool::new(false),
                 expired: Mutex::new(Vec::new()),
+                drained: tokio::sync::Notify::new(),
             })
         }
         fn count(&self) -> usize {
@@ -278,6 +313,12 @@ mod tests {
         fn flush(&self) {}
         fn expired(&self, sub: &Subscription) {
             self.expired.lock().push(sub.sid.to_vec());
+        }
+        fn stall_for(&self) -> Option<std::time::Duration> {
+            None
+        }
+        fn drained(&self) -> &tokio::sync::Notify {
+            &self.drained
         }
     }
 

@@ -261,33 +261,49 @@ fn add_node<'a, T>(node: &'a Node<T>, plain: &mut Vec<Arc<T>>, groups: &mut Hash
     }
 }
 
+type CacheEntry<T> = (Box<[u8]>, Arc<MatchResult<T>>);
+
 /// A per-connection cache of match results, dropped wholesale when the trie's
-/// generation moves. Bounded by `entries_max`.
+/// generation moves. Bounded by `entries_max`. The last subject looked up is
+/// kept apart so a publisher repeating one subject skips hashing.
 pub struct MatchCache<T> {
     generation: u64,
     entries: HashMap<Box<[u8]>, Arc<MatchResult<T>>>,
     entries_max: usize,
+    last: Option<CacheEntry<T>>,
 }
 
 impl<T> MatchCache<T> {
     pub fn new(entries_max: usize) -> Self {
-        Self { generation: 0, entries: HashMap::new(), entries_max }
+        Self { generation: 0, entries: HashMap::new(), entries_max, last: None }
     }
 
-    pub fn get(&mut self, list: &Sublist<T>, subject: &[u8]) -> Arc<MatchResult<T>> {
+    pub fn get(&mut self, list: &Sublist<T>, subject: &[u8]) -> &MatchResult<T> {
         let generation = list.generation();
         if generation != self.generation {
             self.entries.clear();
+            self.last = None;
             self.generation = generation;
-        } else if let Some(hit) = self.entries.get(subject) {
-            return hit.clone();
         }
-        let result = Arc::new(list.matches(subject));
-        if self.entries.len() >= self.entries_max {
-            self.entries.clear();
+        let last_hit = matches!(&self.last, Some((s, _)) if **s == *subject);
+        if !last_hit {
+            let result = match self.entries.get(subject) {
+                Some(hit) => hit.clone(),
+                None => {
+                    let result = Arc::new(list.matches(subject));
+                    if self.entries.len() >= self.entries_max {
+                        self.entries.clear();
+                    }
+                    self.entries.insert(subject.into(), result.clone());
+                    result
+                }
+            };
+            self.last = Some((subject.into(), result));
         }
-        self.entries.insert(subject.into(), result.clone());
-        result
+        match &self.last {
+            Some((_, r)) => r,
+            None => unreachable!("set above"),
+        }
     }
 }
 

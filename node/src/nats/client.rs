@@ -41,6 +41,11 @@ use crate::bus::{Delivered, Msg, Publisher, Sink, Subscription};
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// A write chunk buffer larger than this is not kept for reuse.
 const SPARE_BUFFER_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Fast-producer stall bounds (nats-server's): a producer feeding a client
+/// over half its pending limit waits at least this long for it to drain...
+const STALL_MS_MIN: u64 = 100;
+/// ...growing with the backlog up to this, when the client is at its limit.
+const STALL_MS_MAX: u64 = 1000;
 
 struct Outbound {
     buf: Vec<u8>,
@@ -64,6 +69,9 @@ pub struct ClientShared {
     headers: AtomicBool,
     close_reason: Mutex<Option<CloseReason>>,
     subs: Mutex<HashMap<Box<[u8]>, Arc<Subscription>>>,
+    /// Pending bytes (buffer + in flight), mirrored for lock-free reads.
+    pending: AtomicU64,
+    drained: Notify,
     pub out_msgs: AtomicU64,
     pub out_bytes: AtomicU64,
 }
@@ -80,6 +88,8 @@ impl ClientShared {
             headers: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             subs: Mutex::new(HashMap::new()),
+            pending: AtomicU64::new(0),
+            drained: Notify::new(),
             out_msgs: AtomicU64::new(0),
             out_bytes: AtomicU64::new(0),
         }
@@ -132,8 +142,10 @@ impl ClientShared {
             out.closed = true;
             out.buf = Vec::new();
         }
+        self.pending.store(0, Ordering::Relaxed);
         self.kill.cancel();
         self.wake.notify_one();
+        self.drained.notify_waiters();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -174,6 +186,7 @@ impl Sink for ClientShared {
         let before = out.buf.len();
         proto::write_msg(&mut out.buf, msg.subject, &sub.sid, msg.reply, headers, msg.payload);
         let written = out.buf.len() - before;
+        self.pending.store((out.buf.len() + out.inflight) as u64, Ordering::Relaxed);
         drop(out);
         self.out_msgs.fetch_add(1, Ordering::Relaxed);
         self.out_bytes.fetch_add(written as u64, Ordering::Relaxed);
@@ -196,6 +209,23 @@ impl Sink for ClientShared {
             }
         }
     }
+
+    fn stall_for(&self) -> Option<Duration> {
+        let pending = self.pending.load(Ordering::Relaxed);
+        let max = self.pending_bytes_max as u64;
+        let half = max / 2;
+        if pending <= half || self.is_closed() {
+            return None;
+        }
+        // From STALL_MS_MIN at half full to STALL_MS_MAX at the limit.
+        let over = (pending - half).min(half.max(1));
+        let ms = STALL_MS_MIN + (STALL_MS_MAX - STALL_MS_MIN) * over / half.max(1);
+        Some(Duration::from_millis(ms))
+    }
+
+    fn drained(&self) -> &Notify {
+        &self.drained
+    }
 }
 
 /// The write task: one `write_all` per wake-up with everything queued.
@@ -211,6 +241,7 @@ async fn write_loop(client: Arc<ClientShared>, mut wr: OwnedWriteHalf, write_dea
             std::mem::swap(&mut out.buf, &mut chunk);
             out.inflight = chunk.len();
             closing = out.closing;
+            client.pending.store(chunk.len() as u64, Ordering::Relaxed);
         }
         if chunk.is_empty() {
             if closing {
@@ -242,7 +273,15 @@ async fn write_loop(client: Arc<ClientShared>, mut wr: OwnedWriteHalf, write_dea
         } else {
             chunk.clear();
         }
-        client.out.lock().inflight = 0;
+        let pending = {
+            let mut out = client.out.lock();
+            out.inflight = 0;
+            out.buf.len()
+        };
+        client.pending.store(pending as u64, Ordering::Relaxed);
+        if pending <= client.pending_bytes_max / 2 {
+            client.drained.notify_waiters();
+        }
     }
     let _ = tokio::time::timeout(write_deadline, wr.shutdown()).await;
     client.kill.cancel();
@@ -517,6 +556,9 @@ pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, 
         rbuf.advance(consumed);
         conn.publisher.flush();
         client.wake();
+        for sink in conn.publisher.take_behind() {
+            wait_for_drain(&*sink).await;
+        }
         server.stats.add_in(conn.in_msgs, conn.in_bytes);
         conn.in_msgs = 0;
         conn.in_bytes = 0;
@@ -533,6 +575,25 @@ pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, 
     let _ = tokio::time::timeout(write_deadline + Duration::from_millis(100), writer).await;
     client.close_now(client.close_reason().unwrap_or(CloseReason::ServerShutdown));
     server.client_closed(&client);
+}
+
+/// Fast-producer stall: wait (bounded) until `sink` drains below half its
+/// pending limit. The read loop does not read meanwhile, so TCP
+/// backpressure slows the producer instead of the consumer being dropped.
+async fn wait_for_drain(sink: &dyn Sink) {
+    let Some(limit) = sink.stall_for() else { return };
+    let deadline = Instant::now() + limit;
+    loop {
+        let drained = sink.drained().notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        if sink.stall_for().is_none() {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, drained).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

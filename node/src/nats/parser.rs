@@ -254,7 +254,8 @@ impl Parser {
                 }
                 State::Args { kind, start } => {
                     let Some(nl) = memchr::memchr(b'\n', &buf[self.pos..]) else {
-                        if buf.len() - start > self.limits.control_line_max {
+                        // +1: the line's own '\r' may already be here.
+                        if buf.len() - start > self.limits.control_line_max + 1 {
                             return Err(ParseError::ControlLineTooLong);
                         }
                         self.pos = buf.len();
@@ -577,9 +578,13 @@ PUB\tfoo\t\t3\r\nabc\r\nPUB foo 2\nhi\r\nPING\n";
         // A PING line is bounded too.
         let (_, err) = feed(&[b"PING aaaaaaaaaaaaaaaaaaaaaaaaaaa"], limits);
         assert_eq!(err, Some(ParseError::ControlLineTooLong));
-        // Exactly at the limit is fine.
-        let (ops, err) = feed(&[b"SUB aaaaaaaaaaaaa 1\r\n"], limits);
+        // Exactly at the limit is fine, also when split between CR and LF.
+        let (ops, err) = feed(&[b"SUB aaaaaaaaaaaaaa 1\r\n"], limits);
         assert_eq!((ops.len(), err), (1, None));
+        let (ops, err) = feed(&[b"SUB aaaaaaaaaaaaaa 1\r", b"\n"], limits);
+        assert_eq!((ops.len(), err), (1, None));
+        let (_, err) = feed(&[b"SUB aaaaaaaaaaaaaaa 1\r", b"\n"], limits);
+        assert_eq!(err, Some(ParseError::ControlLineTooLong));
     }
 
     #[test]
