@@ -142,6 +142,27 @@ pub async fn compare(catga: PathBuf, nats_server: PathBuf, runs: usize, scale: u
 
     let catga_srv = start_catga(&catga).await?;
     let nats_srv = start_nats_server(&nats_server).await?;
+    let mut rss_rows = String::new();
+    // Memory with 10,000 subscriptions held on one connection.
+    // Measured first, on fresh processes, so buffers kept from the
+    // throughput runs do not count.
+    let mut rss = Vec::new();
+    for srv in [&catga_srv, &nats_srv] {
+        let before = rss_bytes(srv.pid)?;
+        let (client, subs) = nats::hold_subscriptions(&srv.url, 10_000).await?;
+        rss.push((before, rss_bytes(srv.pid)?));
+        drop(subs);
+        let _ = client.flush().await;
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    rss_rows.push_str(&format!(
+        "| 10,000 subscriptions | RSS MiB (idle before) | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.2} |\n",
+        mib(rss[0].1),
+        mib(rss[0].0),
+        mib(rss[1].1),
+        mib(rss[1].0),
+        rss[0].1 as f64 / rss[1].1 as f64
+    ));
     let mut out = String::new();
     out.push_str("| workload | metric | catga (median) | nats-server (median) | ratio catga/nats |\n");
     out.push_str("|---|---|---:|---:|---:|\n");
@@ -152,7 +173,9 @@ pub async fn compare(catga: PathBuf, nats_server: PathBuf, runs: usize, scale: u
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {
                 let url = if i == 0 { &catga_srv.url } else { &nats_srv.url };
-                let r = run_workload(&w.name, url, scale).await.with_context(|| format!("{} on server {i}", w.name))?;
+                let r = run_workload(&w.name, url, scale)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{} on server {i}: {e:?}", w.name))?;
                 eprintln!("{:<16} {:<11} run {round}: {r}", w.name, if i == 0 { "catga" } else { "nats-server" });
                 results[i].push(r);
             }
@@ -173,16 +196,6 @@ pub async fn compare(catga: PathBuf, nats_server: PathBuf, runs: usize, scale: u
             out.push_str(&format!("| {} | {label} | {fmt_c} | {fmt_n} | {:.2} |\n", w.name, c / n));
         }
     }
-    // Memory with 10,000 subscriptions held on one connection.
-    for (name, srv) in [("catga", &catga_srv), ("nats-server", &nats_srv)] {
-        let before = rss_bytes(srv.pid)?;
-        let (_client, _subs) = nats::hold_subscriptions(&srv.url, 10_000).await?;
-        let after = rss_bytes(srv.pid)?;
-        out.push_str(&format!(
-            "| 10,000 subscriptions | RSS MiB ({name}) | {:.1} | (before: {:.1}) | |\n",
-            after as f64 / 1048576.0,
-            before as f64 / 1048576.0
-        ));
-    }
+    out.push_str(&rss_rows);
     Ok(out)
 }

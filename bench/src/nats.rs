@@ -154,6 +154,7 @@ pub async fn queue(url: &str, msgs: u64, members: usize, size: usize) -> anyhow:
     let mut counts = Vec::new();
     let mut clients = Vec::new();
     let done = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
     for _ in 0..members {
         let c = connect(url).await?;
         let mut sub = c.queue_subscribe("bench.queue", "workers".into()).await?;
@@ -162,14 +163,14 @@ pub async fn queue(url: &str, msgs: u64, members: usize, size: usize) -> anyhow:
         counts.push(count.clone());
         let total = total.clone();
         let done = done.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             while sub.next().await.is_some() {
                 count.fetch_add(1, Ordering::Relaxed);
                 if total.fetch_add(1, Ordering::Relaxed) + 1 == msgs {
                     done.notify_one();
                 }
             }
-        });
+        }));
         clients.push(c);
     }
     let publisher = connect(url).await?;
@@ -179,10 +180,20 @@ pub async fn queue(url: &str, msgs: u64, members: usize, size: usize) -> anyhow:
         publisher.publish("bench.queue", body.clone()).await?;
     }
     publisher.flush().await?;
-    if tokio::time::timeout(Duration::from_secs(60), done.notified()).await.is_err() {
+    let finished = tokio::time::timeout(Duration::from_secs(60), done.notified()).await.is_ok();
+    let secs = start.elapsed().as_secs_f64();
+    // Members must leave the group, or the next run would share it.
+    for t in tasks {
+        t.abort();
+        let _ = t.await;
+    }
+    // The UNSUBs go out before these PINGs, so the server has them after.
+    for c in &clients {
+        let _ = c.flush().await;
+    }
+    if !finished {
         bail!("queue: received {} of {msgs}", total.load(Ordering::Relaxed));
     }
-    let secs = start.elapsed().as_secs_f64();
     Ok(Report {
         msgs,
         secs,
