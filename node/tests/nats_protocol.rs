@@ -355,3 +355,34 @@ async fn fast_producer_is_stalled_instead_of_dropping_a_reading_consumer() {
     let closes = node.node.nats.shared().stats.closes.lock().clone();
     assert!(!closes.contains_key(&catga_node::nats::CloseReason::SlowConsumerPendingBytes), "{closes:?}");
 }
+
+#[tokio::test]
+async fn write_deadline_closes_a_consumer_that_stopped_reading() {
+    let node = TestNode::start_with(|c| {
+        // Large pending limit so only the write deadline can trip.
+        c.nats.pending_bytes_max = 256 * 1024 * 1024;
+        c.nats.write_deadline_ms = 200;
+    })
+    .await;
+    let mut stuck = Raw::connect(node.addr()).await;
+    stuck.send(b"CONNECT {\"verbose\":false}\r\nSUB w 1\r\n").await;
+    assert_eq!(stuck.sync().await, b"");
+    let mut publisher = Raw::connect(node.addr()).await;
+    publisher.send(b"CONNECT {\"verbose\":false}\r\n").await;
+    let mut frame = b"PUB w 65536\r\n".to_vec();
+    frame.extend(std::iter::repeat_n(b'w', 65536));
+    frame.extend_from_slice(b"\r\n");
+    let shared = node.node.nats.shared().clone();
+    let reason = catga_node::nats::CloseReason::SlowConsumerWriteDeadline;
+    let closed = || shared.stats.closes.lock().get(&reason).copied().unwrap_or(0) > 0;
+    // Socket buffers take a few MiB, then the writer blocks. Bounded: at
+    // most 1024 frames (64 MiB), well under the pending limit.
+    for _ in 0..1024 {
+        publisher.send(&frame).await;
+        if closed() {
+            break;
+        }
+    }
+    eventually(Duration::from_secs(10), "closed by the write deadline", closed).await;
+    assert_eq!(publisher.sync().await, b"");
+}
