@@ -1,0 +1,183 @@
+//! Length-delimited, versioned frames with postcard bodies. Pure code.
+//!
+//! ```text
+//! ┌────────────┬─────────┬──────────────────────┐
+//! │ len: u32 BE│ ver: u8 │ postcard body (len-1)│
+//! └────────────┴─────────┴──────────────────────┘
+//! ```
+//! `len` counts the version byte and the body. A frame longer than the
+//! decoder's `frame_bytes_max` is refused before its body is buffered; a
+//! frame of another version is refused, so peers of different protocol
+//! versions fail loudly instead of misreading each other.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Version of the frame envelope and of every body encoded in it.
+pub const FRAME_VERSION: u8 = 1;
+/// Bytes before the body: length and version.
+pub const HEADER_BYTES: usize = 5;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("empty frame")]
+    Empty,
+    #[error("frame version {got}, expected {FRAME_VERSION}")]
+    Version { got: u8 },
+    #[error("malformed frame body: {0}")]
+    Body(String),
+}
+
+/// Encodes `value` as one frame.
+pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, FrameError> {
+    let mut out = BytesMut::with_capacity(64);
+    encode_into(value, &mut out)?;
+    Ok(out.freeze())
+}
+
+/// Appends one frame holding `value` to `out`.
+pub fn encode_into<T: Serialize>(value: &T, out: &mut BytesMut) -> Result<(), FrameError> {
+    let body = postcard::to_stdvec(value).map_err(|e| FrameError::Body(e.to_string()))?;
+    out.reserve(HEADER_BYTES + body.len());
+    out.put_u32((body.len() + 1) as u32);
+    out.put_u8(FRAME_VERSION);
+    out.put_slice(&body);
+    Ok(())
+}
+
+/// Splits frames off a read buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoder {
+    pub frame_bytes_max: usize,
+}
+
+impl Decoder {
+    pub fn new(frame_bytes_max: usize) -> Self {
+        Self { frame_bytes_max }
+    }
+
+    /// Takes the next whole frame's body off the front of `buf`; `Ok(None)`
+    /// means "read more".
+    pub fn next_body(&self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        if len > self.frame_bytes_max {
+            return Err(FrameError::TooLong { len, max: self.frame_bytes_max });
+        }
+        if buf.len() < 4 + len {
+            buf.reserve(4 + len - buf.len());
+            return Ok(None);
+        }
+        buf.advance(4);
+        let mut frame = buf.split_to(len).freeze();
+        let version = frame.get_u8();
+        if version != FRAME_VERSION {
+            return Err(FrameError::Version { got: version });
+        }
+        Ok(Some(frame))
+    }
+
+    /// Takes and decodes the next frame.
+    pub fn next<T: DeserializeOwned>(&self, buf: &mut BytesMut) -> Result<Option<T>, FrameError> {
+        match self.next_body(buf)? {
+            Some(body) => decode_body(&body).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Decodes a body returned by [`Decoder::next_body`].
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    postcard::from_bytes(body).map_err(|e| FrameError::Body(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Sample {
+        A { x: u64, s: String },
+        B(Vec<u8>),
+        C,
+    }
+
+    fn samples() -> Vec<Sample> {
+        vec![
+            Sample::A { x: 7, s: "hello".into() },
+            Sample::B(vec![0; 300]),
+            Sample::C,
+            Sample::A { x: u64::MAX, s: String::new() },
+        ]
+    }
+
+    fn stream() -> Vec<u8> {
+        let mut out = BytesMut::new();
+        for s in samples() {
+            encode_into(&s, &mut out).unwrap();
+        }
+        out.to_vec()
+    }
+
+    fn decode_chunks(chunks: &[&[u8]]) -> Result<Vec<Sample>, FrameError> {
+        let d = Decoder::new(1 << 20);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for c in chunks {
+            buf.extend_from_slice(c);
+            while let Some(v) = d.next::<Sample>(&mut buf)? {
+                got.push(v);
+            }
+        }
+        Ok(got)
+    }
+
+    #[test]
+    fn round_trip_whole_and_byte_by_byte() {
+        let bytes = stream();
+        assert_eq!(decode_chunks(&[&bytes]).unwrap(), samples());
+        let chunks: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(decode_chunks(&chunks).unwrap(), samples());
+    }
+
+    #[test]
+    fn split_at_every_position() {
+        let bytes = stream();
+        for at in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(at);
+            assert_eq!(decode_chunks(&[a, b]).unwrap(), samples(), "split at {at}");
+        }
+    }
+
+    #[test]
+    fn refuses_long_frames_before_buffering_them() {
+        let d = Decoder::new(16);
+        let mut buf = BytesMut::from(&[0u8, 0, 1, 0][..]); // declares 256 bytes
+        assert_eq!(d.next_body(&mut buf), Err(FrameError::TooLong { len: 256, max: 16 }));
+    }
+
+    #[test]
+    fn refuses_other_versions_and_empty_frames() {
+        let d = Decoder::new(1024);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 2, 9, 0][..]);
+        assert_eq!(d.next_body(&mut buf), Err(FrameError::Version { got: 9 }));
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
+        assert_eq!(d.next_body(&mut buf), Err(FrameError::Empty));
+    }
+
+    #[test]
+    fn malformed_body_is_an_error_not_a_panic() {
+        let d = Decoder::new(1024);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 3, FRAME_VERSION, 0xff, 0xff][..]);
+        assert!(matches!(d.next::<Sample>(&mut buf), Err(FrameError::Body(_))));
+    }
+}

@@ -1,0 +1,739 @@
+//! The peer mesh: every node keeps one QUIC connection (a *link*) to every
+//! other node it knows of.
+//!
+//! ```text
+//!   dial loop (per known address) ──connect──► peer endpoint
+//!        │  mTLS handshake (cluster CA)            │ accept loop
+//!        ├─ control bi stream: Hello ─────────────►│ checks proto, cluster name, self, block
+//!        │◄──────────────────────── Welcome/Refuse ┤
+//!        ├─ control: Ping/Pong (RTT, liveness), Known (gossip of addresses)
+//!        └─ data: one uni stream per direction, frames in send order
+//! ```
+//!
+//! Each link carries one ordered data stream per direction, so everything one
+//! node sends another (interest updates and messages alike) arrives in the
+//! order it was sent: one ordered lane, never a stream per message.
+//!
+//! When two nodes dial each other at once, both keep the connection dialed by
+//! the node with the lower id and close the other, so each pair has one link.
+//! A link is declared down when its QUIC connection closes or nothing arrives
+//! on its control stream for `peer_timeout_ms`. Dial loops retry with a
+//! backoff doubling from `reconnect_ms_min` to `reconnect_ms_max`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::certs::{TlsMaterial, CLUSTER_SERVER_NAME};
+use crate::frame::{self, Decoder, FRAME_VERSION};
+use crate::tls;
+
+pub type NodeId = u64;
+
+/// Version of the link handshake and control protocol.
+pub const LINK_PROTO: u32 = 1;
+
+/// Who a node is, as its peers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub name: String,
+    /// Address peers dial to reach this node's cluster endpoint.
+    pub cluster_addr: String,
+    /// Client-facing URLs, e.g. `nats://10.0.0.1:4222`.
+    pub client_urls: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    pub listen: SocketAddr,
+    /// Host peers should dial; when empty, the listen IP (or 127.0.0.1 if
+    /// that is unspecified).
+    pub advertise_host: String,
+    pub cluster_name: String,
+    /// `cluster_addr` is filled in after binding.
+    pub node: NodeInfo,
+    pub seeds: Vec<String>,
+    pub tls: TlsMaterial,
+    /// Control-stream ping period; also the RTT sample period.
+    pub heartbeat_ms: u64,
+    /// Silence on the control stream longer than this closes the link.
+    pub peer_timeout_ms: u64,
+    pub reconnect_ms_min: u64,
+    pub reconnect_ms_max: u64,
+    pub handshake_timeout_ms: u64,
+    /// Frames queued per link before new ones are dropped (core delivery
+    /// is at-most-once; a drop is counted, never blocks the sender).
+    pub link_queue_frames_max: usize,
+    /// Largest frame accepted from a peer.
+    pub frame_bytes_max: usize,
+}
+
+impl MeshConfig {
+    pub fn new(listen: SocketAddr, cluster_name: &str, node: NodeInfo, tls: TlsMaterial) -> Self {
+        Self {
+            listen,
+            advertise_host: String::new(),
+            cluster_name: cluster_name.to_string(),
+            node,
+            seeds: Vec::new(),
+            tls,
+            heartbeat_ms: 250,
+            peer_timeout_ms: 1500,
+            reconnect_ms_min: 50,
+            reconnect_ms_max: 2000,
+            handshake_timeout_ms: 3000,
+            link_queue_frames_max: 1 << 16,
+            frame_bytes_max: 16 << 20,
+        }
+    }
+}
+
+/// What the mesh tells its owner.
+pub trait MeshHandler: Send + Sync + 'static {
+    fn peer_up(&self, peer: &NodeInfo);
+    fn peer_down(&self, peer: &NodeInfo);
+    /// One data frame body from `from`, in the order `from` sent it.
+    fn message(&self, from: NodeId, body: Bytes);
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Control {
+    Hello { proto: u32, cluster: String, node: NodeInfo, known: Vec<String> },
+    Welcome { node: NodeInfo, known: Vec<String> },
+    Refuse { reason: String },
+    Ping { nonce: u64 },
+    Pong { nonce: u64 },
+    Known { addrs: Vec<String> },
+}
+
+/// A peer as seen from here.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    pub info: NodeInfo,
+    pub rtt_us: u64,
+    pub dialed_by: NodeId,
+    pub dropped_frames: u64,
+}
+
+struct Link {
+    peer: NodeInfo,
+    conn: quinn::Connection,
+    dialer: NodeId,
+    data_tx: mpsc::Sender<Bytes>,
+    ctrl_tx: mpsc::Sender<Control>,
+    rtt_us: AtomicU64,
+    dropped: AtomicU64,
+    closed: CancellationToken,
+}
+
+impl Link {
+    fn close(&self, reason: &str) {
+        self.conn.close(0u32.into(), reason.as_bytes());
+        self.closed.cancel();
+    }
+}
+
+struct Inner {
+    cfg: MeshConfig,
+    node: NodeInfo,
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    handler: Arc<dyn MeshHandler>,
+    links: Mutex<HashMap<NodeId, Arc<Link>>>,
+    dialing: Mutex<HashSet<String>>,
+    self_addrs: Mutex<HashSet<String>>,
+    blocked: Mutex<HashSet<NodeId>>,
+    shutdown: CancellationToken,
+    changed: Notify,
+    epoch: AtomicU64,
+}
+
+/// A running mesh endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("this address is our own")]
+    SelfConnect,
+    #[error("refused by peer: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn quic_transport(cfg: &MeshConfig) -> anyhow::Result<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // Idle timeout above peer_timeout so our own liveness check decides
+    // first, with a margin for a slow peer to still be seen.
+    let idle = Duration::from_millis(cfg.peer_timeout_ms * 2);
+    t.max_idle_timeout(Some(idle.try_into()?));
+    // Keep-alives well inside the idle timeout so idle links stay up.
+    t.keep_alive_interval(Some(Duration::from_millis(cfg.heartbeat_ms.max(50))));
+    // One control bi stream per link; the limit leaves room for a retry.
+    t.max_concurrent_bidi_streams(4u32.into());
+    // One data uni stream per direction; a few spare for reconnect overlap.
+    t.max_concurrent_uni_streams(8u32.into());
+    // Flow-control windows sized for a LAN with a few ms RTT at several
+    // Gbit/s; a window caps how far a fast sender can run ahead.
+    t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
+    t.receive_window(quinn::VarInt::from_u32(32 << 20));
+    t.send_window(32 << 20);
+    // Datagrams are not used.
+    t.datagram_receive_buffer_size(None);
+    Ok(t)
+}
+
+impl Mesh {
+    /// Binds the endpoint and starts accepting and dialing the seeds.
+    pub async fn start(cfg: MeshConfig, handler: Arc<dyn MeshHandler>) -> anyhow::Result<Mesh> {
+        let transport = Arc::new(quic_transport(&cfg)?);
+        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&cfg.tls)?)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport.clone());
+        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls::client_config(&cfg.tls)?)?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport);
+        let mut endpoint = quinn::Endpoint::server(server_config, cfg.listen)
+            .map_err(|e| anyhow::anyhow!("cannot bind cluster endpoint {}: {e}", cfg.listen))?;
+        endpoint.set_default_client_config(client_config);
+        let local_addr = endpoint.local_addr()?;
+        let mut node = cfg.node.clone();
+        let host = if !cfg.advertise_host.is_empty() {
+            cfg.advertise_host.clone()
+        } else if local_addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            local_addr.ip().to_string()
+        };
+        node.cluster_addr = format!("{host}:{}", local_addr.port());
+        let inner = Arc::new(Inner {
+            cfg,
+            node,
+            endpoint,
+            local_addr,
+            handler,
+            links: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashSet::new()),
+            self_addrs: Mutex::new(HashSet::new()),
+            blocked: Mutex::new(HashSet::new()),
+            shutdown: CancellationToken::new(),
+            changed: Notify::new(),
+            epoch: AtomicU64::new(0),
+        });
+        inner.self_addrs.lock().insert(inner.node.cluster_addr.clone());
+        tokio::spawn(accept_loop(inner.clone()));
+        for seed in inner.cfg.seeds.clone() {
+            ensure_dialing(&inner, seed);
+        }
+        tracing::info!(cluster = %local_addr, id = inner.node.id, name = %inner.node.name, "cluster endpoint listening");
+        Ok(Mesh { inner })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    pub fn node(&self) -> &NodeInfo {
+        &self.inner.node
+    }
+
+    /// Queues one data frame for `peer`. False if there is no link or its
+    /// queue is full (the frame is dropped and counted).
+    pub fn send(&self, peer: NodeId, body: Bytes) -> bool {
+        let link = self.inner.links.lock().get(&peer).cloned();
+        let Some(link) = link else { return false };
+        match link.data_tx.try_send(body) {
+            Ok(()) => true,
+            Err(_) => {
+                link.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    pub fn is_up(&self, peer: NodeId) -> bool {
+        self.inner.links.lock().contains_key(&peer)
+    }
+
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        let links = self.inner.links.lock();
+        let mut v: Vec<PeerStatus> = links
+            .values()
+            .map(|l| PeerStatus {
+                info: l.peer.clone(),
+                rtt_us: l.rtt_us.load(Ordering::Relaxed),
+                dialed_by: l.dialer,
+                dropped_frames: l.dropped.load(Ordering::Relaxed),
+            })
+            .collect();
+        v.sort_by_key(|p| p.info.id);
+        v
+    }
+
+    /// Changes every time a link comes up or goes down.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the set of links changes (or after `within`).
+    pub async fn changed(&self, within: Duration) {
+        let _ = tokio::time::timeout(within, self.inner.changed.notified()).await;
+    }
+
+    /// Test hook: cut the link to `peer` and refuse it until unblocked.
+    pub fn fault_block(&self, peer: NodeId) {
+        self.inner.blocked.lock().insert(peer);
+        let link = self.inner.links.lock().get(&peer).cloned();
+        if let Some(link) = link {
+            link.close("blocked");
+        }
+    }
+
+    /// Test hook: allow `peer` again; dial loops reconnect.
+    pub fn fault_unblock(&self, peer: NodeId) {
+        self.inner.blocked.lock().remove(&peer);
+    }
+
+    /// Closes every link and the endpoint.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let links: Vec<_> = self.inner.links.lock().values().cloned().collect();
+        for l in links {
+            l.close("shutdown");
+        }
+        self.inner.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+/// A handshake `Hello` frame, for tests that dial with a raw QUIC client.
+#[doc(hidden)]
+pub fn encode_hello(cluster: &str, node: NodeInfo) -> Bytes {
+    let hello = Control::Hello { proto: LINK_PROTO, cluster: cluster.to_string(), node, known: vec![] };
+    frame::encode(&hello).unwrap_or_default()
+}
+
+fn known_addrs(inner: &Inner) -> Vec<String> {
+    let mut v: Vec<String> = inner.links.lock().values().map(|l| l.peer.cluster_addr.clone()).collect();
+    v.extend(inner.cfg.seeds.iter().cloned());
+    v.push(inner.node.cluster_addr.clone());
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn ensure_dialing(inner: &Arc<Inner>, addr: String) {
+    if inner.shutdown.is_cancelled() || inner.self_addrs.lock().contains(&addr) {
+        return;
+    }
+    if !inner.dialing.lock().insert(addr.clone()) {
+        return;
+    }
+    tokio::spawn(dial_loop(inner.clone(), addr));
+}
+
+fn link_for_addr(inner: &Inner, addr: &str) -> Option<Arc<Link>> {
+    inner.links.lock().values().find(|l| l.peer.cluster_addr == addr).cloned()
+}
+
+async fn dial_loop(inner: Arc<Inner>, addr: String) {
+    let min = Duration::from_millis(inner.cfg.reconnect_ms_min.max(1));
+    let max = Duration::from_millis(inner.cfg.reconnect_ms_max.max(inner.cfg.reconnect_ms_min.max(1)));
+    let mut backoff = min;
+    loop {
+        if inner.shutdown.is_cancelled() || inner.self_addrs.lock().contains(&addr) {
+            break;
+        }
+        if let Some(link) = link_for_addr(&inner, &addr) {
+            tokio::select! {
+                _ = link.closed.cancelled() => {}
+                _ = inner.shutdown.cancelled() => break,
+            }
+            backoff = min;
+            continue;
+        }
+        match dial(&inner, &addr).await {
+            Ok(link) => {
+                backoff = min;
+                tokio::select! {
+                    _ = link.closed.cancelled() => {}
+                    _ = inner.shutdown.cancelled() => break,
+                }
+            }
+            Err(DialError::SelfConnect) => {
+                inner.self_addrs.lock().insert(addr.clone());
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %addr, cause = %e, retry_ms = backoff.as_millis() as u64, "dial failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = inner.shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(max);
+            }
+        }
+    }
+    inner.dialing.lock().remove(&addr);
+}
+
+async fn dial(inner: &Arc<Inner>, addr: &str) -> Result<Arc<Link>, DialError> {
+    let other = |e: &dyn std::fmt::Display| DialError::Other(e.to_string());
+    let sock =
+        tokio::net::lookup_host(addr).await.map_err(|e| other(&e))?.next().ok_or_else(|| other(&"no address"))?;
+    let timeout = Duration::from_millis(inner.cfg.handshake_timeout_ms);
+    let connecting = inner.endpoint.connect(sock, CLUSTER_SERVER_NAME).map_err(|e| other(&e))?;
+    let conn = tokio::time::timeout(timeout, connecting).await.map_err(|e| other(&e))?.map_err(|e| other(&e))?;
+    let (mut send, mut recv) =
+        tokio::time::timeout(timeout, conn.open_bi()).await.map_err(|e| other(&e))?.map_err(|e| other(&e))?;
+    let hello = Control::Hello {
+        proto: LINK_PROTO,
+        cluster: inner.cfg.cluster_name.clone(),
+        node: inner.node.clone(),
+        known: known_addrs(inner),
+    };
+    write_control(&mut send, &hello).await.map_err(|e| other(&e))?;
+    let decoder = Decoder::new(inner.cfg.frame_bytes_max);
+    let mut buf = BytesMut::new();
+    let reply = tokio::time::timeout(timeout, read_control(&mut recv, &decoder, &mut buf))
+        .await
+        .map_err(|e| other(&e))?
+        .map_err(|e| other(&e))?;
+    match reply {
+        Some(Control::Welcome { node, known }) => {
+            if inner.blocked.lock().contains(&node.id) {
+                conn.close(0u32.into(), b"blocked");
+                return Err(DialError::Refused("blocked locally".into()));
+            }
+            let link = register(inner, conn, node, inner.node.id, send, recv, buf)
+                .ok_or_else(|| DialError::Refused("duplicate link".into()))?;
+            learn(inner, known);
+            Ok(link)
+        }
+        Some(Control::Refuse { reason }) if reason == "self" => Err(DialError::SelfConnect),
+        Some(Control::Refuse { reason }) => {
+            tracing::warn!(peer = %addr, %reason, "peer refused our link");
+            Err(DialError::Refused(reason))
+        }
+        other_reply => Err(DialError::Other(format!("unexpected handshake reply {other_reply:?}"))),
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    loop {
+        let incoming = tokio::select! {
+            i = inner.endpoint.accept() => i,
+            _ = inner.shutdown.cancelled() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            if let Err(e) = accept_one(&inner, incoming).await {
+                tracing::info!(peer = %remote, cause = %e, "refused inbound cluster connection");
+            }
+        });
+    }
+}
+
+async fn accept_one(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Result<()> {
+    let timeout = Duration::from_millis(inner.cfg.handshake_timeout_ms);
+    // The TLS handshake, including client-certificate verification against
+    // the cluster CA, completes here or fails.
+    let conn = tokio::time::timeout(timeout, incoming).await??;
+    let (mut send, mut recv) = tokio::time::timeout(timeout, conn.accept_bi()).await??;
+    let decoder = Decoder::new(inner.cfg.frame_bytes_max);
+    let mut buf = BytesMut::new();
+    let hello = tokio::time::timeout(timeout, read_control(&mut recv, &decoder, &mut buf)).await??;
+    let Some(Control::Hello { proto, cluster, node, known }) = hello else {
+        conn.close(1u32.into(), b"expected hello");
+        anyhow::bail!("first frame was not a hello");
+    };
+    let refusal = if proto != LINK_PROTO {
+        Some(format!("link protocol {proto}, this node speaks {LINK_PROTO}"))
+    } else if cluster != inner.cfg.cluster_name {
+        Some(format!("cluster name {cluster:?}, this node is in {:?}", inner.cfg.cluster_name))
+    } else if node.id == inner.node.id {
+        Some("self".to_string())
+    } else if inner.blocked.lock().contains(&node.id) {
+        Some("blocked".to_string())
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        let _ = write_control(&mut send, &Control::Refuse { reason: reason.clone() }).await;
+        let _ = send.finish();
+        // Give the refusal a moment to reach the peer before closing.
+        let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+        conn.close(1u32.into(), reason.as_bytes());
+        if reason != "self" {
+            tracing::warn!(peer = %node.name, id = node.id, %reason, "refusing peer");
+        }
+        return Ok(());
+    }
+    let welcome = Control::Welcome { node: inner.node.clone(), known: known_addrs(inner) };
+    write_control(&mut send, &welcome).await?;
+    if register(inner, conn, node.clone(), node.id, send, recv, buf).is_some() {
+        learn(inner, known);
+    }
+    Ok(())
+}
+
+/// Dials every address not yet known.
+fn learn(inner: &Arc<Inner>, addrs: Vec<String>) {
+    for a in addrs {
+        if link_for_addr(inner, &a).is_none() {
+            ensure_dialing(inner, a);
+        }
+    }
+}
+
+/// Installs a handshaken connection as the link to `peer`, unless a link
+/// dialed by a lower id already exists. Starts the link's tasks.
+fn register(
+    inner: &Arc<Inner>,
+    conn: quinn::Connection,
+    peer: NodeInfo,
+    dialer: NodeId,
+    ctrl_send: quinn::SendStream,
+    ctrl_recv: quinn::RecvStream,
+    ctrl_buf: BytesMut,
+) -> Option<Arc<Link>> {
+    let (data_tx, data_rx) = mpsc::channel(inner.cfg.link_queue_frames_max.max(1));
+    let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
+    let link = Arc::new(Link {
+        peer: peer.clone(),
+        conn: conn.clone(),
+        dialer,
+        data_tx,
+        ctrl_tx,
+        rtt_us: AtomicU64::new(conn.rtt().as_micros() as u64),
+        dropped: AtomicU64::new(0),
+        closed: CancellationToken::new(),
+    });
+    let replaced = {
+        let mut links = inner.links.lock();
+        match links.get(&peer.id) {
+            Some(existing) if existing.dialer <= dialer && !existing.closed.is_cancelled() => {
+                drop(links);
+                conn.close(0u32.into(), b"duplicate");
+                return None;
+            }
+            _ => links.insert(peer.id, link.clone()),
+        }
+    };
+    if let Some(old) = replaced {
+        old.close("replaced");
+        inner.handler.peer_down(&old.peer);
+    }
+    tracing::info!(peer = %peer.name, id = peer.id, addr = %peer.cluster_addr, rtt_us = link.rtt_us.load(Ordering::Relaxed), "peer link up");
+    // Start the tasks before telling the handler, so that what it sends in
+    // peer_up goes out on this link.
+    tokio::spawn(data_writer(inner.clone(), link.clone(), data_rx));
+    tokio::spawn(data_acceptor(inner.clone(), link.clone()));
+    tokio::spawn(control_loop(inner.clone(), link.clone(), ctrl_send, ctrl_recv, ctrl_buf, ctrl_rx));
+    inner.handler.peer_up(&peer);
+    inner.epoch.fetch_add(1, Ordering::AcqRel);
+    inner.changed.notify_waiters();
+    // Tell everyone about the new peer's address.
+    let addrs = known_addrs(inner);
+    for l in inner.links.lock().values() {
+        let _ = l.ctrl_tx.try_send(Control::Known { addrs: addrs.clone() });
+    }
+    Some(link)
+}
+
+fn link_down(inner: &Arc<Inner>, link: &Arc<Link>, why: &str) {
+    link.close(why);
+    let removed = {
+        let mut links = inner.links.lock();
+        match links.get(&link.peer.id) {
+            Some(current) if Arc::ptr_eq(current, link) => links.remove(&link.peer.id).is_some(),
+            _ => false,
+        }
+    };
+    if removed {
+        tracing::info!(peer = %link.peer.name, id = link.peer.id, reason = why, "peer link down");
+        inner.handler.peer_down(&link.peer);
+        inner.epoch.fetch_add(1, Ordering::AcqRel);
+        inner.changed.notify_waiters();
+    }
+}
+
+async fn write_control(send: &mut quinn::SendStream, msg: &Control) -> anyhow::Result<()> {
+    let bytes = frame::encode(msg)?;
+    send.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// Reads one control frame; `None` at end of stream.
+async fn read_control(
+    recv: &mut quinn::RecvStream,
+    decoder: &Decoder,
+    buf: &mut BytesMut,
+) -> anyhow::Result<Option<Control>> {
+    loop {
+        if let Some(msg) = decoder.next::<Control>(buf)? {
+            return Ok(Some(msg));
+        }
+        match recv.read_chunk(64 * 1024, true).await? {
+            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+            None => return Ok(None),
+        }
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+async fn control_loop(
+    inner: Arc<Inner>,
+    link: Arc<Link>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut buf: BytesMut,
+    mut ctrl_rx: mpsc::Receiver<Control>,
+) {
+    let decoder = Decoder::new(inner.cfg.frame_bytes_max);
+    let heartbeat = Duration::from_millis(inner.cfg.heartbeat_ms.max(10));
+    let timeout = Duration::from_millis(inner.cfg.peer_timeout_ms.max(heartbeat.as_millis() as u64 * 2));
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    let why = loop {
+        tokio::select! {
+            _ = link.closed.cancelled() => break "closed",
+            _ = inner.shutdown.cancelled() => break "shutdown",
+            _ = ticker.tick() => {
+                if last_seen.elapsed() > timeout {
+                    break "peer timeout";
+                }
+                if write_control(&mut send, &Control::Ping { nonce: now_us() }).await.is_err() {
+                    break "control write failed";
+                }
+            }
+            out = ctrl_rx.recv() => {
+                let Some(out) = out else { break "closed" };
+                if write_control(&mut send, &out).await.is_err() {
+                    break "control write failed";
+                }
+            }
+            msg = read_control(&mut recv, &decoder, &mut buf) => {
+                match msg {
+                    Ok(Some(msg)) => {
+                        last_seen = Instant::now();
+                        match msg {
+                            Control::Ping { nonce } => {
+                                if write_control(&mut send, &Control::Pong { nonce }).await.is_err() {
+                                    break "control write failed";
+                                }
+                            }
+                            Control::Pong { nonce } => {
+                                link.rtt_us.store(now_us().saturating_sub(nonce), Ordering::Relaxed);
+                            }
+                            Control::Known { addrs } => learn(&inner, addrs),
+                            other => tracing::debug!(peer = link.peer.id, msg = ?other, "unexpected control frame"),
+                        }
+                    }
+                    Ok(None) => break "control stream ended",
+                    Err(e) => {
+                        tracing::warn!(peer = link.peer.id, cause = %e, "bad control frame");
+                        break "bad control frame";
+                    }
+                }
+            }
+        }
+    };
+    link_down(&inner, &link, why);
+}
+
+async fn data_writer(inner: Arc<Inner>, link: Arc<Link>, mut rx: mpsc::Receiver<Bytes>) {
+    let mut stream = match link.conn.open_uni().await {
+        Ok(s) => s,
+        Err(e) => {
+            link_down(&inner, &link, &format!("cannot open data stream: {e}"));
+            return;
+        }
+    };
+    let mut batch: Vec<Bytes> = Vec::with_capacity(256);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => n,
+            _ = link.closed.cancelled() => break,
+        };
+        if n == 0 {
+            break;
+        }
+        // Coalesce: one write for everything queued.
+        for body in batch.drain(..) {
+            out.reserve(5 + body.len());
+            out.put_u32((body.len() + 1) as u32);
+            out.put_u8(FRAME_VERSION);
+            out.put_slice(&body);
+        }
+        if stream.write_all(&out).await.is_err() {
+            link_down(&inner, &link, "data write failed");
+            break;
+        }
+        out.clear();
+    }
+}
+
+async fn data_acceptor(inner: Arc<Inner>, link: Arc<Link>) {
+    loop {
+        let stream = tokio::select! {
+            s = link.conn.accept_uni() => s,
+            _ = link.closed.cancelled() => return,
+        };
+        match stream {
+            Ok(stream) => {
+                tokio::spawn(data_reader(inner.clone(), link.clone(), stream));
+            }
+            Err(_) => {
+                link_down(&inner, &link, "connection closed");
+                return;
+            }
+        }
+    }
+}
+
+async fn data_reader(inner: Arc<Inner>, link: Arc<Link>, mut stream: quinn::RecvStream) {
+    let decoder = Decoder::new(inner.cfg.frame_bytes_max);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        loop {
+            match decoder.next_body(&mut buf) {
+                Ok(Some(body)) => inner.handler.message(link.peer.id, body),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(peer = link.peer.id, cause = %e, "bad data frame; closing link");
+                    link_down(&inner, &link, "bad data frame");
+                    return;
+                }
+            }
+        }
+        let chunk = tokio::select! {
+            c = stream.read_chunk(256 * 1024, true) => c,
+            _ = link.closed.cancelled() => return,
+        };
+        match chunk {
+            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
