@@ -19,12 +19,39 @@ pub struct Cli {
 pub enum Command {
     /// Run a node (the default).
     Run(RunArgs),
+    /// Cluster certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create the cluster CA (or reuse the one in DIR) and a certificate
+    /// and key for each node that has none yet.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: std::path::PathBuf,
+        #[arg(long, value_name = "NAME,...", value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Run(args)) => args,
+        Some(Command::Certs { command: CertsCommand::Init { dir, nodes } }) => {
+            let written = catga_transport::certs::init_dir(&dir, &nodes)?;
+            for f in &written {
+                println!("wrote {}", f.display());
+            }
+            if written.is_empty() {
+                println!("nothing to do: {} already holds certificates for {}", dir.display(), nodes.join(", "));
+            }
+            return Ok(());
+        }
         None => cli.run,
     };
     let config = Config::load(&args)?;

@@ -26,6 +26,52 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
     pub nats: NatsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Node-to-node settings (`[cluster]` in TOML).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// QUIC (UDP) listener for peers; port 0 picks a free port.
+    pub listen: String,
+    /// Nodes refuse peers that report another cluster name.
+    pub name: String,
+    /// Cluster addresses (host:port) to dial; others are learned by gossip.
+    pub peers: Vec<String>,
+    /// Directory with `ca.pem`, `NAME.pem`, `NAME.key` (see `catga certs
+    /// init`). Without it the node makes its own CA in `DATA_DIR/tls`.
+    pub tls_dir: Option<PathBuf>,
+    /// Host other nodes and clients should use to reach this node; empty
+    /// means the listen IP, or 127.0.0.1 when listening on all interfaces.
+    pub advertise: String,
+    pub heartbeat_ms: u64,
+    /// Silence from a peer longer than this takes its link down.
+    pub peer_timeout_ms: u64,
+    pub reconnect_ms_min: u64,
+    pub reconnect_ms_max: u64,
+    /// Frames queued per peer link before new ones are dropped.
+    pub link_queue_frames_max: usize,
+    /// Largest frame accepted from a peer.
+    pub frame_bytes_max: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:6222".into(),
+            name: "catga".into(),
+            peers: Vec::new(),
+            tls_dir: None,
+            advertise: String::new(),
+            heartbeat_ms: 250,
+            peer_timeout_ms: 1500,
+            reconnect_ms_min: 50,
+            reconnect_ms_max: 2000,
+            link_queue_frames_max: 1 << 16,
+            frame_bytes_max: 16 << 20,
+        }
+    }
 }
 
 impl Default for Config {
@@ -35,6 +81,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./catga-data"),
             log_format: LogFormat::Human,
             nats: NatsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -57,6 +104,21 @@ pub struct RunArgs {
     /// Log format (level comes from RUST_LOG).
     #[arg(long, env = "CATGA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Cluster (QUIC/UDP) listener address.
+    #[arg(long, env = "CATGA_CLUSTER", value_name = "ADDR")]
+    pub cluster: Option<String>,
+    /// Cluster name; peers with another name are refused.
+    #[arg(long, env = "CATGA_CLUSTER_NAME", value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// Peers to dial (host:port,...).
+    #[arg(long, env = "CATGA_PEERS", value_name = "ADDR,...", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Directory of cluster certificates (`catga certs init`).
+    #[arg(long, env = "CATGA_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Host advertised to peers and clients.
+    #[arg(long, env = "CATGA_ADVERTISE", value_name = "HOST")]
+    pub advertise: Option<String>,
 }
 
 impl Config {
@@ -94,6 +156,21 @@ impl Config {
         if let Some(v) = args.log_format {
             self.log_format = v;
         }
+        if let Some(v) = &args.cluster {
+            self.cluster.listen = v.clone();
+        }
+        if let Some(v) = &args.cluster_name {
+            self.cluster.name = v.clone();
+        }
+        if let Some(v) = &args.peers {
+            self.cluster.peers = v.iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect();
+        }
+        if let Some(v) = &args.tls_dir {
+            self.cluster.tls_dir = Some(v.clone());
+        }
+        if let Some(v) = &args.advertise {
+            self.cluster.advertise = v.clone();
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -113,6 +190,29 @@ impl Config {
             n.token.is_none() || n.users.is_empty(),
             "nats.token and nats.users are exclusive; configure one"
         );
+        let c = &self.cluster;
+        anyhow::ensure!(!c.name.is_empty(), "cluster.name may not be empty");
+        anyhow::ensure!(c.heartbeat_ms >= 10, "cluster.heartbeat_ms must be at least 10");
+        anyhow::ensure!(
+            c.peer_timeout_ms >= 2 * c.heartbeat_ms,
+            "cluster.peer_timeout_ms must be at least twice cluster.heartbeat_ms"
+        );
+        anyhow::ensure!(
+            c.reconnect_ms_min >= 1 && c.reconnect_ms_max >= c.reconnect_ms_min,
+            "cluster.reconnect_ms_min must be at least 1 and at most cluster.reconnect_ms_max"
+        );
+        anyhow::ensure!(c.link_queue_frames_max >= 1, "cluster.link_queue_frames_max must be at least 1");
+        anyhow::ensure!(
+            c.frame_bytes_max >= n.payload_bytes_max + 64 * 1024,
+            "cluster.frame_bytes_max must exceed nats.payload_bytes_max by 64 KiB"
+        );
+        anyhow::ensure!(
+            c.peers.is_empty() || c.tls_dir.is_some(),
+            "cluster.peers needs cluster.tls_dir (--tls-dir): all nodes must share one CA; create it with `catga certs init`"
+        );
+        if !self.name.is_empty() {
+            catga_transport::certs::check_node_name(&self.name)?;
+        }
         Ok(())
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod nats;
 pub mod node;

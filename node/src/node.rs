@@ -1,16 +1,55 @@
 //! A running node: every listener it owns, started and stopped together.
+//!
+//! Start order: the NATS listener first (its bound port goes into what peers
+//! and clients are told), then the bus's cluster side, then the QUIC mesh,
+//! which starts dialing peers at once.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
+use catga_transport::{certs, Mesh, MeshConfig, NodeInfo};
+
 use crate::bus::Bus;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::nats::server::NatsServer;
 
 pub struct Node {
     pub config: Config,
+    pub id: u64,
+    pub name: String,
     pub bus: Arc<Bus>,
     pub nats: NatsServer,
+    pub cluster: Arc<Cluster>,
+    pub mesh: Mesh,
+}
+
+/// The node id, kept in the data dir so it survives restarts.
+fn load_or_create_id(data_dir: &Path) -> anyhow::Result<u64> {
+    let path = data_dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|e| anyhow::anyhow!("{} is corrupt: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = rand::random::<u64>() >> 1 | 1;
+            let tmp = data_dir.join("node_id.tmp");
+            std::fs::write(&tmp, format!("{id}\n"))?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(id)
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Host to advertise: the configured one, else the listen IP, else loopback.
+fn advertise_host(configured: &str, bound: SocketAddr) -> String {
+    if !configured.is_empty() {
+        configured.to_string()
+    } else if bound.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        bound.ip().to_string()
+    }
 }
 
 impl Node {
@@ -18,18 +57,72 @@ impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+        let id = load_or_create_id(&config.data_dir)?;
+        let name = if config.name.is_empty() { format!("catga-{:08x}", id as u32) } else { config.name.clone() };
         let bus = Arc::new(Bus::new());
-        let nats = NatsServer::start(config.nats.clone(), bus.clone(), &config.name).await?;
-        tracing::info!(nats = %nats.local_addr(), name = %config.name, data_dir = %config.data_dir.display(), "catga node listening");
-        Ok(Self { config, bus, nats })
+        let nats = NatsServer::start(config.nats.clone(), bus.clone(), &name).await?;
+
+        let tls = match &config.cluster.tls_dir {
+            Some(dir) => certs::load_dir(dir, &name)?,
+            None => {
+                let dir = config.data_dir.join("tls");
+                certs::init_dir(&dir, std::slice::from_ref(&name))?;
+                certs::load_dir(&dir, &name)?
+            }
+        };
+        let listen: SocketAddr = tokio::net::lookup_host(&config.cluster.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster address {}: {e}", config.cluster.listen))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("cluster address {} resolves to nothing", config.cluster.listen))?;
+        let host = advertise_host(&config.cluster.advertise, nats.local_addr());
+        let me = NodeInfo {
+            id,
+            name: name.clone(),
+            cluster_addr: String::new(),
+            client_urls: vec![format!("{host}:{}", nats.local_addr().port())],
+        };
+        let server = nats.shared().clone();
+        let cluster = Cluster::new(
+            bus.clone(),
+            me.clone(),
+            config.nats.match_cache_entries_max,
+            Box::new(move |urls| server.set_connect_urls(urls)),
+        );
+        let c = &config.cluster;
+        let mut mesh_cfg = MeshConfig::new(listen, &c.name, me, tls);
+        mesh_cfg.advertise_host = c.advertise.clone();
+        mesh_cfg.seeds = c.peers.clone();
+        mesh_cfg.heartbeat_ms = c.heartbeat_ms;
+        mesh_cfg.peer_timeout_ms = c.peer_timeout_ms;
+        mesh_cfg.reconnect_ms_min = c.reconnect_ms_min;
+        mesh_cfg.reconnect_ms_max = c.reconnect_ms_max;
+        mesh_cfg.link_queue_frames_max = c.link_queue_frames_max;
+        mesh_cfg.frame_bytes_max = c.frame_bytes_max;
+        let mesh = Mesh::start(mesh_cfg, cluster.clone()).await?;
+        nats.shared().set_connect_urls(cluster.client_urls());
+        tracing::info!(
+            nats = %nats.local_addr(),
+            cluster = %mesh.local_addr(),
+            id,
+            name = %name,
+            data_dir = %config.data_dir.display(),
+            "catga node listening"
+        );
+        Ok(Self { config, id, name, bus, nats, cluster, mesh })
     }
 
     pub fn nats_addr(&self) -> SocketAddr {
         self.nats.local_addr()
     }
 
-    /// Graceful stop: lame-duck drain of NATS clients.
+    pub fn cluster_addr(&self) -> SocketAddr {
+        self.mesh.local_addr()
+    }
+
+    /// Graceful stop: lame-duck drain of NATS clients, then leave the mesh.
     pub async fn shutdown(&self) {
         self.nats.drain().await;
+        self.mesh.shutdown().await;
     }
 }

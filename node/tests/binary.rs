@@ -52,7 +52,9 @@ fn server_name(info: &str) -> String {
 async fn port_zero_and_sigterm_drains_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut p = spawn(&["run", "--nats", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()], &[]).await;
+    let mut p =
+        spawn(&["run", "--nats", "127.0.0.1:0", "--cluster", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()], &[])
+            .await;
     assert_ne!(p.nats.port(), 0);
     assert!(data.is_dir(), "data dir created");
     let mut raw = Raw::connect(p.nats).await;
@@ -76,7 +78,10 @@ async fn flags_win_over_env_and_env_over_file() {
     let data = dir.path().join("d");
     std::fs::write(
         &file,
-        format!("name = \"from-file\"\ndata_dir = {:?}\n[nats]\nlisten = \"127.0.0.1:0\"\n", data.to_str().unwrap()),
+        format!(
+            "name = \"from-file\"\ndata_dir = {:?}\n[nats]\nlisten = \"127.0.0.1:0\"\n[cluster]\nlisten = \"127.0.0.1:0\"\n",
+            data.to_str().unwrap()
+        ),
     )
     .unwrap();
     let cfg = file.to_str().unwrap();

@@ -98,12 +98,18 @@ impl MeshConfig {
     }
 }
 
-/// What the mesh tells its owner.
+/// What the mesh tells its owner. Calls for one peer come in order; a frame
+/// from a peer is only delivered after its `peer_up` and before its
+/// `peer_down`.
 pub trait MeshHandler: Send + Sync + 'static {
-    fn peer_up(&self, peer: &NodeInfo);
-    fn peer_down(&self, peer: &NodeInfo);
+    /// A link to `peer` is up; frames sent to it from here on use it.
+    fn peer_up(&self, mesh: &Mesh, peer: &NodeInfo);
+    fn peer_down(&self, mesh: &Mesh, peer: &NodeInfo);
     /// One data frame body from `from`, in the order `from` sent it.
-    fn message(&self, from: NodeId, body: Bytes);
+    fn message(&self, mesh: &Mesh, from: NodeId, body: Bytes);
+    /// The frames read from `from` in one go have all been passed to
+    /// `message` (a point to flush coalesced work).
+    fn batch_end(&self, _mesh: &Mesh, _from: NodeId) {}
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -537,7 +543,7 @@ fn register(
     };
     if let Some(old) = replaced {
         old.close("replaced");
-        inner.handler.peer_down(&old.peer);
+        inner.handler.peer_down(&Mesh { inner: inner.clone() }, &old.peer);
     }
     tracing::info!(peer = %peer.name, id = peer.id, addr = %peer.cluster_addr, rtt_us = link.rtt_us.load(Ordering::Relaxed), "peer link up");
     // Start the tasks before telling the handler, so that what it sends in
@@ -545,7 +551,7 @@ fn register(
     tokio::spawn(data_writer(inner.clone(), link.clone(), data_rx));
     tokio::spawn(data_acceptor(inner.clone(), link.clone()));
     tokio::spawn(control_loop(inner.clone(), link.clone(), ctrl_send, ctrl_recv, ctrl_buf, ctrl_rx));
-    inner.handler.peer_up(&peer);
+    inner.handler.peer_up(&Mesh { inner: inner.clone() }, &peer);
     inner.epoch.fetch_add(1, Ordering::AcqRel);
     inner.changed.notify_waiters();
     // Tell everyone about the new peer's address.
@@ -567,7 +573,7 @@ fn link_down(inner: &Arc<Inner>, link: &Arc<Link>, why: &str) {
     };
     if removed {
         tracing::info!(peer = %link.peer.name, id = link.peer.id, reason = why, "peer link down");
-        inner.handler.peer_down(&link.peer);
+        inner.handler.peer_down(&Mesh { inner: inner.clone() }, &link.peer);
         inner.epoch.fetch_add(1, Ordering::AcqRel);
         inner.changed.notify_waiters();
     }
@@ -715,11 +721,21 @@ async fn data_acceptor(inner: Arc<Inner>, link: Arc<Link>) {
 async fn data_reader(inner: Arc<Inner>, link: Arc<Link>, mut stream: quinn::RecvStream) {
     let decoder = Decoder::new(inner.cfg.frame_bytes_max);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mesh = Mesh { inner: inner.clone() };
     loop {
+        let mut any = false;
         loop {
             match decoder.next_body(&mut buf) {
-                Ok(Some(body)) => inner.handler.message(link.peer.id, body),
-                Ok(None) => break,
+                Ok(Some(body)) => {
+                    any = true;
+                    inner.handler.message(&mesh, link.peer.id, body)
+                }
+                Ok(None) => {
+                    if any {
+                        inner.handler.batch_end(&mesh, link.peer.id);
+                    }
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(peer = link.peer.id, cause = %e, "bad data frame; closing link");
                     link_down(&inner, &link, "bad data frame");

@@ -18,13 +18,13 @@ struct Recorder {
 }
 
 impl MeshHandler for Recorder {
-    fn peer_up(&self, peer: &NodeInfo) {
+    fn peer_up(&self, _mesh: &Mesh, peer: &NodeInfo) {
         self.up.lock().push(peer.id);
     }
-    fn peer_down(&self, peer: &NodeInfo) {
+    fn peer_down(&self, _mesh: &Mesh, peer: &NodeInfo) {
         self.down.lock().push(peer.id);
     }
-    fn message(&self, from: NodeId, body: Bytes) {
+    fn message(&self, _mesh: &Mesh, from: NodeId, body: Bytes) {
         self.msgs.lock().push((from, body));
     }
 }

@@ -65,6 +65,12 @@ pub struct Subscription {
     pub queue: Option<Box<[u8]>>,
     pub sid: Box<[u8]>,
     pub sink: Arc<dyn Sink>,
+    /// True for interest held on behalf of another node: deliveries go to
+    /// that node, which delivers locally (one hop, never forwarded again).
+    pub remote: bool,
+    /// Share of its queue group: 1 for a local member, the member count for
+    /// a remote node's members of the group.
+    weight: AtomicU64,
     /// Maximum deliveries; 0 means unlimited.
     max: AtomicU64,
     delivered: AtomicU64,
@@ -78,10 +84,28 @@ impl Subscription {
             queue: queue.map(Into::into),
             sid: sid.into(),
             sink,
+            remote: false,
+            weight: AtomicU64::new(1),
             max: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             removed: AtomicBool::new(false),
         }
+    }
+
+    /// Interest of another node (see [`Subscription::remote`]).
+    pub fn new_remote(subject: &[u8], queue: Option<&[u8]>, weight: u64, sink: Arc<dyn Sink>) -> Self {
+        let mut s = Self::new(subject, queue, b"", sink);
+        s.remote = true;
+        s.weight = AtomicU64::new(weight.max(1));
+        s
+    }
+
+    pub fn weight(&self) -> u64 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_weight(&self, weight: u64) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
     }
 
     pub fn delivered(&self) -> u64 {
@@ -123,10 +147,27 @@ fn next_random(state: &mut u64) -> u64 {
     x
 }
 
+/// Told about every change of *local* interest (subscriptions of this
+/// node's own clients), so the cluster can tell its peers.
+pub trait InterestObserver: Send + Sync {
+    fn interest_changed(&self, subject: &[u8], queue: Option<&[u8]>, delta: i64);
+}
+
+/// Which local subscribers a message from a peer is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// Every local plain subscriber.
+    Plain,
+    /// One local member of this queue group.
+    Queue(&'a [u8]),
+}
+
 /// The node's subject space.
 #[derive(Default)]
 pub struct Bus {
     subs: Sublist<Subscription>,
+    observer: std::sync::OnceLock<Arc<dyn InterestObserver>>,
+    next_sink_id: AtomicU64,
 }
 
 /// Per-publisher state: its match cache, the sinks to wake, the sinks that
@@ -169,10 +210,27 @@ impl Bus {
         Self::default()
     }
 
+    /// A fresh id for a sink (client connection or peer), unique on this node.
+    pub fn next_sink_id(&self) -> u64 {
+        self.next_sink_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Installs the observer of local interest (once).
+    pub fn set_observer(&self, observer: Arc<dyn InterestObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
     pub fn subscribe(&self, sub: Arc<Subscription>) -> Result<(), InvalidSubject> {
         let subject = sub.subject.clone();
         let queue = sub.queue.clone();
-        self.subs.insert(&subject, queue.as_deref(), sub)
+        let remote = sub.remote;
+        self.subs.insert(&subject, queue.as_deref(), sub)?;
+        if !remote {
+            if let Some(o) = self.observer.get() {
+                o.interest_changed(&subject, queue.as_deref(), 1);
+            }
+        }
+        Ok(())
     }
 
     /// Removes `sub`; returns whether it was still there.
@@ -180,7 +238,13 @@ impl Bus {
         if sub.removed.swap(true, Ordering::AcqRel) {
             return false;
         }
-        self.subs.remove(&sub.subject, sub.queue.as_deref(), sub)
+        let removed = self.subs.remove(&sub.subject, sub.queue.as_deref(), sub);
+        if removed && !sub.remote {
+            if let Some(o) = self.observer.get() {
+                o.interest_changed(&sub.subject, sub.queue.as_deref(), -1);
+            }
+        }
+        removed
     }
 
     /// Number of subscriptions on the bus.
@@ -211,27 +275,88 @@ impl Bus {
             return false;
         }
         let mut delivered = false;
+        // A peer gets one copy for all its plain interest that matches.
+        let mut peers_sent: smallvec::SmallVec<[u64; 4]> = smallvec::SmallVec::new();
         for sub in &result.plain {
-            if !echo && sub.sink.id() == origin {
+            if sub.remote {
+                let id = sub.sink.id();
+                if peers_sent.contains(&id) {
+                    continue;
+                }
+                peers_sent.push(id);
+            } else if !echo && sub.sink.id() == origin {
                 continue;
             }
             delivered |= self.deliver_one(woken, behind, sub, msg);
         }
         for (_, members) in &result.groups {
-            let n = members.len();
-            let start = (next_random(rng) % n as u64) as usize;
-            for i in 0..n {
-                let sub = &members[(start + i) % n];
-                if !echo && sub.sink.id() == origin {
-                    continue;
-                }
-                if self.deliver_one(woken, behind, sub, msg) {
-                    delivered = true;
-                    break;
-                }
-            }
+            delivered |= self.deliver_to_group(woken, behind, rng, members, origin, echo, msg);
         }
         delivered
+    }
+
+    /// Delivers a message that came from a peer to this node's own clients:
+    /// every local plain subscriber, or one local member of one queue group.
+    /// Never forwards to other nodes (one hop).
+    pub fn deliver_local(&self, publisher: &mut Publisher, msg: &Msg<'_>, target: Target<'_>) -> bool {
+        let Publisher { cache, woken, behind, rng } = publisher;
+        let result = cache.get(&self.subs, msg.subject);
+        match target {
+            Target::Plain => {
+                let mut delivered = false;
+                for sub in result.plain.iter().filter(|s| !s.remote) {
+                    delivered |= self.deliver_one(woken, behind, sub, msg);
+                }
+                delivered
+            }
+            Target::Queue(name) => {
+                let Some((_, members)) = result.groups.iter().find(|(n, _)| &n[..] == name) else {
+                    return false;
+                };
+                let local: Vec<Arc<Subscription>> = members.iter().filter(|s| !s.remote).cloned().collect();
+                self.deliver_to_group(woken, behind, rng, &local, 0, true, msg)
+            }
+        }
+    }
+
+    /// One member of a group, chosen at random weighted by member count;
+    /// if it refuses, the next ones in turn.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_to_group(
+        &self,
+        woken: &mut Vec<Arc<dyn Sink>>,
+        behind: &mut Vec<Arc<dyn Sink>>,
+        rng: &mut u64,
+        members: &[Arc<Subscription>],
+        origin: u64,
+        echo: bool,
+        msg: &Msg<'_>,
+    ) -> bool {
+        let n = members.len();
+        if n == 0 {
+            return false;
+        }
+        let total: u64 = members.iter().map(|m| m.weight()).sum();
+        let mut pick = next_random(rng) % total.max(1);
+        let mut start = 0;
+        for (i, m) in members.iter().enumerate() {
+            let w = m.weight();
+            if pick < w {
+                start = i;
+                break;
+            }
+            pick -= w;
+        }
+        for i in 0..n {
+            let sub = &members[(start + i) % n];
+            if !echo && !sub.remote && sub.sink.id() == origin {
+                continue;
+            }
+            if self.deliver_one(woken, behind, sub, msg) {
+                return true;
+            }
+        }
+        false
     }
 
     fn deliver_one(
@@ -348,6 +473,58 @@ mod tests {
         for c in counts {
             assert!((800..1200).contains(&c), "unbalanced: {c}");
         }
+    }
+
+    #[test]
+    fn queue_groups_balance_by_member_count() {
+        let bus = Bus::new();
+        let local = Recorder::new(1);
+        let remote = Recorder::new(2);
+        sub(&bus, "w", Some("g"), "1", &local);
+        // A peer with three members of the group.
+        let r = Arc::new(Subscription::new_remote(b"w", Some(b"g"), 3, remote.clone()));
+        bus.subscribe(r).unwrap();
+        let mut p = Publisher::new(64);
+        for _ in 0..4000 {
+            assert!(bus.publish(&mut p, 99, true, &msg("w")));
+        }
+        let (l, rm) = (local.count(), remote.count());
+        assert_eq!(l + rm, 4000);
+        assert!((800..1200).contains(&l), "local member gets ~1/4: {l}");
+    }
+
+    #[test]
+    fn peers_get_one_copy_and_peer_messages_stay_local() {
+        let bus = Bus::new();
+        let peer = Recorder::new(5);
+        let local = Recorder::new(6);
+        for s in ["a.*", "a.>", "a.b"] {
+            bus.subscribe(Arc::new(Subscription::new_remote(s.as_bytes(), None, 1, peer.clone()))).unwrap();
+        }
+        sub(&bus, "a.b", None, "1", &local);
+        let mut p = Publisher::new(64);
+        bus.publish(&mut p, 99, true, &msg("a.b"));
+        assert_eq!((peer.count(), local.count()), (1, 1), "one copy per peer");
+        bus.deliver_local(&mut p, &msg("a.b"), Target::Plain);
+        assert_eq!((peer.count(), local.count()), (1, 2), "from a peer: local only");
+    }
+
+    #[test]
+    fn observer_sees_local_interest_only() {
+        struct Obs(Mutex<Vec<(Vec<u8>, i64)>>);
+        impl InterestObserver for Obs {
+            fn interest_changed(&self, subject: &[u8], _q: Option<&[u8]>, delta: i64) {
+                self.0.lock().push((subject.to_vec(), delta));
+            }
+        }
+        let bus = Bus::new();
+        let obs = Arc::new(Obs(Mutex::new(Vec::new())));
+        bus.set_observer(obs.clone());
+        let r = Recorder::new(1);
+        let s = sub(&bus, "x", None, "1", &r);
+        bus.subscribe(Arc::new(Subscription::new_remote(b"y", None, 1, r.clone()))).unwrap();
+        bus.unsubscribe(&s);
+        assert_eq!(*obs.0.lock(), vec![(b"x".to_vec(), 1), (b"x".to_vec(), -1)]);
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct ClientShared {
     kill: CancellationToken,
     pending_bytes_max: usize,
     headers: AtomicBool,
+    /// Client asked (protocol >= 1) for INFO updates such as connect_urls.
+    pub(crate) info_updates: AtomicBool,
     close_reason: Mutex<Option<CloseReason>>,
     subs: Mutex<HashMap<Box<[u8]>, Arc<Subscription>>>,
     /// Pending bytes (buffer + in flight), mirrored for lock-free reads.
@@ -86,6 +88,7 @@ impl ClientShared {
             kill: CancellationToken::new(),
             pending_bytes_max,
             headers: AtomicBool::new(false),
+            info_updates: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             subs: Mutex::new(HashMap::new()),
             pending: AtomicU64::new(0),
@@ -361,6 +364,7 @@ impl Conn {
             return Flow::Close(CloseReason::NoRespondersRequiresHeaders);
         }
         self.client.headers.store(opts.headers, Ordering::Relaxed);
+        self.client.info_updates.store(opts.protocol >= 1, Ordering::Relaxed);
         if opts.verbose {
             self.send(proto::OK);
         }

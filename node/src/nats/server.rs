@@ -41,7 +41,6 @@ pub struct ServerShared {
     pub bus: Arc<Bus>,
     info: Mutex<Info>,
     clients: Mutex<HashMap<u64, Arc<ClientShared>>>,
-    next_client_id: AtomicU64,
     lame_duck: AtomicBool,
     pub stats: Stats,
     /// Signalled when the last client leaves.
@@ -75,6 +74,29 @@ impl ServerShared {
                 .any(|u| u.user == *user && constant_time_eq(u.password.as_bytes(), pass.as_bytes()));
         }
         false
+    }
+
+    /// Sets the cluster's client URLs and pushes a new INFO to clients that
+    /// asked for updates, so they learn where to fail over.
+    pub fn set_connect_urls(&self, urls: Vec<String>) {
+        {
+            let mut info = self.info.lock();
+            if info.connect_urls == urls {
+                return;
+            }
+            info.connect_urls = urls;
+        }
+        let clients: Vec<Arc<ClientShared>> = self.clients.lock().values().cloned().collect();
+        for c in clients {
+            if c.info_updates.load(Ordering::Relaxed) {
+                c.queue(&self.info_for(&c));
+                c.wake();
+            }
+        }
+    }
+
+    pub fn connect_urls(&self) -> Vec<String> {
+        self.info.lock().connect_urls.clone()
     }
 
     pub fn client_count(&self) -> usize {
@@ -133,7 +155,6 @@ impl NatsServer {
             bus,
             info: Mutex::new(info),
             clients: Mutex::new(HashMap::new()),
-            next_client_id: AtomicU64::new(1),
             lame_duck: AtomicBool::new(false),
             stats: Stats::default(),
             idle: tokio::sync::Notify::new(),
@@ -204,7 +225,8 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener, stop: Can
                 continue;
             }
         };
-        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+        // Ids come from the bus so clients and peers never share one.
+        let id = shared.bus.next_sink_id();
         let client = Arc::new(ClientShared::new(id, addr, shared.config.pending_bytes_max));
         {
             let mut clients = shared.clients.lock();

@@ -25,6 +25,7 @@ impl TestNode {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config { name: "test-node".into(), data_dir: dir.path().to_path_buf(), ..Default::default() };
         config.nats.listen = "127.0.0.1:0".into();
+        config.cluster.listen = "127.0.0.1:0".into();
         edit(&mut config);
         config.validate().unwrap();
         let node = Node::start(config).await.unwrap();
@@ -41,6 +42,51 @@ impl TestNode {
 
     pub async fn client(&self) -> async_nats::Client {
         async_nats::connect(self.url()).await.unwrap()
+    }
+}
+
+/// Nodes on 127.0.0.1:0 sharing one cluster CA; node i>0 is seeded with
+/// node 0's cluster address and learns the rest by gossip.
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    pub certs: tempfile::TempDir,
+}
+
+impl TestCluster {
+    pub async fn start(n: usize) -> Self {
+        Self::start_with(n, |_, _| {}).await
+    }
+
+    pub async fn start_with(n: usize, edit: impl Fn(usize, &mut Config)) -> Self {
+        let certs = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+        catga_transport::certs::init_dir(certs.path(), &names).unwrap();
+        let mut nodes: Vec<TestNode> = Vec::new();
+        for i in 0..n {
+            let seed = nodes.first().map(|n0| n0.node.mesh.node().cluster_addr.clone());
+            let dir = certs.path().to_path_buf();
+            let node = TestNode::start_with(|c| {
+                c.name = format!("n{i}");
+                c.cluster.tls_dir = Some(dir);
+                c.cluster.peers = seed.into_iter().collect();
+                c.cluster.heartbeat_ms = 50;
+                c.cluster.peer_timeout_ms = 500;
+                c.cluster.reconnect_ms_max = 200;
+                edit(i, c);
+            })
+            .await;
+            nodes.push(node);
+        }
+        let cluster = Self { nodes, certs };
+        cluster.wait_full_mesh().await;
+        cluster
+    }
+
+    /// Waits until every node has a link to every other.
+    pub async fn wait_full_mesh(&self) {
+        let n = self.nodes.len();
+        let nodes: Vec<_> = self.nodes.iter().map(|t| t.node.mesh.clone()).collect();
+        eventually(Duration::from_secs(10), "full mesh", || nodes.iter().all(|m| m.peers().len() == n - 1)).await;
     }
 }
 

@@ -1,0 +1,346 @@
+//! The cluster bus: tells peers which subjects this node's clients want,
+//! and forwards messages to the peers that want them.
+//!
+//! ```text
+//!  local SUB/UNSUB ─► Bus observer ─► Interest{subject, queue, count} ──► every peer
+//!  peer_up ─────────► Reset + one Interest per local entry (snapshot) ──► that peer
+//!  peer's Interest ─► a remote Subscription in the local Bus, its Sink the peer
+//!  local PUB ───────► Bus::publish ─► PeerSink ─► Msg{.., queue} ──────► peer
+//!  peer's Msg ──────► Bus::deliver_local (this node's clients only: one hop)
+//! ```
+//!
+//! All frames to one peer travel on one ordered stream, so a client's
+//! SUB reaches a peer before any message the client publishes afterwards
+//! (its reply inbox is known before its request arrives). Counts are
+//! absolute, so a snapshot and later updates compose without bookkeeping.
+//! Plain interest is one remote subscription per (peer, subject): the peer
+//! fans out locally and gets one copy. A queue group's remote subscription
+//! weighs the peer's member count, so groups balance by members cluster-wide.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use catga_transport::{Mesh, MeshHandler, NodeId, NodeInfo};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::bus::{Bus, Delivered, InterestObserver, Msg, Publisher, Sink, Subscription, Target};
+
+/// What nodes say to each other about the bus.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum BusFrame<'a> {
+    /// Forget all interest this peer announced before (start of a link).
+    Reset,
+    /// The sender's clients hold `count` subscriptions on (subject, queue).
+    Interest {
+        #[serde(borrow, with = "serde_bytes")]
+        subject: &'a [u8],
+        #[serde(borrow, with = "opt_bytes")]
+        queue: Option<&'a [u8]>,
+        count: u32,
+    },
+    /// A message for the receiver's plain subscribers (`queue: None`) or one
+    /// member of its queue group `queue`.
+    Msg {
+        #[serde(borrow, with = "serde_bytes")]
+        subject: &'a [u8],
+        #[serde(borrow, with = "opt_bytes")]
+        reply: Option<&'a [u8]>,
+        #[serde(borrow, with = "opt_bytes")]
+        headers: Option<&'a [u8]>,
+        #[serde(borrow, with = "serde_bytes")]
+        payload: &'a [u8],
+        #[serde(borrow, with = "opt_bytes")]
+        queue: Option<&'a [u8]>,
+    },
+}
+
+/// serde helpers for `Option<&[u8]>` as bytes.
+mod opt_bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<&[u8]>, s: S) -> Result<S::Ok, S::Error> {
+        v.map(serde_bytes::Bytes::new).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de [u8]>, D::Error> {
+        let v: Option<&'de serde_bytes::Bytes> = Option::deserialize(d)?;
+        Ok(v.map(|b| &b[..]))
+    }
+}
+
+fn encode(frame: &BusFrame<'_>) -> Option<Bytes> {
+    match postcard::to_stdvec(frame) {
+        Ok(v) => Some(Bytes::from(v)),
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot encode bus frame");
+            None
+        }
+    }
+}
+
+type InterestKey = (Box<[u8]>, Option<Box<[u8]>>);
+
+/// The outbound side of a peer, as the bus sees it.
+pub struct PeerSink {
+    id: u64,
+    peer: NodeId,
+    mesh: Mesh,
+    drained: tokio::sync::Notify,
+}
+
+impl Sink for PeerSink {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn deliver(&self, sub: &Subscription, msg: &Msg<'_>) -> Delivered {
+        let frame = BusFrame::Msg {
+            subject: msg.subject,
+            reply: msg.reply,
+            headers: msg.headers,
+            payload: msg.payload,
+            queue: sub.queue.as_deref(),
+        };
+        // The link's writer task wakes itself; nothing to flush.
+        match encode(&frame).map(|bytes| self.mesh.send(self.peer, bytes)) {
+            Some(true) => Delivered::Queued,
+            _ => Delivered::Refused,
+        }
+    }
+
+    fn flush(&self) {}
+
+    fn expired(&self, _sub: &Subscription) {}
+
+    fn stall_for(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    fn drained(&self) -> &tokio::sync::Notify {
+        &self.drained
+    }
+}
+
+struct Peer {
+    info: NodeInfo,
+    mesh: Mesh,
+    sink: Arc<PeerSink>,
+    interest: HashMap<InterestKey, Arc<Subscription>>,
+    publisher: Publisher,
+}
+
+/// Called with the client URLs of every live node when the set changes.
+pub type PeersChanged = Box<dyn Fn(Vec<String>) + Send + Sync>;
+
+pub struct Cluster {
+    bus: Arc<Bus>,
+    me: NodeInfo,
+    /// This node's own interest: (subject, queue) → local subscriptions.
+    local: Mutex<HashMap<InterestKey, u32>>,
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    on_change: PeersChanged,
+    cache_entries_max: usize,
+}
+
+impl Cluster {
+    pub fn new(bus: Arc<Bus>, me: NodeInfo, cache_entries_max: usize, on_change: PeersChanged) -> Arc<Self> {
+        let cluster = Arc::new(Self {
+            bus: bus.clone(),
+            me,
+            local: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            on_change,
+            cache_entries_max,
+        });
+        bus.set_observer(cluster.clone());
+        cluster
+    }
+
+    /// Client URLs of this node and every peer with a live link; empty
+    /// while the node is alone (a lone nats-server sends none either).
+    pub fn client_urls(&self) -> Vec<String> {
+        let peers = self.peers.lock();
+        if peers.is_empty() {
+            return Vec::new();
+        }
+        let mut urls = self.me.client_urls.clone();
+        for p in peers.values() {
+            urls.extend(p.info.client_urls.iter().cloned());
+        }
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
+    fn notify_change(&self) {
+        (self.on_change)(self.client_urls());
+    }
+
+    fn apply_interest(&self, from: NodeId, subject: &[u8], queue: Option<&[u8]>, count: u32) {
+        let mut peers = self.peers.lock();
+        let Some(peer) = peers.get_mut(&from) else { return };
+        let key: InterestKey = (subject.into(), queue.map(Into::into));
+        match (count, peer.interest.get(&key)) {
+            (0, Some(_)) => {
+                if let Some(sub) = peer.interest.remove(&key) {
+                    self.bus.unsubscribe(&sub);
+                }
+            }
+            (0, None) => {}
+            (n, Some(sub)) => sub.set_weight(n as u64),
+            (n, None) => {
+                let sink: Arc<dyn Sink> = peer.sink.clone();
+                let sub = Arc::new(Subscription::new_remote(subject, queue, n as u64, sink));
+                if self.bus.subscribe(sub.clone()).is_ok() {
+                    peer.interest.insert(key, sub);
+                } else {
+                    tracing::warn!(peer = from, "peer announced an invalid subject; ignored");
+                }
+            }
+        }
+    }
+
+    fn reset_peer_interest(&self, peer: &mut Peer) {
+        for (_, sub) in peer.interest.drain() {
+            self.bus.unsubscribe(&sub);
+        }
+    }
+}
+
+impl InterestObserver for Cluster {
+    fn interest_changed(&self, subject: &[u8], queue: Option<&[u8]>, delta: i64) {
+        let mut local = self.local.lock();
+        let key: InterestKey = (subject.into(), queue.map(Into::into));
+        let before = local.get(&key).copied().unwrap_or(0);
+        let after = (before as i64 + delta).max(0) as u32;
+        if after == 0 {
+            local.remove(&key);
+        } else {
+            local.insert(key, after);
+        }
+        // Plain interest matters to peers only when it appears or vanishes;
+        // a queue group's count is its weight.
+        let tell = queue.is_some() || (before == 0) != (after == 0);
+        if !tell {
+            return;
+        }
+        let Some(frame) = encode(&BusFrame::Interest { subject, queue, count: after }) else { return };
+        // Sent while `local` is held, so no snapshot can interleave.
+        for (id, p) in self.peers.lock().iter() {
+            p.mesh.send(*id, frame.clone());
+        }
+    }
+}
+
+impl MeshHandler for Cluster {
+    fn peer_up(&self, mesh: &Mesh, info: &NodeInfo) {
+        let local = self.local.lock();
+        {
+            let mut peers = self.peers.lock();
+            let sink = Arc::new(PeerSink {
+                id: self.bus.next_sink_id(),
+                peer: info.id,
+                mesh: mesh.clone(),
+                drained: tokio::sync::Notify::new(),
+            });
+            let peer = Peer {
+                info: info.clone(),
+                mesh: mesh.clone(),
+                sink,
+                interest: HashMap::new(),
+                publisher: Publisher::new(self.cache_entries_max),
+            };
+            if let Some(mut old) = peers.insert(info.id, peer) {
+                self.reset_peer_interest(&mut old);
+            }
+        }
+        // Snapshot of our interest, in order, before any later update.
+        let mut frames = Vec::with_capacity(local.len() + 1);
+        frames.extend(encode(&BusFrame::Reset));
+        for ((subject, queue), count) in local.iter() {
+            frames.extend(encode(&BusFrame::Interest { subject, queue: queue.as_deref(), count: *count }));
+        }
+        for f in frames {
+            if !mesh.send(info.id, f) {
+                tracing::warn!(peer = info.id, "could not queue the interest snapshot; the link will resync");
+                break;
+            }
+        }
+        drop(local);
+        self.notify_change();
+    }
+
+    fn peer_down(&self, _mesh: &Mesh, info: &NodeInfo) {
+        let removed = self.peers.lock().remove(&info.id);
+        if let Some(mut peer) = removed {
+            self.reset_peer_interest(&mut peer);
+        }
+        self.notify_change();
+    }
+
+    fn message(&self, _mesh: &Mesh, from: NodeId, body: Bytes) {
+        let frame: BusFrame<'_> = match postcard::from_bytes(&body) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(peer = from, cause = %e, "undecodable bus frame; ignored");
+                return;
+            }
+        };
+        match frame {
+            BusFrame::Reset => {
+                let mut peers = self.peers.lock();
+                if let Some(peer) = peers.get_mut(&from) {
+                    let subs: Vec<_> = peer.interest.drain().map(|(_, s)| s).collect();
+                    drop(peers);
+                    for s in subs {
+                        self.bus.unsubscribe(&s);
+                    }
+                }
+            }
+            BusFrame::Interest { subject, queue, count } => self.apply_interest(from, subject, queue, count),
+            BusFrame::Msg { subject, reply, headers, payload, queue } => {
+                let msg = Msg { subject, reply, headers, payload };
+                let target = match queue {
+                    Some(q) => Target::Queue(q),
+                    None => Target::Plain,
+                };
+                let mut peers = self.peers.lock();
+                if let Some(peer) = peers.get_mut(&from) {
+                    self.bus.deliver_local(&mut peer.publisher, &msg, target);
+                }
+            }
+        }
+    }
+
+    fn batch_end(&self, _mesh: &Mesh, from: NodeId) {
+        if let Some(peer) = self.peers.lock().get_mut(&from) {
+            peer.publisher.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let frames = [
+            BusFrame::Reset,
+            BusFrame::Interest { subject: b"a.*", queue: Some(b"g"), count: 3 },
+            BusFrame::Msg { subject: b"a.b", reply: Some(b"_INBOX.1"), headers: None, payload: b"hi", queue: None },
+        ];
+        for f in &frames {
+            let bytes = encode(f).unwrap();
+            let back: BusFrame<'_> = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{f:?}"));
+        }
+    }
+
+    #[test]
+    fn garbage_does_not_decode() {
+        assert!(postcard::from_bytes::<BusFrame<'_>>(&[9, 9, 9]).is_err());
+    }
+}
