@@ -61,7 +61,9 @@ for i in 1 2 3; do
     if [[ -n "$SEED" ]]; then
         args+=(--peers "$SEED")
     fi
-    RUST_LOG=${RUST_LOG:-info} nohup "$CATGA_BIN" "${args[@]}" >"$DIR/n$i.log" 2>&1 &
+    # The "listening" line this script waits for is logged at info by
+    # catga_node::node; keep it whatever level the user picks.
+    RUST_LOG="${RUST_LOG:-info},catga_node::node=info" nohup "$CATGA_BIN" "${args[@]}" >"$DIR/n$i.log" 2>&1 &
     echo $! >"$DIR/n$i.pid"
     line=$(wait_listening "$DIR/n$i.log" "$(cat "$DIR/n$i.pid")")
     nats=$(echo "$line" | field nats)

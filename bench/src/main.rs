@@ -1,6 +1,7 @@
 //! catga-bench: load generators that talk to servers only over the network
 //! with stock clients, so they measure catga and the reference servers alike.
 
+mod cluster;
 mod compare;
 mod nats;
 
@@ -17,6 +18,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Start 3-node clusters of catga and nats-server (routes), run
+    /// cross-node workloads on both and a failover measurement.
+    CompareNatsCluster {
+        #[arg(long, default_value = "target/release/catga")]
+        catga: PathBuf,
+        #[arg(long, default_value = "nats-server")]
+        nats_server: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Only workloads whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// NATS workloads against any NATS server.
     Nats {
         #[command(subcommand)]
@@ -49,10 +63,12 @@ enum NatsWorkload {
         #[arg(long, default_value_t = 16)]
         size: usize,
     },
-    /// One publisher, one subscriber.
+    /// One publisher, one subscriber (on --sub-url, e.g. another node).
     Pubsub {
         #[arg(long, default_value = "nats://127.0.0.1:4222")]
         url: String,
+        #[arg(long)]
+        sub_url: Option<String>,
         #[arg(long, default_value_t = 1_000_000)]
         msgs: u64,
         #[arg(long, default_value_t = 16)]
@@ -90,13 +106,19 @@ fn main() -> anyhow::Result<()> {
             Cmd::Nats { workload } => {
                 let report = match workload {
                     NatsWorkload::Pub { url, msgs, size } => nats::publish(&url, msgs, size).await?,
-                    NatsWorkload::Pubsub { url, msgs, size } => nats::pubsub(&url, msgs, size).await?,
+                    NatsWorkload::Pubsub { url, sub_url: None, msgs, size } => nats::pubsub(&url, msgs, size).await?,
+                    NatsWorkload::Pubsub { url, sub_url: Some(sub), msgs, size } => {
+                        nats::pubsub_across(&url, &sub, msgs, size).await?
+                    }
                     NatsWorkload::Req { url, requests, concurrency, size } => {
                         nats::request_reply(&url, requests, concurrency, size).await?
                     }
                     NatsWorkload::Queue { url, msgs, members, size } => nats::queue(&url, msgs, members, size).await?,
                 };
                 println!("{report}");
+            }
+            Cmd::CompareNatsCluster { catga, nats_server, runs, only } => {
+                println!("{}", cluster::compare(catga, nats_server, runs, only).await?);
             }
             Cmd::CompareNats { catga, nats_server, runs, scale } => {
                 let table = compare::compare(catga, nats_server, runs, scale).await?;

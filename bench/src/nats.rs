@@ -216,3 +216,123 @@ pub async fn hold_subscriptions(
     client.flush().await?;
     Ok((client, subs))
 }
+
+/// Waits until a message published on `publisher` reaches `sub` (interest
+/// has propagated across the cluster). Probe payloads are 5 bytes.
+async fn wait_route(
+    publisher: &async_nats::Client,
+    sub: &mut async_nats::Subscriber,
+    subject: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        publisher.publish(subject.to_string(), Bytes::from_static(b"probe")).await?;
+        publisher.flush().await?;
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no route for {subject}");
+        }
+    }
+}
+
+/// Publisher on `pub_url`, subscriber on `sub_url` (another node).
+pub async fn pubsub_across(pub_url: &str, sub_url: &str, msgs: u64, size: usize) -> anyhow::Result<Report> {
+    anyhow::ensure!(size != 5, "size 5 is reserved for probes");
+    let subject = format!("bench.x.{}", rand_suffix());
+    let sub_client = connect(sub_url).await?;
+    let mut sub = sub_client.subscribe(subject.clone()).await?;
+    sub_client.flush().await?;
+    let publisher = connect(pub_url).await?;
+    wait_route(&publisher, &mut sub, &subject).await?;
+    let body = payload(size);
+    let received = tokio::spawn(async move {
+        let mut n = 0u64;
+        while n < msgs {
+            match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
+                Ok(Some(m)) if m.payload.len() == size => n += 1,
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        n
+    });
+    let start = Instant::now();
+    for _ in 0..msgs {
+        publisher.publish(subject.clone(), body.clone()).await?;
+    }
+    publisher.flush().await?;
+    let got = received.await?;
+    let secs = start.elapsed().as_secs_f64();
+    if got != msgs {
+        bail!("pubsub across nodes: received {got} of {msgs}");
+    }
+    Ok(Report { msgs, secs, ..Default::default() })
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Responder on `resp_url`, callers on `req_url`.
+pub async fn request_reply_across(
+    req_url: &str,
+    resp_url: &str,
+    requests: u64,
+    concurrency: u64,
+    size: usize,
+) -> anyhow::Result<Report> {
+    let subject = format!("bench.xreq.{}", rand_suffix());
+    let responder = connect(resp_url).await?;
+    let mut service = responder.subscribe(subject.clone()).await?;
+    responder.flush().await?;
+    let responder_task = tokio::spawn(async move {
+        while let Some(m) = service.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, m.payload).await;
+            }
+        }
+    });
+    let requester = async_nats::ConnectOptions::new()
+        .request_timeout(Some(Duration::from_secs(5)))
+        .connect(req_url)
+        .await
+        .with_context(|| format!("connect {req_url}"))?;
+    let body = payload(size);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while requester.request(subject.clone(), body.clone()).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("no route for requests");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (requester, body, next, subject) = (requester.clone(), body.clone(), next.clone(), subject.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                let t = Instant::now();
+                requester.request(subject.clone(), body.clone()).await?;
+                hist.record(t.elapsed().as_micros().max(1) as u64)?;
+            }
+            anyhow::Ok(hist)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        hist.add(t.await??)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    responder_task.abort();
+    Ok(Report {
+        msgs: requests,
+        secs,
+        p50_us: Some(hist.value_at_quantile(0.50) as f64),
+        p99_us: Some(hist.value_at_quantile(0.99) as f64),
+        ..Default::default()
+    })
+}

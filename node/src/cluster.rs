@@ -70,9 +70,21 @@ mod opt_bytes {
     }
 }
 
+/// A whole transport frame holding `frame`, in one allocation.
 fn encode(frame: &BusFrame<'_>) -> Option<Bytes> {
-    match postcard::to_stdvec(frame) {
-        Ok(v) => Some(Bytes::from(v)),
+    let size = match frame {
+        BusFrame::Msg { subject, reply, headers, payload, queue } => {
+            subject.len()
+                + reply.map_or(0, <[u8]>::len)
+                + headers.map_or(0, <[u8]>::len)
+                + payload.len()
+                + queue.map_or(0, <[u8]>::len)
+                + 32
+        }
+        _ => 64,
+    };
+    match catga_transport::frame::encode_sized(frame, size) {
+        Ok(v) => Some(v),
         Err(e) => {
             tracing::error!(cause = %e, "cannot encode bus frame");
             None
@@ -87,8 +99,13 @@ pub struct PeerSink {
     id: u64,
     peer: NodeId,
     mesh: Mesh,
-    drained: tokio::sync::Notify,
+    drained: Arc<tokio::sync::Notify>,
 }
+
+/// Stall bounds for publishers feeding a peer link that is over half full
+/// (same shape as the client stall).
+const PEER_STALL_MS_MIN: u64 = 100;
+const PEER_STALL_MS_MAX: u64 = 1000;
 
 impl Sink for PeerSink {
     fn id(&self) -> u64 {
@@ -115,7 +132,14 @@ impl Sink for PeerSink {
     fn expired(&self, _sub: &Subscription) {}
 
     fn stall_for(&self) -> Option<std::time::Duration> {
-        None
+        let (used, max) = self.mesh.queue_fill(self.peer)?;
+        let half = max / 2;
+        if used <= half {
+            return None;
+        }
+        let over = (used - half).min(half.max(1)) as u64;
+        let ms = PEER_STALL_MS_MIN + (PEER_STALL_MS_MAX - PEER_STALL_MS_MIN) * over / half.max(1) as u64;
+        Some(std::time::Duration::from_millis(ms))
     }
 
     fn drained(&self) -> &tokio::sync::Notify {
@@ -243,7 +267,7 @@ impl MeshHandler for Cluster {
                 id: self.bus.next_sink_id(),
                 peer: info.id,
                 mesh: mesh.clone(),
-                drained: tokio::sync::Notify::new(),
+                drained: mesh.drained_signal(info.id),
             });
             let peer = Peer {
                 info: info.clone(),
@@ -314,10 +338,25 @@ impl MeshHandler for Cluster {
         }
     }
 
-    fn batch_end(&self, _mesh: &Mesh, from: NodeId) {
-        if let Some(peer) = self.peers.lock().get_mut(&from) {
+    /// Flushes what the peer's frames queued for local clients; if some
+    /// client is over half its pending limit, the link reader waits for it
+    /// before reading more from that peer, so QUIC flow control slows the
+    /// sending node (and its publishers stall on the full link queue).
+    fn batch_end(&self, _mesh: &Mesh, from: NodeId) -> Option<catga_transport::mesh::Wait> {
+        let behind = {
+            let mut peers = self.peers.lock();
+            let peer = peers.get_mut(&from)?;
             peer.publisher.flush();
+            peer.publisher.take_behind()
+        };
+        if behind.is_empty() {
+            return None;
         }
+        Some(Box::pin(async move {
+            for sink in behind {
+                crate::bus::wait_for_drain(&*sink).await;
+            }
+        }))
     }
 }
 
@@ -332,9 +371,11 @@ mod tests {
             BusFrame::Interest { subject: b"a.*", queue: Some(b"g"), count: 3 },
             BusFrame::Msg { subject: b"a.b", reply: Some(b"_INBOX.1"), headers: None, payload: b"hi", queue: None },
         ];
+        let decoder = catga_transport::frame::Decoder::new(1 << 20);
         for f in &frames {
-            let bytes = encode(f).unwrap();
-            let back: BusFrame<'_> = postcard::from_bytes(&bytes).unwrap();
+            let mut buf = bytes::BytesMut::from(&encode(f).unwrap()[..]);
+            let body = decoder.next_body(&mut buf).unwrap().unwrap();
+            let back: BusFrame<'_> = postcard::from_bytes(&body).unwrap();
             assert_eq!(format!("{back:?}"), format!("{f:?}"));
         }
     }

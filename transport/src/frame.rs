@@ -38,6 +38,26 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, FrameError> {
     Ok(out.freeze())
 }
 
+/// Encodes `value` as one frame in a single allocation of about
+/// `capacity` bytes (the header is written in place: no copy of the body).
+pub fn encode_sized<T: Serialize>(value: &T, capacity: usize) -> Result<Bytes, FrameError> {
+    let mut v = Vec::with_capacity(HEADER_BYTES + capacity);
+    v.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
+    let mut v = postcard::to_extend(value, v).map_err(|e| FrameError::Body(e.to_string()))?;
+    let len = (v.len() - 4) as u32;
+    v[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(Bytes::from(v))
+}
+
+/// Wraps an already-encoded body in a frame.
+pub fn frame_body(body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(HEADER_BYTES + body.len());
+    out.put_u32((body.len() + 1) as u32);
+    out.put_u8(FRAME_VERSION);
+    out.put_slice(body);
+    out.freeze()
+}
+
 /// Appends one frame holding `value` to `out`.
 pub fn encode_into<T: Serialize>(value: &T, out: &mut BytesMut) -> Result<(), FrameError> {
     let body = postcard::to_stdvec(value).map_err(|e| FrameError::Body(e.to_string()))?;
@@ -156,6 +176,16 @@ mod tests {
             let (a, b) = bytes.split_at(at);
             assert_eq!(decode_chunks(&[a, b]).unwrap(), samples(), "split at {at}");
         }
+    }
+
+    #[test]
+    fn sized_and_wrapped_frames_decode_like_the_others() {
+        let d = Decoder::new(1 << 20);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&encode_sized(&samples()[0], 8).unwrap());
+        buf.extend_from_slice(&frame_body(&postcard::to_stdvec(&samples()[1]).unwrap()));
+        assert_eq!(d.next::<Sample>(&mut buf).unwrap(), Some(samples()[0].clone()));
+        assert_eq!(d.next::<Sample>(&mut buf).unwrap(), Some(samples()[1].clone()));
     }
 
     #[test]

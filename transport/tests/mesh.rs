@@ -77,7 +77,7 @@ async fn frames_arrive_in_send_order() {
     let mut sent = 0;
     for i in 0..n {
         // The queue may be momentarily full; resend until taken, bounded.
-        let body = Bytes::from(i.to_be_bytes().to_vec());
+        let body = catga_transport::frame::frame_body(&i.to_be_bytes());
         let deadline = Instant::now() + Duration::from_secs(10);
         while !a.send(2, body.clone()) {
             assert!(Instant::now() < deadline, "queue never drained");
@@ -138,7 +138,7 @@ async fn blocked_link_goes_down_and_comes_back() {
     a.fault_block(2);
     eventually("down on both sides", || !a.is_up(2) && !b.is_up(1)).await;
     assert!(rec_a.down.lock().contains(&2));
-    assert!(!a.send(2, Bytes::from_static(b"x")));
+    assert!(!a.send(2, catga_transport::frame::frame_body(b"x")));
     a.fault_unblock(2);
     eventually("back up", || a.is_up(2) && b.is_up(1)).await;
     assert!(rec_a.up.lock().iter().filter(|id| **id == 2).count() >= 2);

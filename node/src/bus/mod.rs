@@ -137,6 +137,26 @@ impl Subscription {
     }
 }
 
+/// Fast-producer stall: waits (bounded by the sink's own `stall_for`) until
+/// `sink` drains below half its limit. The caller does not read meanwhile,
+/// so backpressure reaches the producer instead of the consumer being
+/// dropped.
+pub async fn wait_for_drain(sink: &dyn Sink) {
+    let Some(limit) = sink.stall_for() else { return };
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let drained = sink.drained().notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        if sink.stall_for().is_none() {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, drained).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// xorshift64: fast, good enough to spread queue picks.
 fn next_random(state: &mut u64) -> u64 {
     let mut x = *state;

@@ -561,7 +561,7 @@ pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, 
         conn.publisher.flush();
         client.wake();
         for sink in conn.publisher.take_behind() {
-            wait_for_drain(&*sink).await;
+            crate::bus::wait_for_drain(&*sink).await;
         }
         server.stats.add_in(conn.in_msgs, conn.in_bytes);
         conn.in_msgs = 0;
@@ -579,25 +579,6 @@ pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, 
     let _ = tokio::time::timeout(write_deadline + Duration::from_millis(100), writer).await;
     client.close_now(client.close_reason().unwrap_or(CloseReason::ServerShutdown));
     server.client_closed(&client);
-}
-
-/// Fast-producer stall: wait (bounded) until `sink` drains below half its
-/// pending limit. The read loop does not read meanwhile, so TCP
-/// backpressure slows the producer instead of the consumer being dropped.
-async fn wait_for_drain(sink: &dyn Sink) {
-    let Some(limit) = sink.stall_for() else { return };
-    let deadline = Instant::now() + limit;
-    loop {
-        let drained = sink.drained().notified();
-        tokio::pin!(drained);
-        drained.as_mut().enable();
-        if sink.stall_for().is_none() {
-            return;
-        }
-        if tokio::time::timeout_at(deadline, drained).await.is_err() {
-            return;
-        }
-    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
