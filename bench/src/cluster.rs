@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::compare::median;
 use crate::nats::{self, Report};
 
 pub struct Cluster {
@@ -125,16 +126,6 @@ pub async fn start_nats_cluster(bin: &Path) -> anyhow::Result<Cluster> {
 
 /// A table row: its metric label and how to read it from a report.
 type Row = (&'static str, Box<dyn Fn(&Report) -> f64>);
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 async fn run(name: &str, c: &Cluster) -> anyhow::Result<Report> {
     let (a, b) = (&c.urls[0], &c.urls[1]);

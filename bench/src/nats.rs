@@ -70,81 +70,13 @@ pub async fn publish(url: &str, msgs: u64, size: usize) -> anyhow::Result<Report
 /// Publisher and subscriber on separate connections; time from the first
 /// publish to the last message received.
 pub async fn pubsub(url: &str, msgs: u64, size: usize) -> anyhow::Result<Report> {
-    let sub_client = connect(url).await?;
-    let mut sub = sub_client.subscribe("bench.pubsub").await?;
-    sub_client.flush().await?;
-    let publisher = connect(url).await?;
-    let body = payload(size);
-    let received = tokio::spawn(async move {
-        let mut n = 0u64;
-        while n < msgs {
-            match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
-                Ok(Some(_)) => n += 1,
-                _ => break,
-            }
-        }
-        n
-    });
-    let start = Instant::now();
-    for _ in 0..msgs {
-        publisher.publish("bench.pubsub", body.clone()).await?;
-    }
-    publisher.flush().await?;
-    let got = received.await?;
-    let secs = start.elapsed().as_secs_f64();
-    if got != msgs {
-        bail!("pubsub: received {got} of {msgs}");
-    }
-    Ok(Report { msgs, secs, ..Default::default() })
+    pubsub_across(url, url, msgs, size).await
 }
 
 /// Request/reply: a responder on its own connection, `concurrency` callers
 /// sharing one connection, `requests` in total.
 pub async fn request_reply(url: &str, requests: u64, concurrency: u64, size: usize) -> anyhow::Result<Report> {
-    let responder = connect(url).await?;
-    let mut service = responder.subscribe("bench.req").await?;
-    responder.flush().await?;
-    let responder_task = tokio::spawn(async move {
-        while let Some(m) = service.next().await {
-            if let Some(reply) = m.reply {
-                let _ = responder.publish(reply, m.payload).await;
-            }
-        }
-    });
-    let requester = connect(url).await?;
-    let body = payload(size);
-    // Warm up the request path (inbox subscription) before timing.
-    requester.request("bench.req", body.clone()).await?;
-    let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let requester = requester.clone();
-        let body = body.clone();
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            while next.fetch_add(1, Ordering::Relaxed) < requests {
-                let t = Instant::now();
-                requester.request("bench.req", body.clone()).await?;
-                hist.record(t.elapsed().as_micros().max(1) as u64)?;
-            }
-            anyhow::Ok(hist)
-        }));
-    }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for t in tasks {
-        hist.add(t.await??)?;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    responder_task.abort();
-    Ok(Report {
-        msgs: requests,
-        secs,
-        p50_us: Some(hist.value_at_quantile(0.50) as f64),
-        p99_us: Some(hist.value_at_quantile(0.99) as f64),
-        ..Default::default()
-    })
+    request_reply_across(url, url, requests, concurrency, size).await
 }
 
 /// A queue group of `members` subscribers (one connection each); time until
