@@ -16,17 +16,25 @@ struct Cli {
     command: Cmd,
 }
 
+/// The binaries a comparison starts, and how many rounds it runs.
+#[derive(clap::Args)]
+struct Servers {
+    #[arg(long, default_value = "target/release/catga")]
+    catga: PathBuf,
+    #[arg(long, default_value = "nats-server")]
+    nats_server: PathBuf,
+    /// Runs per workload per server.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Start 3-node clusters of catga and nats-server (routes), run
     /// cross-node workloads on both and a failover measurement.
     CompareNatsCluster {
-        #[arg(long, default_value = "target/release/catga")]
-        catga: PathBuf,
-        #[arg(long, default_value = "nats-server")]
-        nats_server: PathBuf,
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
+        #[command(flatten)]
+        servers: Servers,
         /// Only workloads whose name contains this.
         #[arg(long)]
         only: Option<String>,
@@ -39,13 +47,8 @@ enum Cmd {
     /// Start catga and nats-server, run every NATS workload on both,
     /// alternating, and print medians and ratios as a markdown table.
     CompareNats {
-        #[arg(long, default_value = "target/release/catga")]
-        catga: PathBuf,
-        #[arg(long, default_value = "nats-server")]
-        nats_server: PathBuf,
-        /// Runs per workload per server.
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
+        #[command(flatten)]
+        servers: Servers,
         /// Workload size in tenths (10 = full size).
         #[arg(long, default_value_t = 10)]
         scale: u64,
@@ -117,10 +120,10 @@ fn main() -> anyhow::Result<()> {
                 };
                 println!("{report}");
             }
-            Cmd::CompareNatsCluster { catga, nats_server, runs, only } => {
+            Cmd::CompareNatsCluster { servers: Servers { catga, nats_server, runs }, only } => {
                 println!("{}", cluster::compare(catga, nats_server, runs, only).await?);
             }
-            Cmd::CompareNats { catga, nats_server, runs, scale } => {
+            Cmd::CompareNats { servers: Servers { catga, nats_server, runs }, scale } => {
                 let table = compare::compare(catga, nats_server, runs, scale).await?;
                 println!("{table}");
             }

@@ -121,9 +121,9 @@ impl Sink for PeerSink {
             queue: sub.queue.as_deref(),
         };
         // The link's writer task wakes itself; nothing to flush.
-        match encode(&frame).map(|bytes| self.mesh.send(self.peer, bytes)) {
-            Some(true) => Delivered::Queued,
-            _ => Delivered::Refused,
+        match encode(&frame).and_then(|bytes| self.mesh.send(self.peer, bytes)) {
+            Some(behind) => Delivered::Queued { wake: false, behind },
+            None => Delivered::Refused,
         }
     }
 
@@ -152,7 +152,9 @@ struct Peer {
     mesh: Mesh,
     sink: Arc<PeerSink>,
     interest: HashMap<InterestKey, Arc<Subscription>>,
-    publisher: Publisher,
+    /// Delivers this peer's messages locally. Its own lock, so the `peers`
+    /// map is locked only to find it, not for each message's delivery.
+    publisher: Arc<Mutex<Publisher>>,
 }
 
 /// Called with the client URLs of every live node when the set changes.
@@ -253,7 +255,7 @@ impl InterestObserver for Cluster {
         let Some(frame) = encode(&BusFrame::Interest { subject, queue, count: after }) else { return };
         // Sent while `local` is held, so no snapshot can interleave.
         for (id, p) in self.peers.lock().iter() {
-            p.mesh.send(*id, frame.clone());
+            let _ = p.mesh.send(*id, frame.clone());
         }
     }
 }
@@ -274,7 +276,7 @@ impl MeshHandler for Cluster {
                 mesh: mesh.clone(),
                 sink,
                 interest: HashMap::new(),
-                publisher: Publisher::new(self.cache_entries_max),
+                publisher: Arc::new(Mutex::new(Publisher::new(self.cache_entries_max))),
             };
             if let Some(mut old) = peers.insert(info.id, peer) {
                 self.reset_peer_interest(&mut old);
@@ -287,7 +289,7 @@ impl MeshHandler for Cluster {
             frames.extend(encode(&BusFrame::Interest { subject, queue: queue.as_deref(), count: *count }));
         }
         for f in frames {
-            if !mesh.send(info.id, f) {
+            if mesh.send(info.id, f).is_none() {
                 tracing::warn!(peer = info.id, "could not queue the interest snapshot; the link will resync");
                 break;
             }
@@ -330,9 +332,9 @@ impl MeshHandler for Cluster {
                     Some(q) => Target::Queue(q),
                     None => Target::Plain,
                 };
-                let mut peers = self.peers.lock();
-                if let Some(peer) = peers.get_mut(&from) {
-                    self.bus.deliver_local(&mut peer.publisher, &msg, target);
+                let publisher = self.peers.lock().get(&from).map(|p| p.publisher.clone());
+                if let Some(publisher) = publisher {
+                    self.bus.deliver_local(&mut publisher.lock(), &msg, target);
                 }
             }
         }
@@ -344,10 +346,10 @@ impl MeshHandler for Cluster {
     /// sending node (and its publishers stall on the full link queue).
     fn batch_end(&self, _mesh: &Mesh, from: NodeId) -> Option<catga_transport::mesh::Wait> {
         let behind = {
-            let mut peers = self.peers.lock();
-            let peer = peers.get_mut(&from)?;
-            peer.publisher.flush();
-            peer.publisher.take_behind()
+            let publisher = self.peers.lock().get(&from)?.publisher.clone();
+            let mut publisher = publisher.lock();
+            publisher.flush();
+            publisher.take_behind()
         };
         if behind.is_empty() {
             return None;

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use catga_transport::mesh::advertise_host;
 use catga_transport::{certs, Mesh, MeshConfig, NodeInfo};
 
 use crate::bus::Bus;
@@ -38,17 +39,6 @@ fn load_or_create_id(data_dir: &Path) -> anyhow::Result<u64> {
             Ok(id)
         }
         Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
-    }
-}
-
-/// Host to advertise: the configured one, else the listen IP, else loopback.
-fn advertise_host(configured: &str, bound: SocketAddr) -> String {
-    if !configured.is_empty() {
-        configured.to_string()
-    } else if bound.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        bound.ip().to_string()
     }
 }
 
@@ -114,10 +104,6 @@ impl Node {
 
     pub fn nats_addr(&self) -> SocketAddr {
         self.nats.local_addr()
-    }
-
-    pub fn cluster_addr(&self) -> SocketAddr {
-        self.mesh.local_addr()
     }
 
     /// Graceful stop: lame-duck drain of NATS clients, then leave the mesh.

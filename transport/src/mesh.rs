@@ -173,8 +173,6 @@ struct Inner {
     self_addrs: Mutex<HashSet<String>>,
     blocked: Mutex<HashSet<NodeId>>,
     shutdown: CancellationToken,
-    changed: Notify,
-    epoch: AtomicU64,
     /// Per peer: signalled when its link's send queue drains below half,
     /// or the link goes down. Survives link replacement.
     drained: Mutex<HashMap<NodeId, Arc<Notify>>>,
@@ -217,9 +215,9 @@ fn quic_transport(cfg: &MeshConfig) -> anyhow::Result<quinn::TransportConfig> {
     t.send_window(32 << 20);
     // Datagrams are not used.
     t.datagram_receive_buffer_size(None);
-    // Probe up to jumbo-frame size: on loopback and jumbo LANs this cuts
-    // packets (and syscalls) per byte several-fold; on a 1500-byte network
-    // the probes are lost and the path stays at what works.
+    // Probe up to jumbo-frame size: on loopback and jumbo LANs larger
+    // packets mean fewer packets (and syscalls) per byte; on a 1500-byte
+    // network the probes are lost and the path stays at what works.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(8952);
     t.mtu_discovery_config(Some(mtu));
@@ -241,14 +239,7 @@ impl Mesh {
         endpoint.set_default_client_config(client_config);
         let local_addr = endpoint.local_addr()?;
         let mut node = cfg.node.clone();
-        let host = if !cfg.advertise_host.is_empty() {
-            cfg.advertise_host.clone()
-        } else if local_addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            local_addr.ip().to_string()
-        };
-        node.cluster_addr = format!("{host}:{}", local_addr.port());
+        node.cluster_addr = format!("{}:{}", advertise_host(&cfg.advertise_host, local_addr), local_addr.port());
         let inner = Arc::new(Inner {
             cfg,
             node,
@@ -260,8 +251,6 @@ impl Mesh {
             self_addrs: Mutex::new(HashSet::new()),
             blocked: Mutex::new(HashSet::new()),
             shutdown: CancellationToken::new(),
-            changed: Notify::new(),
-            epoch: AtomicU64::new(0),
             drained: Mutex::new(HashMap::new()),
             started: Instant::now(),
         });
@@ -284,17 +273,20 @@ impl Mesh {
 
     /// Queues one data frame for `peer`: a whole frame as made by
     /// [`frame::encode_sized`] or [`frame::frame_body`], written as is.
-    /// False if there is no link or its queue is full (the frame is dropped
-    /// and counted).
-    pub fn send(&self, peer: NodeId, frame: Bytes) -> bool {
-        let body = frame;
-        let link = self.inner.links.lock().get(&peer).cloned();
-        let Some(link) = link else { return false };
-        match link.data_tx.try_send(body) {
-            Ok(()) => true,
+    /// `None` if there is no link or its queue is full (the frame is
+    /// dropped and counted); else whether the queue is now over half full,
+    /// a sign for the sender to slow down.
+    pub fn send(&self, peer: NodeId, frame: Bytes) -> Option<bool> {
+        let links = self.inner.links.lock();
+        let link = links.get(&peer)?;
+        match link.data_tx.try_send(frame) {
+            Ok(()) => {
+                let max = link.data_tx.max_capacity();
+                Some((max - link.data_tx.capacity()) * 2 > max)
+            }
             Err(_) => {
                 link.dropped.fetch_add(1, Ordering::Relaxed);
-                false
+                None
             }
         }
     }
@@ -332,16 +324,6 @@ impl Mesh {
         v
     }
 
-    /// Changes every time a link comes up or goes down.
-    pub fn epoch(&self) -> u64 {
-        self.inner.epoch.load(Ordering::Acquire)
-    }
-
-    /// Resolves when the set of links changes (or after `within`).
-    pub async fn changed(&self, within: Duration) {
-        let _ = tokio::time::timeout(within, self.inner.changed.notified()).await;
-    }
-
     /// Test hook: cut the link to `peer` and refuse it until unblocked.
     pub fn fault_block(&self, peer: NodeId) {
         self.inner.blocked.lock().insert(peer);
@@ -365,6 +347,18 @@ impl Mesh {
         }
         self.inner.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+/// The host to advertise for a listener bound to `bound`: `configured` if
+/// set, else the bound IP, or 127.0.0.1 when bound to all interfaces.
+pub fn advertise_host(configured: &str, bound: SocketAddr) -> String {
+    if !configured.is_empty() {
+        configured.to_string()
+    } else if bound.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        bound.ip().to_string()
     }
 }
 
@@ -596,8 +590,6 @@ fn register(
     tokio::spawn(data_acceptor(inner.clone(), link.clone()));
     tokio::spawn(control_loop(inner.clone(), link.clone(), ctrl_send, ctrl_recv, ctrl_buf, ctrl_rx));
     inner.handler.peer_up(&Mesh { inner: inner.clone() }, &peer);
-    inner.epoch.fetch_add(1, Ordering::AcqRel);
-    inner.changed.notify_waiters();
     // Tell everyone about the new peer's address.
     let addrs = known_addrs(inner);
     for l in inner.links.lock().values() {
@@ -621,8 +613,6 @@ fn link_down(inner: &Arc<Inner>, link: &Arc<Link>, why: &str) {
     if removed {
         tracing::info!(peer = %link.peer.name, id = link.peer.id, reason = why, "peer link down");
         inner.handler.peer_down(&Mesh { inner: inner.clone() }, &link.peer);
-        inner.epoch.fetch_add(1, Ordering::AcqRel);
-        inner.changed.notify_waiters();
     }
 }
 

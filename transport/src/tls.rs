@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
@@ -20,15 +21,15 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn roots(material: &TlsMaterial) -> anyhow::Result<Arc<RootCertStore>> {
+fn roots(ca: &CertificateDer<'static>) -> anyhow::Result<Arc<RootCertStore>> {
     let mut roots = RootCertStore::empty();
-    roots.add(material.ca.clone())?;
+    roots.add(ca.clone())?;
     Ok(Arc::new(roots))
 }
 
 pub fn server_config(material: &TlsMaterial) -> anyhow::Result<rustls::ServerConfig> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(material)?, provider.clone()).build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&material.ca)?, provider.clone()).build()?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -37,29 +38,27 @@ pub fn server_config(material: &TlsMaterial) -> anyhow::Result<rustls::ServerCon
     Ok(config)
 }
 
-pub fn client_config(material: &TlsMaterial) -> anyhow::Result<rustls::ClientConfig> {
+/// A client builder that verifies servers against `ca` only, TLS 1.3.
+fn client_builder(
+    ca: &CertificateDer<'static>,
+) -> anyhow::Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
     let provider = provider();
-    let verifier = WebPkiServerVerifier::builder_with_provider(roots(material)?, provider.clone()).build()?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots(ca)?, provider.clone()).build()?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_webpki_verifier(verifier)
-        .with_client_auth_cert(material.chain.clone(), material.key.clone_key())?;
+        .with_webpki_verifier(verifier))
+}
+
+pub fn client_config(material: &TlsMaterial) -> anyhow::Result<rustls::ClientConfig> {
+    let mut config =
+        client_builder(&material.ca)?.with_client_auth_cert(material.chain.clone(), material.key.clone_key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }
 
 /// A client config that presents no certificate (for tests of refusal).
-pub fn client_config_without_cert(
-    ca: &rustls::pki_types::CertificateDer<'static>,
-) -> anyhow::Result<rustls::ClientConfig> {
-    let provider = provider();
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.clone())?;
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_webpki_verifier(verifier)
-        .with_no_client_auth();
+pub fn client_config_without_cert(ca: &CertificateDer<'static>) -> anyhow::Result<rustls::ClientConfig> {
+    let mut config = client_builder(ca)?.with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }

@@ -79,7 +79,7 @@ async fn frames_arrive_in_send_order() {
         // The queue may be momentarily full; resend until taken, bounded.
         let body = catga_transport::frame::frame_body(&i.to_be_bytes());
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !a.send(2, body.clone()) {
+        while a.send(2, body.clone()).is_none() {
             assert!(Instant::now() < deadline, "queue never drained");
             tokio::task::yield_now().await;
         }
@@ -138,14 +138,14 @@ async fn blocked_link_goes_down_and_comes_back() {
     a.fault_block(2);
     eventually("down on both sides", || !a.is_up(2) && !b.is_up(1)).await;
     assert!(rec_a.down.lock().contains(&2));
-    assert!(!a.send(2, catga_transport::frame::frame_body(b"x")));
+    assert!(a.send(2, catga_transport::frame::frame_body(b"x")).is_none());
     a.fault_unblock(2);
     eventually("back up", || a.is_up(2) && b.is_up(1)).await;
     assert!(rec_a.up.lock().iter().filter(|id| **id == 2).count() >= 2);
 }
 
 #[tokio::test]
-async fn a_killed_peer_is_detected() {
+async fn a_peer_that_shuts_down_is_detected() {
     let ca = Ca::generate("test CA").unwrap();
     let (a, rec_a) = start(1, &ca, vec![]).await;
     let (b, _) = start(2, &ca, vec![a.node().cluster_addr.clone()]).await;

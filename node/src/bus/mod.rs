@@ -35,9 +35,9 @@ pub struct Msg<'a> {
 pub trait Sink: Send + Sync {
     /// Connection id, unique within the node.
     fn id(&self) -> u64;
-    /// Queues `msg` for `sub`. Returns `Delivered::Refused` when the sink is
-    /// closed or over its limit. `Delivered::Woke` means the sink's writer was
-    /// idle and needs a [`Sink::flush`] at the end of the batch.
+    /// Queues `msg` for `sub`, or refuses it when the sink is closed or
+    /// over its limit. Reports, from what the sink knows while queueing,
+    /// whether its writer needs a [`Sink::flush`] and whether it is behind.
     fn deliver(&self, sub: &Subscription, msg: &Msg<'_>) -> Delivered;
     /// Wakes the writer to send what was queued.
     fn flush(&self);
@@ -52,10 +52,10 @@ pub trait Sink: Send + Sync {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivered {
-    /// Queued; the writer already had work and will pick it up.
-    Queued,
-    /// Queued; the writer must be woken.
-    Woke,
+    /// Taken. `wake`: the writer was idle and must be woken at the end of
+    /// the batch. `behind`: the sink is over half its limit; the producer
+    /// should wait for it ([`wait_for_drain`]) before reading more.
+    Queued { wake: bool, behind: bool },
     /// Not taken.
     Refused,
 }
@@ -180,6 +180,16 @@ pub enum Target<'a> {
     Plain,
     /// One local member of this queue group.
     Queue(&'a [u8]),
+}
+
+/// Which members of a queue group may take a message.
+#[derive(Debug, Clone, Copy)]
+struct Scope {
+    /// The publishing connection, skipped when `echo` is off.
+    origin: u64,
+    echo: bool,
+    /// Only this node's own clients (a message that came from a peer).
+    local_only: bool,
 }
 
 /// The node's subject space.
@@ -309,8 +319,9 @@ impl Bus {
             }
             delivered |= self.deliver_one(woken, behind, sub, msg);
         }
+        let scope = Scope { origin, echo, local_only: false };
         for (_, members) in &result.groups {
-            delivered |= self.deliver_to_group(woken, behind, rng, members, origin, echo, msg);
+            delivered |= self.deliver_to_group(woken, behind, rng, members, scope, msg);
         }
         delivered
     }
@@ -333,43 +344,42 @@ impl Bus {
                 let Some((_, members)) = result.groups.iter().find(|(n, _)| &n[..] == name) else {
                     return false;
                 };
-                let local: Vec<Arc<Subscription>> = members.iter().filter(|s| !s.remote).cloned().collect();
-                self.deliver_to_group(woken, behind, rng, &local, 0, true, msg)
+                let scope = Scope { origin: 0, echo: true, local_only: true };
+                self.deliver_to_group(woken, behind, rng, members, scope, msg)
             }
         }
     }
 
     /// One member of a group, chosen at random weighted by member count;
     /// if it refuses, the next ones in turn.
-    #[allow(clippy::too_many_arguments)]
     fn deliver_to_group(
         &self,
         woken: &mut Vec<Arc<dyn Sink>>,
         behind: &mut Vec<Arc<dyn Sink>>,
         rng: &mut u64,
         members: &[Arc<Subscription>],
-        origin: u64,
-        echo: bool,
+        scope: Scope,
         msg: &Msg<'_>,
     ) -> bool {
-        let n = members.len();
-        if n == 0 {
+        let weight = |m: &Subscription| if scope.local_only && m.remote { 0 } else { m.weight() };
+        let total: u64 = members.iter().map(|m| weight(m)).sum();
+        if total == 0 {
             return false;
         }
-        let total: u64 = members.iter().map(|m| m.weight()).sum();
-        let mut pick = next_random(rng) % total.max(1);
+        let mut pick = next_random(rng) % total;
         let mut start = 0;
         for (i, m) in members.iter().enumerate() {
-            let w = m.weight();
+            let w = weight(m);
             if pick < w {
                 start = i;
                 break;
             }
             pick -= w;
         }
+        let n = members.len();
         for i in 0..n {
             let sub = &members[(start + i) % n];
-            if !echo && !sub.remote && sub.sink.id() == origin {
+            if weight(sub) == 0 || (!scope.echo && !sub.remote && sub.sink.id() == scope.origin) {
                 continue;
             }
             if self.deliver_one(woken, behind, sub, msg) {
@@ -394,11 +404,11 @@ impl Bus {
                 sub.unclaim();
                 false
             }
-            outcome => {
-                if outcome == Delivered::Woke {
+            Delivered::Queued { wake, behind: is_behind } => {
+                if wake {
                     woken.push(sub.sink.clone());
                 }
-                if sub.sink.stall_for().is_some() && !behind.iter().any(|b| b.id() == sub.sink.id()) {
+                if is_behind && !behind.iter().any(|b| b.id() == sub.sink.id()) {
                     behind.push(sub.sink.clone());
                 }
                 if last && self.unsubscribe(sub) {
@@ -449,11 +459,7 @@ mod tests {
             }
             let mut got = self.got.lock();
             got.push((sub.sid.to_vec(), msg.payload.to_vec()));
-            if got.len() == 1 {
-                Delivered::Woke
-            } else {
-                Delivered::Queued
-            }
+            Delivered::Queued { wake: got.len() == 1, behind: false }
         }
         fn flush(&self) {}
         fn expired(&self, sub: &Subscription) {

@@ -261,8 +261,6 @@ fn add_node<'a, T>(node: &'a Node<T>, plain: &mut Vec<Arc<T>>, groups: &mut Hash
     }
 }
 
-type CacheEntry<T> = (Box<[u8]>, Arc<MatchResult<T>>);
-
 /// A per-connection cache of match results, dropped wholesale when the trie's
 /// generation moves. Bounded by `entries_max`. The last subject looked up is
 /// kept apart so a publisher repeating one subject skips hashing.
@@ -270,12 +268,14 @@ pub struct MatchCache<T> {
     generation: u64,
     entries: HashMap<Box<[u8]>, Arc<MatchResult<T>>>,
     entries_max: usize,
-    last: Option<CacheEntry<T>>,
+    /// The last subject looked up (buffer reused) and its result.
+    last_subject: Vec<u8>,
+    last: Option<Arc<MatchResult<T>>>,
 }
 
 impl<T> MatchCache<T> {
     pub fn new(entries_max: usize) -> Self {
-        Self { generation: 0, entries: HashMap::new(), entries_max, last: None }
+        Self { generation: 0, entries: HashMap::new(), entries_max, last_subject: Vec::new(), last: None }
     }
 
     pub fn get(&mut self, list: &Sublist<T>, subject: &[u8]) -> &MatchResult<T> {
@@ -285,7 +285,7 @@ impl<T> MatchCache<T> {
             self.last = None;
             self.generation = generation;
         }
-        let last_hit = matches!(&self.last, Some((s, _)) if **s == *subject);
+        let last_hit = self.last.is_some() && self.last_subject == subject;
         if !last_hit {
             let result = match self.entries.get(subject) {
                 Some(hit) => hit.clone(),
@@ -298,10 +298,12 @@ impl<T> MatchCache<T> {
                     result
                 }
             };
-            self.last = Some((subject.into(), result));
+            self.last_subject.clear();
+            self.last_subject.extend_from_slice(subject);
+            self.last = Some(result);
         }
         match &self.last {
-            Some((_, r)) => r,
+            Some(r) => r,
             None => unreachable!("set above"),
         }
     }

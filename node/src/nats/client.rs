@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,11 +71,7 @@ pub struct ClientShared {
     pub(crate) info_updates: AtomicBool,
     close_reason: Mutex<Option<CloseReason>>,
     subs: Mutex<HashMap<Box<[u8]>, Arc<Subscription>>>,
-    /// Pending bytes (buffer + in flight), mirrored for lock-free reads.
-    pending: AtomicU64,
     drained: Notify,
-    pub out_msgs: AtomicU64,
-    pub out_bytes: AtomicU64,
 }
 
 impl ClientShared {
@@ -91,27 +87,37 @@ impl ClientShared {
             info_updates: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             subs: Mutex::new(HashMap::new()),
-            pending: AtomicU64::new(0),
             drained: Notify::new(),
-            out_msgs: AtomicU64::new(0),
-            out_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// The outbound buffer, locked, with room for `n` more bytes; `None` if
+    /// the client is closed, or has just been closed as a slow consumer
+    /// because `n` more would pass `pending_bytes_max`.
+    fn admit(&self, n: usize) -> Option<parking_lot::MutexGuard<'_, Outbound>> {
+        let out = self.out.lock();
+        if out.closed || out.closing {
+            return None;
+        }
+        if out.buf.len() + out.inflight + n > self.pending_bytes_max {
+            drop(out);
+            tracing::warn!(cid = self.id, addr = %self.addr, "slow consumer: pending bytes over limit, closing");
+            self.close_now(CloseReason::SlowConsumerPendingBytes);
+            return None;
+        }
+        Some(out)
     }
 
     /// Queues protocol bytes for this client (replies, errors, INFO).
     /// Returns false when the client is closed or went over its limit.
     pub fn queue(&self, bytes: &[u8]) -> bool {
-        let mut out = self.out.lock();
-        if out.closed || out.closing {
-            return false;
+        match self.admit(bytes.len()) {
+            Some(mut out) => {
+                out.buf.extend_from_slice(bytes);
+                true
+            }
+            None => false,
         }
-        if out.buf.len() + out.inflight + bytes.len() > self.pending_bytes_max {
-            drop(out);
-            self.close_now(CloseReason::SlowConsumerPendingBytes);
-            return false;
-        }
-        out.buf.extend_from_slice(bytes);
-        true
     }
 
     /// Wakes the writer.
@@ -145,7 +151,6 @@ impl ClientShared {
             out.closed = true;
             out.buf = Vec::new();
         }
-        self.pending.store(0, Ordering::Relaxed);
         self.kill.cancel();
         self.wake.notify_one();
         self.drained.notify_waiters();
@@ -153,10 +158,6 @@ impl ClientShared {
 
     pub fn is_closed(&self) -> bool {
         self.kill.is_cancelled()
-    }
-
-    pub fn subscription_count(&self) -> usize {
-        self.subs.lock().len()
     }
 }
 
@@ -175,29 +176,13 @@ impl Sink for ClientShared {
             + headers.map_or(0, <[u8]>::len)
             + msg.payload.len()
             + 32;
-        let mut out = self.out.lock();
-        if out.closed || out.closing {
+        let Some(mut out) = self.admit(size) else {
             return Delivered::Refused;
-        }
-        if out.buf.len() + out.inflight + size > self.pending_bytes_max {
-            drop(out);
-            tracing::warn!(cid = self.id, addr = %self.addr, "slow consumer: pending bytes over limit, closing");
-            self.close_now(CloseReason::SlowConsumerPendingBytes);
-            return Delivered::Refused;
-        }
-        let was_empty = out.buf.is_empty();
-        let before = out.buf.len();
+        };
+        let wake = out.buf.is_empty();
         proto::write_msg(&mut out.buf, msg.subject, &sub.sid, msg.reply, headers, msg.payload);
-        let written = out.buf.len() - before;
-        self.pending.store((out.buf.len() + out.inflight) as u64, Ordering::Relaxed);
-        drop(out);
-        self.out_msgs.fetch_add(1, Ordering::Relaxed);
-        self.out_bytes.fetch_add(written as u64, Ordering::Relaxed);
-        if was_empty {
-            Delivered::Woke
-        } else {
-            Delivered::Queued
-        }
+        let behind = (out.buf.len() + out.inflight) * 2 > self.pending_bytes_max;
+        Delivered::Queued { wake, behind }
     }
 
     fn flush(&self) {
@@ -214,7 +199,10 @@ impl Sink for ClientShared {
     }
 
     fn stall_for(&self) -> Option<Duration> {
-        let pending = self.pending.load(Ordering::Relaxed);
+        let pending = {
+            let out = self.out.lock();
+            (out.buf.len() + out.inflight) as u64
+        };
         let max = self.pending_bytes_max as u64;
         let half = max / 2;
         if pending <= half || self.is_closed() {
@@ -244,7 +232,6 @@ async fn write_loop(client: Arc<ClientShared>, mut wr: OwnedWriteHalf, write_dea
             std::mem::swap(&mut out.buf, &mut chunk);
             out.inflight = chunk.len();
             closing = out.closing;
-            client.pending.store(chunk.len() as u64, Ordering::Relaxed);
         }
         if chunk.is_empty() {
             if closing {
@@ -281,7 +268,6 @@ async fn write_loop(client: Arc<ClientShared>, mut wr: OwnedWriteHalf, write_dea
             out.inflight = 0;
             out.buf.len()
         };
-        client.pending.store(pending as u64, Ordering::Relaxed);
         if pending <= client.pending_bytes_max / 2 {
             client.drained.notify_waiters();
         }
@@ -302,11 +288,10 @@ struct Conn {
     server: Arc<ServerShared>,
     client: Arc<ClientShared>,
     opts: ConnectOpts,
-    connect_received: bool,
+    /// Auth is on and no accepted CONNECT has arrived yet.
+    awaiting_auth: bool,
     publisher: Publisher,
     pings_outstanding: u32,
-    in_msgs: u64,
-    in_bytes: u64,
 }
 
 impl Conn {
@@ -315,8 +300,7 @@ impl Conn {
     }
 
     fn handle(&mut self, op: Op<'_>) -> Flow {
-        let auth_pending = self.server.config.auth_required() && !self.connect_received;
-        if auth_pending && !matches!(op, Op::Connect(_)) {
+        if self.awaiting_auth && !matches!(op, Op::Connect(_)) {
             self.send(err::AUTHORIZATION_VIOLATION);
             return Flow::Close(CloseReason::AuthenticationViolation);
         }
@@ -370,13 +354,11 @@ impl Conn {
         }
         tracing::debug!(cid = self.client.id, name = %opts.name, lang = %opts.lang, version = %opts.version, "client connected");
         self.opts = opts;
-        self.connect_received = true;
+        self.awaiting_auth = false;
         Flow::Continue
     }
 
     fn publish(&mut self, subject: &[u8], reply: Option<&[u8]>, headers: Option<&[u8]>, payload: &[u8]) {
-        self.in_msgs += 1;
-        self.in_bytes += (payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
         if self.opts.pedantic && !is_valid_literal_subject(subject) {
             self.send(err::INVALID_PUBLISH_SUBJECT);
         }
@@ -492,11 +474,9 @@ pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, 
         server: server.clone(),
         client: client.clone(),
         opts: ConnectOpts::default(),
-        connect_received: false,
+        awaiting_auth: cfg.auth_required(),
         publisher: Publisher::new(cfg.match_cache_entries_max),
         pings_outstanding: 0,
-        in_msgs: 0,
-        in_bytes: 0,
     };
     let mut parser =
         Parser::new(ParserLimits { control_line_max: cfg.control_line_bytes_max, payload_max: cfg.payload_bytes_max });
@@ -510,12 +490,12 @@ pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, 
         if rbuf.capacity() - rbuf.len() < READ_CHUNK_BYTES / 4 {
             rbuf.reserve(READ_CHUNK_BYTES);
         }
-        let n = tokio::select! {
+        tokio::select! {
             biased;
             _ = client.kill.cancelled() => break 'conn None,
             r = rd.read_buf(&mut rbuf) => match r {
                 Ok(0) => break 'conn Some(CloseReason::ClientClosed),
-                Ok(n) => n,
+                Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(cid = client.id, cause = %e, "read error");
                     break 'conn Some(CloseReason::ReadError);
@@ -532,12 +512,11 @@ pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, 
                 client.wake();
                 continue;
             }
-            _ = sleep_until_opt(auth_deadline), if !conn.connect_received => {
+            _ = sleep_until_opt(auth_deadline), if conn.awaiting_auth => {
                 client.queue(err::AUTHENTICATION_TIMEOUT);
                 break 'conn Some(CloseReason::AuthenticationTimeout);
             }
-        };
-        let _ = n;
+        }
         let mut consumed = 0;
         let mut flow = Flow::Continue;
         loop {
@@ -563,9 +542,6 @@ pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, 
         for sink in conn.publisher.take_behind() {
             crate::bus::wait_for_drain(&*sink).await;
         }
-        server.stats.add_in(conn.in_msgs, conn.in_bytes);
-        conn.in_msgs = 0;
-        conn.in_bytes = 0;
         if let Flow::Close(reason) = flow {
             break 'conn Some(reason);
         }

@@ -173,15 +173,6 @@ impl Parser {
         Self { limits, state: State::Name, pos: 0 }
     }
 
-    pub fn limits(&self) -> ParserLimits {
-        self.limits
-    }
-
-    /// True when no partial frame is pending.
-    pub fn is_idle(&self) -> bool {
-        self.state == State::Name && self.pos == 0
-    }
-
     fn reset(&mut self) {
         self.state = State::Name;
         self.pos = 0;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,22 +18,11 @@ use super::proto::{self, err, ConnectOpts, Info};
 use super::{CloseReason, NatsConfig};
 use crate::bus::Bus;
 
-/// Server-wide counters (the metrics issue exports them).
+/// Server-wide counters.
 #[derive(Default)]
 pub struct Stats {
-    pub in_msgs: AtomicU64,
-    pub in_bytes: AtomicU64,
-    pub connections_total: AtomicU64,
+    /// Connections closed, by reason.
     pub closes: Mutex<HashMap<CloseReason, u64>>,
-}
-
-impl Stats {
-    pub fn add_in(&self, msgs: u64, bytes: u64) {
-        if msgs > 0 {
-            self.in_msgs.fetch_add(msgs, Ordering::Relaxed);
-            self.in_bytes.fetch_add(bytes, Ordering::Relaxed);
-        }
-    }
 }
 
 pub struct ServerShared {
@@ -93,10 +82,6 @@ impl ServerShared {
                 c.wake();
             }
         }
-    }
-
-    pub fn connect_urls(&self) -> Vec<String> {
-        self.info.lock().connect_urls.clone()
     }
 
     pub fn client_count(&self) -> usize {
@@ -240,7 +225,6 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener, stop: Can
             }
             clients.insert(id, client.clone());
         }
-        shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(client::serve(shared.clone(), client, stream));
     }
 }
