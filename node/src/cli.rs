@@ -71,21 +71,18 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let node = Node::start(config).await?;
-    wait_for_signal().await?;
-    tracing::info!("shutdown signal received, draining clients");
-    node.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
+    // Handlers first: the node announces it is listening inside `start`,
+    // and a signal sent right after must drain it, not kill it.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let node = Node::start(config).await?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    tracing::info!("shutdown signal received, draining clients");
+    node.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
 }

@@ -48,8 +48,9 @@ fn server_name(info: &str) -> String {
     v["server_name"].as_str().unwrap().to_string()
 }
 
-#[tokio::test]
-async fn port_zero_and_sigterm_drains_then_exits_zero() {
+/// Starts catga on port 0, connects a client, sends `signal`, and checks
+/// the lame-duck INFO, the close, and exit code 0.
+async fn port_zero_then_signal_drains_and_exits_zero(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut p =
@@ -62,13 +63,23 @@ async fn port_zero_and_sigterm_drains_then_exits_zero() {
     assert_eq!(raw.sync().await, b"");
 
     let pid = p.child.id().unwrap() as i32;
-    send_signal(pid, "TERM");
+    send_signal(pid, signal);
     let line = raw.read_line().await.expect("INFO pushed on lame duck");
     assert!(line.starts_with("INFO ") && line.contains("\"ldm\":true"), "{line}");
     let rest = raw.read_to_close().await;
     assert!(rest.is_empty(), "nothing after the INFO: {rest:?}");
     let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn port_zero_and_sigterm_drains_then_exits_zero() {
+    port_zero_then_signal_drains_and_exits_zero("TERM").await;
+}
+
+#[tokio::test]
+async fn port_zero_and_sigint_drains_then_exits_zero() {
+    port_zero_then_signal_drains_and_exits_zero("INT").await;
 }
 
 #[tokio::test]
