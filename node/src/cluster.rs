@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use catga_transport::{Mesh, MeshHandler, NodeId, NodeInfo};
+use catga_transport::{Mesh, MeshHandler, NodeId, NodeInfo, Sender};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -70,20 +70,9 @@ mod opt_bytes {
     }
 }
 
-/// A whole transport frame holding `frame`, in one allocation.
+/// A whole transport frame holding a control frame (interest, reset).
 fn encode(frame: &BusFrame<'_>) -> Option<Bytes> {
-    let size = match frame {
-        BusFrame::Msg { subject, reply, headers, payload, queue } => {
-            subject.len()
-                + reply.map_or(0, <[u8]>::len)
-                + headers.map_or(0, <[u8]>::len)
-                + payload.len()
-                + queue.map_or(0, <[u8]>::len)
-                + 32
-        }
-        _ => 64,
-    };
-    match catga_transport::frame::encode_sized(frame, size) {
+    match catga_transport::frame::encode_sized(frame, 64) {
         Ok(v) => Some(v),
         Err(e) => {
             tracing::error!(cause = %e, "cannot encode bus frame");
@@ -97,8 +86,9 @@ type InterestKey = (Box<[u8]>, Option<Box<[u8]>>);
 /// The outbound side of a peer, as the bus sees it.
 pub struct PeerSink {
     id: u64,
-    peer: NodeId,
-    mesh: Mesh,
+    /// The lane of the link this sink was made for; a new link gets a
+    /// new sink.
+    lane: Sender,
     drained: Arc<tokio::sync::Notify>,
 }
 
@@ -120,8 +110,9 @@ impl Sink for PeerSink {
             payload: msg.payload,
             queue: sub.queue.as_deref(),
         };
-        // The link's writer task wakes itself; nothing to flush.
-        match encode(&frame).and_then(|bytes| self.mesh.send(self.peer, bytes)) {
+        // Encoded straight into the link's lane, whose writer task wakes
+        // itself; nothing to flush.
+        match self.lane.push(|buf| catga_transport::frame::encode_into(&frame, buf)) {
             Some(behind) => Delivered::Queued { wake: false, behind },
             None => Delivered::Refused,
         }
@@ -132,7 +123,7 @@ impl Sink for PeerSink {
     fn expired(&self, _sub: &Subscription) {}
 
     fn stall_for(&self) -> Option<std::time::Duration> {
-        let (used, max) = self.mesh.queue_fill(self.peer)?;
+        let (used, max) = self.lane.fill();
         let half = max / 2;
         if used <= half {
             return None;
@@ -255,7 +246,7 @@ impl InterestObserver for Cluster {
         let Some(frame) = encode(&BusFrame::Interest { subject, queue, count: after }) else { return };
         // Sent while `local` is held, so no snapshot can interleave.
         for (id, p) in self.peers.lock().iter() {
-            let _ = p.mesh.send(*id, frame.clone());
+            let _ = p.mesh.send(*id, &frame);
         }
     }
 }
@@ -263,12 +254,13 @@ impl InterestObserver for Cluster {
 impl MeshHandler for Cluster {
     fn peer_up(&self, mesh: &Mesh, info: &NodeInfo) {
         let local = self.local.lock();
+        // The mesh calls peer_up with the new link installed.
+        let Some(lane) = mesh.sender(info.id) else { return };
         {
             let mut peers = self.peers.lock();
             let sink = Arc::new(PeerSink {
                 id: self.bus.next_sink_id(),
-                peer: info.id,
-                mesh: mesh.clone(),
+                lane: lane.clone(),
                 drained: mesh.drained_signal(info.id),
             });
             let peer = Peer {
@@ -289,7 +281,7 @@ impl MeshHandler for Cluster {
             frames.extend(encode(&BusFrame::Interest { subject, queue: queue.as_deref(), count: *count }));
         }
         for f in frames {
-            if mesh.send(info.id, f).is_none() {
+            if lane.push_frame(&f).is_none() {
                 tracing::warn!(peer = info.id, "could not queue the interest snapshot; the link will resync");
                 break;
             }
@@ -306,8 +298,8 @@ impl MeshHandler for Cluster {
         self.notify_change();
     }
 
-    fn message(&self, _mesh: &Mesh, from: NodeId, body: Bytes) {
-        let frame: BusFrame<'_> = match postcard::from_bytes(&body) {
+    fn message(&self, _mesh: &Mesh, from: NodeId, body: &[u8]) {
+        let frame: BusFrame<'_> = match postcard::from_bytes(body) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(peer = from, cause = %e, "undecodable bus frame; ignored");

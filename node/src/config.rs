@@ -50,10 +50,13 @@ pub struct ClusterConfig {
     pub peer_timeout_ms: u64,
     pub reconnect_ms_min: u64,
     pub reconnect_ms_max: u64,
-    /// Frames queued per peer link before new ones are dropped.
-    pub link_queue_frames_max: usize,
+    /// Bytes queued per peer link before new frames are dropped.
+    pub link_queue_bytes_max: usize,
     /// Largest frame accepted from a peer.
     pub frame_bytes_max: usize,
+    /// UDP socket buffer size asked of the kernel (capped by
+    /// net.core.rmem_max / wmem_max).
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for ClusterConfig {
@@ -68,8 +71,9 @@ impl Default for ClusterConfig {
             peer_timeout_ms: 1500,
             reconnect_ms_min: 50,
             reconnect_ms_max: 2000,
-            link_queue_frames_max: 1 << 16,
+            link_queue_bytes_max: 16 << 20,
             frame_bytes_max: 16 << 20,
+            udp_buffer_bytes: 8 << 20,
         }
     }
 }
@@ -201,7 +205,7 @@ impl Config {
             c.reconnect_ms_min >= 1 && c.reconnect_ms_max >= c.reconnect_ms_min,
             "cluster.reconnect_ms_min must be at least 1 and at most cluster.reconnect_ms_max"
         );
-        anyhow::ensure!(c.link_queue_frames_max >= 1, "cluster.link_queue_frames_max must be at least 1");
+        anyhow::ensure!(c.link_queue_bytes_max >= 1024, "cluster.link_queue_bytes_max must be at least 1024");
         anyhow::ensure!(
             c.frame_bytes_max >= n.payload_bytes_max + 64 * 1024,
             "cluster.frame_bytes_max must exceed nats.payload_bytes_max by 64 KiB"

@@ -87,7 +87,8 @@ impl Node {
         mesh_cfg.peer_timeout_ms = c.peer_timeout_ms;
         mesh_cfg.reconnect_ms_min = c.reconnect_ms_min;
         mesh_cfg.reconnect_ms_max = c.reconnect_ms_max;
-        mesh_cfg.link_queue_frames_max = c.link_queue_frames_max;
+        mesh_cfg.link_queue_bytes_max = c.link_queue_bytes_max;
+        mesh_cfg.udp_buffer_bytes = c.udp_buffer_bytes;
         mesh_cfg.frame_bytes_max = c.frame_bytes_max;
         let mesh = Mesh::start(mesh_cfg, cluster.clone()).await?;
         nats.shared().set_connect_urls(cluster.client_urls());

@@ -39,14 +39,11 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, FrameError> {
 }
 
 /// Encodes `value` as one frame in a single allocation of about
-/// `capacity` bytes (the header is written in place: no copy of the body).
+/// `capacity` bytes.
 pub fn encode_sized<T: Serialize>(value: &T, capacity: usize) -> Result<Bytes, FrameError> {
-    let mut v = Vec::with_capacity(HEADER_BYTES + capacity);
-    v.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
-    let mut v = postcard::to_extend(value, v).map_err(|e| FrameError::Body(e.to_string()))?;
-    let len = (v.len() - 4) as u32;
-    v[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(Bytes::from(v))
+    let mut out = BytesMut::with_capacity(HEADER_BYTES + capacity);
+    encode_into(value, &mut out)?;
+    Ok(out.freeze())
 }
 
 /// Wraps an already-encoded body in a frame.
@@ -58,14 +55,46 @@ pub fn frame_body(body: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// Appends one frame holding `value` to `out`.
+/// Appends one frame holding `value` to `out`. The body is serialized in
+/// place and the length patched in afterwards, so nothing is copied
+/// twice. On error `out` is left as it was.
 pub fn encode_into<T: Serialize>(value: &T, out: &mut BytesMut) -> Result<(), FrameError> {
-    let body = postcard::to_stdvec(value).map_err(|e| FrameError::Body(e.to_string()))?;
-    out.reserve(HEADER_BYTES + body.len());
-    out.put_u32((body.len() + 1) as u32);
+    let start = out.len();
+    out.put_bytes(0, 4);
     out.put_u8(FRAME_VERSION);
-    out.put_slice(&body);
-    Ok(())
+    match postcard::serialize_with_flavor(value, Append(out)) {
+        Ok(()) => {
+            let len = (out.len() - start - 4) as u32;
+            out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(FrameError::Body(e.to_string()))
+        }
+    }
+}
+
+/// postcard output that appends to a `BytesMut` (slices are copied whole,
+/// not byte by byte).
+struct Append<'a>(&'a mut BytesMut);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.put_u8(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 /// Splits frames off a read buffer.
@@ -79,30 +108,58 @@ impl Decoder {
         Self { frame_bytes_max }
     }
 
-    /// Takes the next whole frame's body off the front of `buf`; `Ok(None)`
-    /// means "read more".
-    pub fn next_body(&self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
-        if buf.len() < 4 {
+    /// The next whole frame at the front of `data`: its body and the
+    /// number of bytes the frame spans. `Ok(None)` means `data` holds only
+    /// part of a frame; its declared length is checked as soon as the
+    /// four length bytes are there, before any body is buffered.
+    pub fn split<'a>(&self, data: &'a [u8]) -> Result<Option<(&'a [u8], usize)>, FrameError> {
+        let Some(len) = self.declared_len(data)? else { return Ok(None) };
+        if data.len() < 4 + len {
             return Ok(None);
         }
-        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        let version = data[4];
+        if version != FRAME_VERSION {
+            return Err(FrameError::Version { got: version });
+        }
+        Ok(Some((&data[5..4 + len], 4 + len)))
+    }
+
+    /// The whole size (header included) of the frame `data` starts, once
+    /// its length bytes are there.
+    pub fn frame_len(&self, data: &[u8]) -> Result<Option<usize>, FrameError> {
+        Ok(self.declared_len(data)?.map(|len| 4 + len))
+    }
+
+    fn declared_len(&self, data: &[u8]) -> Result<Option<usize>, FrameError> {
+        if data.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
         if len == 0 {
             return Err(FrameError::Empty);
         }
         if len > self.frame_bytes_max {
             return Err(FrameError::TooLong { len, max: self.frame_bytes_max });
         }
-        if buf.len() < 4 + len {
-            buf.reserve(4 + len - buf.len());
-            return Ok(None);
+        Ok(Some(len))
+    }
+
+    /// Takes the next whole frame's body off the front of `buf`; `Ok(None)`
+    /// means "read more".
+    pub fn next_body(&self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        match self.split(buf)? {
+            Some((_, total)) => {
+                let mut frame = buf.split_to(total).freeze();
+                frame.advance(HEADER_BYTES);
+                Ok(Some(frame))
+            }
+            None => {
+                if let Some(total) = self.frame_len(buf)? {
+                    buf.reserve(total - buf.len());
+                }
+                Ok(None)
+            }
         }
-        buf.advance(4);
-        let mut frame = buf.split_to(len).freeze();
-        let version = frame.get_u8();
-        if version != FRAME_VERSION {
-            return Err(FrameError::Version { got: version });
-        }
-        Ok(Some(frame))
     }
 
     /// Takes and decodes the next frame.
@@ -186,6 +243,37 @@ mod tests {
         buf.extend_from_slice(&frame_body(&postcard::to_stdvec(&samples()[1]).unwrap()));
         assert_eq!(d.next::<Sample>(&mut buf).unwrap(), Some(samples()[0].clone()));
         assert_eq!(d.next::<Sample>(&mut buf).unwrap(), Some(samples()[1].clone()));
+    }
+
+    #[test]
+    fn split_walks_a_buffer_without_copying() {
+        let d = Decoder::new(1 << 20);
+        let bytes = stream();
+        let mut at = 0;
+        let mut got = Vec::new();
+        while let Some((body, used)) = d.split(&bytes[at..]).unwrap() {
+            got.push(decode_body::<Sample>(body).unwrap());
+            at += used;
+        }
+        assert_eq!(at, bytes.len());
+        assert_eq!(got, samples());
+        // A cut frame is "not yet", and its full size is known from the header.
+        let first = d.frame_len(&bytes).unwrap().unwrap();
+        assert_eq!(d.split(&bytes[..first - 1]).unwrap(), None);
+        assert_eq!(d.split(&bytes[..3]).unwrap(), None);
+    }
+
+    #[test]
+    fn encode_into_leaves_the_buffer_alone_on_error() {
+        struct Fails;
+        impl Serialize for Fails {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        let mut out = BytesMut::from(&b"kept"[..]);
+        assert!(matches!(encode_into(&Fails, &mut out), Err(FrameError::Body(_))));
+        assert_eq!(&out[..], b"kept");
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //!   (cluster name, protocol version), dial loops with capped backoff,
 //!   gossip of addresses, heartbeats with RTT, one ordered data stream per
 //!   direction per link, and a fault hook for tests.
+//! - [`lane`]: a link's outbound data buffer, bounded in bytes.
 
 pub mod certs;
 pub mod frame;
+pub mod lane;
 pub mod mesh;
 pub mod tls;
 
-pub use mesh::{Mesh, MeshConfig, MeshHandler, NodeId, NodeInfo, PeerStatus};
+pub use mesh::{Mesh, MeshConfig, MeshHandler, NodeId, NodeInfo, PeerStatus, Sender};

@@ -34,17 +34,41 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::certs::{TlsMaterial, CLUSTER_SERVER_NAME};
-use crate::frame::{self, Decoder};
+use crate::frame::{self, Decoder, FrameError};
+use crate::lane::Lane;
 use crate::tls;
 
 pub type NodeId = u64;
 
-/// Frames shorter than this are copied into a shared write buffer; longer
-/// ones are passed to quinn without copying.
-const COPY_FRAME_BYTES_MAX: usize = 4096;
-
 /// Version of the link handshake and control protocol.
 pub const LINK_PROTO: u32 = 1;
+
+/// A handle on one link's data lane (see [`Mesh::sender`]).
+#[derive(Clone)]
+pub struct Sender {
+    lane: Arc<Lane>,
+}
+
+impl Sender {
+    /// Queues a frame written by `encode` (e.g. [`frame::encode_into`]);
+    /// same result as [`Mesh::send`].
+    pub fn push(&self, encode: impl FnOnce(&mut BytesMut) -> Result<(), FrameError>) -> Option<bool> {
+        self.lane.push(encode)
+    }
+
+    /// Queues a whole, already-encoded frame.
+    pub fn push_frame(&self, frame: &[u8]) -> Option<bool> {
+        self.lane.push(|b| {
+            b.extend_from_slice(frame);
+            Ok(())
+        })
+    }
+
+    /// Bytes queued and the lane's bound.
+    pub fn fill(&self) -> (usize, usize) {
+        self.lane.fill()
+    }
+}
 
 /// Who a node is, as its peers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,11 +99,16 @@ pub struct MeshConfig {
     pub reconnect_ms_min: u64,
     pub reconnect_ms_max: u64,
     pub handshake_timeout_ms: u64,
-    /// Frames queued per link before new ones are dropped (core delivery
+    /// Bytes queued per link before new frames are dropped (core delivery
     /// is at-most-once; a drop is counted, never blocks the sender).
-    pub link_queue_frames_max: usize,
+    pub link_queue_bytes_max: usize,
     /// Largest frame accepted from a peer.
     pub frame_bytes_max: usize,
+    /// SO_RCVBUF/SO_SNDBUF asked of the kernel for the UDP socket. The
+    /// kernel default (~208 KiB) holds only a few 64 KiB datagrams, and a
+    /// full receive buffer drops packets, which QUIC reads as congestion.
+    /// Linux caps the request at net.core.rmem_max/wmem_max.
+    pub udp_buffer_bytes: usize,
 }
 
 impl MeshConfig {
@@ -96,8 +125,9 @@ impl MeshConfig {
             reconnect_ms_min: 50,
             reconnect_ms_max: 2000,
             handshake_timeout_ms: 3000,
-            link_queue_frames_max: 1 << 16,
+            link_queue_bytes_max: 16 << 20,
             frame_bytes_max: 16 << 20,
+            udp_buffer_bytes: 8 << 20,
         }
     }
 }
@@ -114,7 +144,7 @@ pub trait MeshHandler: Send + Sync + 'static {
     fn peer_up(&self, mesh: &Mesh, peer: &NodeInfo);
     fn peer_down(&self, mesh: &Mesh, peer: &NodeInfo);
     /// One data frame body from `from`, in the order `from` sent it.
-    fn message(&self, mesh: &Mesh, from: NodeId, body: Bytes);
+    fn message(&self, mesh: &Mesh, from: NodeId, body: &[u8]);
     /// The frames read from `from` in one go have all been passed to
     /// `message` (a point to flush coalesced work). A returned future is
     /// awaited before more is read from that peer.
@@ -140,16 +170,19 @@ pub struct PeerStatus {
     pub rtt_us: u64,
     pub dialed_by: NodeId,
     pub dropped_frames: u64,
+    /// The path MTU quinn has discovered (UDP payload bytes).
+    pub path_mtu: u16,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 struct Link {
     peer: NodeInfo,
     conn: quinn::Connection,
     dialer: NodeId,
-    data_tx: mpsc::Sender<Bytes>,
+    lane: Arc<Lane>,
     ctrl_tx: mpsc::Sender<Control>,
     rtt_us: AtomicU64,
-    dropped: AtomicU64,
     /// When anything last arrived from the peer (ms since the mesh epoch).
     last_rx_ms: AtomicU64,
     closed: CancellationToken,
@@ -158,6 +191,7 @@ struct Link {
 impl Link {
     fn close(&self, reason: &str) {
         self.conn.close(0u32.into(), reason.as_bytes());
+        self.lane.close();
         self.closed.cancel();
     }
 }
@@ -196,6 +230,39 @@ enum DialError {
     Other(String),
 }
 
+fn bind_udp(listen: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::DGRAM, None)?;
+    if listen.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    for (what, set, get) in [
+        (
+            "receive",
+            socket2::Socket::set_recv_buffer_size as fn(&_, _) -> _,
+            socket2::Socket::recv_buffer_size as fn(&_) -> _,
+        ),
+        ("send", socket2::Socket::set_send_buffer_size, socket2::Socket::send_buffer_size),
+    ] {
+        if let Err(e) = set(&socket, buffer_bytes) {
+            tracing::warn!(cause = %e, bytes = buffer_bytes, "cannot size the cluster UDP {what} buffer");
+        }
+        // Linux reports double what it grants (bookkeeping overhead).
+        match get(&socket) {
+            Ok(got) if got < buffer_bytes => tracing::info!(
+                asked = buffer_bytes,
+                got,
+                "cluster UDP {what} buffer capped by the kernel (net.core.rmem_max / wmem_max)"
+            ),
+            _ => {}
+        }
+    }
+    socket.bind(&listen.into())?;
+    Ok(socket.into())
+}
+
+/// The largest UDP payload over IPv4 (65535 minus IP and UDP headers).
+const MAX_UDP_PAYLOAD: u16 = 65_527;
+
 fn quic_transport(cfg: &MeshConfig) -> anyhow::Result<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Idle timeout above peer_timeout so our own liveness check decides
@@ -219,7 +286,7 @@ fn quic_transport(cfg: &MeshConfig) -> anyhow::Result<quinn::TransportConfig> {
     // packets mean fewer packets (and syscalls) per byte; on a 1500-byte
     // network the probes are lost and the path stays at what works.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(8952);
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
     Ok(t)
 }
@@ -234,8 +301,15 @@ impl Mesh {
         let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls::client_config(&cfg.tls)?)?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
         client_config.transport_config(transport);
-        let mut endpoint = quinn::Endpoint::server(server_config, cfg.listen)
+        let socket = bind_udp(cfg.listen, cfg.udp_buffer_bytes)
             .map_err(|e| anyhow::anyhow!("cannot bind cluster endpoint {}: {e}", cfg.listen))?;
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // Accept datagrams up to the UDP maximum so MTU discovery can use
+        // what the path allows (64 KiB on loopback, 9000 on jumbo LANs);
+        // quinn's default advertises 1472, which caps every path at that.
+        endpoint_config.max_udp_payload_size(MAX_UDP_PAYLOAD)?;
+        let runtime = quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime for quinn"))?;
+        let mut endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)?;
         endpoint.set_default_client_config(client_config);
         let local_addr = endpoint.local_addr()?;
         let mut node = cfg.node.clone();
@@ -273,30 +347,18 @@ impl Mesh {
 
     /// Queues one data frame for `peer`: a whole frame as made by
     /// [`frame::encode_sized`] or [`frame::frame_body`], written as is.
-    /// `None` if there is no link or its queue is full (the frame is
-    /// dropped and counted); else whether the queue is now over half full,
+    /// `None` if there is no link or its lane is full (the frame is
+    /// dropped and counted); else whether the lane is now over half full,
     /// a sign for the sender to slow down.
-    pub fn send(&self, peer: NodeId, frame: Bytes) -> Option<bool> {
-        let links = self.inner.links.lock();
-        let link = links.get(&peer)?;
-        match link.data_tx.try_send(frame) {
-            Ok(()) => {
-                let max = link.data_tx.max_capacity();
-                Some((max - link.data_tx.capacity()) * 2 > max)
-            }
-            Err(_) => {
-                link.dropped.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
+    pub fn send(&self, peer: NodeId, frame: &[u8]) -> Option<bool> {
+        self.sender(peer)?.push_frame(frame)
     }
 
-    /// Frames queued for `peer` and the queue's bound; `None` without a link.
-    pub fn queue_fill(&self, peer: NodeId) -> Option<(usize, usize)> {
-        let links = self.inner.links.lock();
-        let link = links.get(&peer)?;
-        let max = link.data_tx.max_capacity();
-        Some((max - link.data_tx.capacity(), max))
+    /// The data lane of the current link to `peer`, for senders that send
+    /// many frames (no lookup per frame). It refuses frames once that link
+    /// is gone; a new link to the peer has a new lane.
+    pub fn sender(&self, peer: NodeId) -> Option<Sender> {
+        self.inner.links.lock().get(&peer).map(|l| Sender { lane: l.lane.clone() })
     }
 
     /// Signalled when the queue to `peer` drains below half or its link
@@ -313,11 +375,17 @@ impl Mesh {
         let links = self.inner.links.lock();
         let mut v: Vec<PeerStatus> = links
             .values()
-            .map(|l| PeerStatus {
-                info: l.peer.clone(),
-                rtt_us: l.rtt_us.load(Ordering::Relaxed),
-                dialed_by: l.dialer,
-                dropped_frames: l.dropped.load(Ordering::Relaxed),
+            .map(|l| {
+                let stats = l.conn.stats();
+                PeerStatus {
+                    info: l.peer.clone(),
+                    rtt_us: l.rtt_us.load(Ordering::Relaxed),
+                    dialed_by: l.dialer,
+                    dropped_frames: l.lane.refused(),
+                    path_mtu: stats.path.current_mtu,
+                    bytes_sent: stats.udp_tx.bytes,
+                    bytes_received: stats.udp_rx.bytes,
+                }
             })
             .collect();
         v.sort_by_key(|p| p.info.id);
@@ -555,16 +623,14 @@ fn register(
     ctrl_recv: quinn::RecvStream,
     ctrl_buf: BytesMut,
 ) -> Option<Arc<Link>> {
-    let (data_tx, data_rx) = mpsc::channel(inner.cfg.link_queue_frames_max.max(1));
     let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
     let link = Arc::new(Link {
         peer: peer.clone(),
         conn: conn.clone(),
         dialer,
-        data_tx,
+        lane: Arc::new(Lane::new(inner.cfg.link_queue_bytes_max)),
         ctrl_tx,
         rtt_us: AtomicU64::new(conn.rtt().as_micros() as u64),
-        dropped: AtomicU64::new(0),
         last_rx_ms: AtomicU64::new(inner.started.elapsed().as_millis() as u64),
         closed: CancellationToken::new(),
     });
@@ -586,7 +652,7 @@ fn register(
     tracing::info!(peer = %peer.name, id = peer.id, addr = %peer.cluster_addr, rtt_us = link.rtt_us.load(Ordering::Relaxed), "peer link up");
     // Start the tasks before telling the handler, so that what it sends in
     // peer_up goes out on this link.
-    tokio::spawn(data_writer(inner.clone(), link.clone(), data_rx));
+    tokio::spawn(data_writer(inner.clone(), link.clone()));
     tokio::spawn(data_acceptor(inner.clone(), link.clone()));
     tokio::spawn(control_loop(inner.clone(), link.clone(), ctrl_send, ctrl_recv, ctrl_buf, ctrl_rx));
     inner.handler.peer_up(&Mesh { inner: inner.clone() }, &peer);
@@ -712,7 +778,7 @@ async fn control_loop(
     link_down(&inner, &link, why);
 }
 
-async fn data_writer(inner: Arc<Inner>, link: Arc<Link>, mut rx: mpsc::Receiver<Bytes>) {
+async fn data_writer(inner: Arc<Inner>, link: Arc<Link>) {
     let mut stream = match link.conn.open_uni().await {
         Ok(s) => s,
         Err(e) => {
@@ -720,40 +786,18 @@ async fn data_writer(inner: Arc<Inner>, link: Arc<Link>, mut rx: mpsc::Receiver<
             return;
         }
     };
-    let mut batch: Vec<Bytes> = Vec::with_capacity(256);
-    let mut chunks: Vec<Bytes> = Vec::with_capacity(256);
-    let mut small = BytesMut::with_capacity(64 * 1024);
-    loop {
-        let n = tokio::select! {
-            n = rx.recv_many(&mut batch, 256) => n,
+    // Everything queued since the last write goes to quinn as one chunk.
+    while let Some(bytes) = link.lane.take().await {
+        let wrote = tokio::select! {
+            r = stream.write_chunk(bytes) => r.is_ok(),
             _ = link.closed.cancelled() => break,
         };
-        if n == 0 {
-            break;
-        }
-        // Small frames are copied into one buffer (quinn's cost is per
-        // chunk); large ones are handed over as they are (no copy).
-        for frame in batch.drain(..) {
-            if frame.len() < COPY_FRAME_BYTES_MAX {
-                small.extend_from_slice(&frame);
-            } else {
-                if !small.is_empty() {
-                    chunks.push(small.split().freeze());
-                }
-                chunks.push(frame);
-            }
-        }
-        if !small.is_empty() {
-            chunks.push(small.split().freeze());
-        }
-        if stream.write_all_chunks(&mut chunks).await.is_err() {
+        if !wrote {
             link_down(&inner, &link, "data write failed");
             break;
         }
-        chunks.clear();
-        small.reserve(64 * 1024);
-        let max = link.data_tx.max_capacity();
-        if (max - link.data_tx.capacity()) * 2 <= max {
+        let (used, max) = link.lane.fill();
+        if used * 2 <= max {
             let signal = inner.drained.lock().get(&link.peer.id).cloned();
             if let Some(n) = signal {
                 n.notify_waiters();
@@ -782,44 +826,77 @@ async fn data_acceptor(inner: Arc<Inner>, link: Arc<Link>) {
 
 async fn data_reader(inner: Arc<Inner>, link: Arc<Link>, mut stream: quinn::RecvStream) {
     let decoder = Decoder::new(inner.cfg.frame_bytes_max);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Only a frame cut by a chunk boundary is copied (into `partial`);
+    // whole frames are handed to the handler straight from quinn's chunk.
+    let mut partial = BytesMut::new();
     let mesh = Mesh { inner: inner.clone() };
+    let peer = link.peer.id;
     loop {
-        let mut any = false;
-        loop {
-            match decoder.next_body(&mut buf) {
-                Ok(Some(body)) => {
-                    any = true;
-                    inner.handler.message(&mesh, link.peer.id, body)
-                }
-                Ok(None) => {
-                    if any {
-                        if let Some(wait) = inner.handler.batch_end(&mesh, link.peer.id) {
-                            tokio::select! {
-                                _ = wait => {}
-                                _ = link.closed.cancelled() => return,
-                            }
-                        }
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(peer = link.peer.id, cause = %e, "bad data frame; closing link");
-                    link_down(&inner, &link, "bad data frame");
-                    return;
-                }
-            }
-        }
         let chunk = tokio::select! {
             c = stream.read_chunk(256 * 1024, true) => c,
             _ = link.closed.cancelled() => return,
         };
-        match chunk {
-            Ok(Some(c)) => {
-                link.last_rx_ms.store(inner.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                buf.extend_from_slice(&c.bytes)
-            }
+        let chunk = match chunk {
+            Ok(Some(c)) => c.bytes,
             Ok(None) | Err(_) => return,
+        };
+        link.last_rx_ms.store(inner.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let mut rest: &[u8] = &chunk;
+        let mut any = false;
+        let mut bad = None;
+        // Complete a cut frame first, taking only its own bytes (its length
+        // prefix may itself have been cut).
+        while bad.is_none() && !partial.is_empty() && !rest.is_empty() {
+            let want = match decoder.frame_len(&partial) {
+                Ok(Some(total)) => total - partial.len(),
+                Ok(None) => 4 - partial.len(),
+                Err(e) => {
+                    bad = Some(e);
+                    break;
+                }
+            };
+            let take = want.min(rest.len());
+            partial.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            match decoder.split(&partial) {
+                Ok(Some((body, _))) => {
+                    any = true;
+                    inner.handler.message(&mesh, peer, body);
+                    partial.clear();
+                }
+                Ok(None) => {}
+                Err(e) => bad = Some(e),
+            }
+        }
+        while bad.is_none() && partial.is_empty() && !rest.is_empty() {
+            match decoder.split(rest) {
+                Ok(Some((body, used))) => {
+                    any = true;
+                    inner.handler.message(&mesh, peer, body);
+                    rest = &rest[used..];
+                }
+                Ok(None) => {
+                    if let Ok(Some(total)) = decoder.frame_len(rest) {
+                        partial.reserve(total);
+                    }
+                    partial.extend_from_slice(rest);
+                    break;
+                }
+                Err(e) => bad = Some(e),
+            }
+        }
+        if let Some(e) = bad {
+            tracing::warn!(peer, cause = %e, "bad data frame; closing link");
+            link_down(&inner, &link, "bad data frame");
+            return;
+        }
+        if any {
+            if let Some(wait) = inner.handler.batch_end(&mesh, peer) {
+                tokio::select! {
+                    _ = wait => {}
+                    _ = link.closed.cancelled() => return,
+                }
+            }
         }
         // quinn returns buffered data without yielding; without this a busy
         // link starves the control task on the same worker (pings go
