@@ -112,7 +112,13 @@ impl Sink for PeerSink {
         };
         // Encoded straight into the link's lane, whose writer task wakes
         // itself; nothing to flush.
-        match self.lane.push(|buf| catga_transport::frame::encode_into(&frame, buf)) {
+        let size = msg.subject.len()
+            + msg.reply.map_or(0, <[u8]>::len)
+            + msg.headers.map_or(0, <[u8]>::len)
+            + msg.payload.len()
+            + sub.queue.as_deref().map_or(0, <[u8]>::len)
+            + 32;
+        match self.lane.push(size, |buf| catga_transport::frame::encode_into(&frame, buf)) {
             Some(behind) => Delivered::Queued { wake: false, behind },
             None => Delivered::Refused,
         }

@@ -50,15 +50,15 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Queues a frame written by `encode` (e.g. [`frame::encode_into`]);
-    /// same result as [`Mesh::send`].
-    pub fn push(&self, encode: impl FnOnce(&mut BytesMut) -> Result<(), FrameError>) -> Option<bool> {
-        self.lane.push(encode)
+    /// Queues a frame of about `size_hint` bytes written by `encode`
+    /// (e.g. [`frame::encode_into`]); same result as [`Mesh::send`].
+    pub fn push(&self, size_hint: usize, encode: impl FnOnce(&mut BytesMut) -> Result<(), FrameError>) -> Option<bool> {
+        self.lane.push(size_hint, encode)
     }
 
     /// Queues a whole, already-encoded frame.
     pub fn push_frame(&self, frame: &[u8]) -> Option<bool> {
-        self.lane.push(|b| {
+        self.lane.push(frame.len(), |b| {
             b.extend_from_slice(frame);
             Ok(())
         })
@@ -280,6 +280,11 @@ fn quic_transport(cfg: &MeshConfig) -> anyhow::Result<quinn::TransportConfig> {
     t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
     t.receive_window(quinn::VarInt::from_u32(32 << 20));
     t.send_window(32 << 20);
+    // Start with a LAN-sized congestion window (Cubic's default starts at
+    // ~14 KiB and needs many round trips to open up); losses still shrink it.
+    let mut cubic = quinn::congestion::CubicConfig::default();
+    cubic.initial_window(1 << 20);
+    t.congestion_controller_factory(Arc::new(cubic));
     // Datagrams are not used.
     t.datagram_receive_buffer_size(None);
     // Probe up to jumbo-frame size: on loopback and jumbo LANs larger
@@ -786,16 +791,18 @@ async fn data_writer(inner: Arc<Inner>, link: Arc<Link>) {
             return;
         }
     };
-    // Everything queued since the last write goes to quinn as one chunk.
-    while let Some(bytes) = link.lane.take().await {
+    // Everything queued since the last write goes to quinn at once.
+    let mut blocks = Vec::new();
+    while link.lane.take(&mut blocks).await {
         let wrote = tokio::select! {
-            r = stream.write_chunk(bytes) => r.is_ok(),
+            r = stream.write_all_chunks(&mut blocks) => r.is_ok(),
             _ = link.closed.cancelled() => break,
         };
         if !wrote {
             link_down(&inner, &link, "data write failed");
             break;
         }
+        blocks.clear();
         let (used, max) = link.lane.fill();
         if used * 2 <= max {
             let signal = inner.drained.lock().get(&link.peer.id).cloned();
