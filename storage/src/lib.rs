@@ -1,0 +1,55 @@
+//! catga-storage: everything Catga keeps on disk, in sled. The only crate
+//! that imports sled.
+//!
+//! - [`types`]: the Raft type configuration shared by storage and the Raft
+//!   crate: what a log entry carries ([`Request`]) and who a member is
+//!   ([`Member`]).
+//! - [`log`]: [`LogStore`], openraft's `RaftLogStorage` over sled. An
+//!   append is flushed (fsync) before openraft is told it is durable.
+//! - [`sm`]: [`StateMachine`], openraft's `RaftStateMachine` over sled, and
+//!   the in-memory view nodes read (queue groups).
+//!
+//! One sled database per node (`DATA_DIR/raft`), opened by [`open`].
+
+// openraft's StorageError is large and its traits return it; boxing it
+// here would only add conversions at every call.
+#![allow(clippy::result_large_err)]
+
+pub mod log;
+pub mod sm;
+pub mod types;
+
+use std::path::Path;
+
+pub use log::LogStore;
+pub use sm::{StateMachine, View};
+pub use types::{Member, Request, Response, TypeConfig};
+
+/// sled settings, each chosen on purpose.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Page cache size. Raft log tails and the state machine are small.
+    pub cache_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { cache_bytes: 64 << 20 }
+    }
+}
+
+/// Opens (or creates) the node's database and its log store and state
+/// machine.
+pub fn open(dir: &Path, cfg: &StorageConfig) -> Result<(LogStore, StateMachine), sled::Error> {
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(cfg.cache_bytes)
+        // Durability is ours to decide: the log store flushes before it
+        // acknowledges; no background timer is needed for correctness.
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+        .open()?;
+    let log = LogStore::open(&db)?;
+    let sm = StateMachine::open(&db)?;
+    Ok((log, sm))
+}

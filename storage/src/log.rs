@@ -1,0 +1,180 @@
+//! The Raft log, vote and committed index in sled.
+//!
+//! Write path: `append` writes the entries as one sled batch, then flushes
+//! the database (fsync) and only then tells openraft the entries are
+//! durable, so an entry a leader counts toward a majority survives a power
+//! cut. The vote is flushed before `save_vote` returns (a node must never
+//! vote twice in a term). Truncation and purging flush too; purge records
+//! the new `last_purged` before removing entries, so a crash in between
+//! leaves extra entries, never a hole.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    /// index (u64 big-endian) → postcard(Entry)
+    log: sled::Tree,
+    /// vote, committed, last_purged
+    meta: sled::Tree,
+}
+
+fn any<E: std::error::Error + 'static>(e: E) -> AnyError {
+    AnyError::new(&e)
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, AnyError> {
+    postcard::to_stdvec(v).map_err(any)
+}
+
+fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, AnyError> {
+    postcard::from_bytes(b).map_err(any)
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl LogStore {
+    pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        Ok(Self { db: db.clone(), log: db.open_tree("raft_log")?, meta: db.open_tree("raft_meta")? })
+    }
+
+    async fn flush(&self) -> Result<(), AnyError> {
+        self.db.flush_async().await.map(|_| ()).map_err(any)
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, AnyError> {
+        match self.meta.get(k).map_err(any)? {
+            Some(v) => Ok(Some(dec(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_meta::<Option<LogId>>(LAST_PURGED).map_err(StorageIOError::read_logs)?.flatten())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for kv in self.log.range::<[u8; 8], _>((start, end)) {
+            let (_, v) = kv.map_err(|e| StorageIOError::read_logs(any(e)))?;
+            out.push(dec(&v).map_err(StorageIOError::read_logs)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.last_purged()?;
+        let last = match self.log.last().map_err(|e| StorageIOError::read_logs(any(e)))? {
+            Some((_, v)) => Some(dec::<Entry>(&v).map_err(StorageIOError::read_logs)?.log_id),
+            None => None,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let v = enc(vote).map_err(StorageIOError::write_vote)?;
+        self.meta.insert(VOTE, v).map_err(|e| StorageIOError::write_vote(any(e)))?;
+        self.flush().await.map_err(StorageIOError::write_vote)?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.read_meta(VOTE).map_err(StorageIOError::read_vote)?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed: after a crash a lower committed index is only a
+        // slower start (it is learned again from the leader).
+        let v = enc(&committed).map_err(StorageIOError::write)?;
+        self.meta.insert(COMMITTED, v).map_err(|e| StorageIOError::write(any(e)))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_meta::<Option<LogId>>(COMMITTED).map_err(StorageIOError::read)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            let v = enc(&e).map_err(|err| StorageIOError::write_log_entry(e.log_id, err))?;
+            batch.insert(&key(e.log_id.index), v);
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(any(e)))?;
+        // Durable before openraft counts it.
+        match self.db.flush_async().await {
+            Ok(_) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(any(e)).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for k in self.log.range(key(log_id.index)..).keys() {
+            batch.remove(k.map_err(|e| StorageIOError::write_logs(any(e)))?);
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(any(e)))?;
+        self.flush().await.map_err(StorageIOError::write_logs)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let v = enc(&Some(log_id)).map_err(StorageIOError::write_logs)?;
+        self.meta.insert(LAST_PURGED, v).map_err(|e| StorageIOError::write_logs(any(e)))?;
+        self.flush().await.map_err(StorageIOError::write_logs)?;
+        let mut batch = sled::Batch::default();
+        for k in self.log.range(..=key(log_id.index)).keys() {
+            batch.remove(k.map_err(|e| StorageIOError::write_logs(any(e)))?);
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(any(e)))?;
+        self.flush().await.map_err(StorageIOError::write_logs)?;
+        Ok(())
+    }
+}

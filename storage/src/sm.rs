@@ -1,0 +1,325 @@
+//! The replicated state machine in sled, mirrored in memory.
+//!
+//! Every `apply` call writes its entries' effects and the new last-applied
+//! log id as one atomic sled batch, without a flush of its own: the log is
+//! the durable record, and after a crash the state machine is at some
+//! earlier applied point with matching state, from which openraft replays
+//! the log. The in-memory [`View`] mirrors the tree exactly and is what the
+//! node reads (queue groups, keys); it is rebuilt from sled at open.
+//!
+//! A snapshot is the whole view, taken when openraft asks for a builder
+//! (so later applies cannot tear it), serialized with postcard and kept in
+//! the `snapshot` tree (flushed) until the next one replaces it.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageIOError};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::types::{Entry, LogId, Member, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const APPLIED: &[u8] = b"\0applied";
+const MEMBERSHIP: &[u8] = b"\0membership";
+const SNAP_META: &[u8] = b"meta";
+const SNAP_DATA: &[u8] = b"data";
+
+/// Queue-group membership: (subject, group) → node → members on that node.
+pub type Queues = BTreeMap<(Vec<u8>, Vec<u8>), BTreeMap<u64, u32>>;
+
+/// What the state machine holds, in memory.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub queues: Queues,
+    pub kv: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl View {
+    /// Queue groups `node` has members in, as (subject, group, count).
+    pub fn queues_of(&self, node: u64) -> Vec<(Vec<u8>, Vec<u8>, u32)> {
+        self.queues.iter().filter_map(|((s, g), nodes)| nodes.get(&node).map(|c| (s.clone(), g.clone(), *c))).collect()
+    }
+}
+
+/// The body of a snapshot.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SnapshotBody {
+    queues: Vec<(u64, Vec<u8>, Vec<u8>, u32)>,
+    kv: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    db: sled::Db,
+    tree: sled::Tree,
+    snap: sled::Tree,
+    view: Arc<RwLock<View>>,
+    applied_tx: Arc<watch::Sender<u64>>,
+}
+
+fn any<E: std::error::Error + 'static>(e: E) -> AnyError {
+    AnyError::new(&e)
+}
+
+fn queue_key(node: u64, subject: &[u8], group: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 8 + 4 + subject.len() + group.len());
+    k.push(b'q');
+    k.extend_from_slice(&node.to_be_bytes());
+    k.extend_from_slice(&(subject.len() as u32).to_be_bytes());
+    k.extend_from_slice(subject);
+    k.extend_from_slice(group);
+    k
+}
+
+fn parse_queue_key(k: &[u8]) -> Option<(u64, Vec<u8>, Vec<u8>)> {
+    let node = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+    let len = u32::from_be_bytes(k.get(9..13)?.try_into().ok()?) as usize;
+    let subject = k.get(13..13 + len)?.to_vec();
+    let group = k.get(13 + len..)?.to_vec();
+    Some((node, subject, group))
+}
+
+fn kv_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(b'k');
+    k.extend_from_slice(key);
+    k
+}
+
+fn set_queue(view: &mut View, batch: &mut sled::Batch, node: u64, subject: &[u8], group: &[u8], count: u32) {
+    let k = queue_key(node, subject, group);
+    let slot = (subject.to_vec(), group.to_vec());
+    if count == 0 {
+        batch.remove(k);
+        if let Some(nodes) = view.queues.get_mut(&slot) {
+            nodes.remove(&node);
+            if nodes.is_empty() {
+                view.queues.remove(&slot);
+            }
+        }
+    } else {
+        batch.insert(k, &count.to_be_bytes());
+        view.queues.entry(slot).or_default().insert(node, count);
+    }
+}
+
+fn apply_request(view: &mut View, batch: &mut sled::Batch, req: &Request) -> Response {
+    match req {
+        Request::QueueSet { node, subject, group, count } => {
+            set_queue(view, batch, *node, subject, group, *count);
+            Response::Ok
+        }
+        Request::QueueReplace { node, groups } => {
+            for (s, g, _) in view.queues_of(*node) {
+                set_queue(view, batch, *node, &s, &g, 0);
+            }
+            for (s, g, c) in groups {
+                set_queue(view, batch, *node, s, g, *c);
+            }
+            Response::Ok
+        }
+        Request::NodeDown { node } => {
+            for (s, g, _) in view.queues_of(*node) {
+                set_queue(view, batch, *node, &s, &g, 0);
+            }
+            Response::Ok
+        }
+        Request::KvSet { key, value } => {
+            batch.insert(kv_key(key), value.as_slice());
+            view.kv.insert(key.clone(), value.clone());
+            Response::Ok
+        }
+        Request::KvDelete { key } => {
+            batch.remove(kv_key(key));
+            Response::Existed(view.kv.remove(key).is_some())
+        }
+    }
+}
+
+impl StateMachine {
+    pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        let tree = db.open_tree("state")?;
+        let snap = db.open_tree("snapshot")?;
+        let view = load_view(&tree)?;
+        let applied = view.applied.map_or(0, |l| l.index);
+        Ok(Self {
+            db: db.clone(),
+            tree,
+            snap,
+            view: Arc::new(RwLock::new(view)),
+            applied_tx: Arc::new(watch::channel(applied).0),
+        })
+    }
+
+    /// The in-memory state; read it, never hold the lock across an await.
+    pub fn view(&self) -> Arc<RwLock<View>> {
+        self.view.clone()
+    }
+
+    /// Changes to the last applied index.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+}
+
+fn load_view(tree: &sled::Tree) -> Result<View, sled::Error> {
+    let mut view = View::default();
+    for kv in tree.iter() {
+        let (k, v) = kv?;
+        match k.first() {
+            Some(0) if &k[..] == APPLIED => view.applied = postcard::from_bytes(&v).ok().flatten(),
+            Some(0) if &k[..] == MEMBERSHIP => view.membership = postcard::from_bytes(&v).unwrap_or_default(),
+            Some(b'q') => {
+                if let (Some((node, s, g)), Ok(c)) = (parse_queue_key(&k), <[u8; 4]>::try_from(&v[..])) {
+                    view.queues.entry((s, g)).or_default().insert(node, u32::from_be_bytes(c));
+                }
+            }
+            Some(b'k') => {
+                view.kv.insert(k[1..].to_vec(), v.to_vec());
+            }
+            _ => tracing::warn!(key = ?k, "unknown key in the state tree"),
+        }
+    }
+    Ok(view)
+}
+
+pub struct SnapshotBuilder {
+    db: sled::Db,
+    snap: sled::Tree,
+    view: View,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let v = &self.view;
+        let body = SnapshotBody {
+            queues: v
+                .queues
+                .iter()
+                .flat_map(|((s, g), nodes)| nodes.iter().map(move |(n, c)| (*n, s.clone(), g.clone(), *c)))
+                .collect(),
+            kv: v.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        let data = postcard::to_stdvec(&body).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+        let snapshot_id = match v.applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
+            None => format!("0-0-{}", data.len()),
+        };
+        let meta = SnapshotMeta { last_log_id: v.applied, last_membership: v.membership.clone(), snapshot_id };
+        save_snapshot(&self.db, &self.snap, &meta, &data).await?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+async fn save_snapshot(db: &sled::Db, snap: &sled::Tree, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+    let m = postcard::to_stdvec(meta).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+    let mut batch = sled::Batch::default();
+    batch.insert(SNAP_META, m);
+    batch.insert(SNAP_DATA, data);
+    snap.apply_batch(batch).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+    db.flush_async().await.map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+    Ok(())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let v = self.view.read();
+        Ok((v.applied, v.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        let mut out = Vec::new();
+        let last = {
+            let mut view = self.view.write();
+            for e in entries {
+                view.applied = Some(e.log_id);
+                match &e.payload {
+                    EntryPayload::Blank => out.push(Response::Ok),
+                    EntryPayload::Normal(req) => out.push(apply_request(&mut view, &mut batch, req)),
+                    EntryPayload::Membership(m) => {
+                        view.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                        out.push(Response::Ok);
+                    }
+                }
+            }
+            let applied =
+                postcard::to_stdvec(&view.applied).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+            let membership =
+                postcard::to_stdvec(&view.membership).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+            batch.insert(APPLIED, applied);
+            batch.insert(MEMBERSHIP, membership);
+            view.applied
+        };
+        self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        if let Some(l) = last {
+            self.applied_tx.send_replace(l.index);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { db: self.db.clone(), snap: self.snap.clone(), view: self.view.read().clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let body: SnapshotBody =
+            postcard::from_bytes(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+        let mut view = View { applied: meta.last_log_id, membership: meta.last_membership.clone(), ..View::default() };
+        let mut batch = sled::Batch::default();
+        for k in self.tree.iter().keys() {
+            batch.remove(k.map_err(|e| StorageIOError::write_state_machine(any(e)))?);
+        }
+        for (node, s, g, c) in &body.queues {
+            set_queue(&mut view, &mut batch, *node, s, g, *c);
+        }
+        for (k, v) in body.kv {
+            batch.insert(kv_key(&k), v.as_slice());
+            view.kv.insert(k, v);
+        }
+        let applied = postcard::to_stdvec(&view.applied).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        let membership =
+            postcard::to_stdvec(&view.membership).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        batch.insert(APPLIED, applied);
+        batch.insert(MEMBERSHIP, membership);
+        self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        save_snapshot(&self.db, &self.snap, meta, &data).await?;
+        let index = view.applied.map_or(0, |l| l.index);
+        *self.view.write() = view;
+        self.applied_tx.send_replace(index);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let read = |k: &[u8]| self.snap.get(k).map_err(|e| StorageIOError::read_snapshot(None, any(e)));
+        let (Some(m), Some(d)) = (read(SNAP_META)?, read(SNAP_DATA)?) else { return Ok(None) };
+        let meta: SnapshotMeta = postcard::from_bytes(&m).map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(d.to_vec())) }))
+    }
+}
+
+/// Who the current membership says `id` is.
+pub fn member(view: &View, id: u64) -> Option<Member> {
+    view.membership.membership().get_node(&id).cloned()
+}

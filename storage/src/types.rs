@@ -1,0 +1,82 @@
+//! The Raft type configuration: what Catga replicates.
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// A cluster member as the Raft membership records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    /// host:port of the node's QUIC endpoint.
+    pub cluster_addr: String,
+    /// host:port NATS clients use.
+    pub nats_addr: String,
+    /// host:port of the node's HTTP API (admin, health).
+    pub http_addr: String,
+    pub datacenter: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.cluster_addr)
+    }
+}
+
+/// A command in the replicated log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Sets how many members `node` has in queue group `group` on
+    /// `subject` (0 removes the entry).
+    QueueSet {
+        node: u64,
+        subject: Vec<u8>,
+        group: Vec<u8>,
+        count: u32,
+    },
+    /// Replaces every queue-group entry of `node` (a node's resync after it
+    /// returns).
+    QueueReplace {
+        node: u64,
+        groups: Vec<(Vec<u8>, Vec<u8>, u32)>,
+    },
+    /// `node` missed heartbeats past the limit: all its queue members go,
+    /// in this one entry.
+    NodeDown {
+        node: u64,
+    },
+    KvSet {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    KvDelete {
+        key: Vec<u8>,
+    },
+}
+
+/// What applying a [`Request`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    #[default]
+    Ok,
+    /// For deletes: whether something was there.
+    Existed(bool),
+}
+
+openraft::declare_raft_types!(
+    /// Catga's Raft: u64 node ids (the mesh's), [`Member`] nodes.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = Member,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+pub type Vote = openraft::Vote<u64>;
+pub type StoredMembership = openraft::StoredMembership<u64, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, Member>;
+pub type StorageError = openraft::StorageError<u64>;
