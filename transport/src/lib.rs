@@ -16,4 +16,4 @@ pub mod lane;
 pub mod mesh;
 pub mod tls;
 
-pub use mesh::{Mesh, MeshConfig, MeshHandler, NodeId, NodeInfo, PeerStatus, Sender};
+pub use mesh::{Mesh, MeshConfig, MeshHandler, NodeId, NodeInfo, PeerStatus, RpcError, RpcHandler, RpcReply, Sender};

@@ -212,6 +212,31 @@ struct Inner {
     drained: Mutex<HashMap<NodeId, Arc<Notify>>>,
     /// Time base for `Link::last_rx_ms`.
     started: Instant,
+    /// Answers RPCs from peers; set once by the owner after start.
+    rpc: std::sync::OnceLock<Arc<dyn RpcHandler>>,
+}
+
+/// What an RPC handler returns: the response body, or an error text the
+/// caller receives as [`RpcError::Remote`].
+pub type RpcReply = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send>>;
+
+/// Serves request/response calls from peers (e.g. Raft RPCs). Each call
+/// runs on its own QUIC bidirectional stream, so a slow call (a snapshot)
+/// never holds up another, and none of them shares the bus's data lane.
+pub trait RpcHandler: Send + Sync + 'static {
+    fn call(&self, from: NodeId, body: Vec<u8>) -> RpcReply;
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum RpcError {
+    #[error("no link to node {0}")]
+    Unreachable(NodeId),
+    #[error("rpc timed out")]
+    Timeout,
+    #[error("rpc failed on the remote node: {0}")]
+    Remote(String),
+    #[error("rpc stream failed: {0}")]
+    Stream(String),
 }
 
 /// A running mesh endpoint. Cheap to clone.
@@ -271,8 +296,9 @@ fn quic_transport(cfg: &MeshConfig) -> anyhow::Result<quinn::TransportConfig> {
     t.max_idle_timeout(Some(idle.try_into()?));
     // Keep-alives well inside the idle timeout so idle links stay up.
     t.keep_alive_interval(Some(Duration::from_millis(cfg.heartbeat_ms.max(50))));
-    // One control bi stream per link; the limit leaves room for a retry.
-    t.max_concurrent_bidi_streams(4u32.into());
+    // One control bi stream per link plus one per RPC in flight (Raft
+    // keeps a few per peer: appends, votes, a snapshot).
+    t.max_concurrent_bidi_streams(64u32.into());
     // One data uni stream per direction; a few spare for reconnect overlap.
     t.max_concurrent_uni_streams(8u32.into());
     // Flow-control windows sized for a LAN with a few ms RTT at several
@@ -331,6 +357,7 @@ impl Mesh {
             blocked: Mutex::new(HashSet::new()),
             shutdown: CancellationToken::new(),
             drained: Mutex::new(HashMap::new()),
+            rpc: std::sync::OnceLock::new(),
             started: Instant::now(),
         });
         inner.self_addrs.lock().insert(inner.node.cluster_addr.clone());
@@ -395,6 +422,34 @@ impl Mesh {
             .collect();
         v.sort_by_key(|p| p.info.id);
         v
+    }
+
+    /// Installs the handler for RPCs from peers (once; later calls are
+    /// ignored). Until then calls are answered with an error.
+    pub fn set_rpc_handler(&self, handler: Arc<dyn RpcHandler>) {
+        let _ = self.inner.rpc.set(handler);
+    }
+
+    /// Calls `peer`'s RPC handler with `body` and waits, at most `timeout`,
+    /// for its response.
+    pub async fn rpc(&self, peer: NodeId, body: &[u8], timeout: Duration) -> Result<Vec<u8>, RpcError> {
+        let conn = self.inner.links.lock().get(&peer).map(|l| l.conn.clone()).ok_or(RpcError::Unreachable(peer))?;
+        let max = self.inner.cfg.frame_bytes_max;
+        let call = async move {
+            let stream = |e: &dyn std::fmt::Display| RpcError::Stream(e.to_string());
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream(&e))?;
+            send.write_all(&frame::frame_body(body)).await.map_err(|e| stream(&e))?;
+            send.finish().map_err(|e| stream(&e))?;
+            let raw = recv.read_to_end(max + frame::HEADER_BYTES).await.map_err(|e| stream(&e))?;
+            let (reply, _) =
+                Decoder::new(max).split(&raw).map_err(|e| stream(&e))?.ok_or_else(|| stream(&"cut reply"))?;
+            match reply.split_first() {
+                Some((0, ok)) => Ok(ok.to_vec()),
+                Some((_, err)) => Err(RpcError::Remote(String::from_utf8_lossy(err).into_owned())),
+                None => Err(stream(&"empty reply")),
+            }
+        };
+        tokio::time::timeout(timeout, call).await.map_err(|_| RpcError::Timeout)?
     }
 
     /// Test hook: cut the link to `peer` and refuse it until unblocked.
@@ -659,6 +714,7 @@ fn register(
     // peer_up goes out on this link.
     tokio::spawn(data_writer(inner.clone(), link.clone()));
     tokio::spawn(data_acceptor(inner.clone(), link.clone()));
+    tokio::spawn(rpc_acceptor(inner.clone(), link.clone()));
     tokio::spawn(control_loop(inner.clone(), link.clone(), ctrl_send, ctrl_recv, ctrl_buf, ctrl_rx));
     inner.handler.peer_up(&Mesh { inner: inner.clone() }, &peer);
     // Tell everyone about the new peer's address.
@@ -810,6 +866,48 @@ async fn data_writer(inner: Arc<Inner>, link: Arc<Link>) {
                 n.notify_waiters();
             }
         }
+    }
+}
+
+/// Serves the RPC streams a peer opens on this link (every bidirectional
+/// stream after the control stream).
+async fn rpc_acceptor(inner: Arc<Inner>, link: Arc<Link>) {
+    loop {
+        let (mut send, mut recv) = tokio::select! {
+            s = link.conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            _ = link.closed.cancelled() => return,
+        };
+        let inner = inner.clone();
+        let peer = link.peer.id;
+        tokio::spawn(async move {
+            let max = inner.cfg.frame_bytes_max;
+            let Ok(raw) = recv.read_to_end(max + frame::HEADER_BYTES).await else { return };
+            let reply = match Decoder::new(max).split(&raw) {
+                Ok(Some((body, _))) => match inner.rpc.get() {
+                    Some(h) => h.call(peer, body.to_vec()).await,
+                    None => Err("this node serves no rpc yet".to_string()),
+                },
+                Ok(None) => Err("cut rpc request".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let mut out = Vec::with_capacity(1 + reply.as_ref().map_or(0, Vec::len));
+            match reply {
+                Ok(body) => {
+                    out.push(0);
+                    out.extend_from_slice(&body);
+                }
+                Err(e) => {
+                    out.push(1);
+                    out.extend_from_slice(e.as_bytes());
+                }
+            }
+            if send.write_all(&frame::frame_body(&out)).await.is_ok() {
+                let _ = send.finish();
+            }
+        });
     }
 }
 

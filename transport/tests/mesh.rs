@@ -236,3 +236,49 @@ async fn peer_with_an_expired_certificate_is_refused() {
     assert!(!rogue_dial(&a, cfg).await, "expired cert got a working stream");
     assert!(a.peers().is_empty() && rec.up.lock().is_empty() && rec.msgs.lock().is_empty());
 }
+
+struct Echo;
+
+impl catga_transport::RpcHandler for Echo {
+    fn call(&self, from: NodeId, body: Vec<u8>) -> catga_transport::RpcReply {
+        Box::pin(async move {
+            if body == b"fail" {
+                return Err(format!("refused by {from}'s peer"));
+            }
+            let mut out = from.to_be_bytes().to_vec();
+            out.extend_from_slice(&body);
+            Ok(out)
+        })
+    }
+}
+
+#[tokio::test]
+async fn rpc_round_trips_both_ways_with_errors_and_concurrency() {
+    use catga_transport::RpcError;
+    let ca = Ca::generate("test CA").unwrap();
+    let (a, _) = start(1, &ca, vec![]).await;
+    let (b, _) = start(2, &ca, vec![a.node().cluster_addr.clone()]).await;
+    eventually("link", || a.is_up(2) && b.is_up(1)).await;
+    let t = Duration::from_secs(5);
+    // Before a handler is installed the callee says so.
+    assert!(matches!(a.rpc(2, b"x", t).await, Err(RpcError::Remote(_))));
+    a.set_rpc_handler(Arc::new(Echo));
+    b.set_rpc_handler(Arc::new(Echo));
+    let got = a.rpc(2, b"hello", t).await.unwrap();
+    assert_eq!(&got[..8], &1u64.to_be_bytes(), "callee sees the caller's id");
+    assert_eq!(&got[8..], b"hello");
+    // The other direction, a large body, and many calls at once.
+    let big = Arc::new(vec![7u8; 3 << 20]);
+    let calls: Vec<_> = (0..100)
+        .map(|i| {
+            let (b, big) = (b.clone(), big.clone());
+            tokio::spawn(async move { b.rpc(1, if i == 0 { &big[..] } else { b"small" }, t).await })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let r = call.await.unwrap().unwrap();
+        assert_eq!(r.len(), 8 + if i == 0 { big.len() } else { 5 });
+    }
+    assert_eq!(a.rpc(2, b"fail", t).await, Err(RpcError::Remote("refused by 1's peer".into())));
+    assert_eq!(a.rpc(9, b"x", t).await, Err(RpcError::Unreachable(9)));
+}
