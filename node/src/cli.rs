@@ -18,11 +18,33 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Cluster certificates.
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
+    },
+    /// Cluster administration through a node's HTTP API.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, members and applied index, as the node sees them.
+    Status {
+        #[arg(long, env = "CATGA_HTTP", default_value = "127.0.0.1:8222", value_name = "ADDR")]
+        http: String,
+        /// Print the raw JSON of GET /cluster.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the node from the cluster gracefully; the node then stops.
+    Leave {
+        #[arg(long, env = "CATGA_HTTP", default_value = "127.0.0.1:8222", value_name = "ADDR")]
+        http: String,
     },
 }
 
@@ -41,7 +63,7 @@ pub enum CertsCommand {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Run(args)) => args,
+        Some(Command::Run(args)) => *args,
         Some(Command::Certs { command: CertsCommand::Init { dir, nodes } }) => {
             let written = catga_transport::certs::init_dir(&dir, &nodes)?;
             for f in &written {
@@ -52,12 +74,66 @@ pub fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Some(Command::Cluster { command }) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            return runtime.block_on(admin(command));
+        }
         None => cli.run,
     };
     let config = Config::load(&args)?;
     init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(config))
+}
+
+async fn admin(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { http, json } => {
+            let (code, body) = crate::http::request(&http, "GET", "/cluster").await?;
+            anyhow::ensure!(code == 200, "GET /cluster on {http}: HTTP {code}: {body}");
+            if json {
+                println!("{body}");
+                return Ok(());
+            }
+            let v: crate::http::ClusterView = serde_json::from_str(&body)?;
+            print!("{}", render_status(&v));
+            Ok(())
+        }
+        ClusterCommand::Leave { http } => {
+            let (code, body) = crate::http::request(&http, "POST", "/cluster/leave").await?;
+            anyhow::ensure!(code == 200, "POST /cluster/leave on {http}: HTTP {code}: {body}");
+            print!("{body}");
+            Ok(())
+        }
+    }
+}
+
+/// `catga cluster status` as text.
+pub fn render_status(v: &crate::http::ClusterView) -> String {
+    use std::fmt::Write;
+    let r = &v.raft;
+    let mut out = String::new();
+    let leader = r.leader.map_or("none".to_string(), |l| {
+        let name = r.members.get(&l).map_or("?", |m| m.name.as_str());
+        format!("{name} ({l})")
+    });
+    let _ = writeln!(out, "node:     {} ({}) {}", r.name, r.id, r.state);
+    let _ = writeln!(out, "leader:   {leader}");
+    let _ = writeln!(out, "term:     {}", r.term);
+    let applied = r.applied_index.map_or("-".to_string(), |i| i.to_string());
+    let last = r.last_log_index.map_or("-".to_string(), |i| i.to_string());
+    let _ = writeln!(out, "applied:  {applied} (last log {last})");
+    let _ = writeln!(out, "members:");
+    for (id, m) in &r.members {
+        let role = if r.voters.contains(id) { "voter" } else { "learner" };
+        let rtt = v.peers.iter().find(|p| p.id == *id).map_or(String::new(), |p| format!(" rtt={}us", p.rtt_us));
+        let _ = writeln!(
+            out,
+            "  {id:<20} {:<12} {role:<7} cluster={} nats={} http={}{rtt}",
+            m.name, m.cluster_addr, m.nats_addr, m.http_addr
+        );
+    }
+    out
 }
 
 fn init_logging(format: LogFormat) {
@@ -78,10 +154,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let node = Node::start(config).await?;
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = term.recv() => tracing::info!("shutdown signal received, draining clients"),
+        _ = int.recv() => tracing::info!("shutdown signal received, draining clients"),
+        _ = node.stop.cancelled() => tracing::info!("left the cluster; stopping"),
     }
-    tracing::info!("shutdown signal received, draining clients");
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -25,8 +25,43 @@ pub struct Config {
     /// Where the node keeps its files.
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
+    /// HTTP API listener (admin, and health/metrics as they land).
+    pub http: String,
     pub nats: NatsConfig,
     pub cluster: ClusterConfig,
+    pub raft: RaftSettings,
+}
+
+/// Raft settings (`[raft]` in TOML).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftSettings {
+    /// Nodes expected at first start; they form the cluster together once
+    /// they all see each other. 0: join a peer's cluster, or run alone
+    /// when no peers are configured.
+    pub bootstrap_expect: usize,
+    /// Nodes beyond this many voters join as learners.
+    pub max_voters: usize,
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in this range
+    /// starts an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Log entries after which a snapshot is taken and the log compacted.
+    pub snapshot_after_logs: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap_expect: 0,
+            max_voters: 5,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            snapshot_after_logs: 10_000,
+        }
+    }
 }
 
 /// Node-to-node settings (`[cluster]` in TOML).
@@ -84,8 +119,10 @@ impl Default for Config {
             name: String::new(),
             data_dir: PathBuf::from("./catga-data"),
             log_format: LogFormat::Human,
+            http: "0.0.0.0:8222".into(),
             nats: NatsConfig::default(),
             cluster: ClusterConfig::default(),
+            raft: RaftSettings::default(),
         }
     }
 }
@@ -123,6 +160,12 @@ pub struct RunArgs {
     /// Host advertised to peers and clients.
     #[arg(long, env = "CATGA_ADVERTISE", value_name = "HOST")]
     pub advertise: Option<String>,
+    /// HTTP API listener address.
+    #[arg(long, env = "CATGA_HTTP", value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Nodes expected to form the cluster at first start.
+    #[arg(long, env = "CATGA_BOOTSTRAP_EXPECT", value_name = "N")]
+    pub bootstrap_expect: Option<usize>,
 }
 
 impl Config {
@@ -175,6 +218,12 @@ impl Config {
         if let Some(v) = &args.advertise {
             self.cluster.advertise = v.clone();
         }
+        if let Some(v) = &args.http {
+            self.http = v.clone();
+        }
+        if let Some(v) = args.bootstrap_expect {
+            self.raft.bootstrap_expect = v;
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -194,6 +243,14 @@ impl Config {
             n.token.is_none() || n.users.is_empty(),
             "nats.token and nats.users are exclusive; configure one"
         );
+        let r = &self.raft;
+        anyhow::ensure!(r.max_voters >= 1, "raft.max_voters must be at least 1");
+        anyhow::ensure!(r.heartbeat_ms >= 10, "raft.heartbeat_ms must be at least 10");
+        anyhow::ensure!(
+            r.election_timeout_min_ms > r.heartbeat_ms && r.election_timeout_max_ms > r.election_timeout_min_ms,
+            "raft timeouts must satisfy heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms"
+        );
+        anyhow::ensure!(r.snapshot_after_logs >= 1, "raft.snapshot_after_logs must be at least 1");
         let c = &self.cluster;
         anyhow::ensure!(!c.name.is_empty(), "cluster.name may not be empty");
         anyhow::ensure!(c.heartbeat_ms >= 10, "cluster.heartbeat_ms must be at least 10");

@@ -11,10 +11,13 @@
 //! - [`nats`]: the NATS client protocol (parser, INFO/CONNECT, connections).
 //! - [`bus`]: subjects, the subject router and delivery to subscribers; the
 //!   protocol adapters share it.
+//! - [`cluster`]: the bus across nodes (interest, messages over the mesh).
+//! - [`http`]: the HTTP API (`/cluster`, leave) and the CLI's client for it.
 
 pub mod bus;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod http;
 pub mod nats;
 pub mod node;

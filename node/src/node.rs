@@ -8,12 +8,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use catga_raft::{RaftConfig, RaftNode};
+use catga_storage::Member;
 use catga_transport::mesh::advertise_host;
 use catga_transport::{certs, Mesh, MeshConfig, NodeInfo};
 
 use crate::bus::Bus;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::http::HttpServer;
 use crate::nats::server::NatsServer;
 
 pub struct Node {
@@ -24,6 +27,10 @@ pub struct Node {
     pub nats: NatsServer,
     pub cluster: Arc<Cluster>,
     pub mesh: Mesh,
+    pub raft: Arc<RaftNode>,
+    pub http: HttpServer,
+    /// Cancelled when the node asks to be stopped (after `cluster leave`).
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// The node id, kept in the data dir so it survives restarts.
@@ -66,11 +73,17 @@ impl Node {
             .next()
             .ok_or_else(|| anyhow::anyhow!("cluster address {} resolves to nothing", config.cluster.listen))?;
         let host = advertise_host(&config.cluster.advertise, nats.local_addr());
+        // Bound before the mesh starts so peers learn the real port.
+        let http_listener = tokio::net::TcpListener::bind(&config.http)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind HTTP listener {}: {e}", config.http))?;
+        let http_addr = format!("{host}:{}", http_listener.local_addr()?.port());
         let me = NodeInfo {
             id,
             name: name.clone(),
             cluster_addr: String::new(),
             client_urls: vec![format!("{host}:{}", nats.local_addr().port())],
+            http_addr: http_addr.clone(),
         };
         let server = nats.shared().clone();
         let cluster = Cluster::new(
@@ -92,24 +105,48 @@ impl Node {
         mesh_cfg.frame_bytes_max = c.frame_bytes_max;
         let mesh = Mesh::start(mesh_cfg, cluster.clone()).await?;
         nats.shared().set_connect_urls(cluster.client_urls());
+        let r = &config.raft;
+        let raft_cfg = RaftConfig {
+            heartbeat_ms: r.heartbeat_ms,
+            election_timeout_min_ms: r.election_timeout_min_ms,
+            election_timeout_max_ms: r.election_timeout_max_ms,
+            bootstrap_expect: r.bootstrap_expect,
+            max_voters: r.max_voters,
+            snapshot_after_logs: r.snapshot_after_logs,
+            ..RaftConfig::default()
+        };
+        let member = Member {
+            name: name.clone(),
+            cluster_addr: mesh.node().cluster_addr.clone(),
+            nats_addr: format!("{host}:{}", nats.local_addr().port()),
+            http_addr,
+            datacenter: String::new(),
+        };
+        let raft = RaftNode::start(id, member, &config.data_dir.join("raft"), mesh.clone(), raft_cfg).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let http = HttpServer::serve(http_listener, raft.clone(), mesh.clone(), stop.clone())?;
         tracing::info!(
             nats = %nats.local_addr(),
             cluster = %mesh.local_addr(),
+            http = %http.local_addr(),
             id,
             name = %name,
             data_dir = %config.data_dir.display(),
             "catga node listening"
         );
-        Ok(Self { config, id, name, bus, nats, cluster, mesh })
+        Ok(Self { config, id, name, bus, nats, cluster, mesh, raft, http, stop })
     }
 
     pub fn nats_addr(&self) -> SocketAddr {
         self.nats.local_addr()
     }
 
-    /// Graceful stop: lame-duck drain of NATS clients, then leave the mesh.
+    /// Graceful stop: lame-duck drain of NATS clients, then Raft and the
+    /// mesh.
     pub async fn shutdown(&self) {
         self.nats.drain().await;
+        self.http.shutdown();
+        self.raft.shutdown().await;
         self.mesh.shutdown().await;
     }
 }

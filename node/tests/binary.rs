@@ -4,43 +4,22 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::proc::{start, Proc};
 use common::Raw;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-struct Proc {
-    child: Child,
-    nats: SocketAddr,
-}
-
-/// Starts `catga` with `args` and `env`, waits for its "listening" log line
-/// and returns the bound NATS address.
+/// Starts `catga` with `args` and `env` (RUST_LOG unset: the default
+/// level must still log the listening line).
 async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_catga"));
-    cmd.args(args).stderr(Stdio::piped()).stdout(Stdio::null()).kill_on_drop(true);
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.env_remove("RUST_LOG");
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let nats = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("catga node listening") {
-                let addr = line.split("nats=").nth(1).unwrap().split_whitespace().next().unwrap();
-                return addr.parse::<SocketAddr>().unwrap();
-            }
-        }
-        panic!("catga exited before listening");
-    })
-    .await
-    .expect("catga logs its bound address");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Proc { child, nats }
+    start(cmd).await
 }
 
 fn server_name(info: &str) -> String {
@@ -53,9 +32,21 @@ fn server_name(info: &str) -> String {
 async fn port_zero_then_signal_drains_and_exits_zero(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut p =
-        spawn(&["run", "--nats", "127.0.0.1:0", "--cluster", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()], &[])
-            .await;
+    let mut p = spawn(
+        &[
+            "run",
+            "--nats",
+            "127.0.0.1:0",
+            "--cluster",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
     assert_ne!(p.nats.port(), 0);
     assert!(data.is_dir(), "data dir created");
     let mut raw = Raw::connect(p.nats).await;
@@ -90,24 +81,30 @@ async fn flags_win_over_env_and_env_over_file() {
     std::fs::write(
         &file,
         format!(
-            "name = \"from-file\"\ndata_dir = {:?}\n[nats]\nlisten = \"127.0.0.1:0\"\n[cluster]\nlisten = \"127.0.0.1:0\"\n",
+            "name = \"from-file\"\ndata_dir = {:?}\nhttp = \"127.0.0.1:0\"\n[nats]\nlisten = \"127.0.0.1:0\"\n[cluster]\nlisten = \"127.0.0.1:0\"\n",
             data.to_str().unwrap()
         ),
     )
     .unwrap();
     let cfg = file.to_str().unwrap();
 
-    let p = spawn(&["--config", cfg], &[]).await;
+    // Each process gets its own data dir (sled allows one process per
+    // database); the earlier ones are still running.
+    let d = |i: usize| dir.path().join(format!("d{i}")).to_str().unwrap().to_string();
+    let (d1, d2, d3, d4) = (d(1), d(2), d(3), d(4));
+
+    let p = spawn(&["--config", cfg], &[("CATGA_DATA_DIR", &d1)]).await;
     assert_eq!(server_name(&Raw::connect(p.nats).await.info), "from-file");
 
-    let p = spawn(&["--config", cfg], &[("CATGA_NAME", "from-env")]).await;
+    let p = spawn(&["--config", cfg], &[("CATGA_NAME", "from-env"), ("CATGA_DATA_DIR", &d2)]).await;
     assert_eq!(server_name(&Raw::connect(p.nats).await.info), "from-env");
 
-    let p = spawn(&["--config", cfg, "--name", "from-flag"], &[("CATGA_NAME", "from-env")]).await;
+    let p =
+        spawn(&["--config", cfg, "--name", "from-flag"], &[("CATGA_NAME", "from-env"), ("CATGA_DATA_DIR", &d3)]).await;
     assert_eq!(server_name(&Raw::connect(p.nats).await.info), "from-flag");
 
     // Env also sets the listener: CATGA_CONFIG and CATGA_NATS without flags.
-    let p = spawn(&[], &[("CATGA_CONFIG", cfg), ("CATGA_NATS", "127.0.0.1:0")]).await;
+    let p = spawn(&[], &[("CATGA_CONFIG", cfg), ("CATGA_NATS", "127.0.0.1:0"), ("CATGA_DATA_DIR", &d4)]).await;
     assert_eq!(server_name(&Raw::connect(p.nats).await.info), "from-file");
 }
 

@@ -6,50 +6,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::proc::spawn_node;
 use common::Raw;
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-struct Proc {
-    child: Child,
-    nats: SocketAddr,
-    cluster: String,
-}
-
-async fn spawn_node(dir: &std::path::Path, name: &str, certs: &std::path::Path, peers: Option<&str>) -> Proc {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        "[cluster]\nheartbeat_ms = 100\npeer_timeout_ms = 600\nreconnect_ms_max = 300\n[nats]\nlame_duck_duration_ms = 200\n",
-    )
-    .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_catga"));
-    cmd.arg("--config").arg(&config).args(["--name", name, "--nats", "127.0.0.1:0", "--cluster", "127.0.0.1:0"]);
-    cmd.arg("--data-dir").arg(dir.join(name)).arg("--tls-dir").arg(certs);
-    if let Some(p) = peers {
-        cmd.args(["--peers", p]);
-    }
-    cmd.env("RUST_LOG", "info").stderr(Stdio::piped()).stdout(Stdio::null()).kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("catga node listening") {
-                return line;
-            }
-        }
-        panic!("node exited before listening");
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let field = |k: &str| line.split(&format!("{k}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-    Proc { child, nats: field("nats").parse().unwrap(), cluster: field("cluster") }
-}
 
 async fn wait_mesh(addr: SocketAddr, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -69,9 +30,9 @@ async fn clients_of_a_killed_node_reconnect_elsewhere_and_traffic_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     catga_transport::certs::init_dir(&certs, &["a".into(), "b".into(), "c".into()]).unwrap();
-    let mut a = spawn_node(dir.path(), "a", &certs, None).await;
-    let b = spawn_node(dir.path(), "b", &certs, Some(&a.cluster)).await;
-    let c = spawn_node(dir.path(), "c", &certs, Some(&a.cluster)).await;
+    let mut a = spawn_node(dir.path(), "a", &certs, &[]).await;
+    let b = spawn_node(dir.path(), "b", &certs, &["--peers", &a.cluster]).await;
+    let c = spawn_node(dir.path(), "c", &certs, &["--peers", &a.cluster]).await;
     for p in [&a, &b, &c] {
         wait_mesh(p.nats, 3).await;
     }

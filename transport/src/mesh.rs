@@ -79,6 +79,8 @@ pub struct NodeInfo {
     pub cluster_addr: String,
     /// Client-facing URLs, e.g. `nats://10.0.0.1:4222`.
     pub client_urls: Vec<String>,
+    /// host:port of the node's HTTP API (empty if it has none).
+    pub http_addr: String,
 }
 
 #[derive(Debug, Clone)]
@@ -422,6 +424,11 @@ impl Mesh {
             .collect();
         v.sort_by_key(|p| p.info.id);
         v
+    }
+
+    /// The configured seed addresses (`--peers`).
+    pub fn seeds(&self) -> &[String] {
+        &self.inner.cfg.seeds
     }
 
     /// Installs the handler for RPCs from peers (once; later calls are

@@ -38,7 +38,13 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn config(id: NodeId, cluster: &str, tls: TlsMaterial, seeds: Vec<String>) -> MeshConfig {
-    let node = NodeInfo { id, name: format!("n{id}"), cluster_addr: String::new(), client_urls: vec![] };
+    let node = NodeInfo {
+        id,
+        name: format!("n{id}"),
+        cluster_addr: String::new(),
+        client_urls: vec![],
+        http_addr: String::new(),
+    };
     let mut cfg = MeshConfig::new("127.0.0.1:0".parse().unwrap(), cluster, node, tls);
     cfg.seeds = seeds;
     cfg
@@ -182,7 +188,13 @@ async fn rogue_dial(target: &Mesh, client: rustls::ClientConfig) -> bool {
     // we try to use the connection.
     let attempt = async {
         let (mut send, mut recv) = conn.open_bi().await.ok()?;
-        let node = NodeInfo { id: 77, name: "rogue".into(), cluster_addr: "127.0.0.1:9".into(), client_urls: vec![] };
+        let node = NodeInfo {
+            id: 77,
+            name: "rogue".into(),
+            cluster_addr: "127.0.0.1:9".into(),
+            client_urls: vec![],
+            http_addr: String::new(),
+        };
         send.write_all(&catga_transport::mesh::encode_hello("test", node)).await.ok()?;
         let mut buf = [0u8; 1];
         recv.read(&mut buf).await.ok()?

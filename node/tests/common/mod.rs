@@ -2,6 +2,8 @@
 //! raw TCP client for exact protocol bytes. Waits poll with deadlines.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod proc;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ impl TestNode {
         let mut config = Config { name: "test-node".into(), data_dir: dir.path().to_path_buf(), ..Default::default() };
         config.nats.listen = "127.0.0.1:0".into();
         config.cluster.listen = "127.0.0.1:0".into();
+        config.http = "127.0.0.1:0".into();
         edit(&mut config);
         config.validate().unwrap();
         let node = Node::start(config).await.unwrap();

@@ -1,0 +1,121 @@
+//! The HTTP API on `--http` (default 0.0.0.0:8222).
+//!
+//! - `GET /cluster` — this node, the leader, term, members with addresses,
+//!   peer links with RTT (JSON; what `catga cluster status` prints).
+//! - `POST /cluster/leave` — remove this node from the cluster through the
+//!   leader, then stop it (what `catga cluster leave` calls).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use catga_raft::{RaftNode, Status};
+use catga_transport::Mesh;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// `GET /cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// This node's Raft view: id, name, state, leader, term, indexes,
+    /// voters, learners and members with their addresses.
+    pub raft: Status,
+    pub peers: Vec<PeerView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    pub id: u64,
+    pub name: String,
+    pub cluster_addr: String,
+    pub rtt_us: u64,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    raft: Arc<RaftNode>,
+    mesh: Mesh,
+    /// Cancelled when the node should stop (after a leave).
+    stop: CancellationToken,
+}
+
+pub struct HttpServer {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl HttpServer {
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        raft: Arc<RaftNode>,
+        mesh: Mesh,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let addr = listener.local_addr()?;
+        let app = Router::new().route("/cluster", get(cluster)).route("/cluster/leave", post(leave)).with_state(Ctx {
+            raft,
+            mesh,
+            stop,
+        });
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { s.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(cause = %e, "HTTP server failed");
+            }
+        });
+        Ok(Self { addr, shutdown })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn cluster_view(raft: &RaftNode, mesh: &Mesh) -> ClusterView {
+    ClusterView {
+        raft: raft.status(),
+        peers: mesh
+            .peers()
+            .into_iter()
+            .map(|p| PeerView { id: p.info.id, name: p.info.name, cluster_addr: p.info.cluster_addr, rtt_us: p.rtt_us })
+            .collect(),
+    }
+}
+
+async fn cluster(State(ctx): State<Ctx>) -> Json<ClusterView> {
+    Json(cluster_view(&ctx.raft, &ctx.mesh))
+}
+
+async fn leave(State(ctx): State<Ctx>) -> (StatusCode, String) {
+    match ctx.raft.leave().await {
+        Ok(()) => {
+            ctx.stop.cancel();
+            (StatusCode::OK, format!("node {} left the cluster; stopping\n", ctx.raft.id))
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("leave failed: {e}\n")),
+    }
+}
+
+/// A one-shot HTTP/1.1 request for the CLI: returns status and body.
+pub async fn request(addr: &str, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("cannot reach {addr}: {e}"))?;
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("malformed HTTP reply"))?;
+    let status =
+        head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow::anyhow!("no status"))?;
+    Ok((status, body.to_string()))
+}

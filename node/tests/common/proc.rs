@@ -1,0 +1,63 @@
+//! Real `catga` processes for tests that kill and restart nodes.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A `catga` process; killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub nats: SocketAddr,
+    pub cluster: String,
+    pub http: String,
+}
+
+/// Starts `catga` named `name` with its data in `dir/name`, fast cluster
+/// timings, and `extra` flags; returns once it logs that it listens.
+pub async fn spawn_node(dir: &std::path::Path, name: &str, certs: &std::path::Path, extra: &[&str]) -> Proc {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        "[cluster]\nheartbeat_ms = 100\npeer_timeout_ms = 600\nreconnect_ms_max = 300\n[nats]\nlame_duck_duration_ms = 200\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_catga"));
+    cmd.arg("--config").arg(&config).args([
+        "--name",
+        name,
+        "--nats",
+        "127.0.0.1:0",
+        "--cluster",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    cmd.arg("--data-dir").arg(dir.join(name)).arg("--tls-dir").arg(certs);
+    cmd.args(extra);
+    cmd.env("RUST_LOG", "info");
+    start(cmd).await
+}
+
+/// Spawns `cmd` (a `catga run`), waits for its "listening" log line and
+/// reads the bound addresses from it.
+pub async fn start(mut cmd: Command) -> Proc {
+    cmd.stderr(Stdio::piped()).stdout(Stdio::null()).kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("catga node listening") {
+                return line;
+            }
+        }
+        panic!("node exited before listening");
+    })
+    .await
+    .expect("catga logs its bound addresses");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let field = |k: &str| line.split(&format!("{k}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    Proc { child, nats: field("nats").parse().unwrap(), cluster: field("cluster"), http: field("http") }
+}

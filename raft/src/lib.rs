@@ -1,0 +1,347 @@
+//! catga-raft: openraft 0.9 (storage-v2) on the sled storage and the QUIC
+//! mesh, and how a cluster forms.
+//!
+//! Formation, run by every node until it is in a formed cluster:
+//! - if a reachable peer is in a formed cluster, ask it to add us (it
+//!   forwards to the leader, which adds us as a learner and promotes us to
+//!   voter while there are fewer than `max_voters`);
+//! - else, with `bootstrap_expect = N`, once N nodes (us included) see each
+//!   other, the one with the lowest id initializes Raft with all of them;
+//! - else, with no peers configured and no `bootstrap_expect`, the node
+//!   forms a cluster of one.
+//!
+//! A node that restarts finds its membership on disk and skips all this.
+
+pub mod network;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use catga_storage::{Member, Request, Response, StorageConfig, TypeConfig, View};
+use catga_transport::{Mesh, RpcHandler, RpcReply};
+use openraft::{ChangeMembers, ServerState};
+use parking_lot::RwLock;
+use serde::Serialize;
+use tokio_util_cancel::Token;
+
+pub use network::{Call, Reply};
+
+/// Raft settings, each named and configurable.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Nodes expected at first start; 0 = join peers or run alone.
+    pub bootstrap_expect: usize,
+    /// Voters beyond this join as learners.
+    pub max_voters: usize,
+    /// Entries since the last snapshot that trigger a new one.
+    pub snapshot_after_logs: u64,
+    /// Time limit for forwarded calls (join, leave, writes).
+    pub forward_timeout_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            bootstrap_expect: 0,
+            max_voters: 5,
+            snapshot_after_logs: 10_000,
+            forward_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Small cancellation token (avoids a tokio-util dependency here).
+mod tokio_util_cancel {
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    pub struct Token(Arc<tokio::sync::Notify>, Arc<std::sync::atomic::AtomicBool>);
+
+    impl Token {
+        pub fn cancel(&self) {
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.0.notify_waiters();
+        }
+        pub fn is_cancelled(&self) -> bool {
+            self.1.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        pub async fn cancelled(&self) {
+            let notified = self.0.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// What `/cluster` and `catga cluster status` show.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub id: u64,
+    pub name: String,
+    pub state: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub members: BTreeMap<u64, Member>,
+}
+
+pub struct RaftNode {
+    pub id: u64,
+    pub raft: Raft,
+    mesh: Mesh,
+    cfg: RaftConfig,
+    me: RwLock<Member>,
+    view: Arc<RwLock<View>>,
+    stop: Token,
+}
+
+impl RaftNode {
+    /// Opens the sled store in `dir`, starts Raft on the mesh, serves Raft
+    /// RPCs and starts forming (or rejoining) the cluster.
+    pub async fn start(id: u64, me: Member, dir: &Path, mesh: Mesh, cfg: RaftConfig) -> anyhow::Result<Arc<Self>> {
+        let (log, sm) = catga_storage::open(dir, &StorageConfig::default())
+            .map_err(|e| anyhow::anyhow!("cannot open raft storage in {}: {e}", dir.display()))?;
+        let view = sm.view();
+        let config = openraft::Config {
+            cluster_name: "catga".into(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_timeout_min_ms,
+            election_timeout_max: cfg.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()?;
+        let raft = Raft::new(id, Arc::new(config), network::Network { mesh: mesh.clone() }, log, sm).await?;
+        let node =
+            Arc::new(Self { id, raft, mesh: mesh.clone(), cfg, me: RwLock::new(me), view, stop: Token::default() });
+        mesh.set_rpc_handler(Arc::new(Server { node: Arc::downgrade(&node) }));
+        tokio::spawn(form(node.clone()));
+        Ok(node)
+    }
+
+    /// The replicated state as applied on this node.
+    pub fn view(&self) -> Arc<RwLock<View>> {
+        self.view.clone()
+    }
+
+    pub fn is_formed(&self) -> bool {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().voter_ids().next().is_some()
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        Status {
+            id: self.id,
+            name: self.me.read().name.clone(),
+            state: format!("{:?}", m.state),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+        }
+    }
+
+    /// Commits `req` through the leader, wherever it is.
+    pub async fn write(&self, req: Request) -> anyhow::Result<Response> {
+        match self.to_leader(Call::Write(req)).await? {
+            Reply::Written(r) => Ok(r),
+            other => anyhow::bail!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Removes this node from the cluster (through the leader).
+    pub async fn leave(&self) -> anyhow::Result<()> {
+        self.to_leader(Call::Leave { id: self.id }).await?;
+        Ok(())
+    }
+
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let _ = self.raft.shutdown().await;
+    }
+
+    /// Serves `call` here if this node leads, else forwards it to the leader.
+    async fn to_leader(&self, call: Call) -> anyhow::Result<Reply> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.forward_timeout_ms);
+        loop {
+            let leader = self.leader();
+            let attempt = match leader {
+                Some(l) if l == self.id => self.serve_as_leader(&call).await,
+                Some(l) => network::call(&self.mesh, l, &call, Duration::from_millis(self.cfg.forward_timeout_ms))
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("no leader".to_string()),
+            };
+            match attempt {
+                Ok(r) => return Ok(r),
+                Err(e) if tokio::time::Instant::now() >= deadline => anyhow::bail!("{e}"),
+                Err(e) => {
+                    tracing::debug!(cause = %e, "leader call failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(self.cfg.heartbeat_ms)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve_as_leader(&self, call: &Call) -> Result<Reply, String> {
+        match call {
+            Call::Join { id, member } => {
+                let status = self.status();
+                if status.voters.contains(id) {
+                    return Ok(Reply::Done);
+                }
+                if !status.learners.contains(id) || status.members.get(id) != Some(member) {
+                    self.raft.add_learner(*id, member.clone(), true).await.map_err(|e| e.to_string())?;
+                }
+                if status.voters.len() < self.cfg.max_voters {
+                    let add = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
+                    self.raft.change_membership(add, false).await.map_err(|e| e.to_string())?;
+                }
+                tracing::info!(node = id, name = %member.name, "node joined the cluster");
+                Ok(Reply::Done)
+            }
+            Call::Leave { id } => {
+                let status = self.status();
+                if status.voters.contains(id) {
+                    let rm = ChangeMembers::RemoveVoters(BTreeSet::from([*id]));
+                    self.raft.change_membership(rm, false).await.map_err(|e| e.to_string())?;
+                }
+                if self.status().members.contains_key(id) {
+                    let rm = ChangeMembers::RemoveNodes(BTreeSet::from([*id]));
+                    self.raft.change_membership(rm, false).await.map_err(|e| e.to_string())?;
+                }
+                tracing::info!(node = id, "node left the cluster");
+                Ok(Reply::Done)
+            }
+            Call::Write(req) => {
+                let r = self.raft.client_write(req.clone()).await.map_err(|e| e.to_string())?;
+                Ok(Reply::Written(r.data))
+            }
+            other => Err(format!("{other:?} is not a leader call")),
+        }
+    }
+
+    async fn handle(&self, call: Call) -> Result<Reply, String> {
+        match call {
+            Call::Append(r) => self.raft.append_entries(r).await.map(Reply::Append).map_err(|e| e.to_string()),
+            Call::Vote(r) => self.raft.vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
+            Call::Snapshot(r) => self.raft.install_snapshot(r).await.map(Reply::Snapshot).map_err(|e| e.to_string()),
+            Call::Status => Ok(Reply::Status { formed: self.is_formed(), leader: self.leader() }),
+            leader_call => {
+                if self.leader() == Some(self.id) {
+                    self.serve_as_leader(&leader_call).await
+                } else {
+                    self.to_leader(leader_call).await.map_err(|e| e.to_string())
+                }
+            }
+        }
+    }
+}
+
+struct Server {
+    node: std::sync::Weak<RaftNode>,
+}
+
+impl RpcHandler for Server {
+    fn call(&self, _from: u64, body: Vec<u8>) -> RpcReply {
+        let node = self.node.clone();
+        Box::pin(async move {
+            let node = node.upgrade().ok_or("raft is shut down")?;
+            let call: Call = network::decode(&body)?;
+            let reply = node.handle(call).await?;
+            network::encode(&reply)
+        })
+    }
+}
+
+/// Forms or joins the cluster, then returns.
+async fn form(node: Arc<RaftNode>) {
+    let tick = Duration::from_millis(200);
+    loop {
+        if node.stop.is_cancelled() {
+            return;
+        }
+        if node.is_formed() {
+            return;
+        }
+        let peers = node.mesh.peers();
+        let mut formed_peer = None;
+        for p in &peers {
+            if let Ok(Reply::Status { formed: true, .. }) =
+                network::call(&node.mesh, p.info.id, &Call::Status, tick).await
+            {
+                formed_peer = Some(p.info.id);
+                break;
+            }
+        }
+        if let Some(peer) = formed_peer {
+            let me = node.me.read().clone();
+            let join = Call::Join { id: node.id, member: me };
+            match network::call(&node.mesh, peer, &join, Duration::from_millis(node.cfg.forward_timeout_ms)).await {
+                Ok(_) => tracing::info!(via = peer, "asked to join the cluster"),
+                Err(e) => tracing::debug!(cause = %e, "join failed; retrying"),
+            }
+        } else {
+            let expect = node.cfg.bootstrap_expect;
+            let alone = expect == 0 && peers.is_empty() && node.mesh.seeds().is_empty();
+            let quorum = expect > 0 && peers.len() + 1 >= expect;
+            let lowest = peers.iter().all(|p| p.info.id > node.id);
+            if alone || (quorum && lowest) {
+                let mut members = BTreeMap::from([(node.id, node.me.read().clone())]);
+                if !alone {
+                    for p in &peers {
+                        members.insert(p.info.id, member_from(&p.info));
+                    }
+                }
+                match node.raft.initialize(members.clone()).await {
+                    Ok(()) => tracing::info!(voters = ?members.keys().collect::<Vec<_>>(), "cluster initialized"),
+                    Err(e) => tracing::debug!(cause = %e, "initialize refused"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = node.stop.cancelled() => return,
+        }
+        if node.raft.metrics().borrow().state == ServerState::Shutdown {
+            return;
+        }
+    }
+}
+
+/// What the mesh knows of a peer, as a Raft member. The peer fills in the
+/// rest when it joins (or when its own view is replicated).
+pub fn member_from(info: &catga_transport::NodeInfo) -> Member {
+    Member {
+        name: info.name.clone(),
+        cluster_addr: info.cluster_addr.clone(),
+        nats_addr: info.client_urls.first().cloned().unwrap_or_default(),
+        http_addr: info.http_addr.clone(),
+        datacenter: String::new(),
+    }
+}
