@@ -1,9 +1,10 @@
-//! Fuzzes the transport frame decoder: arbitrary bytes never panic, never
-//! buffer past the frame limit, and split input decodes like whole input.
+//! Fuzzes the transport frame decoder and the link reader's reassembler:
+//! arbitrary bytes never panic, never buffer past the frame limit, split
+//! input decodes like whole input, and both agree.
 #![no_main]
 
 use bytes::BytesMut;
-use catga_transport::frame::Decoder;
+use catga_transport::frame::{Decoder, Reassembler};
 use libfuzzer_sys::fuzz_target;
 
 fn run(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Option<String>) {
@@ -26,6 +27,17 @@ fn run(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Option<String>) {
     (bodies, None)
 }
 
+fn reassemble(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Option<String>) {
+    let mut r = Reassembler::new(256);
+    let mut bodies = Vec::new();
+    for chunk in chunks {
+        if let Err(e) = r.feed(chunk, |body| bodies.push(body.to_vec())) {
+            return (bodies, Some(e.to_string()));
+        }
+    }
+    (bodies, None)
+}
+
 fuzz_target!(|data: &[u8]| {
     if data.is_empty() {
         return;
@@ -33,5 +45,7 @@ fuzz_target!(|data: &[u8]| {
     let input = &data[1..];
     let at = (data[0] as usize).min(input.len());
     let (a, b) = input.split_at(at);
-    assert_eq!(run(&[a, b]), run(&[input]));
+    let whole = run(&[input]);
+    assert_eq!(run(&[a, b]), whole);
+    assert_eq!(reassemble(&[a, b]), whole);
 });

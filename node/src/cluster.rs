@@ -20,7 +20,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use catga_transport::{Mesh, MeshHandler, NodeId, NodeInfo, Sender};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -70,16 +69,14 @@ mod opt_bytes {
     }
 }
 
-/// A whole transport frame holding a control frame (interest, reset).
-fn encode(frame: &BusFrame<'_>) -> Option<Bytes> {
-    match catga_transport::frame::encode_sized(frame, 64) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::error!(cause = %e, "cannot encode bus frame");
-            None
-        }
-    }
+/// Queues `frame` on a peer link's lane, encoded in place (the lane logs
+/// and refuses a frame that cannot be encoded).
+fn send(lane: &Sender, frame: &BusFrame<'_>, size_hint: usize) -> Option<bool> {
+    lane.push(size_hint, |buf| catga_transport::frame::encode_into(frame, buf))
 }
+
+/// Size hint for frames without a payload (reset, interest).
+const CONTROL_FRAME_BYTES: usize = 64;
 
 type InterestKey = (Box<[u8]>, Option<Box<[u8]>>);
 
@@ -118,7 +115,7 @@ impl Sink for PeerSink {
             + msg.payload.len()
             + sub.queue.as_deref().map_or(0, <[u8]>::len)
             + 32;
-        match self.lane.push(size, |buf| catga_transport::frame::encode_into(&frame, buf)) {
+        match send(&self.lane, &frame, size) {
             Some(behind) => Delivered::Queued { wake: false, behind },
             None => Delivered::Refused,
         }
@@ -146,7 +143,6 @@ impl Sink for PeerSink {
 
 struct Peer {
     info: NodeInfo,
-    mesh: Mesh,
     sink: Arc<PeerSink>,
     interest: HashMap<InterestKey, Arc<Subscription>>,
     /// Delivers this peer's messages locally. Its own lock, so the `peers`
@@ -249,10 +245,10 @@ impl InterestObserver for Cluster {
         if !tell {
             return;
         }
-        let Some(frame) = encode(&BusFrame::Interest { subject, queue, count: after }) else { return };
+        let frame = BusFrame::Interest { subject, queue, count: after };
         // Sent while `local` is held, so no snapshot can interleave.
-        for (id, p) in self.peers.lock().iter() {
-            let _ = p.mesh.send(*id, &frame);
+        for p in self.peers.lock().values() {
+            let _ = send(&p.sink.lane, &frame, CONTROL_FRAME_BYTES);
         }
     }
 }
@@ -271,7 +267,6 @@ impl MeshHandler for Cluster {
             });
             let peer = Peer {
                 info: info.clone(),
-                mesh: mesh.clone(),
                 sink,
                 interest: HashMap::new(),
                 publisher: Arc::new(Mutex::new(Publisher::new(self.cache_entries_max))),
@@ -281,13 +276,14 @@ impl MeshHandler for Cluster {
             }
         }
         // Snapshot of our interest, in order, before any later update.
-        let mut frames = Vec::with_capacity(local.len() + 1);
-        frames.extend(encode(&BusFrame::Reset));
-        for ((subject, queue), count) in local.iter() {
-            frames.extend(encode(&BusFrame::Interest { subject, queue: queue.as_deref(), count: *count }));
-        }
-        for f in frames {
-            if lane.push_frame(&f).is_none() {
+        let snapshot =
+            std::iter::once(BusFrame::Reset).chain(local.iter().map(|((subject, queue), count)| BusFrame::Interest {
+                subject,
+                queue: queue.as_deref(),
+                count: *count,
+            }));
+        for f in snapshot {
+            if send(&lane, &f, CONTROL_FRAME_BYTES).is_none() {
                 tracing::warn!(peer = info.id, "could not queue the interest snapshot; the link will resync");
                 break;
             }
@@ -373,7 +369,7 @@ mod tests {
         ];
         let decoder = catga_transport::frame::Decoder::new(1 << 20);
         for f in &frames {
-            let mut buf = bytes::BytesMut::from(&encode(f).unwrap()[..]);
+            let mut buf = bytes::BytesMut::from(&catga_transport::frame::encode(f).unwrap()[..]);
             let body = decoder.next_body(&mut buf).unwrap().unwrap();
             let back: BusFrame<'_> = postcard::from_bytes(&body).unwrap();
             assert_eq!(format!("{back:?}"), format!("{f:?}"));

@@ -29,39 +29,7 @@ pub struct Config {
     pub http: String,
     pub nats: NatsConfig,
     pub cluster: ClusterConfig,
-    pub raft: RaftSettings,
-}
-
-/// Raft settings (`[raft]` in TOML).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RaftSettings {
-    /// Nodes expected at first start; they form the cluster together once
-    /// they all see each other. 0: join a peer's cluster, or run alone
-    /// when no peers are configured.
-    pub bootstrap_expect: usize,
-    /// Nodes beyond this many voters join as learners.
-    pub max_voters: usize,
-    pub heartbeat_ms: u64,
-    /// A follower that hears no leader for a random time in this range
-    /// starts an election.
-    pub election_timeout_min_ms: u64,
-    pub election_timeout_max_ms: u64,
-    /// Log entries after which a snapshot is taken and the log compacted.
-    pub snapshot_after_logs: u64,
-}
-
-impl Default for RaftSettings {
-    fn default() -> Self {
-        Self {
-            bootstrap_expect: 0,
-            max_voters: 5,
-            heartbeat_ms: 50,
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
-            snapshot_after_logs: 10_000,
-        }
-    }
+    pub raft: catga_raft::RaftConfig,
 }
 
 /// Node-to-node settings (`[cluster]` in TOML).
@@ -122,7 +90,7 @@ impl Default for Config {
             http: "0.0.0.0:8222".into(),
             nats: NatsConfig::default(),
             cluster: ClusterConfig::default(),
-            raft: RaftSettings::default(),
+            raft: catga_raft::RaftConfig::default(),
         }
     }
 }
@@ -251,6 +219,7 @@ impl Config {
             "raft timeouts must satisfy heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms"
         );
         anyhow::ensure!(r.snapshot_after_logs >= 1, "raft.snapshot_after_logs must be at least 1");
+        anyhow::ensure!(r.forward_timeout_ms >= 1, "raft.forward_timeout_ms must be at least 1");
         let c = &self.cluster;
         anyhow::ensure!(!c.name.is_empty(), "cluster.name may not be empty");
         anyhow::ensure!(c.heartbeat_ms >= 10, "cluster.heartbeat_ms must be at least 10");

@@ -8,8 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use catga_raft::{RaftConfig, RaftNode};
-use catga_storage::Member;
+use catga_raft::RaftNode;
 use catga_transport::mesh::advertise_host;
 use catga_transport::{certs, Mesh, MeshConfig, NodeInfo};
 
@@ -83,7 +82,7 @@ impl Node {
             name: name.clone(),
             cluster_addr: String::new(),
             client_urls: vec![format!("{host}:{}", nats.local_addr().port())],
-            http_addr: http_addr.clone(),
+            http_addr,
         };
         let server = nats.shared().clone();
         let cluster = Cluster::new(
@@ -105,24 +104,7 @@ impl Node {
         mesh_cfg.frame_bytes_max = c.frame_bytes_max;
         let mesh = Mesh::start(mesh_cfg, cluster.clone()).await?;
         nats.shared().set_connect_urls(cluster.client_urls());
-        let r = &config.raft;
-        let raft_cfg = RaftConfig {
-            heartbeat_ms: r.heartbeat_ms,
-            election_timeout_min_ms: r.election_timeout_min_ms,
-            election_timeout_max_ms: r.election_timeout_max_ms,
-            bootstrap_expect: r.bootstrap_expect,
-            max_voters: r.max_voters,
-            snapshot_after_logs: r.snapshot_after_logs,
-            ..RaftConfig::default()
-        };
-        let member = Member {
-            name: name.clone(),
-            cluster_addr: mesh.node().cluster_addr.clone(),
-            nats_addr: format!("{host}:{}", nats.local_addr().port()),
-            http_addr,
-            datacenter: String::new(),
-        };
-        let raft = RaftNode::start(id, member, &config.data_dir.join("raft"), mesh.clone(), raft_cfg).await?;
+        let raft = RaftNode::start(&config.data_dir.join("raft"), mesh.clone(), config.raft.clone()).await?;
         let stop = tokio_util::sync::CancellationToken::new();
         let http = HttpServer::serve(http_listener, raft.clone(), mesh.clone(), stop.clone())?;
         tracing::info!(

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::proc::{start, Proc};
+use common::proc::{start, Proc, LOOPBACK_PORT_ZERO};
 use common::Raw;
 use tokio::process::Command;
 
@@ -32,21 +32,9 @@ fn server_name(info: &str) -> String {
 async fn port_zero_then_signal_drains_and_exits_zero(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut p = spawn(
-        &[
-            "run",
-            "--nats",
-            "127.0.0.1:0",
-            "--cluster",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-    )
-    .await;
+    let args: Vec<&str> =
+        ["run"].into_iter().chain(LOOPBACK_PORT_ZERO).chain(["--data-dir", data.to_str().unwrap()]).collect();
+    let mut p = spawn(&args, &[]).await;
     assert_ne!(p.nats.port(), 0);
     assert!(data.is_dir(), "data dir created");
     let mut raw = Raw::connect(p.nats).await;

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use catga_node::http::{request, ClusterView};
-use catga_storage::Request;
+use catga_raft::Request;
 use common::proc::{spawn_node, Proc};
 use common::{eventually, TestCluster};
 use tokio::time::Instant;

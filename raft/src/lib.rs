@@ -19,26 +19,33 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use catga_storage::{Member, Request, Response, StorageConfig, TypeConfig, View};
+use catga_storage::{StorageConfig, TypeConfig};
 use catga_transport::{Mesh, RpcHandler, RpcReply};
 use openraft::{ChangeMembers, ServerState};
 use parking_lot::RwLock;
 use serde::Serialize;
-use tokio_util_cancel::Token;
+use tokio_util::sync::CancellationToken;
 
+pub use catga_storage::{Member, Request, Response, View};
 pub use network::{Call, Reply};
 
-/// Raft settings, each named and configurable.
-#[derive(Debug, Clone)]
+/// Raft settings, each named and configurable (`[raft]` in the node's
+/// TOML file).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RaftConfig {
     pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in this range
+    /// starts an election.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Nodes expected at first start; 0 = join peers or run alone.
+    /// Nodes expected at first start; they form the cluster together once
+    /// they all see each other. 0: join a peer's cluster, or run alone
+    /// when no peers are configured.
     pub bootstrap_expect: usize,
-    /// Voters beyond this join as learners.
+    /// Nodes beyond this many voters join as learners.
     pub max_voters: usize,
-    /// Entries since the last snapshot that trigger a new one.
+    /// Log entries after which a snapshot is taken and the log compacted.
     pub snapshot_after_logs: u64,
     /// Time limit for forwarded calls (join, leave, writes).
     pub forward_timeout_ms: u64,
@@ -54,31 +61,6 @@ impl Default for RaftConfig {
             max_voters: 5,
             snapshot_after_logs: 10_000,
             forward_timeout_ms: 5_000,
-        }
-    }
-}
-
-/// Small cancellation token (avoids a tokio-util dependency here).
-mod tokio_util_cancel {
-    use std::sync::Arc;
-
-    #[derive(Clone, Default)]
-    pub struct Token(Arc<tokio::sync::Notify>, Arc<std::sync::atomic::AtomicBool>);
-
-    impl Token {
-        pub fn cancel(&self) {
-            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
-            self.0.notify_waiters();
-        }
-        pub fn is_cancelled(&self) -> bool {
-            self.1.load(std::sync::atomic::Ordering::SeqCst)
-        }
-        pub async fn cancelled(&self) {
-            let notified = self.0.notified();
-            if self.is_cancelled() {
-                return;
-            }
-            notified.await;
         }
     }
 }
@@ -105,15 +87,17 @@ pub struct RaftNode {
     pub raft: Raft,
     mesh: Mesh,
     cfg: RaftConfig,
-    me: RwLock<Member>,
+    /// This node's member record.
+    me: Member,
     view: Arc<RwLock<View>>,
-    stop: Token,
+    stop: CancellationToken,
 }
 
 impl RaftNode {
-    /// Opens the sled store in `dir`, starts Raft on the mesh, serves Raft
-    /// RPCs and starts forming (or rejoining) the cluster.
-    pub async fn start(id: u64, me: Member, dir: &Path, mesh: Mesh, cfg: RaftConfig) -> anyhow::Result<Arc<Self>> {
+    /// Opens the sled store in `dir`, starts Raft on the mesh (its node id
+    /// and addresses are this Raft member's), serves Raft RPCs and starts
+    /// forming (or rejoining) the cluster.
+    pub async fn start(dir: &Path, mesh: Mesh, cfg: RaftConfig) -> anyhow::Result<Arc<Self>> {
         let (log, sm) = catga_storage::open(dir, &StorageConfig::default())
             .map_err(|e| anyhow::anyhow!("cannot open raft storage in {}: {e}", dir.display()))?;
         let view = sm.view();
@@ -127,9 +111,10 @@ impl RaftNode {
             ..Default::default()
         }
         .validate()?;
+        let id = mesh.node().id;
+        let me = member_from(mesh.node());
         let raft = Raft::new(id, Arc::new(config), network::Network { mesh: mesh.clone() }, log, sm).await?;
-        let node =
-            Arc::new(Self { id, raft, mesh: mesh.clone(), cfg, me: RwLock::new(me), view, stop: Token::default() });
+        let node = Arc::new(Self { id, raft, mesh: mesh.clone(), cfg, me, view, stop: CancellationToken::new() });
         mesh.set_rpc_handler(Arc::new(Server { node: Arc::downgrade(&node) }));
         tokio::spawn(form(node.clone()));
         Ok(node)
@@ -154,7 +139,7 @@ impl RaftNode {
         let membership = m.membership_config.membership();
         Status {
             id: self.id,
-            name: self.me.read().name.clone(),
+            name: self.me.name.clone(),
             state: format!("{:?}", m.state),
             leader: m.current_leader,
             term: m.current_term,
@@ -300,8 +285,7 @@ async fn form(node: Arc<RaftNode>) {
             }
         }
         if let Some(peer) = formed_peer {
-            let me = node.me.read().clone();
-            let join = Call::Join { id: node.id, member: me };
+            let join = Call::Join { id: node.id, member: node.me.clone() };
             match network::call(&node.mesh, peer, &join, Duration::from_millis(node.cfg.forward_timeout_ms)).await {
                 Ok(_) => tracing::info!(via = peer, "asked to join the cluster"),
                 Err(e) => tracing::debug!(cause = %e, "join failed; retrying"),
@@ -312,7 +296,7 @@ async fn form(node: Arc<RaftNode>) {
             let quorum = expect > 0 && peers.len() + 1 >= expect;
             let lowest = peers.iter().all(|p| p.info.id > node.id);
             if alone || (quorum && lowest) {
-                let mut members = BTreeMap::from([(node.id, node.me.read().clone())]);
+                let mut members = BTreeMap::from([(node.id, node.me.clone())]);
                 if !alone {
                     for p in &peers {
                         members.insert(p.info.id, member_from(&p.info));
@@ -334,8 +318,8 @@ async fn form(node: Arc<RaftNode>) {
     }
 }
 
-/// What the mesh knows of a peer, as a Raft member. The peer fills in the
-/// rest when it joins (or when its own view is replicated).
+/// A node's member record, from what the mesh knows of it (its own node
+/// info, or a peer's as announced in the link handshake).
 pub fn member_from(info: &catga_transport::NodeInfo) -> Member {
     Member {
         name: info.name.clone(),

@@ -21,6 +21,10 @@ pub mod types;
 
 use std::path::Path;
 
+use openraft::AnyError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
 pub use log::LogStore;
 pub use sm::{StateMachine, View};
 pub use types::{Member, Request, Response, TypeConfig};
@@ -52,4 +56,18 @@ pub fn open(dir: &Path, cfg: &StorageConfig) -> Result<(LogStore, StateMachine),
     let log = LogStore::open(&db)?;
     let sm = StateMachine::open(&db)?;
     Ok((log, sm))
+}
+
+/// Any error, as openraft's storage errors carry it.
+pub(crate) fn any<E: std::error::Error + 'static>(e: E) -> AnyError {
+    AnyError::new(&e)
+}
+
+/// How values are stored: postcard.
+pub(crate) fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, AnyError> {
+    postcard::to_stdvec(v).map_err(any)
+}
+
+pub(crate) fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, AnyError> {
+    postcard::from_bytes(b).map_err(any)
 }

@@ -14,9 +14,9 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::{any, dec, enc};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -29,18 +29,6 @@ pub struct LogStore {
     log: sled::Tree,
     /// vote, committed, last_purged
     meta: sled::Tree,
-}
-
-fn any<E: std::error::Error + 'static>(e: E) -> AnyError {
-    AnyError::new(&e)
-}
-
-fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, AnyError> {
-    postcard::to_stdvec(v).map_err(any)
-}
-
-fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, AnyError> {
-    postcard::from_bytes(b).map_err(any)
 }
 
 fn key(index: u64) -> [u8; 8] {

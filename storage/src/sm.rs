@@ -16,12 +16,12 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
-use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageIOError};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
-use crate::types::{Entry, LogId, Member, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{Entry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::{any, enc};
 
 const APPLIED: &[u8] = b"\0applied";
 const MEMBERSHIP: &[u8] = b"\0membership";
@@ -60,11 +60,6 @@ pub struct StateMachine {
     tree: sled::Tree,
     snap: sled::Tree,
     view: Arc<RwLock<View>>,
-    applied_tx: Arc<watch::Sender<u64>>,
-}
-
-fn any<E: std::error::Error + 'static>(e: E) -> AnyError {
-    AnyError::new(&e)
 }
 
 fn queue_key(node: u64, subject: &[u8], group: &[u8]) -> Vec<u8> {
@@ -109,6 +104,14 @@ fn set_queue(view: &mut View, batch: &mut sled::Batch, node: u64, subject: &[u8]
     }
 }
 
+/// Puts the view's last-applied id and membership into `batch`, so they
+/// land atomically with the state they describe.
+fn put_meta(view: &View, batch: &mut sled::Batch) -> Result<(), StorageError> {
+    batch.insert(APPLIED, enc(&view.applied).map_err(StorageIOError::write_state_machine)?);
+    batch.insert(MEMBERSHIP, enc(&view.membership).map_err(StorageIOError::write_state_machine)?);
+    Ok(())
+}
+
 fn apply_request(view: &mut View, batch: &mut sled::Batch, req: &Request) -> Response {
     match req {
         Request::QueueSet { node, subject, group, count } => {
@@ -147,24 +150,12 @@ impl StateMachine {
         let tree = db.open_tree("state")?;
         let snap = db.open_tree("snapshot")?;
         let view = load_view(&tree)?;
-        let applied = view.applied.map_or(0, |l| l.index);
-        Ok(Self {
-            db: db.clone(),
-            tree,
-            snap,
-            view: Arc::new(RwLock::new(view)),
-            applied_tx: Arc::new(watch::channel(applied).0),
-        })
+        Ok(Self { db: db.clone(), tree, snap, view: Arc::new(RwLock::new(view)) })
     }
 
     /// The in-memory state; read it, never hold the lock across an await.
     pub fn view(&self) -> Arc<RwLock<View>> {
         self.view.clone()
-    }
-
-    /// Changes to the last applied index.
-    pub fn applied(&self) -> watch::Receiver<u64> {
-        self.applied_tx.subscribe()
     }
 }
 
@@ -206,7 +197,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .collect(),
             kv: v.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
-        let data = postcard::to_stdvec(&body).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+        let data = enc(&body).map_err(|e| StorageIOError::write_snapshot(None, e))?;
         let snapshot_id = match v.applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
             None => format!("0-0-{}", data.len()),
@@ -218,7 +209,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 async fn save_snapshot(db: &sled::Db, snap: &sled::Tree, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-    let m = postcard::to_stdvec(meta).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+    let m = enc(meta).map_err(|e| StorageIOError::write_snapshot(None, e))?;
     let mut batch = sled::Batch::default();
     batch.insert(SNAP_META, m);
     batch.insert(SNAP_DATA, data);
@@ -242,7 +233,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut batch = sled::Batch::default();
         let mut out = Vec::new();
-        let last = {
+        {
             let mut view = self.view.write();
             for e in entries {
                 view.applied = Some(e.log_id);
@@ -255,18 +246,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
-            let applied =
-                postcard::to_stdvec(&view.applied).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
-            let membership =
-                postcard::to_stdvec(&view.membership).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
-            batch.insert(APPLIED, applied);
-            batch.insert(MEMBERSHIP, membership);
-            view.applied
-        };
-        self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
-        if let Some(l) = last {
-            self.applied_tx.send_replace(l.index);
+            put_meta(&view, &mut batch)?;
         }
+        self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
         Ok(out)
     }
 
@@ -298,16 +280,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.insert(kv_key(&k), v.as_slice());
             view.kv.insert(k, v);
         }
-        let applied = postcard::to_stdvec(&view.applied).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
-        let membership =
-            postcard::to_stdvec(&view.membership).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
-        batch.insert(APPLIED, applied);
-        batch.insert(MEMBERSHIP, membership);
+        put_meta(&view, &mut batch)?;
         self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
         save_snapshot(&self.db, &self.snap, meta, &data).await?;
-        let index = view.applied.map_or(0, |l| l.index);
         *self.view.write() = view;
-        self.applied_tx.send_replace(index);
         Ok(())
     }
 
@@ -317,9 +293,4 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta: SnapshotMeta = postcard::from_bytes(&m).map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(d.to_vec())) }))
     }
-}
-
-/// Who the current membership says `id` is.
-pub fn member(view: &View, id: u64) -> Option<Member> {
-    view.membership.membership().get_node(&id).cloned()
 }

@@ -38,14 +38,6 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, FrameError> {
     Ok(out.freeze())
 }
 
-/// Encodes `value` as one frame in a single allocation of about
-/// `capacity` bytes.
-pub fn encode_sized<T: Serialize>(value: &T, capacity: usize) -> Result<Bytes, FrameError> {
-    let mut out = BytesMut::with_capacity(HEADER_BYTES + capacity);
-    encode_into(value, &mut out)?;
-    Ok(out.freeze())
-}
-
 /// Wraps an already-encoded body in a frame.
 pub fn frame_body(body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(HEADER_BYTES + body.len());
@@ -171,6 +163,56 @@ impl Decoder {
     }
 }
 
+/// Turns a byte stream that arrives in chunks (a QUIC stream) into frame
+/// bodies. Whole frames are handed over straight from the chunk; only a
+/// frame cut by a chunk boundary is copied, into `partial`, and only its
+/// own bytes.
+#[derive(Debug)]
+pub struct Reassembler {
+    decoder: Decoder,
+    partial: BytesMut,
+}
+
+impl Reassembler {
+    pub fn new(frame_bytes_max: usize) -> Self {
+        Self { decoder: Decoder::new(frame_bytes_max), partial: BytesMut::new() }
+    }
+
+    /// Calls `on_body` for every frame `chunk` completes, in order, and
+    /// returns how many there were. After an error the stream is unusable.
+    pub fn feed(&mut self, mut chunk: &[u8], mut on_body: impl FnMut(&[u8])) -> Result<usize, FrameError> {
+        let mut n = 0;
+        // Finish the cut frame first (its length prefix may be cut too).
+        while !self.partial.is_empty() && !chunk.is_empty() {
+            let want = match self.decoder.frame_len(&self.partial)? {
+                Some(total) => total - self.partial.len(),
+                None => 4 - self.partial.len(),
+            };
+            let take = want.min(chunk.len());
+            self.partial.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if let Some((body, _)) = self.decoder.split(&self.partial)? {
+                on_body(body);
+                n += 1;
+                self.partial.clear();
+            }
+        }
+        if !self.partial.is_empty() {
+            return Ok(n);
+        }
+        while let Some((body, used)) = self.decoder.split(chunk)? {
+            on_body(body);
+            n += 1;
+            chunk = &chunk[used..];
+        }
+        if let Some(total) = self.decoder.frame_len(chunk)? {
+            self.partial.reserve(total);
+        }
+        self.partial.extend_from_slice(chunk);
+        Ok(n)
+    }
+}
+
 /// Decodes a body returned by [`Decoder::next_body`].
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     postcard::from_bytes(body).map_err(|e| FrameError::Body(e.to_string()))
@@ -236,10 +278,10 @@ mod tests {
     }
 
     #[test]
-    fn sized_and_wrapped_frames_decode_like_the_others() {
+    fn encoded_and_wrapped_frames_decode_like_the_others() {
         let d = Decoder::new(1 << 20);
         let mut buf = BytesMut::new();
-        buf.extend_from_slice(&encode_sized(&samples()[0], 8).unwrap());
+        buf.extend_from_slice(&encode(&samples()[0]).unwrap());
         buf.extend_from_slice(&frame_body(&postcard::to_stdvec(&samples()[1]).unwrap()));
         assert_eq!(d.next::<Sample>(&mut buf).unwrap(), Some(samples()[0].clone()));
         assert_eq!(d.next::<Sample>(&mut buf).unwrap(), Some(samples()[1].clone()));
@@ -261,6 +303,36 @@ mod tests {
         let first = d.frame_len(&bytes).unwrap().unwrap();
         assert_eq!(d.split(&bytes[..first - 1]).unwrap(), None);
         assert_eq!(d.split(&bytes[..3]).unwrap(), None);
+    }
+
+    fn reassemble(chunks: &[&[u8]]) -> Result<Vec<Sample>, FrameError> {
+        let mut r = Reassembler::new(1 << 20);
+        let mut got = Vec::new();
+        for c in chunks {
+            r.feed(c, |body| got.push(decode_body::<Sample>(body).unwrap()))?;
+        }
+        Ok(got)
+    }
+
+    #[test]
+    fn reassembler_matches_the_decoder_however_the_stream_is_cut() {
+        let bytes = stream();
+        assert_eq!(reassemble(&[&bytes]).unwrap(), samples());
+        let chunks: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(reassemble(&chunks).unwrap(), samples());
+        for at in 0..=bytes.len() {
+            for at2 in at..=bytes.len() {
+                let parts = [&bytes[..at], &bytes[at..at2], &bytes[at2..]];
+                assert_eq!(reassemble(&parts).unwrap(), samples(), "cut at {at} and {at2}");
+            }
+        }
+    }
+
+    #[test]
+    fn reassembler_refuses_a_long_frame_in_a_cut_prefix() {
+        let mut r = Reassembler::new(16);
+        assert_eq!(r.feed(&[0, 0], |_| {}), Ok(0));
+        assert_eq!(r.feed(&[1, 0, 5], |_| {}), Err(FrameError::TooLong { len: 256, max: 16 }));
     }
 
     #[test]

@@ -174,8 +174,6 @@ pub struct PeerStatus {
     pub dropped_frames: u64,
     /// The path MTU quinn has discovered (UDP payload bytes).
     pub path_mtu: u16,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
 }
 
 struct Link {
@@ -380,7 +378,7 @@ impl Mesh {
     }
 
     /// Queues one data frame for `peer`: a whole frame as made by
-    /// [`frame::encode_sized`] or [`frame::frame_body`], written as is.
+    /// [`frame::encode`] or [`frame::frame_body`], written as is.
     /// `None` if there is no link or its lane is full (the frame is
     /// dropped and counted); else whether the lane is now over half full,
     /// a sign for the sender to slow down.
@@ -409,17 +407,12 @@ impl Mesh {
         let links = self.inner.links.lock();
         let mut v: Vec<PeerStatus> = links
             .values()
-            .map(|l| {
-                let stats = l.conn.stats();
-                PeerStatus {
-                    info: l.peer.clone(),
-                    rtt_us: l.rtt_us.load(Ordering::Relaxed),
-                    dialed_by: l.dialer,
-                    dropped_frames: l.lane.refused(),
-                    path_mtu: stats.path.current_mtu,
-                    bytes_sent: stats.udp_tx.bytes,
-                    bytes_received: stats.udp_rx.bytes,
-                }
+            .map(|l| PeerStatus {
+                info: l.peer.clone(),
+                rtt_us: l.rtt_us.load(Ordering::Relaxed),
+                dialed_by: l.dialer,
+                dropped_frames: l.lane.refused(),
+                path_mtu: l.conn.stats().path.current_mtu,
             })
             .collect();
         v.sort_by_key(|p| p.info.id);
@@ -937,10 +930,7 @@ async fn data_acceptor(inner: Arc<Inner>, link: Arc<Link>) {
 }
 
 async fn data_reader(inner: Arc<Inner>, link: Arc<Link>, mut stream: quinn::RecvStream) {
-    let decoder = Decoder::new(inner.cfg.frame_bytes_max);
-    // Only a frame cut by a chunk boundary is copied (into `partial`);
-    // whole frames are handed to the handler straight from quinn's chunk.
-    let mut partial = BytesMut::new();
+    let mut frames = frame::Reassembler::new(inner.cfg.frame_bytes_max);
     let mesh = Mesh { inner: inner.clone() };
     let peer = link.peer.id;
     loop {
@@ -953,55 +943,14 @@ async fn data_reader(inner: Arc<Inner>, link: Arc<Link>, mut stream: quinn::Recv
             Ok(None) | Err(_) => return,
         };
         link.last_rx_ms.store(inner.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let mut rest: &[u8] = &chunk;
-        let mut any = false;
-        let mut bad = None;
-        // Complete a cut frame first, taking only its own bytes (its length
-        // prefix may itself have been cut).
-        while bad.is_none() && !partial.is_empty() && !rest.is_empty() {
-            let want = match decoder.frame_len(&partial) {
-                Ok(Some(total)) => total - partial.len(),
-                Ok(None) => 4 - partial.len(),
-                Err(e) => {
-                    bad = Some(e);
-                    break;
-                }
-            };
-            let take = want.min(rest.len());
-            partial.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            match decoder.split(&partial) {
-                Ok(Some((body, _))) => {
-                    any = true;
-                    inner.handler.message(&mesh, peer, body);
-                    partial.clear();
-                }
-                Ok(None) => {}
-                Err(e) => bad = Some(e),
+        let any = match frames.feed(&chunk, |body| inner.handler.message(&mesh, peer, body)) {
+            Ok(n) => n > 0,
+            Err(e) => {
+                tracing::warn!(peer, cause = %e, "bad data frame; closing link");
+                link_down(&inner, &link, "bad data frame");
+                return;
             }
-        }
-        while bad.is_none() && partial.is_empty() && !rest.is_empty() {
-            match decoder.split(rest) {
-                Ok(Some((body, used))) => {
-                    any = true;
-                    inner.handler.message(&mesh, peer, body);
-                    rest = &rest[used..];
-                }
-                Ok(None) => {
-                    if let Ok(Some(total)) = decoder.frame_len(rest) {
-                        partial.reserve(total);
-                    }
-                    partial.extend_from_slice(rest);
-                    break;
-                }
-                Err(e) => bad = Some(e),
-            }
-        }
-        if let Some(e) = bad {
-            tracing::warn!(peer, cause = %e, "bad data frame; closing link");
-            link_down(&inner, &link, "bad data frame");
-            return;
-        }
+        };
         if any {
             if let Some(wait) = inner.handler.batch_end(&mesh, peer) {
                 tokio::select! {

@@ -7,6 +7,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// Flags that put every listener on a free loopback port.
+pub const LOOPBACK_PORT_ZERO: [&str; 6] =
+    ["--nats", "127.0.0.1:0", "--cluster", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+
 /// A `catga` process; killed when dropped.
 pub struct Proc {
     pub child: Child,
@@ -25,16 +29,7 @@ pub async fn spawn_node(dir: &std::path::Path, name: &str, certs: &std::path::Pa
     )
     .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_catga"));
-    cmd.arg("--config").arg(&config).args([
-        "--name",
-        name,
-        "--nats",
-        "127.0.0.1:0",
-        "--cluster",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-    ]);
+    cmd.arg("--config").arg(&config).args(["--name", name]).args(LOOPBACK_PORT_ZERO);
     cmd.arg("--data-dir").arg(dir.join(name)).arg("--tls-dir").arg(certs);
     cmd.args(extra);
     cmd.env("RUST_LOG", "info");
