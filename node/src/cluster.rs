@@ -2,12 +2,20 @@
 //! and forwards messages to the peers that want them.
 //!
 //! ```text
-//!  local SUB/UNSUB ─► Bus observer ─► Interest{subject, queue, count} ──► every peer
+//!  local SUB/UNSUB ─► Bus observer ─► Interest{subject, count} ─────────► every peer
+//!  local queue SUB ─► Bus observer ─► queue_dirty ─► replicator ─► Raft (QueueSet/Replace)
+//!  committed queue groups (Raft view) ─► sync_queues ─► remote queue Subscriptions
 //!  peer_up ─────────► Reset + one Interest per local entry (snapshot) ──► that peer
 //!  peer's Interest ─► a remote Subscription in the local Bus, its Sink the peer
 //!  local PUB ───────► Bus::publish ─► PeerSink ─► Msg{.., queue} ──────► peer
 //!  peer's Msg ──────► Bus::deliver_local (this node's clients only: one hop)
+//!  peer's queue Msg, no local member left ─► Redirected to another node's member
 //! ```
+//!
+//! Queue groups are Raft state: a member works locally at once and on
+//! other nodes once its entry is committed and applied there. The leader
+//! marks a silent node down, which removes all its members in one entry,
+//! so the majority side of a partition stops routing to the minority.
 //!
 //! All frames to one peer travel on one ordered stream, so a client's
 //! SUB reaches a peer before any message the client publishes afterwards
@@ -17,11 +25,12 @@
 //! fans out locally and gets one copy. A queue group's remote subscription
 //! weighs the peer's member count, so groups balance by members cluster-wide.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use catga_raft::View;
 use catga_transport::{Mesh, MeshHandler, NodeId, NodeInfo, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::bus::{Bus, Delivered, InterestObserver, Msg, Publisher, Sink, Subscription, Target};
@@ -53,6 +62,21 @@ pub enum BusFrame<'a> {
         #[serde(borrow, with = "opt_bytes")]
         queue: Option<&'a [u8]>,
     },
+    /// A queue-group message the sender got for a member that had just
+    /// gone (routed on a view not yet updated), passed on to a member
+    /// here. Delivered locally or dropped, never passed on again.
+    Redirected {
+        #[serde(borrow, with = "serde_bytes")]
+        subject: &'a [u8],
+        #[serde(borrow, with = "opt_bytes")]
+        reply: Option<&'a [u8]>,
+        #[serde(borrow, with = "opt_bytes")]
+        headers: Option<&'a [u8]>,
+        #[serde(borrow, with = "serde_bytes")]
+        payload: &'a [u8],
+        #[serde(borrow, with = "serde_bytes")]
+        queue: &'a [u8],
+    },
 }
 
 /// serde helpers for `Option<&[u8]>` as bytes.
@@ -79,6 +103,17 @@ fn send(lane: &Sender, frame: &BusFrame<'_>, size_hint: usize) -> Option<bool> {
 const CONTROL_FRAME_BYTES: usize = 64;
 
 type InterestKey = (Box<[u8]>, Option<Box<[u8]>>);
+/// (subject, queue group).
+pub type QueueKey = (Vec<u8>, Vec<u8>);
+
+fn msg_bytes(msg: &Msg<'_>, queue: Option<&[u8]>) -> usize {
+    msg.subject.len()
+        + msg.reply.map_or(0, <[u8]>::len)
+        + msg.headers.map_or(0, <[u8]>::len)
+        + msg.payload.len()
+        + queue.map_or(0, <[u8]>::len)
+        + 32
+}
 
 /// The outbound side of a peer, as the bus sees it.
 pub struct PeerSink {
@@ -109,13 +144,7 @@ impl Sink for PeerSink {
         };
         // Encoded straight into the link's lane, whose writer task wakes
         // itself; nothing to flush.
-        let size = msg.subject.len()
-            + msg.reply.map_or(0, <[u8]>::len)
-            + msg.headers.map_or(0, <[u8]>::len)
-            + msg.payload.len()
-            + sub.queue.as_deref().map_or(0, <[u8]>::len)
-            + 32;
-        match send(&self.lane, &frame, size) {
+        match send(&self.lane, &frame, msg_bytes(msg, sub.queue.as_deref())) {
             Some(behind) => Delivered::Queued { wake: false, behind },
             None => Delivered::Refused,
         }
@@ -144,7 +173,10 @@ impl Sink for PeerSink {
 struct Peer {
     info: NodeInfo,
     sink: Arc<PeerSink>,
+    /// Plain interest the peer announced on this link.
     interest: HashMap<InterestKey, Arc<Subscription>>,
+    /// The peer's queue-group members, as committed in Raft.
+    queues: HashMap<QueueKey, Arc<Subscription>>,
     /// Delivers this peer's messages locally. Its own lock, so the `peers`
     /// map is locked only to find it, not for each message's delivery.
     publisher: Arc<Mutex<Publisher>>,
@@ -161,6 +193,12 @@ pub struct Cluster {
     peers: Mutex<HashMap<NodeId, Peer>>,
     on_change: PeersChanged,
     cache_entries_max: usize,
+    /// The committed queue groups (Raft's view), once Raft runs.
+    view: std::sync::OnceLock<Arc<RwLock<View>>>,
+    /// Serializes turning the view into remote queue subscriptions.
+    syncing: Mutex<()>,
+    /// Signalled when local queue-group interest changes.
+    queue_dirty: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -172,6 +210,9 @@ impl Cluster {
             peers: Mutex::new(HashMap::new()),
             on_change,
             cache_entries_max,
+            view: std::sync::OnceLock::new(),
+            syncing: Mutex::new(()),
+            queue_dirty: tokio::sync::Notify::new(),
         });
         bus.set_observer(cluster.clone());
         cluster
@@ -193,11 +234,116 @@ impl Cluster {
         urls
     }
 
+    /// Routes queue groups by `view` (Raft's applied state) from now on.
+    pub fn set_view(&self, view: Arc<RwLock<View>>) {
+        let _ = self.view.set(view);
+        self.sync_queues();
+    }
+
+    /// This node's own queue-group members: (subject, group) → count.
+    pub fn local_queues(&self) -> BTreeMap<QueueKey, u32> {
+        self.local.lock().iter().filter_map(|((s, q), c)| q.as_ref().map(|q| ((s.to_vec(), q.to_vec()), *c))).collect()
+    }
+
+    /// Signalled (one stored permit) when [`Cluster::local_queues`] changes.
+    pub fn queue_dirty(&self) -> &tokio::sync::Notify {
+        &self.queue_dirty
+    }
+
+    /// Other nodes' queue members as the view has them: node → groups.
+    fn committed_queues(&self) -> HashMap<NodeId, HashMap<QueueKey, u32>> {
+        let mut by_node: HashMap<NodeId, HashMap<QueueKey, u32>> = HashMap::new();
+        if let Some(view) = self.view.get() {
+            for (key, nodes) in &view.read().queues {
+                for (node, count) in nodes.iter().filter(|(n, _)| **n != self.me.id) {
+                    by_node.entry(*node).or_default().insert(key.clone(), *count);
+                }
+            }
+        }
+        by_node
+    }
+
+    /// Makes the remote queue subscriptions of every linked peer match the
+    /// committed view. Called when the view's queue groups change.
+    pub fn sync_queues(&self) {
+        let _one = self.syncing.lock();
+        let mut committed = self.committed_queues();
+        let mut peers = self.peers.lock();
+        for (id, peer) in peers.iter_mut() {
+            self.reconcile_queues(*id, peer, committed.remove(id).unwrap_or_default());
+        }
+    }
+
+    fn reconcile_queues(&self, id: NodeId, peer: &mut Peer, want: HashMap<QueueKey, u32>) {
+        peer.queues.retain(|key, sub| {
+            let keep = want.contains_key(key);
+            if !keep {
+                self.bus.unsubscribe(sub);
+            }
+            keep
+        });
+        for ((subject, group), count) in want {
+            match peer.queues.get(&(subject.clone(), group.clone())) {
+                Some(sub) => sub.set_weight(count as u64),
+                None => {
+                    let sink: Arc<dyn Sink> = peer.sink.clone();
+                    let sub = Arc::new(Subscription::new_remote(&subject, Some(&group), count as u64, sink));
+                    if self.bus.subscribe(sub.clone()).is_ok() {
+                        peer.queues.insert((subject, group), sub);
+                    } else {
+                        tracing::warn!(peer = id, "committed queue group has an invalid subject; ignored");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A queue message whose member here is gone: one member on another
+    /// node takes it instead (weighted by member count), marked so that it
+    /// goes no further.
+    fn redirect(&self, publisher: &mut Publisher, msg: &Msg<'_>, group: &[u8]) -> bool {
+        let (members, random) = self.bus.remote_members(publisher, msg.subject, group);
+        let total: u64 = members.iter().map(|m| m.weight()).sum();
+        if total == 0 {
+            return false;
+        }
+        let mut pick = random % total;
+        let start = members
+            .iter()
+            .position(|m| {
+                let hit = pick < m.weight();
+                pick = pick.saturating_sub(m.weight());
+                hit
+            })
+            .unwrap_or(0);
+        let frame = BusFrame::Redirected {
+            subject: msg.subject,
+            reply: msg.reply,
+            headers: msg.headers,
+            payload: msg.payload,
+            queue: group,
+        };
+        let peers = self.peers.lock();
+        for i in 0..members.len() {
+            let sink_id = members[(start + i) % members.len()].sink.id();
+            let Some(peer) = peers.values().find(|p| p.sink.id == sink_id) else { continue };
+            if send(&peer.sink.lane, &frame, msg_bytes(msg, Some(group))).is_some() {
+                return true;
+            }
+        }
+        false
+    }
+
     fn notify_change(&self) {
         (self.on_change)(self.client_urls());
     }
 
     fn apply_interest(&self, from: NodeId, subject: &[u8], queue: Option<&[u8]>, count: u32) {
+        if queue.is_some() {
+            // Queue groups come from Raft, not from links.
+            tracing::debug!(peer = from, "queue interest on a link ignored");
+            return;
+        }
         let mut peers = self.peers.lock();
         let Some(peer) = peers.get_mut(&from) else { return };
         let key: InterestKey = (subject.into(), queue.map(Into::into));
@@ -225,6 +371,9 @@ impl Cluster {
         for (_, sub) in peer.interest.drain() {
             self.bus.unsubscribe(&sub);
         }
+        for (_, sub) in peer.queues.drain() {
+            self.bus.unsubscribe(&sub);
+        }
     }
 }
 
@@ -239,10 +388,13 @@ impl InterestObserver for Cluster {
         } else {
             local.insert(key, after);
         }
-        // Plain interest matters to peers only when it appears or vanishes;
-        // a queue group's count is its weight.
-        let tell = queue.is_some() || (before == 0) != (after == 0);
-        if !tell {
+        if queue.is_some() {
+            // Replicated through Raft by the queue replicator.
+            self.queue_dirty.notify_one();
+            return;
+        }
+        // Plain interest matters to peers only when it appears or vanishes.
+        if (before == 0) == (after == 0) {
             return;
         }
         let frame = BusFrame::Interest { subject, queue, count: after };
@@ -255,6 +407,8 @@ impl InterestObserver for Cluster {
 
 impl MeshHandler for Cluster {
     fn peer_up(&self, mesh: &Mesh, info: &NodeInfo) {
+        let syncing = self.syncing.lock();
+        let committed = self.committed_queues().remove(&info.id).unwrap_or_default();
         let local = self.local.lock();
         // The mesh calls peer_up with the new link installed.
         let Some(lane) = mesh.sender(info.id) else { return };
@@ -265,23 +419,27 @@ impl MeshHandler for Cluster {
                 lane: lane.clone(),
                 drained: mesh.drained_signal(info.id),
             });
-            let peer = Peer {
+            let mut peer = Peer {
                 info: info.clone(),
                 sink,
                 interest: HashMap::new(),
+                queues: HashMap::new(),
                 publisher: Arc::new(Mutex::new(Publisher::new(self.cache_entries_max))),
             };
-            if let Some(mut old) = peers.insert(info.id, peer) {
+            if let Some(mut old) = peers.remove(&info.id) {
                 self.reset_peer_interest(&mut old);
             }
+            self.reconcile_queues(info.id, &mut peer, committed);
+            peers.insert(info.id, peer);
         }
-        // Snapshot of our interest, in order, before any later update.
-        let snapshot =
-            std::iter::once(BusFrame::Reset).chain(local.iter().map(|((subject, queue), count)| BusFrame::Interest {
-                subject,
-                queue: queue.as_deref(),
-                count: *count,
-            }));
+        drop(syncing);
+        // Snapshot of our plain interest, in order, before any later update.
+        let plain = local.iter().filter(|((_, queue), _)| queue.is_none());
+        let snapshot = std::iter::once(BusFrame::Reset).chain(plain.map(|((subject, _), count)| BusFrame::Interest {
+            subject,
+            queue: None,
+            count: *count,
+        }));
         for f in snapshot {
             if send(&lane, &f, CONTROL_FRAME_BYTES).is_none() {
                 tracing::warn!(peer = info.id, "could not queue the interest snapshot; the link will resync");
@@ -328,7 +486,19 @@ impl MeshHandler for Cluster {
                 };
                 let publisher = self.peers.lock().get(&from).map(|p| p.publisher.clone());
                 if let Some(publisher) = publisher {
-                    self.bus.deliver_local(&mut publisher.lock(), &msg, target);
+                    let mut publisher = publisher.lock();
+                    if !self.bus.deliver_local(&mut publisher, &msg, target) {
+                        if let Some(group) = queue {
+                            self.redirect(&mut publisher, &msg, group);
+                        }
+                    }
+                }
+            }
+            BusFrame::Redirected { subject, reply, headers, payload, queue } => {
+                let msg = Msg { subject, reply, headers, payload };
+                let publisher = self.peers.lock().get(&from).map(|p| p.publisher.clone());
+                if let Some(publisher) = publisher {
+                    self.bus.deliver_local(&mut publisher.lock(), &msg, Target::Queue(queue));
                 }
             }
         }

@@ -70,7 +70,7 @@ impl Default for ClusterConfig {
             peers: Vec::new(),
             tls_dir: None,
             advertise: String::new(),
-            heartbeat_ms: 250,
+            heartbeat_ms: 100,
             peer_timeout_ms: 1500,
             reconnect_ms_min: 50,
             reconnect_ms_max: 2000,
@@ -221,6 +221,10 @@ impl Config {
         anyhow::ensure!(r.snapshot_after_logs >= 1, "raft.snapshot_after_logs must be at least 1");
         anyhow::ensure!(r.forward_timeout_ms >= 1, "raft.forward_timeout_ms must be at least 1");
         let c = &self.cluster;
+        anyhow::ensure!(
+            r.node_down_ms >= 2 * c.heartbeat_ms,
+            "raft.node_down_ms must be at least twice cluster.heartbeat_ms (a node is down after missed heartbeats)"
+        );
         anyhow::ensure!(!c.name.is_empty(), "cluster.name may not be empty");
         anyhow::ensure!(c.heartbeat_ms >= 10, "cluster.heartbeat_ms must be at least 10");
         anyhow::ensure!(

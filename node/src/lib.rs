@@ -12,6 +12,8 @@
 //! - [`bus`]: subjects, the subject router and delivery to subscribers; the
 //!   protocol adapters share it.
 //! - [`cluster`]: the bus across nodes (interest, messages over the mesh).
+//! - [`queues`]: queue groups through Raft (replicate local members, route
+//!   by the committed view).
 //! - [`http`]: the HTTP API (`/cluster`, leave) and the CLI's client for it.
 
 pub mod bus;
@@ -21,3 +23,4 @@ pub mod config;
 pub mod http;
 pub mod nats;
 pub mod node;
+pub mod queues;

@@ -30,6 +30,8 @@ pub struct Node {
     pub http: HttpServer,
     /// Cancelled when the node asks to be stopped (after `cluster leave`).
     pub stop: tokio_util::sync::CancellationToken,
+    /// Stops the node's background tasks at shutdown.
+    tasks: tokio_util::sync::CancellationToken,
 }
 
 /// The node id, kept in the data dir so it survives restarts.
@@ -105,6 +107,8 @@ impl Node {
         let mesh = Mesh::start(mesh_cfg, cluster.clone()).await?;
         nats.shared().set_connect_urls(cluster.client_urls());
         let raft = RaftNode::start(&config.data_dir.join("raft"), mesh.clone(), config.raft.clone()).await?;
+        let tasks = tokio_util::sync::CancellationToken::new();
+        crate::queues::start(cluster.clone(), raft.clone(), tasks.clone());
         let stop = tokio_util::sync::CancellationToken::new();
         let http = HttpServer::serve(http_listener, raft.clone(), mesh.clone(), stop.clone())?;
         tracing::info!(
@@ -116,7 +120,7 @@ impl Node {
             data_dir = %config.data_dir.display(),
             "catga node listening"
         );
-        Ok(Self { config, id, name, bus, nats, cluster, mesh, raft, http, stop })
+        Ok(Self { config, id, name, bus, nats, cluster, mesh, raft, http, stop, tasks })
     }
 
     pub fn nats_addr(&self) -> SocketAddr {
@@ -127,6 +131,7 @@ impl Node {
     /// mesh.
     pub async fn shutdown(&self) {
         self.nats.drain().await;
+        self.tasks.cancel();
         self.http.shutdown();
         self.raft.shutdown().await;
         self.mesh.shutdown().await;

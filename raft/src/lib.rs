@@ -49,6 +49,10 @@ pub struct RaftConfig {
     pub snapshot_after_logs: u64,
     /// Time limit for forwarded calls (join, leave, writes).
     pub forward_timeout_ms: u64,
+    /// A node whose mesh heartbeats the leader has not heard for this long
+    /// is marked down: all its queue-group members are removed in one
+    /// committed entry (they rejoin when it returns).
+    pub node_down_ms: u64,
 }
 
 impl Default for RaftConfig {
@@ -61,6 +65,7 @@ impl Default for RaftConfig {
             max_voters: 5,
             snapshot_after_logs: 10_000,
             forward_timeout_ms: 5_000,
+            node_down_ms: 500,
         }
     }
 }
@@ -77,6 +82,10 @@ pub struct Status {
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// Last entry in this node's snapshot, and last entry purged from its
+    /// log (entries up to it exist only in snapshots).
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
     pub members: BTreeMap<u64, Member>,
@@ -90,6 +99,7 @@ pub struct RaftNode {
     /// This node's member record.
     me: Member,
     view: Arc<RwLock<View>>,
+    queue_changes: tokio::sync::watch::Receiver<u64>,
     stop: CancellationToken,
 }
 
@@ -101,6 +111,7 @@ impl RaftNode {
         let (log, sm) = catga_storage::open(dir, &StorageConfig::default())
             .map_err(|e| anyhow::anyhow!("cannot open raft storage in {}: {e}", dir.display()))?;
         let view = sm.view();
+        let queue_changes = sm.queue_changes();
         let config = openraft::Config {
             cluster_name: "catga".into(),
             heartbeat_interval: cfg.heartbeat_ms,
@@ -114,15 +125,30 @@ impl RaftNode {
         let id = mesh.node().id;
         let me = member_from(mesh.node());
         let raft = Raft::new(id, Arc::new(config), network::Network { mesh: mesh.clone() }, log, sm).await?;
-        let node = Arc::new(Self { id, raft, mesh: mesh.clone(), cfg, me, view, stop: CancellationToken::new() });
+        let node = Arc::new(Self {
+            id,
+            raft,
+            mesh: mesh.clone(),
+            cfg,
+            me,
+            view,
+            queue_changes,
+            stop: CancellationToken::new(),
+        });
         mesh.set_rpc_handler(Arc::new(Server { node: Arc::downgrade(&node) }));
         tokio::spawn(form(node.clone()));
+        tokio::spawn(mark_down(Arc::downgrade(&node), node.stop.clone()));
         Ok(node)
     }
 
     /// The replicated state as applied on this node.
     pub fn view(&self) -> Arc<RwLock<View>> {
         self.view.clone()
+    }
+
+    /// Changes when applied entries change queue-group membership.
+    pub fn queue_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.queue_changes.clone()
     }
 
     pub fn is_formed(&self) -> bool {
@@ -145,6 +171,8 @@ impl RaftNode {
             term: m.current_term,
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
@@ -314,6 +342,45 @@ async fn form(node: Arc<RaftNode>) {
         }
         if node.raft.metrics().borrow().state == ServerState::Shutdown {
             return;
+        }
+    }
+}
+
+/// The leader's duty: a node with queue members that has been silent on
+/// the mesh for `node_down_ms` is marked down (one `NodeDown` entry
+/// removes all its members). Checked every heartbeat; a node already
+/// marked has no members left, so it is marked once.
+async fn mark_down(node: std::sync::Weak<RaftNode>, stop: CancellationToken) {
+    let Some(period) = node.upgrade().map(|n| Duration::from_millis(n.cfg.heartbeat_ms)) else { return };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let Some(node) = node.upgrade() else { return };
+        if node.leader() != Some(node.id) {
+            continue;
+        }
+        let limit = Duration::from_millis(node.cfg.node_down_ms);
+        let holders: BTreeSet<u64> = node.view.read().queues.values().flat_map(|m| m.keys().copied()).collect();
+        for id in holders.into_iter().filter(|id| *id != node.id) {
+            let silent = node.mesh.silent_for(id);
+            if silent < limit {
+                continue;
+            }
+            match node.raft.client_write(Request::NodeDown { node: id }).await {
+                Ok(_) => tracing::warn!(
+                    node = id,
+                    silent_ms = silent.as_millis() as u64,
+                    "node marked down; its queue members removed"
+                ),
+                Err(e) => {
+                    tracing::debug!(node = id, cause = %e, "could not mark node down");
+                    break;
+                }
+            }
         }
     }
 }

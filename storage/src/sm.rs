@@ -37,6 +37,9 @@ pub struct View {
     pub applied: Option<LogId>,
     pub membership: StoredMembership,
     pub queues: Queues,
+    /// Moves on every change of `queues` (in memory only): what
+    /// [`StateMachine::queue_changes`] publishes.
+    pub queues_gen: u64,
     pub kv: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
@@ -60,6 +63,8 @@ pub struct StateMachine {
     tree: sled::Tree,
     snap: sled::Tree,
     view: Arc<RwLock<View>>,
+    /// The view's `queues_gen` after the last apply or install.
+    queues: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn queue_key(node: u64, subject: &[u8], group: &[u8]) -> Vec<u8> {
@@ -90,6 +95,7 @@ fn kv_key(key: &[u8]) -> Vec<u8> {
 fn set_queue(view: &mut View, batch: &mut sled::Batch, node: u64, subject: &[u8], group: &[u8], count: u32) {
     let k = queue_key(node, subject, group);
     let slot = (subject.to_vec(), group.to_vec());
+    view.queues_gen += 1;
     if count == 0 {
         batch.remove(k);
         if let Some(nodes) = view.queues.get_mut(&slot) {
@@ -150,7 +156,18 @@ impl StateMachine {
         let tree = db.open_tree("state")?;
         let snap = db.open_tree("snapshot")?;
         let view = load_view(&tree)?;
-        Ok(Self { db: db.clone(), tree, snap, view: Arc::new(RwLock::new(view)) })
+        let queues = Arc::new(tokio::sync::watch::Sender::new(view.queues_gen));
+        Ok(Self { db: db.clone(), tree, snap, view: Arc::new(RwLock::new(view)), queues })
+    }
+
+    /// Changes whenever applied entries (or an installed snapshot) change
+    /// queue-group membership; read the groups from [`StateMachine::view`].
+    pub fn queue_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.queues.subscribe()
+    }
+
+    fn publish_queues(&self, gen: u64) {
+        self.queues.send_if_modified(|g| std::mem::replace(g, gen) != gen);
     }
 
     /// The in-memory state; read it, never hold the lock across an await.
@@ -233,7 +250,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut batch = sled::Batch::default();
         let mut out = Vec::new();
-        {
+        let gen = {
             let mut view = self.view.write();
             for e in entries {
                 view.applied = Some(e.log_id);
@@ -247,8 +264,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             put_meta(&view, &mut batch)?;
-        }
+            view.queues_gen
+        };
         self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        self.publish_queues(gen);
         Ok(out)
     }
 
@@ -268,7 +287,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let body: SnapshotBody =
             postcard::from_bytes(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
-        let mut view = View { applied: meta.last_log_id, membership: meta.last_membership.clone(), ..View::default() };
+        let mut view = View {
+            applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            queues_gen: self.view.read().queues_gen + 1,
+            ..View::default()
+        };
         let mut batch = sled::Batch::default();
         for k in self.tree.iter().keys() {
             batch.remove(k.map_err(|e| StorageIOError::write_state_machine(any(e)))?);
@@ -283,7 +307,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         put_meta(&view, &mut batch)?;
         self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
         save_snapshot(&self.db, &self.snap, meta, &data).await?;
+        let gen = view.queues_gen;
         *self.view.write() = view;
+        self.publish_queues(gen);
         Ok(())
     }
 

@@ -122,7 +122,7 @@ impl MeshConfig {
             node,
             seeds: Vec::new(),
             tls,
-            heartbeat_ms: 250,
+            heartbeat_ms: 100,
             peer_timeout_ms: 1500,
             reconnect_ms_min: 50,
             reconnect_ms_max: 2000,
@@ -212,6 +212,9 @@ struct Inner {
     drained: Mutex<HashMap<NodeId, Arc<Notify>>>,
     /// Time base for `Link::last_rx_ms`.
     started: Instant,
+    /// Per peer whose link went down: when it was last heard from (ms since
+    /// `started`). Bounded by the peers this node has ever linked to.
+    last_heard: Mutex<HashMap<NodeId, u64>>,
     /// Answers RPCs from peers; set once by the owner after start.
     rpc: std::sync::OnceLock<Arc<dyn RpcHandler>>,
 }
@@ -359,6 +362,7 @@ impl Mesh {
             drained: Mutex::new(HashMap::new()),
             rpc: std::sync::OnceLock::new(),
             started: Instant::now(),
+            last_heard: Mutex::new(HashMap::new()),
         });
         inner.self_addrs.lock().insert(inner.node.cluster_addr.clone());
         tokio::spawn(accept_loop(inner.clone()));
@@ -397,6 +401,18 @@ impl Mesh {
     /// goes down.
     pub fn drained_signal(&self, peer: NodeId) -> Arc<Notify> {
         self.inner.drained.lock().entry(peer).or_insert_with(|| Arc::new(Notify::new())).clone()
+    }
+
+    /// How long `peer` has been silent: since its last control frame (a
+    /// heartbeat) on its link, or, when no link is up, before its link went
+    /// down; a peer never linked to has been silent since this mesh started.
+    pub fn silent_for(&self, peer: NodeId) -> Duration {
+        let now = self.inner.started.elapsed().as_millis() as u64;
+        let last = match self.inner.links.lock().get(&peer) {
+            Some(l) => l.last_rx_ms.load(Ordering::Relaxed),
+            None => self.inner.last_heard.lock().get(&peer).copied().unwrap_or(0),
+        };
+        Duration::from_millis(now.saturating_sub(last))
     }
 
     pub fn is_up(&self, peer: NodeId) -> bool {
@@ -734,6 +750,9 @@ fn link_down(inner: &Arc<Inner>, link: &Arc<Link>, why: &str) {
             _ => false,
         }
     };
+    if removed {
+        inner.last_heard.lock().insert(link.peer.id, link.last_rx_ms.load(Ordering::Relaxed));
+    }
     if let Some(n) = inner.drained.lock().get(&link.peer.id) {
         n.notify_waiters();
     }

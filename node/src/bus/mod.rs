@@ -350,6 +350,25 @@ impl Bus {
         }
     }
 
+    /// The other nodes' members of queue group `group` matching `subject`
+    /// (where a message may go when no local member can take it), and a
+    /// random number to pick one by weight.
+    pub fn remote_members(
+        &self,
+        publisher: &mut Publisher,
+        subject: &[u8],
+        group: &[u8],
+    ) -> (Vec<Arc<Subscription>>, u64) {
+        let result = publisher.cache.get(&self.subs, subject);
+        let members = result
+            .groups
+            .iter()
+            .filter(|(n, _)| &n[..] == group)
+            .flat_map(|(_, m)| m.iter().filter(|s| s.remote).cloned())
+            .collect();
+        (members, next_random(&mut publisher.rng))
+    }
+
     /// One member of a group, chosen at random weighted by member count;
     /// if it refuses, the next ones in turn.
     fn deliver_to_group(
