@@ -4,15 +4,22 @@
 //!   peer links with RTT (JSON; what `catga cluster status` prints).
 //! - `POST /cluster/leave` — remove this node from the cluster through the
 //!   leader, then stop it (what `catga cluster leave` calls).
+//! - `PUT /kv/{key}` (body = value), `DELETE /kv/{key}` — a write to the
+//!   replicated key-value namespace, answered 200 once committed by a
+//!   majority (forwarded to the leader from any node), 503 if it could
+//!   not be; `GET /kv/{key}` — the value as applied on this node (a local
+//!   read; the `x-catga-applied` header says at which log index), 404 when
+//!   absent. The Redis protocol serves the same namespace.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use catga_raft::{RaftNode, Status};
+use catga_raft::{RaftNode, Request, Status};
 use catga_transport::Mesh;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +31,16 @@ pub struct ClusterView {
     /// voters, learners and members with their addresses.
     pub raft: Status,
     pub peers: Vec<PeerView>,
+    /// Committed queue groups: who serves each, with member counts.
+    pub queues: Vec<QueueView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueView {
+    pub subject: String,
+    pub group: String,
+    /// Node id → members on that node.
+    pub members: std::collections::BTreeMap<u64, u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,11 +72,11 @@ impl HttpServer {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
-        let app = Router::new().route("/cluster", get(cluster)).route("/cluster/leave", post(leave)).with_state(Ctx {
-            raft,
-            mesh,
-            stop,
-        });
+        let app = Router::new()
+            .route("/cluster", get(cluster))
+            .route("/cluster/leave", post(leave))
+            .route("/kv/{key}", get(kv_get).put(kv_put).delete(kv_delete))
+            .with_state(Ctx { raft, mesh, stop });
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move {
@@ -88,6 +105,42 @@ pub fn cluster_view(raft: &RaftNode, mesh: &Mesh) -> ClusterView {
             .into_iter()
             .map(|p| PeerView { id: p.info.id, name: p.info.name, cluster_addr: p.info.cluster_addr, rtt_us: p.rtt_us })
             .collect(),
+        queues: raft
+            .view()
+            .read()
+            .queues
+            .iter()
+            .map(|((s, g), members)| QueueView {
+                subject: String::from_utf8_lossy(s).into_owned(),
+                group: String::from_utf8_lossy(g).into_owned(),
+                members: members.clone(),
+            })
+            .collect(),
+    }
+}
+
+async fn kv_get(State(ctx): State<Ctx>, Path(key): Path<String>) -> Response {
+    let view = ctx.raft.view();
+    let view = view.read();
+    let applied = view.applied.map_or(0, |l| l.index).to_string();
+    match view.kv.get(key.as_bytes()) {
+        Some(v) => (StatusCode::OK, [("x-catga-applied", applied)], v.clone()).into_response(),
+        None => (StatusCode::NOT_FOUND, [("x-catga-applied", applied)], "no such key\n").into_response(),
+    }
+}
+
+async fn kv_put(State(ctx): State<Ctx>, Path(key): Path<String>, value: axum::body::Bytes) -> (StatusCode, String) {
+    match ctx.raft.write(Request::KvSet { key: key.into_bytes(), value: value.to_vec() }).await {
+        Ok(_) => (StatusCode::OK, "OK\n".into()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not committed: {e}\n")),
+    }
+}
+
+async fn kv_delete(State(ctx): State<Ctx>, Path(key): Path<String>) -> (StatusCode, String) {
+    match ctx.raft.write(Request::KvDelete { key: key.into_bytes() }).await {
+        Ok(catga_raft::Response::Existed(false)) => (StatusCode::NOT_FOUND, "no such key\n".into()),
+        Ok(_) => (StatusCode::OK, "OK\n".into()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not committed: {e}\n")),
     }
 }
 
@@ -107,10 +160,20 @@ async fn leave(State(ctx): State<Ctx>) -> (StatusCode, String) {
 
 /// A one-shot HTTP/1.1 request for the CLI: returns status and body.
 pub async fn request(addr: &str, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    request_with(addr, method, path, b"").await
+}
+
+/// [`request`] with a body.
+pub async fn request_with(addr: &str, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("cannot reach {addr}: {e}"))?;
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req).await?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw);

@@ -47,6 +47,9 @@ pub struct RaftConfig {
     pub max_voters: usize,
     /// Log entries after which a snapshot is taken and the log compacted.
     pub snapshot_after_logs: u64,
+    /// Log entries kept behind a snapshot, so a follower slightly behind
+    /// catches up from the log instead of a whole snapshot.
+    pub logs_kept_after_snapshot: u64,
     /// Time limit for forwarded calls (join, leave, writes).
     pub forward_timeout_ms: u64,
     /// A node whose mesh heartbeats the leader has not heard for this long
@@ -64,6 +67,7 @@ impl Default for RaftConfig {
             bootstrap_expect: 0,
             max_voters: 5,
             snapshot_after_logs: 10_000,
+            logs_kept_after_snapshot: 1_000,
             forward_timeout_ms: 5_000,
             node_down_ms: 500,
         }
@@ -118,7 +122,7 @@ impl RaftNode {
             election_timeout_min: cfg.election_timeout_min_ms,
             election_timeout_max: cfg.election_timeout_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_after_logs),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: cfg.logs_kept_after_snapshot,
             ..Default::default()
         }
         .validate()?;
@@ -154,6 +158,15 @@ impl RaftNode {
     pub fn is_formed(&self) -> bool {
         let m = self.raft.metrics().borrow().membership_config.clone();
         m.membership().voter_ids().next().is_some()
+    }
+
+    /// In a formed cluster with a final role: a voter, or a learner while
+    /// the cluster has all the voters it wants.
+    fn joined(&self) -> bool {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<u64> = m.membership().voter_ids().collect();
+        voters.contains(&self.id)
+            || (voters.len() >= self.cfg.max_voters && m.membership().learner_ids().any(|l| l == self.id))
     }
 
     pub fn leader(&self) -> Option<u64> {
@@ -299,7 +312,7 @@ async fn form(node: Arc<RaftNode>) {
         if node.stop.is_cancelled() {
             return;
         }
-        if node.is_formed() {
+        if node.joined() {
             return;
         }
         let peers = node.mesh.peers();

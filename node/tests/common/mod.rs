@@ -24,6 +24,7 @@ impl TestNode {
     }
 
     pub async fn start_with(edit: impl FnOnce(&mut Config)) -> Self {
+        logs();
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config { name: "test-node".into(), data_dir: dir.path().to_path_buf(), ..Default::default() };
         config.nats.listen = "127.0.0.1:0".into();
@@ -85,11 +86,34 @@ impl TestCluster {
         cluster
     }
 
+    /// Waits until every node sees every node as a Raft voter.
+    pub async fn wait_voters(&self) {
+        let n = self.nodes.len();
+        let rafts: Vec<_> = self.nodes.iter().map(|t| t.node.raft.clone()).collect();
+        eventually(Duration::from_secs(15), "all nodes voters", || {
+            rafts.iter().all(|r| {
+                let s = r.status();
+                s.voters.len() == n && s.leader.is_some()
+            })
+        })
+        .await;
+    }
+
     /// Waits until every node has a link to every other.
     pub async fn wait_full_mesh(&self) {
         let n = self.nodes.len();
         let nodes: Vec<_> = self.nodes.iter().map(|t| t.node.mesh.clone()).collect();
         eventually(Duration::from_secs(10), "full mesh", || nodes.iter().all(|m| m.peers().len() == n - 1)).await;
+    }
+}
+
+/// Test logs, when RUST_LOG asks for them (captured per test by libtest).
+pub fn logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
     }
 }
 
