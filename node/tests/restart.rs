@@ -1,0 +1,196 @@
+//! Real `catga` processes killed with SIGKILL: queue groups keep working
+//! after the leader dies, and no acknowledged write is lost when nodes
+//! (the leader among them) die at random moments under write load.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use catga_node::http::{request, request_with, ClusterView};
+use common::proc::{spawn_node, Proc};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::time::Instant;
+
+const T: Duration = Duration::from_secs(20);
+
+async fn view(http: &str) -> Option<ClusterView> {
+    let (code, body) = request(http, "GET", "/cluster").await.ok()?;
+    (code == 200).then(|| serde_json::from_str(&body).unwrap())
+}
+
+/// Polls `/cluster` on `nodes` until `cond` holds for every one of them.
+async fn until_all(nodes: &[String], what: &str, cond: impl Fn(&ClusterView) -> bool) -> Vec<ClusterView> {
+    let deadline = Instant::now() + T;
+    loop {
+        let mut views = Vec::new();
+        for n in nodes {
+            match view(n).await {
+                Some(v) if cond(&v) => views.push(v),
+                _ => break,
+            }
+        }
+        if views.len() == nodes.len() {
+            return views;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn kill(p: &mut Proc) {
+    p.child.start_kill().unwrap();
+    p.child.wait().await.unwrap();
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    certs: std::path::PathBuf,
+    procs: Vec<Proc>,
+}
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+impl Cluster {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        catga_transport::certs::init_dir(&certs, &NAMES.map(String::from)).unwrap();
+        let a = spawn_node(dir.path(), "a", &certs, &["--bootstrap-expect", "3"]).await;
+        let seed = a.cluster.clone();
+        let mut procs = vec![a];
+        for name in &NAMES[1..] {
+            procs.push(spawn_node(dir.path(), name, &certs, &["--bootstrap-expect", "3", "--peers", &seed]).await);
+        }
+        let c = Self { dir, certs, procs };
+        until_all(&c.https(), "formed", |v| v.raft.leader.is_some() && v.raft.voters.len() == 3).await;
+        c
+    }
+
+    fn https(&self) -> Vec<String> {
+        self.procs.iter().map(|p| p.http.clone()).collect()
+    }
+
+    /// Restarts node `i` on its own data dir, seeded with a live node.
+    async fn restart(&mut self, i: usize) {
+        let seed = self.procs[(i + 1) % 3].cluster.clone();
+        self.procs[i] =
+            spawn_node(self.dir.path(), NAMES[i], &self.certs, &["--bootstrap-expect", "3", "--peers", &seed]).await;
+    }
+}
+
+#[tokio::test]
+async fn leader_sigkill_removes_its_queue_members_and_groups_keep_working() {
+    let mut c = Cluster::start().await;
+    let views = until_all(&c.https(), "formed", |v| v.raft.leader.is_some()).await;
+    let leader = views[0].raft.leader.unwrap();
+    let li = views.iter().position(|v| v.raft.id == leader).unwrap();
+
+    // One member on each node, each counting what it gets.
+    let seen = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let mut members = Vec::new();
+    for p in &c.procs {
+        let client = async_nats::connect(format!("nats://{}", p.nats)).await.unwrap();
+        let mut sub = client.queue_subscribe("work", "workers".into()).await.unwrap();
+        client.flush().await.unwrap();
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                *seen.lock().entry(String::from_utf8_lossy(&m.payload).into_owned()).or_default() += 1;
+            }
+        });
+        members.push(client);
+    }
+    let ids: Vec<u64> = views.iter().map(|v| v.raft.id).collect();
+    until_all(&c.https(), "three members committed", |v| {
+        v.queues.iter().any(|q| q.subject == "work" && q.members.len() == 3)
+    })
+    .await;
+
+    kill(&mut c.procs[li]).await;
+    let rest: Vec<String> = (0..3).filter(|i| *i != li).map(|i| c.procs[i].http.clone()).collect();
+    until_all(&rest, "killed leader's members removed by the new leader", |v| {
+        v.raft.leader.is_some_and(|l| l != leader)
+            && v.queues.iter().filter(|q| q.subject == "work").all(|q| !q.members.contains_key(&ids[li]))
+    })
+    .await;
+
+    // The group keeps working from a surviving node: every message once.
+    let survivor = &c.procs[(li + 1) % 3];
+    let publisher = async_nats::connect(format!("nats://{}", survivor.nats)).await.unwrap();
+    for i in 0..300 {
+        publisher.publish("work", format!("{i}").into()).await.unwrap();
+    }
+    publisher.flush().await.unwrap();
+    let deadline = Instant::now() + T;
+    while seen.lock().len() < 300 {
+        assert!(Instant::now() < deadline, "only {} of 300 delivered", seen.lock().len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen.lock().values().all(|n| *n == 1), "a message went to two members");
+}
+
+#[tokio::test]
+async fn sigkill_at_random_moments_under_write_load_loses_no_acknowledged_write() {
+    let mut c = Cluster::start().await;
+    let https = Arc::new(Mutex::new(c.https()));
+    let acked = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (https, acked, stop) = (https.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u32;
+            while !stop.is_cancelled() {
+                let target = {
+                    let h = https.lock();
+                    h[rand::rng().random_range(0..h.len())].clone()
+                };
+                let (path, value) = (format!("/kv/k{i}"), format!("v{i}"));
+                let put = request_with(&target, "PUT", &path, value.as_bytes());
+                if let Ok(Ok((200, _))) = tokio::time::timeout(Duration::from_secs(3), put).await {
+                    acked.lock().push(i);
+                }
+                i += 1;
+            }
+        })
+    };
+
+    let mut rng = rand::rng();
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+        // Even rounds kill the leader, odd rounds a random node.
+        let views = until_all(&c.https(), "a leader", |v| v.raft.leader.is_some()).await;
+        let victim = if round % 2 == 0 {
+            views.iter().position(|v| Some(v.raft.id) == v.raft.leader).unwrap_or(0)
+        } else {
+            rng.random_range(0..3)
+        };
+        kill(&mut c.procs[victim]).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..800))).await;
+        c.restart(victim).await;
+        *https.lock() = c.https();
+        until_all(&c.https(), "all three back with a leader", |v| {
+            v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.peers.len() == 2
+        })
+        .await;
+    }
+    stop.cancel();
+    writer.await.unwrap();
+
+    let acked = acked.lock().clone();
+    eprintln!("acknowledged writes across 4 kills: {}", acked.len());
+    assert!(acked.len() >= 20, "too few writes acknowledged to mean anything: {}", acked.len());
+    // Every node reaches the same applied index, and has every acked key.
+    let target = until_all(&c.https(), "a leader", |v| v.raft.leader.is_some()).await[0].raft.last_log_index;
+    until_all(&c.https(), "every node applied the whole log", |v| v.raft.applied_index >= target).await;
+    for http in c.https() {
+        for i in &acked {
+            let (code, body) = request(&http, "GET", &format!("/kv/k{i}")).await.unwrap();
+            assert_eq!((code, body.as_str()), (200, format!("v{i}").as_str()), "k{i} on {http}");
+        }
+    }
+}
