@@ -4,6 +4,7 @@
 mod cluster;
 mod compare;
 mod nats;
+mod raft;
 
 use std::path::PathBuf;
 
@@ -38,6 +39,16 @@ enum Cmd {
         /// Only workloads whose name contains this.
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Raft failover on three catga processes: leader SIGKILL → a new
+    /// leader commits; node SIGKILL → its queue members removed; a
+    /// service instance's connection closed → unanswered requests after.
+    RaftFailover {
+        #[arg(long, default_value = "target/release/catga")]
+        catga: PathBuf,
+        /// Leader kills (half as many node kills and instance closes).
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
     },
     /// NATS workloads against any NATS server.
     Nats {
@@ -123,6 +134,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::CompareNatsCluster { servers: Servers { catga, nats_server, runs }, only } => {
                 println!("{}", cluster::compare(catga, nats_server, runs, only).await?);
             }
+            Cmd::RaftFailover { catga, kills } => println!("{}", raft::run(catga, kills).await?),
             Cmd::CompareNats { servers: Servers { catga, nats_server, runs }, scale } => {
                 let table = compare::compare(catga, nats_server, runs, scale).await?;
                 println!("{table}");

@@ -16,6 +16,7 @@ pub mod network;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,8 +36,8 @@ pub use network::{Call, Reply};
 #[serde(default, deny_unknown_fields)]
 pub struct RaftConfig {
     pub heartbeat_ms: u64,
-    /// A follower that hears no leader for a random time in this range
-    /// starts an election.
+    /// A follower that hears no leader for the leader lease (the max)
+    /// plus a random time in this range starts an election.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Nodes expected at first start; they form the cluster together once
@@ -62,8 +63,11 @@ impl Default for RaftConfig {
     fn default() -> Self {
         Self {
             heartbeat_ms: 50,
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
+            // openraft 0.9 waits out a leader lease (= the max) before a
+            // follower's own random timeout: a dead leader is replaced
+            // 300–400 ms after its last heartbeat with these values.
+            election_timeout_min_ms: 100,
+            election_timeout_max_ms: 200,
             bootstrap_expect: 0,
             max_voters: 5,
             snapshot_after_logs: 10_000,
@@ -104,6 +108,12 @@ pub struct RaftNode {
     me: Member,
     view: Arc<RwLock<View>>,
     queue_changes: tokio::sync::watch::Receiver<u64>,
+    /// A handle on the log, to read its last id.
+    log: catga_storage::LogStore,
+    started: std::time::Instant,
+    /// When a leader's AppendEntries (a heartbeat) last succeeded here, in
+    /// ms since `started`.
+    last_append_ms: AtomicU64,
     stop: CancellationToken,
 }
 
@@ -128,6 +138,7 @@ impl RaftNode {
         .validate()?;
         let id = mesh.node().id;
         let me = member_from(mesh.node());
+        let log_handle = log.clone();
         let raft = Raft::new(id, Arc::new(config), network::Network { mesh: mesh.clone() }, log, sm).await?;
         let node = Arc::new(Self {
             id,
@@ -137,17 +148,27 @@ impl RaftNode {
             me,
             view,
             queue_changes,
+            log: log_handle,
+            started: std::time::Instant::now(),
+            last_append_ms: AtomicU64::new(0),
             stop: CancellationToken::new(),
         });
         mesh.set_rpc_handler(Arc::new(Server { node: Arc::downgrade(&node) }));
         tokio::spawn(form(node.clone()));
         tokio::spawn(mark_down(Arc::downgrade(&node), node.stop.clone()));
+        tokio::spawn(nudge_election(Arc::downgrade(&node), node.stop.clone()));
         Ok(node)
     }
 
     /// The replicated state as applied on this node.
     pub fn view(&self) -> Arc<RwLock<View>> {
         self.view.clone()
+    }
+
+    /// The id of the last entry in this node's log.
+    async fn last_log_id(&self) -> Option<catga_storage::types::LogId> {
+        use openraft::storage::RaftLogStorage;
+        self.log.clone().get_log_state().await.ok()?.last_log_id
     }
 
     /// Changes when applied entries change queue-group membership.
@@ -218,9 +239,16 @@ impl RaftNode {
             let leader = self.leader();
             let attempt = match leader {
                 Some(l) if l == self.id => self.serve_as_leader(&call).await,
-                Some(l) => network::call(&self.mesh, l, &call, Duration::from_millis(self.cfg.forward_timeout_ms))
-                    .await
-                    .map_err(|e| e.to_string()),
+                Some(l) => {
+                    // Given up on as soon as this node sees another leader
+                    // (the old one may be dead, and its link not yet timed
+                    // out), and retried there.
+                    let timeout = Duration::from_millis(self.cfg.forward_timeout_ms);
+                    tokio::select! {
+                        r = network::call(&self.mesh, l, &call, timeout) => r.map_err(|e| e.to_string()),
+                        _ = self.leader_other_than(l) => Err(format!("leader {l} was replaced")),
+                    }
+                }
                 None => Err("no leader".to_string()),
             };
             match attempt {
@@ -228,8 +256,26 @@ impl RaftNode {
                 Err(e) if tokio::time::Instant::now() >= deadline => anyhow::bail!("{e}"),
                 Err(e) => {
                     tracing::debug!(cause = %e, "leader call failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(self.cfg.heartbeat_ms)).await;
+                    // Retry when a (new) leader is known, or after a heartbeat.
+                    let pause = tokio::time::sleep(Duration::from_millis(self.cfg.heartbeat_ms));
+                    tokio::select! {
+                        _ = pause => {}
+                        _ = self.leader_other_than(leader.unwrap_or(u64::MAX)) => {}
+                    }
                 }
+            }
+        }
+    }
+
+    /// Resolves once this node knows of a leader other than `l`.
+    async fn leader_other_than(&self, l: u64) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader.is_some_and(|now| now != l) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
             }
         }
     }
@@ -274,10 +320,20 @@ impl RaftNode {
 
     async fn handle(&self, call: Call) -> Result<Reply, String> {
         match call {
-            Call::Append(r) => self.raft.append_entries(r).await.map(Reply::Append).map_err(|e| e.to_string()),
+            Call::Append(r) => {
+                let reply = self.raft.append_entries(r).await.map_err(|e| e.to_string())?;
+                if matches!(reply, openraft::raft::AppendEntriesResponse::Success) {
+                    self.last_append_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+                Ok(Reply::Append(reply))
+            }
             Call::Vote(r) => self.raft.vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
             Call::Snapshot(r) => self.raft.install_snapshot(r).await.map(Reply::Snapshot).map_err(|e| e.to_string()),
-            Call::Status => Ok(Reply::Status { formed: self.is_formed(), leader: self.leader() }),
+            Call::Status => Ok(Reply::Status {
+                formed: self.is_formed(),
+                leader: self.leader(),
+                last_log: self.last_log_id().await,
+            }),
             leader_call => {
                 if self.leader() == Some(self.id) {
                     self.serve_as_leader(&leader_call).await
@@ -394,6 +450,69 @@ async fn mark_down(node: std::sync::Weak<RaftNode>, stop: CancellationToken) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Starts an election on this node when the leader has been silent well
+/// past the election timeout and no reachable voter has a longer log.
+///
+/// openraft 0.9 remembers that a candidate once saw a longer log and adds
+/// twice the max election timeout to that node's next elections, even
+/// terms later when its own log is the longest; the node best placed to
+/// lead then waits ~400 ms more than it should. This watchdog elects such
+/// a node at its normal time: the leader lease (the max timeout) plus a
+/// per-node offset in [min, max), plus one openraft tick of slack.
+async fn nudge_election(node: std::sync::Weak<RaftNode>, stop: CancellationToken) {
+    let Some((period, threshold, retry)) = node.upgrade().map(|n| {
+        let c = &n.cfg;
+        let spread = c.election_timeout_max_ms.saturating_sub(c.election_timeout_min_ms).max(1);
+        let offset = c.election_timeout_min_ms + n.id % spread;
+        let period = Duration::from_millis((c.heartbeat_ms / 2).max(5));
+        // After a nudge that did not produce a leader (a split vote with a
+        // candidate of the same term), try again sooner.
+        (period, c.election_timeout_max_ms + offset + c.heartbeat_ms * 3 / 2, c.election_timeout_min_ms)
+    }) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_nudge_ms = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let Some(node) = node.upgrade() else { return };
+        let m = node.raft.metrics().borrow().clone();
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        if !matches!(m.state, ServerState::Follower | ServerState::Candidate) || !voters.contains(&node.id) {
+            continue;
+        }
+        let now = node.started.elapsed().as_millis() as u64;
+        let last_append = node.last_append_ms.load(Ordering::Relaxed);
+        let silent = now.saturating_sub(last_append);
+        let due = if last_nudge_ms > last_append { now >= last_nudge_ms + retry } else { silent >= threshold };
+        if !due {
+            continue;
+        }
+        let mine = node.last_log_id().await;
+        let mut longest = true;
+        for v in voters.iter().filter(|v| **v != node.id && node.mesh.is_up(**v)) {
+            match network::call(&node.mesh, *v, &Call::Status, period * 2).await {
+                Ok(Reply::Status { last_log, leader, .. }) => {
+                    // Someone else has a longer log, or hears a leader: not us.
+                    if last_log > mine || leader.is_some_and(|l| l != node.id && Some(l) != m.current_leader) {
+                        longest = false;
+                    }
+                }
+                _ => continue,
+            }
+        }
+        last_nudge_ms = now;
+        if longest {
+            tracing::info!(silent_ms = silent, "leader silent past the election timeout; starting an election");
+            let _ = node.raft.trigger().elect().await;
         }
     }
 }

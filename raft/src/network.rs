@@ -41,7 +41,7 @@ pub enum Reply {
     Append(AppendEntriesResponse<u64>),
     Vote(VoteResponse<u64>),
     Snapshot(InstallSnapshotResponse<u64>),
-    Status { formed: bool, leader: Option<u64> },
+    Status { formed: bool, leader: Option<u64>, last_log: Option<catga_storage::types::LogId> },
     Done,
     Written(Response),
 }
