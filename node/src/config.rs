@@ -253,6 +253,18 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    /// The configuration example in README.md is a valid, complete file.
+    #[test]
+    fn readme_example_parses_and_validates() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block in README") + "```toml\n".len();
+        let block = &readme[start..start + readme[start..].find("```").expect("closed block")];
+        let config = Config::from_toml(block).unwrap_or_else(|e| panic!("README config: {e}"));
+        config.validate().expect("README config validates");
+        assert_eq!(config.raft.node_down_ms, 500);
+    }
+
     use super::*;
 
     #[test]
