@@ -4,6 +4,11 @@
 //!   peer links with RTT (JSON; what `catga cluster status` prints).
 //! - `POST /cluster/leave` — remove this node from the cluster through the
 //!   leader, then stop it (what `catga cluster leave` calls).
+//! - `GET /health` — checks (core, NATS, Raft, cluster links, storage) in
+//!   the reference demo's JSON shape; 503 unless all are Healthy, with the
+//!   reasons. `/healthz`: the process answers. `/readyz`: a member of a
+//!   formed cluster with a leader, caught up, accepting clients.
+//! - `GET /metrics` — Prometheus text format, `catga_*`.
 //! - `PUT /kv/{key}` (body = value), `DELETE /kv/{key}` — a write to the
 //!   replicated key-value namespace, answered 200 once committed by a
 //!   majority (forwarded to the leader from any node), 503 if it could
@@ -20,6 +25,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use catga_raft::{RaftNode, Request, Status};
+
+use crate::metrics::{Health, HealthState, Metrics};
+use crate::nats::server::ServerShared;
 use catga_transport::Mesh;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -55,6 +63,8 @@ pub struct PeerView {
 struct Ctx {
     raft: Arc<RaftNode>,
     mesh: Mesh,
+    nats: Arc<ServerShared>,
+    metrics: Arc<Metrics>,
     /// Cancelled when the node should stop (after a leave).
     stop: CancellationToken,
 }
@@ -69,6 +79,8 @@ impl HttpServer {
         listener: tokio::net::TcpListener,
         raft: Arc<RaftNode>,
         mesh: Mesh,
+        nats: Arc<ServerShared>,
+        metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
@@ -76,7 +88,11 @@ impl HttpServer {
             .route("/cluster", get(cluster))
             .route("/cluster/leave", post(leave))
             .route("/kv/{key}", get(kv_get).put(kv_put).delete(kv_delete))
-            .with_state(Ctx { raft, mesh, stop });
+            .route("/health", get(health))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .with_state(Ctx { raft, mesh, nats, metrics, stop });
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move {
@@ -117,6 +133,27 @@ pub fn cluster_view(raft: &RaftNode, mesh: &Mesh) -> ClusterView {
             })
             .collect(),
     }
+}
+
+async fn health(State(ctx): State<Ctx>) -> (StatusCode, Json<Health>) {
+    let h = crate::metrics::health(&ctx.nats, &ctx.raft, &ctx.mesh);
+    let code = if h.status == HealthState::Healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(h))
+}
+
+async fn readyz(State(ctx): State<Ctx>) -> (StatusCode, String) {
+    match crate::metrics::ready(&ctx.nats, &ctx.raft) {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
+}
+
+async fn metrics_text(State(ctx): State<Ctx>) -> Response {
+    let body = ctx.metrics.render();
+    // prometheus-client encodes OpenMetrics text (`_total` counters,
+    // `# EOF`); Prometheus reads it under this content type.
+    let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, kind)], body).into_response()
 }
 
 async fn kv_get(State(ctx): State<Ctx>, Path(key): Path<String>) -> Response {

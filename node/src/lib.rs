@@ -14,6 +14,7 @@
 //! - [`cluster`]: the bus across nodes (interest, messages over the mesh).
 //! - [`queues`]: queue groups through Raft (replicate local members, route
 //!   by the committed view).
+//! - [`metrics`]: Prometheus metrics and health checks.
 //! - [`http`]: the HTTP API (`/cluster`, leave) and the CLI's client for it.
 
 pub mod bus;
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod nats;
 pub mod node;
 pub mod queues;

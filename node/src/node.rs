@@ -110,7 +110,9 @@ impl Node {
         let tasks = tokio_util::sync::CancellationToken::new();
         crate::queues::start(cluster.clone(), raft.clone(), tasks.clone());
         let stop = tokio_util::sync::CancellationToken::new();
-        let http = HttpServer::serve(http_listener, raft.clone(), mesh.clone(), stop.clone())?;
+        let metrics = crate::metrics::Metrics::new(nats.shared().clone(), raft.clone(), mesh.clone());
+        let http =
+            HttpServer::serve(http_listener, raft.clone(), mesh.clone(), nats.shared().clone(), metrics, stop.clone())?;
         tracing::info!(
             nats = %nats.local_addr(),
             cluster = %mesh.local_addr(),

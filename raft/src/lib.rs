@@ -22,13 +22,14 @@ use std::time::Duration;
 
 use catga_storage::{StorageConfig, TypeConfig};
 use catga_transport::{Mesh, RpcHandler, RpcReply};
-use openraft::{ChangeMembers, ServerState};
+use openraft::ChangeMembers;
 use parking_lot::RwLock;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use catga_storage::{Member, Request, Response, View};
 pub use network::{Call, Reply};
+pub use openraft::ServerState;
 
 /// Raft settings, each named and configurable (`[raft]` in the node's
 /// TOML file).
@@ -114,8 +115,12 @@ pub struct RaftNode {
     /// When a leader's AppendEntries (a heartbeat) last succeeded here, in
     /// ms since `started`.
     last_append_ms: AtomicU64,
+    write_observer: std::sync::OnceLock<WriteObserver>,
     stop: CancellationToken,
 }
+
+/// See [`RaftNode::set_write_observer`].
+pub type WriteObserver = Box<dyn Fn(Duration, bool) + Send + Sync>;
 
 impl RaftNode {
     /// Opens the sled store in `dir`, starts Raft on the mesh (its node id
@@ -151,6 +156,7 @@ impl RaftNode {
             log: log_handle,
             started: std::time::Instant::now(),
             last_append_ms: AtomicU64::new(0),
+            write_observer: std::sync::OnceLock::new(),
             stop: CancellationToken::new(),
         });
         mesh.set_rpc_handler(Arc::new(Server { node: Arc::downgrade(&node) }));
@@ -169,6 +175,10 @@ impl RaftNode {
     async fn last_log_id(&self) -> Option<catga_storage::types::LogId> {
         use openraft::storage::RaftLogStorage;
         self.log.clone().get_log_state().await.ok()?.last_log_id
+    }
+
+    pub fn config(&self) -> &RaftConfig {
+        &self.cfg
     }
 
     /// Changes when applied entries change queue-group membership.
@@ -215,10 +225,21 @@ impl RaftNode {
 
     /// Commits `req` through the leader, wherever it is.
     pub async fn write(&self, req: Request) -> anyhow::Result<Response> {
-        match self.to_leader(Call::Write(req)).await? {
+        let started = std::time::Instant::now();
+        let reply = self.to_leader(Call::Write(req)).await;
+        if let Some(observe) = self.write_observer.get() {
+            observe(started.elapsed(), reply.is_ok());
+        }
+        match reply? {
             Reply::Written(r) => Ok(r),
             other => anyhow::bail!("unexpected reply {other:?}"),
         }
+    }
+
+    /// Called with the duration and outcome of every [`RaftNode::write`]
+    /// (set once, for metrics).
+    pub fn set_write_observer(&self, observe: WriteObserver) {
+        let _ = self.write_observer.set(observe);
     }
 
     /// Removes this node from the cluster (through the leader).

@@ -174,6 +174,9 @@ pub struct PeerStatus {
     pub dropped_frames: u64,
     /// The path MTU quinn has discovered (UDP payload bytes).
     pub path_mtu: u16,
+    /// UDP payload bytes sent to and received from the peer on this link.
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
 }
 
 struct Link {
@@ -423,12 +426,17 @@ impl Mesh {
         let links = self.inner.links.lock();
         let mut v: Vec<PeerStatus> = links
             .values()
-            .map(|l| PeerStatus {
-                info: l.peer.clone(),
-                rtt_us: l.rtt_us.load(Ordering::Relaxed),
-                dialed_by: l.dialer,
-                dropped_frames: l.lane.refused(),
-                path_mtu: l.conn.stats().path.current_mtu,
+            .map(|l| {
+                let stats = l.conn.stats();
+                PeerStatus {
+                    info: l.peer.clone(),
+                    rtt_us: l.rtt_us.load(Ordering::Relaxed),
+                    dialed_by: l.dialer,
+                    dropped_frames: l.lane.refused(),
+                    path_mtu: stats.path.current_mtu,
+                    tx_bytes: stats.udp_tx.bytes,
+                    rx_bytes: stats.udp_rx.bytes,
+                }
             })
             .collect();
         v.sort_by_key(|p| p.info.id);

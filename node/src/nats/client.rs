@@ -31,7 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::parser::{Op, ParseError, Parser, ParserLimits};
 use super::proto::{self, err, ConnectOpts};
-use super::server::ServerShared;
+use super::server::{
+    ServerShared, Stats, OPS, OP_CONNECT, OP_HPUB, OP_PING, OP_PONG, OP_PUB, OP_SUB, OP_UNSUB, PUB_SAMPLE,
+};
 use super::CloseReason;
 use crate::bus::subject::is_valid_literal_subject;
 use crate::bus::{Delivered, Msg, Publisher, Sink, Subscription};
@@ -55,6 +57,9 @@ struct Outbound {
     closing: bool,
     /// Closed: drop everything.
     closed: bool,
+    /// Messages and payload bytes queued for this client so far.
+    msgs: u64,
+    bytes: u64,
 }
 
 /// The part of a connection other tasks touch: its outbound side and its
@@ -72,14 +77,23 @@ pub struct ClientShared {
     close_reason: Mutex<Option<CloseReason>>,
     subs: Mutex<HashMap<Box<[u8]>, Arc<Subscription>>>,
     drained: Notify,
+    stats: Arc<Stats>,
 }
 
 impl ClientShared {
-    pub fn new(id: u64, addr: SocketAddr, pending_bytes_max: usize) -> Self {
+    pub fn new(id: u64, addr: SocketAddr, pending_bytes_max: usize, stats: Arc<Stats>) -> Self {
         Self {
             id,
             addr,
-            out: Mutex::new(Outbound { buf: Vec::with_capacity(4096), inflight: 0, closing: false, closed: false }),
+            out: Mutex::new(Outbound {
+                buf: Vec::with_capacity(4096),
+                inflight: 0,
+                closing: false,
+                closed: false,
+                msgs: 0,
+                bytes: 0,
+            }),
+            stats,
             wake: Notify::new(),
             kill: CancellationToken::new(),
             pending_bytes_max,
@@ -111,6 +125,9 @@ impl ClientShared {
     /// Queues protocol bytes for this client (replies, errors, INFO).
     /// Returns false when the client is closed or went over its limit.
     pub fn queue(&self, bytes: &[u8]) -> bool {
+        if bytes.starts_with(b"-ERR") {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
         match self.admit(bytes.len()) {
             Some(mut out) => {
                 out.buf.extend_from_slice(bytes);
@@ -118,6 +135,18 @@ impl ClientShared {
             }
             None => false,
         }
+    }
+
+    /// Messages and payload bytes queued for this client so far.
+    pub fn delivered(&self) -> (u64, u64) {
+        let out = self.out.lock();
+        (out.msgs, out.bytes)
+    }
+
+    /// This client's subscriptions, and how many are queue-group members.
+    pub fn subscription_counts(&self) -> (u64, u64) {
+        let subs = self.subs.lock();
+        (subs.len() as u64, subs.values().filter(|s| s.queue.is_some()).count() as u64)
     }
 
     /// Wakes the writer.
@@ -181,6 +210,8 @@ impl Sink for ClientShared {
         };
         let wake = out.buf.is_empty();
         proto::write_msg(&mut out.buf, msg.subject, &sub.sid, msg.reply, headers, msg.payload);
+        out.msgs += 1;
+        out.bytes += msg.payload.len() as u64;
         let behind = (out.buf.len() + out.inflight) * 2 > self.pending_bytes_max;
         Delivered::Queued { wake, behind }
     }
@@ -292,6 +323,12 @@ struct Conn {
     awaiting_auth: bool,
     publisher: Publisher,
     pings_outstanding: u32,
+    /// Counts since the last read batch, added to the server's stats then.
+    ops: [u64; OPS.len()],
+    msgs_in: u64,
+    bytes_in: u64,
+    /// Publishes seen, for sampling their handling time.
+    publishes: u64,
 }
 
 impl Conn {
@@ -299,7 +336,51 @@ impl Conn {
         self.client.queue(bytes);
     }
 
+    /// Adds this batch's counts to the server's.
+    fn flush_stats(&mut self) {
+        let stats = &self.server.stats;
+        for (i, n) in self.ops.iter_mut().enumerate() {
+            if *n > 0 {
+                stats.ops[i].fetch_add(std::mem::take(n), Ordering::Relaxed);
+            }
+        }
+        if self.msgs_in > 0 {
+            stats.msgs_in.fetch_add(std::mem::take(&mut self.msgs_in), Ordering::Relaxed);
+            stats.bytes_in.fetch_add(std::mem::take(&mut self.bytes_in), Ordering::Relaxed);
+        }
+    }
+
     fn handle(&mut self, op: Op<'_>) -> Flow {
+        let kind = match &op {
+            Op::Connect(_) => Some(OP_CONNECT),
+            Op::Pub { .. } => Some(OP_PUB),
+            Op::Hpub { .. } => Some(OP_HPUB),
+            Op::Sub { .. } => Some(OP_SUB),
+            Op::Unsub { .. } => Some(OP_UNSUB),
+            Op::Ping => Some(OP_PING),
+            Op::Pong => Some(OP_PONG),
+            _ => None,
+        };
+        let Some(kind) = kind else { return self.handle_op(op) };
+        self.ops[kind] += 1;
+        let timed = match kind {
+            OP_PUB | OP_HPUB => {
+                self.publishes += 1;
+                self.publishes % PUB_SAMPLE == 1
+            }
+            OP_PING | OP_PONG => false,
+            _ => true,
+        };
+        if !timed {
+            return self.handle_op(op);
+        }
+        let started = std::time::Instant::now();
+        let flow = self.handle_op(op);
+        self.server.stats.durations[kind].observe(started.elapsed().as_secs_f64());
+        flow
+    }
+
+    fn handle_op(&mut self, op: Op<'_>) -> Flow {
         if self.awaiting_auth && !matches!(op, Op::Connect(_)) {
             self.send(err::AUTHORIZATION_VIOLATION);
             return Flow::Close(CloseReason::AuthenticationViolation);
@@ -366,6 +447,8 @@ impl Conn {
         if self.opts.verbose {
             self.send(proto::OK);
         }
+        self.msgs_in += 1;
+        self.bytes_in += payload.len() as u64;
         let msg = Msg { subject, reply, headers, payload };
         let delivered = self.server.bus.publish(&mut self.publisher, self.client.id, self.opts.echo, &msg);
         if !delivered && self.opts.no_responders {
@@ -477,6 +560,10 @@ pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, 
         awaiting_auth: cfg.auth_required(),
         publisher: Publisher::new(cfg.match_cache_entries_max),
         pings_outstanding: 0,
+        ops: [0; OPS.len()],
+        msgs_in: 0,
+        bytes_in: 0,
+        publishes: 0,
     };
     let mut parser =
         Parser::new(ParserLimits { control_line_max: cfg.control_line_bytes_max, payload_max: cfg.payload_bytes_max });
@@ -537,6 +624,7 @@ pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, 
             }
         }
         rbuf.advance(consumed);
+        conn.flush_stats();
         conn.publisher.flush();
         client.wake();
         for sink in conn.publisher.take_behind() {

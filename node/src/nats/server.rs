@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -18,11 +20,69 @@ use super::proto::{self, err, ConnectOpts, Info};
 use super::{CloseReason, NatsConfig};
 use crate::bus::Bus;
 
-/// Server-wide counters.
-#[derive(Default)]
+/// The client operations counted, in the order of [`Stats::ops`].
+pub const OPS: [&str; 7] = ["connect", "pub", "hpub", "sub", "unsub", "ping", "pong"];
+pub const OP_CONNECT: usize = 0;
+pub const OP_PUB: usize = 1;
+pub const OP_HPUB: usize = 2;
+pub const OP_SUB: usize = 3;
+pub const OP_UNSUB: usize = 4;
+pub const OP_PING: usize = 5;
+pub const OP_PONG: usize = 6;
+
+/// Server-wide counters. Connections count into locals and add them here
+/// once per read batch, so the hot path touches no shared cache line per
+/// message.
 pub struct Stats {
     /// Connections closed, by reason.
     pub closes: Mutex<HashMap<CloseReason, u64>>,
+    /// Client operations by kind ([`OPS`]).
+    pub ops: [AtomicU64; OPS.len()],
+    /// `-ERR` lines sent to clients.
+    pub errors: AtomicU64,
+    /// Messages (and payload bytes) published by clients.
+    pub msgs_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Messages (and payload bytes) delivered to clients that have closed;
+    /// live clients keep their own counts.
+    pub msgs_out_closed: AtomicU64,
+    pub bytes_out_closed: AtomicU64,
+    /// Time to handle an operation, by kind (publishes sampled, 1 in
+    /// [`PUB_SAMPLE`]): members of `duration_family`.
+    pub durations: [Histogram; OPS.len()],
+    /// `catga_request_duration_seconds`, labelled protocol and op.
+    pub duration_family: DurationFamily,
+}
+
+pub type DurationLabels = Vec<(&'static str, String)>;
+pub type DurationFamily = Family<DurationLabels, Histogram, fn() -> Histogram>;
+
+/// Buckets for request durations: 1 µs .. ~4 s.
+pub fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-6, 4.0, 12))
+}
+
+/// One publish in this many is timed.
+pub const PUB_SAMPLE: u64 = 64;
+
+impl Default for Stats {
+    fn default() -> Self {
+        let duration_family = DurationFamily::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let durations = std::array::from_fn(|i| {
+            duration_family.get_or_create(&vec![("protocol", "nats".to_string()), ("op", OPS[i].to_string())]).clone()
+        });
+        Self {
+            closes: Mutex::new(HashMap::new()),
+            ops: Default::default(),
+            errors: AtomicU64::new(0),
+            msgs_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            msgs_out_closed: AtomicU64::new(0),
+            bytes_out_closed: AtomicU64::new(0),
+            durations,
+            duration_family,
+        }
+    }
 }
 
 pub struct ServerShared {
@@ -31,7 +91,7 @@ pub struct ServerShared {
     info: Mutex<Info>,
     clients: Mutex<HashMap<u64, Arc<ClientShared>>>,
     lame_duck: AtomicBool,
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     /// Signalled when the last client leaves.
     idle: tokio::sync::Notify,
 }
@@ -84,13 +144,40 @@ impl ServerShared {
         }
     }
 
+    /// Draining: lame-duck mode, not accepting clients.
+    pub fn is_lame_duck(&self) -> bool {
+        self.lame_duck.load(Ordering::Relaxed)
+    }
+
     pub fn client_count(&self) -> usize {
         self.clients.lock().len()
+    }
+
+    /// Messages and payload bytes delivered to clients, closed and live.
+    pub fn delivered(&self) -> (u64, u64) {
+        let (mut msgs, mut bytes) =
+            (self.stats.msgs_out_closed.load(Ordering::Relaxed), self.stats.bytes_out_closed.load(Ordering::Relaxed));
+        for c in self.clients.lock().values() {
+            let (m, b) = c.delivered();
+            msgs += m;
+            bytes += b;
+        }
+        (msgs, bytes)
+    }
+
+    /// Subscriptions of local clients, and how many of them are queue
+    /// group members.
+    pub fn subscriptions(&self) -> (u64, u64) {
+        let clients: Vec<_> = self.clients.lock().values().cloned().collect();
+        clients.iter().map(|c| c.subscription_counts()).fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
     }
 
     pub(crate) fn client_closed(&self, client: &ClientShared) {
         let reason = client.close_reason().unwrap_or(CloseReason::ServerShutdown);
         *self.stats.closes.lock().entry(reason).or_default() += 1;
+        let (msgs, bytes) = client.delivered();
+        self.stats.msgs_out_closed.fetch_add(msgs, Ordering::Relaxed);
+        self.stats.bytes_out_closed.fetch_add(bytes, Ordering::Relaxed);
         tracing::debug!(cid = client.id, addr = %client.addr, reason = reason.as_str(), "client closed");
         let mut clients = self.clients.lock();
         clients.remove(&client.id);
@@ -141,7 +228,7 @@ impl NatsServer {
             info: Mutex::new(info),
             clients: Mutex::new(HashMap::new()),
             lame_duck: AtomicBool::new(false),
-            stats: Stats::default(),
+            stats: Arc::new(Stats::default()),
             idle: tokio::sync::Notify::new(),
         });
         let stop_accepting = CancellationToken::new();
@@ -212,7 +299,7 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener, stop: Can
         };
         // Ids come from the bus so clients and peers never share one.
         let id = shared.bus.next_sink_id();
-        let client = Arc::new(ClientShared::new(id, addr, shared.config.pending_bytes_max));
+        let client = Arc::new(ClientShared::new(id, addr, shared.config.pending_bytes_max, shared.stats.clone()));
         {
             let mut clients = shared.clients.lock();
             if clients.len() >= shared.config.connections_max {

@@ -1,0 +1,197 @@
+//! `/health`, `/readyz` and `/metrics` over real HTTP: health follows Raft
+//! quorum (lost on a partitioned leader, back after heal), and the metrics
+//! parse as Prometheus (OpenMetrics) text and move with traffic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use catga_node::http::{request, request_with};
+use catga_node::metrics::{Health, HealthState};
+use common::{TestCluster, TestNode};
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+const T: Duration = Duration::from_secs(15);
+
+fn http(n: &TestNode) -> String {
+    n.node.http.local_addr().to_string()
+}
+
+async fn health(addr: &str) -> (u16, Health) {
+    let (code, body) = request(addr, "GET", "/health").await.unwrap();
+    (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")))
+}
+
+/// Polls `/health` on `addr` until `cond` holds.
+async fn health_until(addr: &str, what: &str, cond: impl Fn(u16, &Health) -> bool) -> Health {
+    let deadline = Instant::now() + T;
+    loop {
+        let (code, h) = health(addr).await;
+        if cond(code, &h) {
+            return h;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}; last {code} {h:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_turns_unhealthy_when_quorum_is_lost_and_healthy_again() {
+    let c = TestCluster::start(3).await;
+    c.wait_voters().await;
+    let addrs: Vec<String> = c.nodes.iter().map(http).collect();
+    for a in &addrs {
+        let h = health_until(a, "healthy", |code, h| code == 200 && h.status == HealthState::Healthy).await;
+        for check in ["Catga_Core_Health_Check", "NATS_Connection", "Raft", "Cluster_Links", "Storage"] {
+            assert_eq!(h.checks.get(check), Some(&HealthState::Healthy), "{check} in {h:?}");
+        }
+        assert_eq!(request(a, "GET", "/readyz").await.unwrap().0, 200);
+        assert_eq!(request(a, "GET", "/healthz").await.unwrap(), (200, "ok\n".to_string()));
+    }
+
+    // Cut the leader off: it has no quorum, the majority elects another.
+    let leader = c.nodes[0].node.raft.leader().unwrap();
+    let x = c.nodes.iter().position(|n| n.node.id == leader).unwrap();
+    for (i, n) in c.nodes.iter().enumerate() {
+        if i != x {
+            c.nodes[x].node.mesh.fault_block(n.node.id);
+        }
+    }
+    let h = health_until(&addrs[x], "the cut-off leader unhealthy", |code, h| {
+        code == 503 && h.status == HealthState::Unhealthy
+    })
+    .await;
+    assert_eq!(h.checks["Raft"], HealthState::Unhealthy);
+    assert!(h.reasons["Raft"].contains("quorum"), "{h:?}");
+    assert_eq!(request(&addrs[x], "GET", "/readyz").await.unwrap().0, 503);
+    let other = (x + 1) % 3;
+    let h = health_until(&addrs[other], "the majority has a leader, one link missing", |code, h| {
+        code == 503 && h.status == HealthState::Degraded && h.checks["Raft"] == HealthState::Healthy
+    })
+    .await;
+    assert_eq!(h.checks["Cluster_Links"], HealthState::Degraded);
+
+    for (i, n) in c.nodes.iter().enumerate() {
+        if i != x {
+            c.nodes[x].node.mesh.fault_unblock(n.node.id);
+        }
+    }
+    for a in &addrs {
+        health_until(a, "healthy after heal", |code, h| code == 200 && h.status == HealthState::Healthy).await;
+    }
+}
+
+/// One parsed sample line.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: HashMap<String, String>,
+    value: f64,
+}
+
+/// Parses OpenMetrics text strictly enough to catch malformed output:
+/// every sample belongs to a family with a TYPE line, values are numbers,
+/// label values are quoted, and the text ends with `# EOF`.
+fn parse(text: &str) -> Vec<Sample> {
+    let mut typed = HashSet::new();
+    let mut samples = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "no # EOF terminator");
+    for line in &lines[..lines.len() - 1] {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["counter", "gauge", "histogram", "unknown"].contains(&kind), "{line}");
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels {line}"))),
+            None => (series, ""),
+        };
+        let mut map = HashMap::new();
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap();
+            assert!(v.starts_with('"') && v.ends_with('"'), "unquoted label in {line}");
+            map.insert(k.to_string(), v.trim_matches('"').to_string());
+        }
+        let family = ["_total", "_bucket", "_count", "_sum", "_created"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| typed.contains(*f))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "sample {name} has no TYPE line");
+        assert!(name.starts_with("catga_"), "{name}");
+        samples.push(Sample { name: name.to_string(), labels: map, value });
+    }
+    samples
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .unwrap_or_else(|| panic!("no {name} {labels:?}"))
+        .value
+}
+
+async fn scrape(addr: &str) -> Vec<Sample> {
+    let (code, body) = request(addr, "GET", "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    parse(&body)
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
+    let n = TestNode::start().await;
+    let addr = http(&n);
+    let raft = n.node.raft.clone();
+    common::eventually(T, "a node alone leads", || raft.leader() == Some(raft.id)).await;
+    let before = scrape(&addr).await;
+    let pubs = value(&before, "catga_requests_total", &[("protocol", "nats"), ("op", "pub")]);
+    let msgs_in = value(&before, "catga_bus_messages_total", &[("direction", "in")]);
+    let msgs_out = value(&before, "catga_bus_messages_total", &[("direction", "out")]);
+    assert_eq!(value(&before, "catga_raft_is_leader", &[]), 1.0, "a node alone leads");
+    assert!(value(&before, "catga_process_resident_memory_bytes", &[]) > 0.0);
+    assert!(value(&before, "catga_process_open_fds", &[]) > 0.0);
+
+    let sub_client = n.client().await;
+    let mut sub = sub_client.subscribe("m.x").await.unwrap();
+    sub_client.flush().await.unwrap();
+    let p = n.client().await;
+    for i in 0..100 {
+        p.publish("m.x", format!("{i}").into()).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    for _ in 0..100 {
+        tokio::time::timeout(T, sub.next()).await.unwrap().unwrap();
+    }
+    let (code, _) = request_with(&addr, "PUT", "/kv/metric-key", b"v").await.unwrap();
+    assert_eq!(code, 200);
+
+    let after = scrape(&addr).await;
+    assert!(value(&after, "catga_requests_total", &[("protocol", "nats"), ("op", "pub")]) >= pubs + 100.0);
+    assert!(value(&after, "catga_bus_messages_total", &[("direction", "in")]) >= msgs_in + 100.0);
+    assert!(value(&after, "catga_bus_messages_total", &[("direction", "out")]) >= msgs_out + 100.0);
+    assert!(value(&after, "catga_bus_payload_bytes_total", &[("direction", "in")]) >= 190.0);
+    assert!(value(&after, "catga_connections", &[]) >= 2.0);
+    assert!(value(&after, "catga_subscriptions", &[]) >= 1.0);
+    assert!(value(&after, "catga_request_duration_seconds_count", &[("protocol", "nats"), ("op", "sub")]) >= 1.0);
+    assert!(value(&after, "catga_raft_write_duration_seconds_count", &[]) >= 1.0);
+    assert_eq!(value(&after, "catga_store_keys", &[]), 1.0);
+
+    // A protocol error counts as a failed request.
+    let failed = value(&after, "catga_requests_failed_total", &[("protocol", "nats")]);
+    let mut raw = common::Raw::connect(n.addr()).await;
+    raw.send(b"SUB bad..subject 1\r\n").await;
+    assert!(raw.read_line().await.unwrap().starts_with("-ERR"));
+    let last = scrape(&addr).await;
+    assert_eq!(value(&last, "catga_requests_failed_total", &[("protocol", "nats")]), failed + 1.0);
+}
