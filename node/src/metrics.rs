@@ -39,6 +39,7 @@ pub struct Metrics {
     msgs: Family<Labels, Counter>,
     bytes: Family<Labels, Counter>,
     connections: Gauge,
+    pending: Gauge,
     subscriptions: Gauge,
     queue_members: Gauge,
     closes: Family<Labels, Counter>,
@@ -90,12 +91,17 @@ impl Metrics {
         r.register("bus_payload_bytes", "Payload bytes into and out of the bus", bytes.clone());
         let connections = Gauge::default();
         r.register("connections", "Open client connections", connections.clone());
+        let pending = Gauge::default();
+        r.register("bus_pending_bytes", "Bytes queued for clients, not yet written", pending.clone());
         let subscriptions = Gauge::default();
         r.register("subscriptions", "Subscriptions of this node's clients", subscriptions.clone());
         let queue_members = Gauge::default();
         r.register("queue_members", "Queue-group subscriptions of this node's clients", queue_members.clone());
         let closes = Family::<Labels, Counter>::default();
         r.register("connection_closes", "Client connections closed, by reason", closes.clone());
+        for reason in crate::nats::CloseReason::ALL {
+            let _ = closes.get_or_create(&labels(&[("reason", reason.as_str())]));
+        }
         let slow_consumers: Counter = Counter::default();
         r.register("slow_consumers", "Clients closed as slow consumers", slow_consumers.clone());
         let keys = Gauge::default();
@@ -149,6 +155,7 @@ impl Metrics {
             msgs,
             bytes,
             connections,
+            pending,
             subscriptions,
             queue_members,
             closes,
@@ -189,6 +196,7 @@ impl Metrics {
         mirror(&self.bytes.get_or_create(&labels(&[("direction", "in")])), stats.bytes_in.load(Ordering::Relaxed));
         mirror(&self.bytes.get_or_create(&labels(&[("direction", "out")])), out_bytes);
         self.connections.set(self.nats.client_count() as i64);
+        self.pending.set(self.nats.pending_bytes() as i64);
         let (subs, queue) = self.nats.subscriptions();
         self.subscriptions.set(subs as i64);
         self.queue_members.set(queue as i64);

@@ -195,3 +195,35 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     let last = scrape(&addr).await;
     assert_eq!(value(&last, "catga_requests_failed_total", &[("protocol", "nats")]), failed + 1.0);
 }
+
+/// Every `catga_*` metric the Grafana dashboard and the monitoring doc
+/// query is one a node serves.
+#[tokio::test]
+async fn dashboard_and_docs_query_only_served_metrics() {
+    // Two nodes, so that per-peer families have members.
+    let c = TestCluster::start(2).await;
+    let (_, body) = request(&http(&c.nodes[0]), "GET", "/metrics").await.unwrap();
+    parse(&body);
+    // Families, from their TYPE lines (a family with no sample yet, such
+    // as per-peer RTT on a node alone, is still served).
+    let families: HashSet<&str> =
+        body.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
+    let sources = [
+        ("deploy/grafana/catga-dashboard.json", include_str!("../../deploy/grafana/catga-dashboard.json")),
+        ("docs/monitoring.md", include_str!("../../docs/monitoring.md")),
+    ];
+    for (file, text) in sources {
+        let mut names = 0;
+        for (i, _) in text.match_indices("catga_") {
+            let name: String = text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if name == "catga_" {
+                continue; // the prefix itself, as prose mentions it
+            }
+            let family = ["_total", "_bucket", "_count", "_sum"].iter().find_map(|x| name.strip_suffix(x));
+            let known = families.contains(name.as_str()) || family.is_some_and(|f| families.contains(f));
+            assert!(known, "{file} uses {name}, which /metrics does not serve");
+            names += 1;
+        }
+        assert!(names > 10, "{file}: only {names} metric references");
+    }
+}

@@ -143,6 +143,12 @@ impl ClientShared {
         (out.msgs, out.bytes)
     }
 
+    /// Bytes queued for this client and not yet written.
+    pub fn pending_bytes(&self) -> u64 {
+        let out = self.out.lock();
+        (out.buf.len() + out.inflight) as u64
+    }
+
     /// This client's subscriptions, and how many are queue-group members.
     pub fn subscription_counts(&self) -> (u64, u64) {
         let subs = self.subs.lock();

@@ -110,6 +110,26 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, for metrics that start each at zero.
+    pub const ALL: [CloseReason; 16] = [
+        CloseReason::ClientClosed,
+        CloseReason::ReadError,
+        CloseReason::WriteError,
+        CloseReason::ParseError,
+        CloseReason::ProtocolViolation,
+        CloseReason::MaxPayloadExceeded,
+        CloseReason::MaxControlLineExceeded,
+        CloseReason::MaxConnectionsExceeded,
+        CloseReason::AuthenticationTimeout,
+        CloseReason::AuthenticationViolation,
+        CloseReason::BadClientProtocolVersion,
+        CloseReason::NoRespondersRequiresHeaders,
+        CloseReason::StaleConnection,
+        CloseReason::SlowConsumerPendingBytes,
+        CloseReason::SlowConsumerWriteDeadline,
+        CloseReason::ServerShutdown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::ClientClosed => "client_closed",

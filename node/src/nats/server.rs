@@ -165,6 +165,12 @@ impl ServerShared {
         (msgs, bytes)
     }
 
+    /// Bytes queued for clients and not yet written.
+    pub fn pending_bytes(&self) -> u64 {
+        let clients: Vec<_> = self.clients.lock().values().cloned().collect();
+        clients.iter().map(|c| c.pending_bytes()).sum()
+    }
+
     /// Subscriptions of local clients, and how many of them are queue
     /// group members.
     pub fn subscriptions(&self) -> (u64, u64) {
