@@ -12,6 +12,7 @@
 //! - [`bus`]: subjects, the subject router and delivery to subscribers; the
 //!   protocol adapters share it.
 //! - [`cluster`]: the bus across nodes (interest, messages over the mesh).
+//! - [`redis`]: the Redis protocol (request parser so far).
 //! - [`queues`]: queue groups through Raft (replicate local members, route
 //!   by the committed view).
 //! - [`metrics`]: Prometheus metrics and health checks.
@@ -26,3 +27,4 @@ pub mod metrics;
 pub mod nats;
 pub mod node;
 pub mod queues;
+pub mod redis;
