@@ -8,7 +8,7 @@
 #   $CATGA_LOCAL_DIR (default deploy/local)/{certs,n1,n2,n3,n1.log,...}
 # Ports (set to 0 for free ports, as the tests do):
 #   CATGA_NATS_PORTS="4222 4223 4224"  CATGA_CLUSTER_PORTS="6222 6223 6224"
-#   CATGA_HTTP_PORTS="8222 8223 8224"
+#   CATGA_HTTP_PORTS="8222 8223 8224"  CATGA_REDIS_PORTS="6379 6380 6381"
 # CATGA_BIN=path/to/catga skips the build.
 set -euo pipefail
 
@@ -17,6 +17,7 @@ DIR=${CATGA_LOCAL_DIR:-$ROOT/deploy/local}
 read -r -a NATS_PORTS <<<"${CATGA_NATS_PORTS:-4222 4223 4224}"
 read -r -a CLUSTER_PORTS <<<"${CATGA_CLUSTER_PORTS:-6222 6223 6224}"
 read -r -a HTTP_PORTS <<<"${CATGA_HTTP_PORTS:-8222 8223 8224}"
+read -r -a REDIS_PORTS <<<"${CATGA_REDIS_PORTS:-6379 6380 6381}"
 HOST=${CATGA_HOST:-127.0.0.1}
 
 if [[ -z "${CATGA_BIN:-}" ]]; then
@@ -60,6 +61,7 @@ SEED=""
 for i in 1 2 3; do
     args=(run --name "n$i" --data-dir "$DIR/n$i" --tls-dir "$DIR/certs"
         --nats "$HOST:${NATS_PORTS[$((i - 1))]}" --cluster "$HOST:${CLUSTER_PORTS[$((i - 1))]}" --http "$HOST:${HTTP_PORTS[$((i - 1))]}"
+        --redis "$HOST:${REDIS_PORTS[$((i - 1))]}"
         --advertise "$HOST")
     if [[ -n "$SEED" ]]; then
         args+=(--peers "$SEED")
@@ -72,7 +74,8 @@ for i in 1 2 3; do
     nats=$(echo "$line" | field nats)
     cluster=$(echo "$line" | field cluster)
     http=$(echo "$line" | field http)
+    redis=$(echo "$line" | field redis)
     [[ -z "$SEED" ]] && SEED=$cluster
-    echo "n$i pid=$(cat "$DIR/n$i.pid") nats=nats://$nats cluster=$cluster http=http://$http log=$DIR/n$i.log"
+    echo "n$i pid=$(cat "$DIR/n$i.pid") nats=nats://$nats redis=redis://$redis cluster=$cluster http=http://$http log=$DIR/n$i.log"
 done
-echo "cluster up; connect any NATS client to one of the nats:// URLs above; stop with deploy/stop-cluster.sh"
+echo "cluster up; connect any NATS client to a nats:// URL above (Redis: connection commands only, so far); stop with deploy/stop-cluster.sh"

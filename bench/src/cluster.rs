@@ -71,6 +71,8 @@ pub async fn start_catga_cluster(bin: &Path) -> anyhow::Result<Cluster> {
             &format!("n{i}"),
             "--nats",
             "127.0.0.1:0",
+            "--redis",
+            "127.0.0.1:0",
             "--cluster",
             "127.0.0.1:0",
             "--http",

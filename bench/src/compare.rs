@@ -53,7 +53,17 @@ async fn wait_for_line(
 pub async fn start_catga(bin: &Path) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
     let mut child = Command::new(bin)
-        .args(["--nats", "127.0.0.1:0", "--cluster", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--nats",
+            "127.0.0.1:0",
+            "--redis",
+            "127.0.0.1:0",
+            "--cluster",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("RUST_LOG", "warn,catga_node::node=info")
         .stderr(Stdio::piped())

@@ -28,6 +28,7 @@ pub struct Config {
     /// HTTP API listener (admin, and health/metrics as they land).
     pub http: String,
     pub nats: NatsConfig,
+    pub redis: crate::redis::RedisConfig,
     pub cluster: ClusterConfig,
     pub raft: catga_raft::RaftConfig,
 }
@@ -89,6 +90,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             http: "0.0.0.0:8222".into(),
             nats: NatsConfig::default(),
+            redis: crate::redis::RedisConfig::default(),
             cluster: ClusterConfig::default(),
             raft: catga_raft::RaftConfig::default(),
         }
@@ -110,6 +112,9 @@ pub struct RunArgs {
     /// NATS client listener address (port 0 picks a free port).
     #[arg(long, env = "CATGA_NATS", value_name = "ADDR")]
     pub nats: Option<String>,
+    /// Redis client listener address (port 0 picks a free port).
+    #[arg(long, env = "CATGA_REDIS", value_name = "ADDR")]
+    pub redis: Option<String>,
     /// Log format (level comes from RUST_LOG).
     #[arg(long, env = "CATGA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -168,6 +173,9 @@ impl Config {
         if let Some(v) = &args.nats {
             self.nats.listen = v.clone();
         }
+        if let Some(v) = &args.redis {
+            self.redis.listen = v.clone();
+        }
         if let Some(v) = args.log_format {
             self.log_format = v;
         }
@@ -210,6 +218,16 @@ impl Config {
         anyhow::ensure!(
             n.token.is_none() || n.users.is_empty(),
             "nats.token and nats.users are exclusive; configure one"
+        );
+        let rd = &self.redis;
+        anyhow::ensure!((1..=1024).contains(&rd.databases), "redis.databases must be 1..=1024");
+        anyhow::ensure!(rd.maxclients >= 1, "redis.maxclients must be at least 1");
+        anyhow::ensure!(rd.proto_max_bulk_len >= 1024, "redis.proto_max_bulk_len must be at least 1024");
+        anyhow::ensure!(rd.multibulk_len_max >= 16, "redis.multibulk_len_max must be at least 16");
+        anyhow::ensure!(rd.inline_bytes_max >= 1024, "redis.inline_bytes_max must be at least 1024");
+        anyhow::ensure!(
+            rd.query_buffer_bytes_max >= rd.inline_bytes_max,
+            "redis.query_buffer_bytes_max must be at least redis.inline_bytes_max"
         );
         let r = &self.raft;
         anyhow::ensure!(r.max_voters >= 1, "raft.max_voters must be at least 1");

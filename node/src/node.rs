@@ -24,6 +24,7 @@ pub struct Node {
     pub name: String,
     pub bus: Arc<Bus>,
     pub nats: NatsServer,
+    pub redis: crate::redis::server::RedisServer,
     pub cluster: Arc<Cluster>,
     pub mesh: Mesh,
     pub raft: Arc<RaftNode>,
@@ -59,6 +60,7 @@ impl Node {
         let name = if config.name.is_empty() { format!("catga-{:08x}", id as u32) } else { config.name.clone() };
         let bus = Arc::new(Bus::new());
         let nats = NatsServer::start(config.nats.clone(), bus.clone(), &name).await?;
+        let redis = crate::redis::server::RedisServer::start(config.redis.clone()).await?;
 
         let tls = match &config.cluster.tls_dir {
             Some(dir) => certs::load_dir(dir, &name)?,
@@ -115,6 +117,7 @@ impl Node {
             HttpServer::serve(http_listener, raft.clone(), mesh.clone(), nats.shared().clone(), metrics, stop.clone())?;
         tracing::info!(
             nats = %nats.local_addr(),
+            redis = %redis.local_addr(),
             cluster = %mesh.local_addr(),
             http = %http.local_addr(),
             id,
@@ -122,7 +125,7 @@ impl Node {
             data_dir = %config.data_dir.display(),
             "catga node listening"
         );
-        Ok(Self { config, id, name, bus, nats, cluster, mesh, raft, http, stop, tasks })
+        Ok(Self { config, id, name, bus, nats, redis, cluster, mesh, raft, http, stop, tasks })
     }
 
     pub fn nats_addr(&self) -> SocketAddr {
@@ -133,6 +136,7 @@ impl Node {
     /// mesh.
     pub async fn shutdown(&self) {
         self.nats.drain().await;
+        self.redis.shutdown();
         self.tasks.cancel();
         self.http.shutdown();
         self.raft.shutdown().await;

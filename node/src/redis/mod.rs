@@ -2,8 +2,67 @@
 //!
 //! - `parser.rs` — requests: RESP multibulk and inline commands, with
 //!   named limits and Redis's own protocol error texts.
+//! - `reply.rs` — replies, encoded for the connection's RESP version.
+//! - `conn.rs` — a connection's state and its commands (connection and
+//!   server commands so far).
+//! - `server.rs` — the listener and the read/parse/execute/write loop.
 //!
-//! Commands, replies and the connection loop arrive with the rest of the
-//! Redis issue.
+//! The data commands arrive with the replicated store (issue 5).
 
+pub mod conn;
 pub mod parser;
+pub mod reply;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+/// A user allowed in with AUTH user password (besides `default`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisUser {
+    pub user: String,
+    pub password: String,
+}
+
+/// `[redis]` in the node's TOML.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Listener for Redis clients; port 0 picks a free port.
+    pub listen: String,
+    /// Password of the `default` user; none: no authentication.
+    pub requirepass: Option<String>,
+    pub users: Vec<RedisUser>,
+    /// SELECT accepts 0 ..< databases.
+    pub databases: u32,
+    /// Connections beyond this get `-ERR max number of clients reached`.
+    pub maxclients: usize,
+    /// Longest bulk argument (Redis `proto-max-bulk-len`).
+    pub proto_max_bulk_len: usize,
+    /// Most arguments in one request.
+    pub multibulk_len_max: usize,
+    /// Longest inline request or `*N`/`$N` line.
+    pub inline_bytes_max: usize,
+    /// Unparsed bytes a connection may hold (Redis `client-query-buffer-limit`).
+    pub query_buffer_bytes_max: usize,
+    /// Version reported by HELLO and INFO; clients gate features on it.
+    pub compat_version: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        let limits = parser::Limits::default();
+        Self {
+            listen: "0.0.0.0:6379".into(),
+            requirepass: None,
+            users: Vec::new(),
+            databases: 16,
+            maxclients: 10_000,
+            proto_max_bulk_len: limits.bulk_bytes_max,
+            multibulk_len_max: limits.multibulk_len_max,
+            inline_bytes_max: limits.inline_bytes_max,
+            query_buffer_bytes_max: 1 << 30,
+            compat_version: "7.0.15".into(),
+        }
+    }
+}

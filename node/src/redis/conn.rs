@@ -1,0 +1,338 @@
+//! One Redis connection's commands: the connection and server commands so
+//! far (PING ECHO HELLO AUTH SELECT QUIT RESET CLIENT). The data commands
+//! arrive with the replicated store.
+//!
+//! Order of checks, as Redis 7.0 does them: unknown command, then arity,
+//! then authentication (`-NOAUTH`), then the command itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::reply::Reply;
+use super::RedisConfig;
+use crate::nats::server::constant_time_eq;
+
+/// What the server shares with its connections.
+pub struct Shared {
+    pub config: RedisConfig,
+    next_id: AtomicU64,
+    /// Live connections, for CLIENT LIST.
+    pub clients: parking_lot::Mutex<std::collections::BTreeMap<u64, ClientInfo>>,
+}
+
+impl Shared {
+    pub fn new(config: RedisConfig) -> Arc<Self> {
+        Arc::new(Self { config, next_id: AtomicU64::new(0), clients: Default::default() })
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// What CLIENT LIST shows of a connection.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub addr: String,
+    pub laddr: String,
+    pub name: String,
+    pub db: u32,
+    pub resp: u8,
+    pub lib_name: String,
+    pub lib_ver: String,
+    pub since: Option<std::time::Instant>,
+}
+
+/// A connection's state.
+pub struct Conn {
+    pub id: u64,
+    pub shared: Arc<Shared>,
+    pub info: ClientInfo,
+    pub authenticated: bool,
+    /// Set by QUIT: close after the reply.
+    pub closing: bool,
+}
+
+/// Fixed arity: exactly n arguments (command name included), or at least
+/// n when negative, as Redis's command table has it.
+fn arity_ok(arity: i32, argc: usize) -> bool {
+    if arity >= 0 {
+        argc == arity as usize
+    } else {
+        argc >= (-arity) as usize
+    }
+}
+
+fn wrong_args(name: &str) -> Reply {
+    Reply::err(format!("ERR wrong number of arguments for '{name}' command"))
+}
+
+/// `-ERR unknown command '...', with args beginning with: '...' ...`, as
+/// Redis 7.0 builds it (args up to 128 bytes of text).
+pub fn unknown_command(argv: &[&[u8]]) -> Reply {
+    let name = String::from_utf8_lossy(&argv[0][..argv[0].len().min(128)]).into_owned();
+    let mut args = String::new();
+    for a in &argv[1..] {
+        if args.len() >= 128 {
+            break;
+        }
+        let room = 128 - args.len();
+        args.push_str(&format!("'{}' ", String::from_utf8_lossy(&a[..a.len().min(room)])));
+    }
+    Reply::err(format!("ERR unknown command '{name}', with args beginning with: {args}"))
+}
+
+fn not_integer() -> Reply {
+    Reply::err("ERR value is not an integer or out of range")
+}
+
+fn parse_i64(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// Client and library names: printable ASCII, no spaces.
+fn valid_name(b: &[u8]) -> bool {
+    b.iter().all(|c| (b'!'..=b'~').contains(c))
+}
+
+impl Conn {
+    pub fn new(shared: Arc<Shared>, addr: String, laddr: String) -> Self {
+        let id = shared.next_id();
+        let authenticated = shared.config.requirepass.is_none();
+        let info = ClientInfo { addr, laddr, resp: 2, since: Some(std::time::Instant::now()), ..Default::default() };
+        shared.clients.lock().insert(id, info.clone());
+        Self { id, shared, info, authenticated, closing: false }
+    }
+
+    pub fn proto(&self) -> u8 {
+        self.info.resp
+    }
+
+    fn publish_info(&self) {
+        self.shared.clients.lock().insert(self.id, self.info.clone());
+    }
+
+    /// Checks a password for `user` against the configuration.
+    fn check_auth(&self, user: &[u8], pass: &[u8]) -> bool {
+        let c = &self.shared.config;
+        if user == b"default" {
+            return match &c.requirepass {
+                None => true,
+                Some(p) => constant_time_eq(p.as_bytes(), pass),
+            };
+        }
+        c.users.iter().any(|u| u.user.as_bytes() == user && constant_time_eq(u.password.as_bytes(), pass))
+    }
+
+    /// Runs one request; `argv` is not empty.
+    pub fn execute(&mut self, argv: &[&[u8]]) -> Reply {
+        let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+        let arity = match name.as_str() {
+            "ping" => -1,
+            "echo" => 2,
+            "hello" => -1,
+            "auth" => -2,
+            "select" => 2,
+            "quit" => -1,
+            "reset" => 1,
+            "client" => -2,
+            _ => return unknown_command(argv),
+        };
+        if !arity_ok(arity, argv.len()) {
+            return wrong_args(&name);
+        }
+        let exempt = matches!(name.as_str(), "auth" | "hello" | "quit" | "reset");
+        if !self.authenticated && !exempt {
+            return Reply::err("NOAUTH Authentication required.");
+        }
+        match name.as_str() {
+            "ping" => match argv.len() {
+                1 => Reply::Simple("PONG".into()),
+                2 => Reply::bulk(argv[1]),
+                _ => wrong_args("ping"),
+            },
+            "echo" => Reply::bulk(argv[1]),
+            "hello" => self.hello(argv),
+            "auth" => self.auth(argv),
+            "select" => self.select(argv[1]),
+            "quit" => {
+                self.closing = true;
+                Reply::ok()
+            }
+            "reset" => {
+                self.info.db = 0;
+                self.info.resp = 2;
+                self.info.name.clear();
+                self.authenticated = self.shared.config.requirepass.is_none();
+                self.publish_info();
+                Reply::Simple("RESET".into())
+            }
+            "client" => self.client(argv),
+            _ => unknown_command(argv),
+        }
+    }
+
+    fn auth(&mut self, argv: &[&[u8]]) -> Reply {
+        let (user, pass) = match argv.len() {
+            2 => {
+                if self.shared.config.requirepass.is_none() && self.shared.config.users.is_empty() {
+                    return Reply::err(
+                        "ERR AUTH <password> called without any password configured for the default user. \
+                         Are you sure your configuration is correct?",
+                    );
+                }
+                (&b"default"[..], argv[1])
+            }
+            3 => (argv[1], argv[2]),
+            _ => return Reply::err("ERR syntax error"),
+        };
+        if self.check_auth(user, pass) {
+            self.authenticated = true;
+            Reply::ok()
+        } else {
+            Reply::err("WRONGPASS invalid username-password pair or user is disabled.")
+        }
+    }
+
+    fn select(&mut self, arg: &[u8]) -> Reply {
+        let Some(db) = parse_i64(arg) else { return not_integer() };
+        if db < 0 || db >= i64::from(self.shared.config.databases) {
+            return Reply::err("ERR DB index is out of range");
+        }
+        self.info.db = db as u32;
+        self.publish_info();
+        Reply::ok()
+    }
+
+    fn hello(&mut self, argv: &[&[u8]]) -> Reply {
+        let mut proto = self.info.resp;
+        let mut i = 1;
+        if let Some(v) = argv.get(1) {
+            let Some(p) = parse_i64(v) else {
+                return Reply::err("ERR Protocol version is not an integer or out of range");
+            };
+            if !(2..=3).contains(&p) {
+                return Reply::err("NOPROTO unsupported protocol version");
+            }
+            proto = p as u8;
+            i = 2;
+        }
+        let mut setname = None;
+        let mut authed = false;
+        while i < argv.len() {
+            let opt = String::from_utf8_lossy(argv[i]).to_ascii_uppercase();
+            match opt.as_str() {
+                "AUTH" if i + 2 < argv.len() => {
+                    if !self.check_auth(argv[i + 1], argv[i + 2]) {
+                        return Reply::err("WRONGPASS invalid username-password pair or user is disabled.");
+                    }
+                    authed = true;
+                    i += 3;
+                }
+                "SETNAME" if i + 1 < argv.len() => {
+                    if !valid_name(argv[i + 1]) {
+                        return Reply::err("ERR Client names cannot contain spaces, newlines or special characters.");
+                    }
+                    setname = Some(String::from_utf8_lossy(argv[i + 1]).into_owned());
+                    i += 2;
+                }
+                _ => {
+                    return Reply::err(format!(
+                        "ERR Syntax error in HELLO option '{}'",
+                        String::from_utf8_lossy(argv[i])
+                    ))
+                }
+            }
+        }
+        if authed {
+            self.authenticated = true;
+        }
+        if !self.authenticated {
+            return Reply::err(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH \
+                 <user> <pass> option can be used to authenticate the client and select the RESP protocol \
+                 version at the same time",
+            );
+        }
+        if let Some(n) = setname {
+            self.info.name = n;
+        }
+        self.info.resp = proto;
+        self.publish_info();
+        Reply::Map(vec![
+            (Reply::bulk("server"), Reply::bulk("redis")),
+            (Reply::bulk("version"), Reply::bulk(&self.shared.config.compat_version)),
+            (Reply::bulk("proto"), Reply::Int(i64::from(proto))),
+            (Reply::bulk("id"), Reply::Int(self.id as i64)),
+            (Reply::bulk("mode"), Reply::bulk("standalone")),
+            (Reply::bulk("role"), Reply::bulk("master")),
+            (Reply::bulk("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    fn client(&mut self, argv: &[&[u8]]) -> Reply {
+        let sub = String::from_utf8_lossy(argv[1]).to_ascii_lowercase();
+        let arity = match sub.as_str() {
+            "id" => 2,
+            "setname" => 3,
+            "getname" => 2,
+            "setinfo" => 4,
+            "list" => -2,
+            _ => {
+                return Reply::err(format!(
+                    "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                    String::from_utf8_lossy(argv[1])
+                ))
+            }
+        };
+        if !arity_ok(arity, argv.len()) {
+            return wrong_args(&format!("client|{sub}"));
+        }
+        match sub.as_str() {
+            "id" => Reply::Int(self.id as i64),
+            "setname" => {
+                if !valid_name(argv[2]) {
+                    return Reply::err("ERR Client names cannot contain spaces, newlines or special characters.");
+                }
+                self.info.name = String::from_utf8_lossy(argv[2]).into_owned();
+                self.publish_info();
+                Reply::ok()
+            }
+            "getname" if self.info.name.is_empty() => Reply::Null,
+            "getname" => Reply::bulk(&self.info.name),
+            "setinfo" => {
+                let attr = String::from_utf8_lossy(argv[2]).to_ascii_lowercase();
+                let value = String::from_utf8_lossy(argv[3]).into_owned();
+                if !valid_name(argv[3]) && !argv[3].is_empty() {
+                    return Reply::err(format!("ERR {attr} cannot contain spaces, newlines or special characters."));
+                }
+                match attr.as_str() {
+                    "lib-name" => self.info.lib_name = value,
+                    "lib-ver" => self.info.lib_ver = value,
+                    _ => return Reply::err(format!("ERR Unrecognized option '{}'", String::from_utf8_lossy(argv[2]))),
+                }
+                self.publish_info();
+                Reply::ok()
+            }
+            "list" => {
+                let clients = self.shared.clients.lock();
+                let mut text = String::new();
+                for (id, c) in clients.iter() {
+                    let age = c.since.map_or(0, |s| s.elapsed().as_secs());
+                    text.push_str(&format!(
+                        "id={id} addr={} laddr={} name={} age={age} db={} resp={} lib-name={} lib-ver={}\n",
+                        c.addr, c.laddr, c.name, c.db, c.resp, c.lib_name, c.lib_ver
+                    ));
+                }
+                Reply::Bulk(text.into_bytes())
+            }
+            _ => unknown_command(argv),
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.clients.lock().remove(&self.id);
+    }
+}

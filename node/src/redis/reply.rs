@@ -1,0 +1,169 @@
+//! Replies, encoded as RESP2 or RESP3 for the connection's protocol.
+//!
+//! RESP3 types fall back to what Redis 7.0 sends a RESP2 client: a map or
+//! set becomes a flat array, a null `$-1` (or `*-1` for an array), a
+//! boolean an integer, a double a bulk string, a push an array.
+
+use std::io::Write;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// `+text`
+    Simple(String),
+    /// `-text` (the text includes its code, e.g. `ERR ...`, `WRONGTYPE ...`).
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Array(Vec<Reply>),
+    /// A missing value: RESP3 `_`, RESP2 `$-1`.
+    Null,
+    /// A missing array: RESP3 `_`, RESP2 `*-1`.
+    NullArray,
+    Map(Vec<(Reply, Reply)>),
+    Set(Vec<Reply>),
+    Double(f64),
+    Bool(bool),
+    /// Out-of-band data (pub/sub messages): RESP3 `>`, RESP2 an array.
+    Push(Vec<Reply>),
+}
+
+impl Reply {
+    pub fn ok() -> Self {
+        Reply::Simple("OK".into())
+    }
+
+    pub fn err(text: impl Into<String>) -> Self {
+        Reply::Error(text.into())
+    }
+
+    pub fn bulk(b: impl AsRef<[u8]>) -> Self {
+        Reply::Bulk(b.as_ref().to_vec())
+    }
+
+    /// Appends the encoding for protocol `proto` (2 or 3) to `out`.
+    pub fn encode(&self, proto: u8, out: &mut Vec<u8>) {
+        let resp3 = proto >= 3;
+        match self {
+            Reply::Simple(s) => line(out, b'+', s.as_bytes()),
+            Reply::Error(s) => line(out, b'-', s.as_bytes()),
+            Reply::Int(i) => {
+                let _ = write!(out, ":{i}\r\n");
+            }
+            Reply::Bulk(b) => bulk(out, b),
+            Reply::Array(items) => {
+                let _ = write!(out, "*{}\r\n", items.len());
+                for i in items {
+                    i.encode(proto, out);
+                }
+            }
+            Reply::Null if resp3 => out.extend_from_slice(b"_\r\n"),
+            Reply::Null => out.extend_from_slice(b"$-1\r\n"),
+            Reply::NullArray if resp3 => out.extend_from_slice(b"_\r\n"),
+            Reply::NullArray => out.extend_from_slice(b"*-1\r\n"),
+            Reply::Map(pairs) => {
+                if resp3 {
+                    let _ = write!(out, "%{}\r\n", pairs.len());
+                } else {
+                    let _ = write!(out, "*{}\r\n", pairs.len() * 2);
+                }
+                for (k, v) in pairs {
+                    k.encode(proto, out);
+                    v.encode(proto, out);
+                }
+            }
+            Reply::Set(items) => {
+                let _ = write!(out, "{}{}\r\n", if resp3 { '~' } else { '*' }, items.len());
+                for i in items {
+                    i.encode(proto, out);
+                }
+            }
+            Reply::Double(d) => {
+                let text = format_double(*d);
+                if resp3 {
+                    line(out, b',', text.as_bytes());
+                } else {
+                    bulk(out, text.as_bytes());
+                }
+            }
+            Reply::Bool(b) if resp3 => out.extend_from_slice(if *b { b"#t\r\n" } else { b"#f\r\n" }),
+            Reply::Bool(b) => {
+                let _ = write!(out, ":{}\r\n", i64::from(*b));
+            }
+            Reply::Push(items) => {
+                let _ = write!(out, "{}{}\r\n", if resp3 { '>' } else { '*' }, items.len());
+                for i in items {
+                    i.encode(proto, out);
+                }
+            }
+        }
+    }
+}
+
+fn line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
+    out.push(kind);
+    // A reply line cannot hold a line break (Redis replaces them too).
+    out.extend(text.iter().map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    out.extend_from_slice(b"\r\n");
+}
+
+fn bulk(out: &mut Vec<u8>, b: &[u8]) {
+    let _ = write!(out, "${}\r\n", b.len());
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Doubles as Redis prints them: `inf`, `-inf`, `nan`, else the shortest
+/// text that reads back the same (`%.17g` trimmed).
+pub fn format_double(d: f64) -> String {
+    if d.is_infinite() {
+        return if d > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if d.is_nan() {
+        return "nan".into();
+    }
+    let s = format!("{d}");
+    if s.contains('e') || s.contains('E') {
+        return format!("{d:e}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(r: &Reply, proto: u8) -> String {
+        let mut out = Vec::new();
+        r.encode(proto, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn resp2_and_resp3_encodings() {
+        let map = Reply::Map(vec![(Reply::bulk("a"), Reply::Int(1))]);
+        assert_eq!(enc(&map, 2), "*2\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(enc(&map, 3), "%1\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(enc(&Reply::Null, 2), "$-1\r\n");
+        assert_eq!(enc(&Reply::NullArray, 2), "*-1\r\n");
+        assert_eq!(enc(&Reply::Null, 3), "_\r\n");
+        assert_eq!(enc(&Reply::Bool(true), 2), ":1\r\n");
+        assert_eq!(enc(&Reply::Bool(false), 3), "#f\r\n");
+        assert_eq!(enc(&Reply::Double(1.5), 2), "$3\r\n1.5\r\n");
+        assert_eq!(enc(&Reply::Double(1.5), 3), ",1.5\r\n");
+        assert_eq!(enc(&Reply::Set(vec![Reply::Int(1)]), 3), "~1\r\n:1\r\n");
+        assert_eq!(enc(&Reply::Push(vec![Reply::bulk("m")]), 2), "*1\r\n$1\r\nm\r\n");
+        assert_eq!(enc(&Reply::Push(vec![Reply::bulk("m")]), 3), ">1\r\n$1\r\nm\r\n");
+        assert_eq!(enc(&Reply::ok(), 2), "+OK\r\n");
+        assert_eq!(enc(&Reply::err("ERR a\r\nb"), 2), "-ERR a  b\r\n");
+        assert_eq!(enc(&Reply::Bulk(b"a\r\nb".to_vec()), 2), "$4\r\na\r\nb\r\n");
+    }
+
+    #[test]
+    fn doubles_print_as_redis_does() {
+        assert_eq!(format_double(f64::INFINITY), "inf");
+        assert_eq!(format_double(f64::NEG_INFINITY), "-inf");
+        assert_eq!(format_double(3.0), "3");
+        assert_eq!(format_double(0.1), "0.1");
+        assert_eq!(format_double(-2.5), "-2.5");
+    }
+}

@@ -1,0 +1,176 @@
+//! The Redis port: connection commands with the stock `redis` crate over
+//! RESP2 and RESP3, and raw bytes compared with what redis-server 7.0.15
+//! answers (recorded against the Debian package).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestNode;
+use futures_util::future::join_all;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends `input` on a fresh connection and reads until the server closes
+/// or has been quiet for a moment; `<closed>` marks a close.
+async fn exchange(addr: std::net::SocketAddr, input: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(input).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                out.extend_from_slice(b"<closed>");
+                break;
+            }
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn redis_addr(n: &TestNode) -> std::net::SocketAddr {
+    n.node.redis.local_addr()
+}
+
+/// (request bytes, reply of redis-server 7.0.15), no password set. `ID`
+/// stands for the connection id, which differs.
+const NO_AUTH_TABLE: &[(&str, &str)] = &[
+    ("PING\r\n", "+PONG\r\n"),
+    ("PING hi\r\n", "$2\r\nhi\r\n"),
+    ("PING a b\r\n", "-ERR wrong number of arguments for 'ping' command\r\n"),
+    ("*1\r\n$4\r\nping\r\n", "+PONG\r\n"),
+    ("*2\r\n$4\r\nECHO\r\n$0\r\n\r\n", "$0\r\n\r\n"),
+    ("ECHO\r\n", "-ERR wrong number of arguments for 'echo' command\r\n"),
+    ("foo\r\n", "-ERR unknown command 'foo', with args beginning with: \r\n"),
+    ("foo bar\r\n", "-ERR unknown command 'foo', with args beginning with: 'bar' \r\n"),
+    ("*0\r\n*1\r\n$4\r\nPING\r\n", "+PONG\r\n"),
+    ("\r\nPING\r\n", "+PONG\r\n"),
+    ("SELECT 16\r\n", "-ERR DB index is out of range\r\n"),
+    ("SELECT -1\r\n", "-ERR DB index is out of range\r\n"),
+    ("SELECT x\r\n", "-ERR value is not an integer or out of range\r\n"),
+    ("SELECT 1\r\n", "+OK\r\n"),
+    (
+        "AUTH pw\r\n",
+        "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+    ),
+    ("HELLO 4\r\n", "-NOPROTO unsupported protocol version\r\n"),
+    ("HELLO x\r\n", "-ERR Protocol version is not an integer or out of range\r\n"),
+    ("HELLO 3 FOO\r\n", "-ERR Syntax error in HELLO option 'FOO'\r\n"),
+    ("CLIENT SETNAME \"a b\"\r\n", "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"),
+    ("CLIENT GETNAME\r\n", "$-1\r\n"),
+    ("CLIENT SETNAME x\r\nCLIENT GETNAME\r\n", "+OK\r\n$1\r\nx\r\n"),
+    ("CLIENT FOO\r\n", "-ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n"),
+    ("CLIENT\r\n", "-ERR wrong number of arguments for 'client' command\r\n"),
+    ("CLIENT SETNAME\r\n", "-ERR wrong number of arguments for 'client|setname' command\r\n"),
+    ("QUIT\r\n", "+OK\r\n<closed>"),
+    ("RESET\r\n", "+RESET\r\n"),
+    ("*x\r\n", "-ERR Protocol error: invalid multibulk length\r\n<closed>"),
+    ("*2\r\nx\r\n", "-ERR Protocol error: expected '$', got 'x'\r\n<closed>"),
+    ("\"unbalanced\r\n", "-ERR Protocol error: unbalanced quotes in request\r\n<closed>"),
+    (
+        "HELLO 2\r\n",
+        "*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:2\r\n$2\r\nid\r\n:ID\r\n\
+$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n",
+    ),
+    (
+        "HELLO 3 SETNAME n\r\nCLIENT GETNAME\r\n",
+        "%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:ID\r\n\
+$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n$1\r\nn\r\n",
+    ),
+];
+
+/// Replaces the id after `:` in `id\r\n:N\r\n` with `ID`.
+fn mask_id(s: &str) -> String {
+    match s.find("$2\r\nid\r\n:") {
+        Some(i) => {
+            let start = i + "$2\r\nid\r\n:".len();
+            let end = start + s[start..].find("\r\n").unwrap();
+            format!("{}ID{}", &s[..start], &s[end..])
+        }
+        None => s.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn connection_commands_answer_byte_for_byte_as_redis() {
+    let n = TestNode::start().await;
+    // Each case on its own connection, all at once (each waits out a
+    // quiet period to be sure nothing more comes).
+    let got = join_all(NO_AUTH_TABLE.iter().map(|(input, _)| exchange(redis_addr(&n), input.as_bytes()))).await;
+    for ((input, want), got) in NO_AUTH_TABLE.iter().zip(got) {
+        assert_eq!(mask_id(&got), *want, "request {input:?}");
+    }
+}
+
+const AUTH_TABLE: &[(&str, &str)] = &[
+    ("PING\r\n", "-NOAUTH Authentication required.\r\n"),
+    ("CLIENT ID\r\n", "-NOAUTH Authentication required.\r\n"),
+    ("FOO\r\n", "-ERR unknown command 'FOO', with args beginning with: \r\n"),
+    ("ECHO\r\n", "-ERR wrong number of arguments for 'echo' command\r\n"),
+    ("AUTH x\r\n", "-WRONGPASS invalid username-password pair or user is disabled.\r\n"),
+    ("AUTH u pw\r\n", "-WRONGPASS invalid username-password pair or user is disabled.\r\n"),
+    ("AUTH pw\r\nPING\r\n", "+OK\r\n+PONG\r\n"),
+    ("AUTH default pw\r\n", "+OK\r\n"),
+    ("AUTH app apppw\r\nPING\r\n", "+OK\r\n+PONG\r\n"),
+    (
+        "HELLO 3\r\n",
+        "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n",
+    ),
+    ("*11\r\n", "-ERR Protocol error: unauthenticated multibulk length\r\n<closed>"),
+    ("QUIT\r\n", "+OK\r\n<closed>"),
+];
+
+#[tokio::test]
+async fn requirepass_and_users_as_redis() {
+    let n = TestNode::start_with(|c| {
+        c.redis.requirepass = Some("pw".into());
+        c.redis.users = vec![catga_node::redis::RedisUser { user: "app".into(), password: "apppw".into() }];
+    })
+    .await;
+    let got = join_all(AUTH_TABLE.iter().map(|(input, _)| exchange(redis_addr(&n), input.as_bytes()))).await;
+    for ((input, want), got) in AUTH_TABLE.iter().zip(got) {
+        assert_eq!(got, *want, "request {input:?}");
+    }
+    // HELLO with AUTH authenticates and switches protocol in one step.
+    let got = exchange(redis_addr(&n), b"HELLO 3 AUTH default pw\r\nPING\r\n").await;
+    assert!(got.starts_with("%7\r\n") && got.ends_with("+PONG\r\n"), "{got:?}");
+
+    // The stock client authenticates from its URL.
+    let url = format!("redis://:pw@{}/", redis_addr(&n));
+    let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let pong: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+#[tokio::test]
+async fn stock_client_handshakes_over_resp2_and_resp3() {
+    let n = TestNode::start().await;
+    for proto in ["", "?protocol=resp3"] {
+        let url = format!("redis://{}/2{proto}", redis_addr(&n));
+        let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let pong: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
+        assert_eq!(pong, "PONG");
+        let echo: Vec<u8> = redis::cmd("ECHO").arg(&b"bin\0\r\nary"[..]).query_async(&mut c).await.unwrap();
+        assert_eq!(echo, b"bin\0\r\nary");
+        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut c).await.unwrap();
+        assert!(id > 0);
+        let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("svc-1").query_async(&mut c).await.unwrap();
+        let name: Option<String> = redis::cmd("CLIENT").arg("GETNAME").query_async(&mut c).await.unwrap();
+        assert_eq!(name.as_deref(), Some("svc-1"));
+        let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut c).await.unwrap();
+        assert!(list.contains("name=svc-1") && list.contains("db=2"), "{list}");
+        let err = redis::cmd("NOSUCH").query_async::<()>(&mut c).await.unwrap_err();
+        assert!(err.to_string().contains("unknown command 'NOSUCH'"), "{err}");
+    }
+    // A pipelined handshake in one write, as clients send it.
+    let got = exchange(
+        redis_addr(&n),
+        b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n*4\r\n$6\r\nCLIENT\r\n$7\r\nSETINFO\r\n$8\r\nlib-name\r\n$8\r\nredis-rs\r\n",
+    )
+    .await;
+    assert!(got.starts_with("%7\r\n") && got.ends_with("+OK\r\n+OK\r\n"), "{got:?}");
+}
