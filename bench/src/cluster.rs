@@ -66,26 +66,16 @@ pub async fn start_catga_cluster(bin: &Path) -> anyhow::Result<Cluster> {
     let mut seed: Option<String> = None;
     for i in 1..=3 {
         let mut cmd = Command::new(bin);
-        cmd.args([
-            "--name",
-            &format!("n{i}"),
-            "--nats",
-            "127.0.0.1:0",
-            "--redis",
-            "127.0.0.1:0",
-            "--cluster",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--tls-dir",
-        ])
-        .arg(&certs)
-        .arg("--data-dir")
-        .arg(dir.path().join(format!("n{i}")))
-        .env("RUST_LOG", "warn,catga_node::node=info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
+        cmd.args(["--name", &format!("n{i}")])
+            .args(crate::compare::CATGA_PORT_ZERO)
+            .arg("--tls-dir")
+            .arg(&certs)
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("n{i}")))
+            .env("RUST_LOG", "warn,catga_node::node=info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
         if let Some(s) = &seed {
             cmd.args(["--peers", s]);
         }

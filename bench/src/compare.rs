@@ -50,20 +50,15 @@ async fn wait_for_line(
     found.with_context(|| format!("server never logged {needle:?}"))
 }
 
+/// Flags that put every listener of a `catga` process on a free loopback port.
+pub const CATGA_PORT_ZERO: [&str; 8] =
+    ["--nats", "127.0.0.1:0", "--redis", "127.0.0.1:0", "--cluster", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+
 pub async fn start_catga(bin: &Path) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
     let mut child = Command::new(bin)
-        .args([
-            "--nats",
-            "127.0.0.1:0",
-            "--redis",
-            "127.0.0.1:0",
-            "--cluster",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
+        .args(CATGA_PORT_ZERO)
+        .arg("--data-dir")
         .arg(dir.path())
         .env("RUST_LOG", "warn,catga_node::node=info")
         .stderr(Stdio::piped())

@@ -70,26 +70,19 @@ impl Procs {
 
     async fn spawn(&self, i: usize, seed: Option<&str>) -> anyhow::Result<Node> {
         let mut cmd = Command::new(&self.bin);
-        cmd.args([
-            "--name",
-            NAMES[i],
-            "--nats",
-            "127.0.0.1:0",
-            "--redis",
-            "127.0.0.1:0",
-            "--cluster",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .args(["--bootstrap-expect", "3", "--tls-dir"])
-        .arg(&self.certs)
-        .arg("--data-dir")
-        .arg(self.dir.path().join(NAMES[i]))
-        .env("RUST_LOG", std::env::var("CATGA_BENCH_NODE_LOG").unwrap_or_else(|_| "warn,catga_node::node=info".into()))
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
+        cmd.args(["--name", NAMES[i]])
+            .args(crate::compare::CATGA_PORT_ZERO)
+            .args(["--bootstrap-expect", "3", "--tls-dir"])
+            .arg(&self.certs)
+            .arg("--data-dir")
+            .arg(self.dir.path().join(NAMES[i]))
+            .env(
+                "RUST_LOG",
+                std::env::var("CATGA_BENCH_NODE_LOG").unwrap_or_else(|_| "warn,catga_node::node=info".into()),
+            )
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
         if let Some(s) = seed {
             cmd.args(["--peers", s]);
         }
