@@ -15,6 +15,7 @@
 // here would only add conversions at every call.
 #![allow(clippy::result_large_err)]
 
+pub mod keyspace;
 pub mod log;
 pub mod sm;
 pub mod types;
