@@ -109,6 +109,7 @@ impl Node {
         let mesh = Mesh::start(mesh_cfg, cluster.clone()).await?;
         nats.shared().set_connect_urls(cluster.client_urls());
         let raft = RaftNode::start(&config.data_dir.join("raft"), mesh.clone(), config.raft.clone()).await?;
+        redis.set_raft(raft.clone());
         let tasks = tokio_util::sync::CancellationToken::new();
         crate::queues::start(cluster.clone(), raft.clone(), tasks.clone());
         let stop = tokio_util::sync::CancellationToken::new();

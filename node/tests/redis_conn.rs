@@ -174,3 +174,53 @@ async fn stock_client_handshakes_over_resp2_and_resp3() {
     .await;
     assert!(got.starts_with("%7\r\n") && got.ends_with("+OK\r\n+OK\r\n"), "{got:?}");
 }
+
+/// Strings through Raft on three nodes: a write through one node is read
+/// through another (linearizable), pipelined writes keep their order, and
+/// TTLs hold across nodes.
+#[tokio::test]
+async fn writes_through_one_node_are_read_through_another() {
+    let c = common::TestCluster::start(3).await;
+    c.wait_voters().await;
+    let conn = |i: usize| {
+        let url = format!("redis://{}/", redis_addr(&c.nodes[i]));
+        async move { redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap() }
+    };
+    let (mut a, mut b) = (conn(0).await, conn(2).await);
+    let _: () = redis::cmd("SET").arg("greeting").arg("hello").query_async(&mut a).await.unwrap();
+    let got: Option<String> = redis::cmd("GET").arg("greeting").query_async(&mut b).await.unwrap();
+    assert_eq!(got.as_deref(), Some("hello"), "a read right after an acknowledged write sees it");
+
+    // A pipeline of writes and reads in one round trip, in order.
+    let (n1, n2, v): (i64, i64, String) = redis::pipe()
+        .cmd("INCR")
+        .arg("counter")
+        .cmd("INCRBY")
+        .arg("counter")
+        .arg(41)
+        .cmd("SET")
+        .arg("k")
+        .arg("v")
+        .ignore()
+        .cmd("GET")
+        .arg("k")
+        .query_async(&mut b)
+        .await
+        .unwrap();
+    assert_eq!((n1, n2, v.as_str()), (1, 42, "v"));
+    let n: i64 = redis::cmd("GET").arg("counter").query_async(&mut a).await.unwrap();
+    assert_eq!(n, 42);
+
+    // TTLs are the leader's, visible everywhere.
+    let _: () = redis::cmd("SET").arg("t").arg("x").arg("EX").arg(100).query_async(&mut a).await.unwrap();
+    let ttl: i64 = redis::cmd("TTL").arg("t").query_async(&mut b).await.unwrap();
+    assert!((99..=100).contains(&ttl), "ttl {ttl}");
+    let err = redis::cmd("INCR").arg("k").query_async::<i64>(&mut b).await.unwrap_err();
+    assert!(err.to_string().contains("value is not an integer or out of range"), "{err}");
+
+    // Databases are separate on every node.
+    let url = format!("redis://{}/3", redis_addr(&c.nodes[1]));
+    let mut db3 = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let none: Option<String> = redis::cmd("GET").arg("greeting").query_async(&mut db3).await.unwrap();
+    assert_eq!(none, None);
+}

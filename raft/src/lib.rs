@@ -27,7 +27,7 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use catga_storage::{Member, Request, Response, View};
+pub use catga_storage::{keyspace, Member, Request, Response, View};
 pub use network::{Call, Reply};
 pub use openraft::ServerState;
 
@@ -242,6 +242,31 @@ impl RaftNode {
         let _ = self.write_observer.set(observe);
     }
 
+    /// Waits until this node has applied everything committed before the
+    /// call (read-index through the leader), so a local read that follows
+    /// sees every write acknowledged before it: linearizable reads.
+    pub async fn linearize(&self) -> anyhow::Result<()> {
+        let index = match self.to_leader(Call::ReadIndex).await? {
+            Reply::ReadIndex(i) => i,
+            other => anyhow::bail!("unexpected reply {other:?}"),
+        };
+        let Some(index) = index else { return Ok(()) };
+        let mut metrics = self.raft.metrics();
+        let wait = async {
+            loop {
+                if metrics.borrow_and_update().last_applied.is_some_and(|l| l.index >= index) {
+                    return Ok(());
+                }
+                if metrics.changed().await.is_err() {
+                    anyhow::bail!("raft stopped");
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_millis(self.cfg.forward_timeout_ms), wait)
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out catching up to the read index"))?
+    }
+
     /// Removes this node from the cluster (through the leader).
     pub async fn leave(&self) -> anyhow::Result<()> {
         self.to_leader(Call::Leave { id: self.id }).await?;
@@ -332,8 +357,17 @@ impl RaftNode {
                 Ok(Reply::Done)
             }
             Call::Write(req) => {
-                let r = self.raft.client_write(req.clone()).await.map_err(|e| e.to_string())?;
+                let mut req = req.clone();
+                // Expiry is decided by the leader's clock.
+                if let Request::Redis { now_ms, .. } = &mut req {
+                    *now_ms = unix_ms();
+                }
+                let r = self.raft.client_write(req).await.map_err(|e| e.to_string())?;
                 Ok(Reply::Written(r.data))
+            }
+            Call::ReadIndex => {
+                let read = self.raft.ensure_linearizable().await.map_err(|e| e.to_string())?;
+                Ok(Reply::ReadIndex(read.map(|l| l.index)))
             }
             other => Err(format!("{other:?} is not a leader call")),
         }
@@ -536,6 +570,11 @@ async fn nudge_election(node: std::sync::Weak<RaftNode>, stop: CancellationToken
             let _ = node.raft.trigger().elect().await;
         }
     }
+}
+
+/// Milliseconds since the Unix epoch, by this node's clock.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A node's member record, from what the mesh knows of it (its own node

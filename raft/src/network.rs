@@ -34,6 +34,9 @@ pub enum Call {
     },
     /// Commit a request (served by the leader; others forward).
     Write(Request),
+    /// The leader confirms it still leads and says up to which index a
+    /// linearizable read must wait (read-index).
+    ReadIndex,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,6 +47,7 @@ pub enum Reply {
     Status { formed: bool, leader: Option<u64>, last_log: Option<catga_storage::types::LogId> },
     Done,
     Written(Response),
+    ReadIndex(Option<u64>),
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {

@@ -111,6 +111,29 @@ pub fn spec(name: &str) -> Option<Spec> {
     Some(Spec { arity, write })
 }
 
+/// Which stored keys a write command may change (for persistence).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Touched<'a> {
+    Keys(Vec<&'a [u8]>),
+    /// Every key of the command's database.
+    Db,
+    /// Every key of every database.
+    All,
+}
+
+/// The keys `argv` (a write command) may change.
+pub fn touched<'a>(argv: &[&'a [u8]]) -> Touched<'a> {
+    let name = String::from_utf8_lossy(argv.first().copied().unwrap_or_default()).to_ascii_lowercase();
+    match name.as_str() {
+        "flushdb" => Touched::Db,
+        "flushall" => Touched::All,
+        "mset" | "msetnx" => Touched::Keys(argv.iter().skip(1).step_by(2).copied().collect()),
+        "del" | "unlink" => Touched::Keys(argv[1..].to_vec()),
+        "rename" | "renamenx" => Touched::Keys(argv[1..argv.len().min(3)].to_vec()),
+        _ => Touched::Keys(argv.get(1).copied().into_iter().collect()),
+    }
+}
+
 fn int(b: &[u8]) -> Option<i64> {
     let s = std::str::from_utf8(b).ok()?;
     // Redis's string2ll: no '+', no leading zeros, no spaces.
@@ -153,6 +176,11 @@ impl Keyspace {
     /// The live entry at (db, key).
     pub fn get(&self, db: u32, key: &[u8], now_ms: u64) -> Option<&Entry> {
         self.dbs.get(&db)?.get(key).filter(|e| e.live(now_ms))
+    }
+
+    /// The stored entry at (db, key), live or not (persistence).
+    pub fn stored(&self, db: u32, key: &[u8]) -> Option<&Entry> {
+        self.dbs.get(&db)?.get(key)
     }
 
     /// Live keys in `db`.

@@ -20,7 +20,10 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, Storag
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Entry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::keyspace::{self, Entry, Keyspace, Touched};
+use crate::types::{
+    Entry as LogEntry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 use crate::{any, enc};
 
 const APPLIED: &[u8] = b"\0applied";
@@ -41,6 +44,8 @@ pub struct View {
     /// [`StateMachine::queue_changes`] publishes.
     pub queues_gen: u64,
     pub kv: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The Redis keyspace.
+    pub keyspace: Keyspace,
 }
 
 impl View {
@@ -55,6 +60,7 @@ impl View {
 struct SnapshotBody {
     queues: Vec<(u64, Vec<u8>, Vec<u8>, u32)>,
     kv: Vec<(Vec<u8>, Vec<u8>)>,
+    redis: Vec<(u32, Vec<u8>, Entry)>,
 }
 
 #[derive(Clone)]
@@ -85,6 +91,51 @@ fn parse_queue_key(k: &[u8]) -> Option<(u64, Vec<u8>, Vec<u8>)> {
     Some((node, subject, group))
 }
 
+/// The writes of one `apply`, made atomic as one sled batch at its end.
+/// Unlike a sled batch it can drop a whole key range (FLUSHDB), covering
+/// both the tree and writes made earlier in the same apply.
+#[derive(Default)]
+struct Writes(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
+
+impl Writes {
+    fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) {
+        self.0.insert(k.as_ref().to_vec(), Some(v.as_ref().to_vec()));
+    }
+
+    fn remove(&mut self, k: impl AsRef<[u8]>) {
+        self.0.insert(k.as_ref().to_vec(), None);
+    }
+
+    fn remove_prefix(&mut self, tree: &sled::Tree, prefix: &[u8]) {
+        for (_, v) in self.0.range_mut(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+            *v = None;
+        }
+        for k in tree.scan_prefix(prefix).keys().flatten() {
+            self.0.insert(k.to_vec(), None);
+        }
+    }
+
+    fn into_batch(self) -> sled::Batch {
+        let mut b = sled::Batch::default();
+        for (k, v) in self.0 {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        b
+    }
+}
+
+/// `r`, db (u32 big-endian), key → postcard(Entry).
+fn redis_key(db: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + key.len());
+    k.push(b'r');
+    k.extend_from_slice(&db.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
 fn kv_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
     k.push(b'k');
@@ -92,7 +143,7 @@ fn kv_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
-fn set_queue(view: &mut View, batch: &mut sled::Batch, node: u64, subject: &[u8], group: &[u8], count: u32) {
+fn set_queue(view: &mut View, batch: &mut Writes, node: u64, subject: &[u8], group: &[u8], count: u32) {
     let k = queue_key(node, subject, group);
     let slot = (subject.to_vec(), group.to_vec());
     view.queues_gen += 1;
@@ -105,20 +156,20 @@ fn set_queue(view: &mut View, batch: &mut sled::Batch, node: u64, subject: &[u8]
             }
         }
     } else {
-        batch.insert(k, &count.to_be_bytes());
+        batch.insert(k, count.to_be_bytes());
         view.queues.entry(slot).or_default().insert(node, count);
     }
 }
 
 /// Puts the view's last-applied id and membership into `batch`, so they
 /// land atomically with the state they describe.
-fn put_meta(view: &View, batch: &mut sled::Batch) -> Result<(), StorageError> {
+fn put_meta(view: &View, batch: &mut Writes) -> Result<(), StorageError> {
     batch.insert(APPLIED, enc(&view.applied).map_err(StorageIOError::write_state_machine)?);
     batch.insert(MEMBERSHIP, enc(&view.membership).map_err(StorageIOError::write_state_machine)?);
     Ok(())
 }
 
-fn apply_request(view: &mut View, batch: &mut sled::Batch, req: &Request) -> Response {
+fn apply_request(view: &mut View, tree: &sled::Tree, batch: &mut Writes, req: &Request) -> Response {
     match req {
         Request::QueueSet { node, subject, group, count } => {
             set_queue(view, batch, *node, subject, group, *count);
@@ -147,6 +198,35 @@ fn apply_request(view: &mut View, batch: &mut sled::Batch, req: &Request) -> Res
         Request::KvDelete { key } => {
             batch.remove(kv_key(key));
             Response::Existed(view.kv.remove(key).is_some())
+        }
+        Request::Redis { db, now_ms, cmds } => {
+            let mut out = Vec::with_capacity(cmds.len());
+            for cmd in cmds {
+                let argv: Vec<&[u8]> = cmd.iter().map(Vec::as_slice).collect();
+                if argv.is_empty() {
+                    continue;
+                }
+                out.push(view.keyspace.exec(*db, *now_ms, &argv));
+                persist_redis(view, tree, batch, *db, &argv);
+            }
+            Response::Redis(out)
+        }
+    }
+}
+
+/// Writes what `argv` may have changed in the keyspace into `batch`.
+fn persist_redis(view: &View, tree: &sled::Tree, batch: &mut Writes, db: u32, argv: &[&[u8]]) {
+    match keyspace::touched(argv) {
+        Touched::All => batch.remove_prefix(tree, b"r"),
+        Touched::Db => batch.remove_prefix(tree, &redis_key(db, b"")),
+        Touched::Keys(keys) => {
+            for key in keys {
+                match view.keyspace.stored(db, key).map(postcard::to_stdvec) {
+                    Some(Ok(bytes)) => batch.insert(redis_key(db, key), bytes),
+                    Some(Err(e)) => tracing::error!(cause = %e, "cannot encode a keyspace entry"),
+                    None => batch.remove(redis_key(db, key)),
+                }
+            }
         }
     }
 }
@@ -191,6 +271,13 @@ fn load_view(tree: &sled::Tree) -> Result<View, sled::Error> {
             Some(b'k') => {
                 view.kv.insert(k[1..].to_vec(), v.to_vec());
             }
+            Some(b'r') if k.len() >= 5 => {
+                let db = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
+                match postcard::from_bytes::<Entry>(&v) {
+                    Ok(e) => view.keyspace.insert(db, k[5..].to_vec(), e),
+                    Err(e) => tracing::warn!(cause = %e, "undecodable keyspace entry; skipped"),
+                }
+            }
             _ => tracing::warn!(key = ?k, "unknown key in the state tree"),
         }
     }
@@ -213,6 +300,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .flat_map(|((s, g), nodes)| nodes.iter().map(move |(n, c)| (*n, s.clone(), g.clone(), *c)))
                 .collect(),
             kv: v.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            redis: v.keyspace.entries().map(|(db, k, e)| (db, k.to_vec(), e.clone())).collect(),
         };
         let data = enc(&body).map_err(|e| StorageIOError::write_snapshot(None, e))?;
         let snapshot_id = match v.applied {
@@ -245,10 +333,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut out = Vec::new();
         let gen = {
             let mut view = self.view.write();
@@ -256,7 +344,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 view.applied = Some(e.log_id);
                 match &e.payload {
                     EntryPayload::Blank => out.push(Response::Ok),
-                    EntryPayload::Normal(req) => out.push(apply_request(&mut view, &mut batch, req)),
+                    EntryPayload::Normal(req) => out.push(apply_request(&mut view, &self.tree, &mut batch, req)),
                     EntryPayload::Membership(m) => {
                         view.membership = StoredMembership::new(Some(e.log_id), m.clone());
                         out.push(Response::Ok);
@@ -266,7 +354,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             put_meta(&view, &mut batch)?;
             view.queues_gen
         };
-        self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        self.tree.apply_batch(batch.into_batch()).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
         self.publish_queues(gen);
         Ok(out)
     }
@@ -293,7 +381,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             queues_gen: self.view.read().queues_gen + 1,
             ..View::default()
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         for k in self.tree.iter().keys() {
             batch.remove(k.map_err(|e| StorageIOError::write_state_machine(any(e)))?);
         }
@@ -304,8 +392,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.insert(kv_key(&k), v.as_slice());
             view.kv.insert(k, v);
         }
+        for (db, k, e) in body.redis {
+            let bytes = postcard::to_stdvec(&e).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+            batch.insert(redis_key(db, &k), bytes);
+            view.keyspace.insert(db, k, e);
+        }
         put_meta(&view, &mut batch)?;
-        self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        self.tree.apply_batch(batch.into_batch()).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
         save_snapshot(&self.db, &self.snap, meta, &data).await?;
         let gen = view.queues_gen;
         *self.view.write() = view;

@@ -53,15 +53,24 @@ pub enum Request {
     KvDelete {
         key: Vec<u8>,
     },
+    /// Redis commands run on the keyspace as one atomic step (one
+    /// command, or a MULTI/EXEC block), at the leader's time `now_ms`.
+    Redis {
+        db: u32,
+        now_ms: u64,
+        cmds: Vec<Vec<Vec<u8>>>,
+    },
 }
 
 /// What applying a [`Request`] returns.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     #[default]
     Ok,
     /// For deletes: whether something was there.
     Existed(bool),
+    /// One reply per command of a `Request::Redis`.
+    Redis(Vec<crate::keyspace::Out>),
 }
 
 openraft::declare_raft_types!(

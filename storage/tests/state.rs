@@ -60,3 +60,51 @@ async fn queue_replace_swaps_a_nodes_groups() {
     let view = sm.view();
     assert_eq!(view.read().queues_of(3), vec![(b"b".to_vec(), b"h".to_vec(), 4)]);
 }
+
+fn redis(db: u32, cmds: &[&str]) -> Request {
+    Request::Redis {
+        db,
+        now_ms: 1_700_000_000_000,
+        cmds: cmds.iter().map(|c| c.split(' ').map(|a| a.as_bytes().to_vec()).collect()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn redis_writes_survive_reopen_and_flushes_reach_disk() {
+    use catga_storage::keyspace::Out;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_log, mut sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
+        let out = sm
+            .apply(vec![
+                entry(1, redis(0, &["SET a 1", "INCRBY a 9", "MSET b 2 c 3", "SET t x EX 100"])),
+                entry(2, redis(1, &["SET other db", "SET gone soon"])),
+                entry(3, redis(0, &["DEL c", "RENAME b b2"])),
+                entry(4, redis(1, &["FLUSHDB"])),
+                entry(5, redis(2, &["SET survivor yes"])),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            out[0],
+            Response::Redis(vec![
+                Out::Simple("OK".into()),
+                Out::Int(10),
+                Out::Simple("OK".into()),
+                Out::Simple("OK".into())
+            ])
+        );
+    }
+    let (_log, sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
+    let view = sm.view();
+    let v = view.read();
+    let now = 1_700_000_000_000;
+    let get = |db: u32, k: &str| v.keyspace.read(db, now, &[b"GET", k.as_bytes()]).unwrap();
+    assert_eq!(get(0, "a"), Out::Bulk(b"10".to_vec()));
+    assert_eq!(get(0, "b2"), Out::Bulk(b"2".to_vec()));
+    assert_eq!(get(0, "b"), Out::Nil);
+    assert_eq!(get(0, "c"), Out::Nil);
+    assert_eq!(get(1, "other"), Out::Nil, "FLUSHDB reached disk");
+    assert_eq!(get(2, "survivor"), Out::Bulk(b"yes".to_vec()));
+    assert_eq!(v.keyspace.read(0, now, &[b"TTL", b"t"]), Some(Out::Int(100)));
+}

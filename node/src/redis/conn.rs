@@ -15,6 +15,8 @@ use crate::nats::server::constant_time_eq;
 /// What the server shares with its connections.
 pub struct Shared {
     pub config: RedisConfig,
+    /// Set once Raft runs.
+    pub raft: std::sync::OnceLock<Arc<catga_raft::RaftNode>>,
     next_id: AtomicU64,
     /// Live connections, for CLIENT LIST.
     pub clients: parking_lot::Mutex<std::collections::BTreeMap<u64, ClientInfo>>,
@@ -22,7 +24,12 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: RedisConfig) -> Arc<Self> {
-        Arc::new(Self { config, next_id: AtomicU64::new(0), clients: Default::default() })
+        Arc::new(Self {
+            config,
+            raft: std::sync::OnceLock::new(),
+            next_id: AtomicU64::new(0),
+            clients: Default::default(),
+        })
     }
 
     pub fn next_id(&self) -> u64 {
@@ -51,6 +58,15 @@ pub struct Conn {
     pub authenticated: bool,
     /// Set by QUIT: close after the reply.
     pub closing: bool,
+}
+
+/// What a request needs.
+pub enum Step {
+    /// Answered by the connection itself.
+    Reply(Reply),
+    /// A keyspace command: a write goes through the Raft log, a read is
+    /// served from this node's state after a read-index.
+    Store { write: bool },
 }
 
 /// Fixed arity: exactly n arguments (command name included), or at least
@@ -124,10 +140,24 @@ impl Conn {
         c.users.iter().any(|u| u.user.as_bytes() == user && constant_time_eq(u.password.as_bytes(), pass))
     }
 
-    /// Runs one request; `argv` is not empty.
-    pub fn execute(&mut self, argv: &[&[u8]]) -> Reply {
+    /// Runs one request; `argv` is not empty. Keyspace commands come
+    /// back as [`Step::Store`] for the caller to run through Raft.
+    pub fn execute(&mut self, argv: &[&[u8]]) -> Step {
         let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
-        let arity = match name.as_str() {
+        if let Some(spec) = catga_raft::keyspace::spec(&name) {
+            if !arity_ok(spec.arity, argv.len()) {
+                return Step::Reply(wrong_args(&name));
+            }
+            if !self.authenticated {
+                return Step::Reply(Reply::err("NOAUTH Authentication required."));
+            }
+            return Step::Store { write: spec.write };
+        }
+        Step::Reply(self.connection_command(&name, argv))
+    }
+
+    fn connection_command(&mut self, name: &str, argv: &[&[u8]]) -> Reply {
+        let arity = match name {
             "ping" => -1,
             "echo" => 2,
             "hello" => -1,
@@ -139,13 +169,13 @@ impl Conn {
             _ => return unknown_command(argv),
         };
         if !arity_ok(arity, argv.len()) {
-            return wrong_args(&name);
+            return wrong_args(name);
         }
-        let exempt = matches!(name.as_str(), "auth" | "hello" | "quit" | "reset");
+        let exempt = matches!(name, "auth" | "hello" | "quit" | "reset");
         if !self.authenticated && !exempt {
             return Reply::err("NOAUTH Authentication required.");
         }
-        match name.as_str() {
+        match name {
             "ping" => match argv.len() {
                 1 => Reply::Simple("PONG".into()),
                 2 => Reply::bulk(argv[1]),

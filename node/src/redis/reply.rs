@@ -99,6 +99,20 @@ impl Reply {
     }
 }
 
+impl From<catga_raft::keyspace::Out> for Reply {
+    fn from(o: catga_raft::keyspace::Out) -> Self {
+        use catga_raft::keyspace::Out;
+        match o {
+            Out::Simple(s) => Reply::Simple(s),
+            Out::Err(e) => Reply::Error(e),
+            Out::Int(i) => Reply::Int(i),
+            Out::Bulk(b) => Reply::Bulk(b),
+            Out::Nil => Reply::Null,
+            Out::Array(items) => Reply::Array(items.into_iter().map(Reply::from).collect()),
+        }
+    }
+}
+
 fn line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
     out.push(kind);
     // A reply line cannot hold a line break (Redis replaces them too).

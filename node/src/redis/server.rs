@@ -10,8 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{Conn, Shared};
+use catga_raft::{RaftNode, Request, Response};
+
+use super::conn::{Conn, Shared, Step};
 use super::parser::{Limits, Parser};
+use super::reply::Reply;
 use super::RedisConfig;
 
 const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -21,6 +24,10 @@ pub struct RedisServer {
     stop: CancellationToken,
     pub shared: Arc<Shared>,
 }
+
+/// Until Raft runs (it starts after the listeners), keyspace commands get
+/// this, the error Redis gives while it loads its data.
+const LOADING: &str = "LOADING Catga is joining its cluster";
 
 impl RedisServer {
     pub async fn start(config: RedisConfig) -> anyhow::Result<Self> {
@@ -36,6 +43,11 @@ impl RedisServer {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Serves keyspace commands through `raft` from now on.
+    pub fn set_raft(&self, raft: Arc<RaftNode>) {
+        let _ = self.shared.raft.set(raft);
     }
 
     pub fn shutdown(&self) {
@@ -100,13 +112,27 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
             return;
         }
         let mut close = false;
+        let mut writes: Vec<Vec<Vec<u8>>> = Vec::new();
         loop {
             match parser.parse(&buf, conn.authenticated) {
                 Ok(Some(req)) => {
                     if !req.is_empty() {
                         let argv: Vec<&[u8]> = req.args(&buf).collect();
-                        let reply = conn.execute(&argv);
-                        reply.encode(conn.proto(), &mut out);
+                        match conn.execute(&argv) {
+                            // Consecutive writes of one read batch commit
+                            // as one entry; anything else flushes them first
+                            // so replies stay in request order.
+                            Step::Store { write: true } => writes.push(argv.iter().map(|a| a.to_vec()).collect()),
+                            step => {
+                                commit(&shared, &conn, &mut writes, &mut out).await;
+                                match step {
+                                    Step::Reply(reply) => reply.encode(conn.proto(), &mut out),
+                                    Step::Store { .. } => {
+                                        read(&shared, &conn, &argv).await.encode(conn.proto(), &mut out)
+                                    }
+                                }
+                            }
+                        }
                     }
                     buf.advance(req.consumed);
                     if conn.closing {
@@ -117,12 +143,14 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(client = %addr, cause = %e, "Redis protocol error");
+                    commit(&shared, &conn, &mut writes, &mut out).await;
                     out.extend_from_slice(&e.reply());
                     close = true;
                     break;
                 }
             }
         }
+        commit(&shared, &conn, &mut writes, &mut out).await;
         if !close && buf.len() > query_max {
             tracing::warn!(client = %addr, bytes = buf.len(), "Redis query buffer over its limit; closing");
             close = true;
@@ -137,5 +165,58 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
             let _ = wr.shutdown().await;
             return;
         }
+    }
+}
+
+/// Commits `writes` (one connection's consecutive keyspace writes) as one
+/// Raft entry and appends their replies; every one gets the error if the
+/// entry could not be committed.
+async fn commit(shared: &Shared, conn: &Conn, writes: &mut Vec<Vec<Vec<u8>>>, out: &mut Vec<u8>) {
+    if writes.is_empty() {
+        return;
+    }
+    let cmds = std::mem::take(writes);
+    let n = cmds.len();
+    let Some(raft) = shared.raft.get() else {
+        for _ in 0..n {
+            Reply::err(LOADING).encode(conn.proto(), out);
+        }
+        return;
+    };
+    let req = Request::Redis { db: conn.info.db, now_ms: 0, cmds };
+    match raft.write(req).await {
+        Ok(Response::Redis(replies)) if replies.len() == n => {
+            for r in replies {
+                Reply::from(r).encode(conn.proto(), out);
+            }
+        }
+        Ok(other) => {
+            tracing::error!(reply = ?other, "unexpected reply to a Redis write");
+            for _ in 0..n {
+                Reply::err("ERR internal error").encode(conn.proto(), out);
+            }
+        }
+        Err(e) => {
+            tracing::debug!(cause = %e, "Redis write not committed");
+            for _ in 0..n {
+                Reply::err("NOREPLICAS Not enough good replicas to write.").encode(conn.proto(), out);
+            }
+        }
+    }
+}
+
+/// A keyspace read: linearizable (read-index through the leader), then
+/// served from this node's applied state by its own clock.
+async fn read(shared: &Shared, conn: &Conn, argv: &[&[u8]]) -> Reply {
+    let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
+    if let Err(e) = raft.linearize().await {
+        tracing::debug!(cause = %e, "no linearizable read");
+        return Reply::err("CLUSTERDOWN No Raft leader reachable: cannot serve a consistent read");
+    }
+    let view = raft.view();
+    let v = view.read();
+    match v.keyspace.read(conn.info.db, catga_raft::unix_ms(), argv) {
+        Some(out) => Reply::from(out),
+        None => Reply::err("ERR internal error: not a read command"),
     }
 }
