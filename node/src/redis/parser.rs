@@ -203,6 +203,9 @@ impl Parser {
             }
             return Ok(None);
         };
+        if cr > self.limits.inline_bytes_max {
+            return Err(ProtocolError::TooBigMultibulkCount);
+        }
         let n = parse_int(&buf[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
         if n > i64::from(i32::MAX) || n > self.limits.multibulk_len_max as i64 {
             return Err(ProtocolError::InvalidMultibulkLength);
@@ -237,6 +240,9 @@ impl Parser {
                         self.multi = Some(m);
                         return Ok(None);
                     };
+                    if cr - m.pos > self.limits.inline_bytes_max {
+                        return Err(ProtocolError::TooBigBulkCount);
+                    }
                     let n = parse_int(&buf[m.pos + 1..cr]).ok_or(ProtocolError::InvalidBulkLength)?;
                     if n < 0 || n as u64 > self.limits.bulk_bytes_max as u64 {
                         return Err(ProtocolError::InvalidBulkLength);
@@ -271,6 +277,12 @@ impl Parser {
             }
             return Ok(None);
         };
+        // Redis checks the length only while the newline is missing, so
+        // whether it accepts a long line depends on how the bytes arrive;
+        // we refuse a line over the limit however it arrives.
+        if nl > self.limits.inline_bytes_max {
+            return Err(ProtocolError::TooBigInline);
+        }
         let mut line = &buf[..nl];
         if let Some(stripped) = line.strip_suffix(b"\r") {
             line = stripped;
@@ -548,6 +560,24 @@ get  k\n";
         // At the limits exactly, fine.
         let ok = b"*3\r\n$8\r\n12345678\r\n$0\r\n\r\n$1\r\nx\r\n";
         assert_eq!(run(&[ok], limits, true), (vec![argv(&["12345678", "", "x"])], None));
+    }
+
+    /// Found by the fuzz target: a long line must get the same answer
+    /// whether it arrives whole or in pieces.
+    #[test]
+    fn a_line_over_the_limit_is_refused_however_it_arrives() {
+        let limits = Limits { bulk_bytes_max: 64, multibulk_len_max: 8, inline_bytes_max: 32 };
+        let cases: [(Vec<u8>, ProtocolError); 3] = [
+            ([vec![0xf7; 39], b"\n)".to_vec()].concat(), ProtocolError::TooBigInline),
+            ([b"*".to_vec(), vec![b'1'; 39], b"\r\n".to_vec()].concat(), ProtocolError::TooBigMultibulkCount),
+            ([b"*1\r\n$".to_vec(), vec![b'1'; 39], b"\r\n".to_vec()].concat(), ProtocolError::TooBigBulkCount),
+        ];
+        for (input, want) in cases {
+            for i in 0..=input.len() {
+                let (a, b) = input.split_at(i);
+                assert_eq!(run(&[a, b], limits, true).1, Some(want), "split at {i}");
+            }
+        }
     }
 
     #[test]
