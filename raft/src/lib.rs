@@ -359,9 +359,7 @@ impl RaftNode {
             Call::Write(req) => {
                 let mut req = req.clone();
                 // Expiry is decided by the leader's clock.
-                if let Request::Redis { now_ms, .. } = &mut req {
-                    *now_ms = unix_ms();
-                }
+                stamp_time(&mut req, unix_ms());
                 let r = self.raft.client_write(req).await.map_err(|e| e.to_string())?;
                 Ok(Reply::Written(r.data))
             }
@@ -569,6 +567,15 @@ async fn nudge_election(node: std::sync::Weak<RaftNode>, stop: CancellationToken
             tracing::info!(silent_ms = silent, "leader silent past the election timeout; starting an election");
             let _ = node.raft.trigger().elect().await;
         }
+    }
+}
+
+/// Sets the time of every Redis request in `req` (the leader's clock).
+fn stamp_time(req: &mut Request, now: u64) {
+    match req {
+        Request::Redis { now_ms, .. } => *now_ms = now,
+        Request::Batch(reqs) => reqs.iter_mut().for_each(|r| stamp_time(r, now)),
+        _ => {}
     }
 }
 

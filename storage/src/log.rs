@@ -29,6 +29,31 @@ pub struct LogStore {
     log: sled::Tree,
     /// vote, committed, last_purged
     meta: sled::Tree,
+    /// Appends waiting for the flush that makes them durable.
+    flusher: tokio::sync::mpsc::UnboundedSender<(sled::Db, LogFlushed<TypeConfig>)>,
+}
+
+/// Group commit: one flush (fsync) covers every append queued before it
+/// started, and their callbacks are completed in order after it. An
+/// append's entries are in sled (in memory) before its callback is
+/// queued, so the flush that completes it has them.
+/// (The database travels with each request, so an idle loop holds no
+/// handle on it and a closed store can be reopened at once.)
+async fn flush_loop(mut rx: tokio::sync::mpsc::UnboundedReceiver<(sled::Db, LogFlushed<TypeConfig>)>) {
+    while let Some((db, first)) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok((_, cb)) = rx.try_recv() {
+            waiting.push(cb);
+        }
+        let result = db.flush_async().await.map(drop).map_err(|e| e.to_string());
+        drop(db);
+        if let Err(e) = &result {
+            tracing::error!(cause = %e, "raft log flush failed");
+        }
+        for cb in waiting {
+            cb.log_io_completed(result.clone().map_err(std::io::Error::other));
+        }
+    }
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -37,7 +62,9 @@ fn key(index: u64) -> [u8; 8] {
 
 impl LogStore {
     pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(Self { db: db.clone(), log: db.open_tree("raft_log")?, meta: db.open_tree("raft_meta")? })
+        let (flusher, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(flush_loop(rx));
+        Ok(Self { db: db.clone(), log: db.open_tree("raft_log")?, meta: db.open_tree("raft_meta")?, flusher })
     }
 
     async fn flush(&self) -> Result<(), AnyError> {
@@ -130,17 +157,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&key(e.log_id.index), v);
         }
         self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(any(e)))?;
-        // Durable before openraft counts it.
-        match self.db.flush_async().await {
-            Ok(_) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(any(e)).into())
-            }
+        // Durable before openraft counts it: the callback is completed by
+        // the flush loop after a flush that covers this batch.
+        if let Err(tokio::sync::mpsc::error::SendError((_, cb))) = self.flusher.send((self.db.clone(), callback)) {
+            // The loop is gone (runtime shutting down): flush here.
+            let r = self.db.flush_async().await.map(drop).map_err(|e| std::io::Error::other(e.to_string()));
+            cb.log_io_completed(r);
         }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

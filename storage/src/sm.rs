@@ -199,6 +199,7 @@ fn apply_request(view: &mut View, tree: &sled::Tree, batch: &mut Writes, req: &R
             batch.remove(kv_key(key));
             Response::Existed(view.kv.remove(key).is_some())
         }
+        Request::Batch(reqs) => Response::Batch(reqs.iter().map(|r| apply_request(view, tree, batch, r)).collect()),
         Request::Redis { db, now_ms, cmds } => {
             let mut out = Vec::with_capacity(cmds.len());
             for cmd in cmds {

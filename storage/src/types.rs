@@ -53,6 +53,9 @@ pub enum Request {
     KvDelete {
         key: Vec<u8>,
     },
+    /// Several requests in one entry (group commit of many clients'
+    /// writes); each is applied as if alone, in order.
+    Batch(Vec<Request>),
     /// Redis commands run on the keyspace as one atomic step (one
     /// command, or a MULTI/EXEC block), at the leader's time `now_ms`.
     Redis {
@@ -71,6 +74,8 @@ pub enum Response {
     Existed(bool),
     /// One reply per command of a `Request::Redis`.
     Redis(Vec<crate::keyspace::Out>),
+    /// One response per request of a `Request::Batch`.
+    Batch(Vec<Response>),
 }
 
 openraft::declare_raft_types!(

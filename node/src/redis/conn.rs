@@ -17,6 +17,8 @@ pub struct Shared {
     pub config: RedisConfig,
     /// Set once Raft runs.
     pub raft: std::sync::OnceLock<Arc<catga_raft::RaftNode>>,
+    /// Commits keyspace writes, many clients' per entry.
+    pub coalescer: super::server::Coalescer,
     next_id: AtomicU64,
     /// Live connections, for CLIENT LIST.
     pub clients: parking_lot::Mutex<std::collections::BTreeMap<u64, ClientInfo>>,
@@ -27,6 +29,7 @@ impl Shared {
         Arc::new(Self {
             config,
             raft: std::sync::OnceLock::new(),
+            coalescer: Default::default(),
             next_id: AtomicU64::new(0),
             clients: Default::default(),
         })

@@ -184,7 +184,7 @@ async fn commit(shared: &Shared, conn: &Conn, writes: &mut Vec<Vec<Vec<u8>>>, ou
         return;
     };
     let req = Request::Redis { db: conn.info.db, now_ms: 0, cmds };
-    match raft.write(req).await {
+    match shared.coalescer.write(raft, req).await {
         Ok(Response::Redis(replies)) if replies.len() == n => {
             for r in replies {
                 Reply::from(r).encode(conn.proto(), out);
@@ -218,5 +218,72 @@ async fn read(shared: &Shared, conn: &Conn, argv: &[&[u8]]) -> Reply {
     match v.keyspace.read(conn.info.db, catga_raft::unix_ms(), argv) {
         Some(out) => Reply::from(out),
         None => Reply::err("ERR internal error: not a read command"),
+    }
+}
+
+/// Group commit across connections: writes queued while one Raft entry is
+/// being committed go together in the next entry (`Request::Batch`), so
+/// many clients cost one log append and one fsync instead of one each.
+/// Each connection still waits for its own reply, so its order holds.
+#[derive(Default)]
+pub struct Coalescer {
+    queue: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Queued>>>,
+}
+
+type Queued = (Request, tokio::sync::oneshot::Sender<Result<Response, String>>);
+
+/// Most requests in one entry.
+const BATCH_MAX: usize = 1024;
+
+impl Coalescer {
+    pub async fn write(&self, raft: &Arc<RaftNode>, req: Request) -> anyhow::Result<Response> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut q = self.queue.lock();
+            let sender = q.get_or_insert_with(|| {
+                let (s, r) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(coalesce(raft.clone(), r));
+                s
+            });
+            if sender.send((req, tx)).is_err() {
+                anyhow::bail!("write queue closed");
+            }
+        }
+        rx.await.map_err(|_| anyhow::anyhow!("write dropped"))?.map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+async fn coalesce(raft: Arc<RaftNode>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        if batch.len() == 1 {
+            let (req, tx) = batch.pop().expect("one");
+            let _ = tx.send(raft.write(req).await.map_err(|e| e.to_string()));
+            continue;
+        }
+        let (reqs, txs): (Vec<Request>, Vec<_>) = batch.into_iter().unzip();
+        match raft.write(Request::Batch(reqs)).await {
+            Ok(Response::Batch(rs)) if rs.len() == txs.len() => {
+                for (r, tx) in rs.into_iter().zip(txs) {
+                    let _ = tx.send(Ok(r));
+                }
+            }
+            Ok(other) => {
+                for tx in txs {
+                    let _ = tx.send(Err(format!("unexpected reply {other:?}")));
+                }
+            }
+            Err(e) => {
+                for tx in txs {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        }
     }
 }
