@@ -169,6 +169,17 @@ fn line_end(buf: &[u8], from: usize) -> Option<usize> {
     (buf[cr] == b'\r' && cr + 1 < buf.len()).then_some(cr)
 }
 
+/// The length so far of an unfinished line starting at `from`: up to its
+/// `\r` if that has arrived (only the `\n` is missing), else all of it.
+/// Compared with the limit the same way as a finished line's, so the
+/// answer does not depend on where the bytes were split.
+fn pending_line_len(buf: &[u8], from: usize) -> usize {
+    match buf[from..].iter().position(|&b| b == b'\r' || b == 0) {
+        Some(i) if buf[from + i] == b'\r' => i,
+        _ => buf.len() - from,
+    }
+}
+
 impl Parser {
     pub fn new(limits: Limits) -> Self {
         Self { limits, multi: None }
@@ -198,7 +209,7 @@ impl Parser {
 
     fn multibulk_header(&mut self, buf: &[u8], authenticated: bool) -> Result<Option<Request>, ProtocolError> {
         let Some(cr) = line_end(buf, 0) else {
-            if buf.len() > self.limits.inline_bytes_max {
+            if pending_line_len(buf, 0) > self.limits.inline_bytes_max {
                 return Err(ProtocolError::TooBigMultibulkCount);
             }
             return Ok(None);
@@ -234,7 +245,7 @@ impl Parser {
                         return Err(ProtocolError::ExpectedDollar(first));
                     }
                     let Some(cr) = line_end(buf, m.pos) else {
-                        if buf.len() - m.pos > self.limits.inline_bytes_max {
+                        if pending_line_len(buf, m.pos) > self.limits.inline_bytes_max {
                             return Err(ProtocolError::TooBigBulkCount);
                         }
                         self.multi = Some(m);
@@ -567,10 +578,12 @@ get  k\n";
     #[test]
     fn a_line_over_the_limit_is_refused_however_it_arrives() {
         let limits = Limits { bulk_bytes_max: 64, multibulk_len_max: 8, inline_bytes_max: 32 };
-        let cases: [(Vec<u8>, ProtocolError); 3] = [
+        let cases: [(Vec<u8>, ProtocolError); 4] = [
             ([vec![0xf7; 39], b"\n)".to_vec()].concat(), ProtocolError::TooBigInline),
             ([b"*".to_vec(), vec![b'1'; 39], b"\r\n".to_vec()].concat(), ProtocolError::TooBigMultibulkCount),
             ([b"*1\r\n$".to_vec(), vec![b'1'; 39], b"\r\n".to_vec()].concat(), ProtocolError::TooBigBulkCount),
+            // A line of exactly the limit whose `\r` arrives before its `\n`.
+            ([b"*".to_vec(), vec![b'x'; 31], b"\r\n".to_vec()].concat(), ProtocolError::InvalidMultibulkLength),
         ];
         for (input, want) in cases {
             for i in 0..=input.len() {
