@@ -188,6 +188,11 @@ async fn writes_through_one_node_are_read_through_another() {
     };
     let (mut a, mut b) = (conn(0).await, conn(2).await);
     let _: () = redis::cmd("SET").arg("greeting").arg("hello").query_async(&mut a).await.unwrap();
+    let _: () = redis::cmd("SET").arg("user:1").arg("x").query_async(&mut a).await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("user:*").query_async(&mut b).await.unwrap();
+    assert_eq!(keys, vec!["user:1".to_string()]);
+    let (secs, micros): (u64, u32) = redis::cmd("TIME").query_async(&mut b).await.unwrap();
+    assert!(secs > 1_700_000_000 && micros < 1_000_000);
     let got: Option<String> = redis::cmd("GET").arg("greeting").query_async(&mut b).await.unwrap();
     assert_eq!(got.as_deref(), Some("hello"), "a read right after an acknowledged write sees it");
 

@@ -105,6 +105,7 @@ pub fn spec(name: &str) -> Option<Spec> {
         "persist" => (2, true),
         "rename" | "renamenx" => (3, true),
         "dbsize" => (1, false),
+        "keys" => (2, false),
         "flushdb" | "flushall" => (-1, true),
         _ => return None,
     };
@@ -272,6 +273,15 @@ impl Keyspace {
             },
             "type" => Out::Simple(self.get(db, argv[1], now_ms).map_or("none", |e| e.value.type_name()).into()),
             "dbsize" => Out::Int(self.len(db, now_ms) as i64),
+            "keys" => Out::Array(
+                self.dbs
+                    .get(&db)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, e)| e.live(now_ms) && glob_match(argv[1], k))
+                    .map(|(k, _)| Out::Bulk(k.clone()))
+                    .collect(),
+            ),
             _ => return None,
         })
     }
@@ -602,6 +612,95 @@ impl Keyspace {
     }
 }
 
+/// Redis's glob (`stringmatchlen`): `*`, `?`, `[abc]`, `[^a-z]`, and `\`
+/// to escape the next byte.
+pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    // Where to resume after the last `*`: (pattern index, string index).
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pattern.len() {
+            match pattern[p] {
+                b'*' => {
+                    while p < pattern.len() && pattern[p] == b'*' {
+                        p += 1;
+                    }
+                    if p == pattern.len() {
+                        return true;
+                    }
+                    star = Some((p, i));
+                    continue;
+                }
+                b'?' => {
+                    p += 1;
+                    i += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class(pattern, p, s[i]) {
+                        if matched {
+                            p = next;
+                            i += 1;
+                            continue;
+                        }
+                    }
+                }
+                b'\\' if p + 1 < pattern.len() => {
+                    if pattern[p + 1] == s[i] {
+                        p += 2;
+                        i += 1;
+                        continue;
+                    }
+                }
+                c => {
+                    if c == s[i] {
+                        p += 1;
+                        i += 1;
+                        continue;
+                    }
+                }
+            }
+        }
+        // Mismatch: let the last `*` swallow one more byte.
+        match star {
+            Some((sp, si)) => {
+                p = sp;
+                i = si + 1;
+                star = Some((sp, si + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Matches byte `c` against the `[...]` class starting at `pattern[p]`;
+/// returns whether it matched and where the pattern goes on. An
+/// unterminated class runs to the end of the pattern, as in Redis.
+fn class(pattern: &[u8], p: usize, c: u8) -> Option<(bool, usize)> {
+    let mut j = p + 1;
+    let negate = pattern.get(j) == Some(&b'^');
+    if negate {
+        j += 1;
+    }
+    let mut matched = false;
+    while j < pattern.len() && pattern[j] != b']' {
+        if pattern[j] == b'\\' && j + 1 < pattern.len() {
+            matched |= pattern[j + 1] == c;
+            j += 2;
+        } else if j + 2 < pattern.len() && pattern[j + 1] == b'-' && pattern[j + 2] != b']' {
+            let (lo, hi) = (pattern[j].min(pattern[j + 2]), pattern[j].max(pattern[j + 2]));
+            matched |= (lo..=hi).contains(&c);
+            j += 3;
+        } else {
+            matched |= pattern[j] == c;
+            j += 1;
+        }
+    }
+    let next = if j < pattern.len() { j + 1 } else { j };
+    Some((matched != negate, next))
+}
+
 /// The expiry time for `n` units of `unit_ms` (from now, or absolute);
 /// `None` for a time Redis refuses (not positive, or overflowing).
 fn expire_at(now_ms: u64, n: i64, unit_ms: u64, absolute: bool) -> Option<u64> {
@@ -787,6 +886,39 @@ mod tests {
             run(&mut ks, NOW, &["SET e v EXAT 1700000010", "TTL e", "GETEX e PERSIST", "TTL e"]),
             ["+OK", ":10", "$v", ":-1"]
         );
+    }
+
+    #[test]
+    fn glob_patterns_as_redis() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("*", "anything", true),
+            ("*", "", true),
+            ("h?llo", "hello", true),
+            ("h?llo", "hllo", false),
+            ("h*llo", "heeeello", true),
+            ("h*llo", "hllo", true),
+            ("h[ae]llo", "hallo", true),
+            ("h[ae]llo", "hillo", false),
+            ("h[^e]llo", "hallo", true),
+            ("h[^e]llo", "hello", false),
+            ("h[a-b]llo", "hbllo", true),
+            ("h[a-b]llo", "hcllo", false),
+            ("h\\*llo", "h*llo", true),
+            ("h\\*llo", "hello", false),
+            ("user:*:name", "user:42:name", true),
+            ("user:*:name", "user:42:age", false),
+            ("*a*b", "xaxxb", true),
+            ("*a*b", "xaxxbc", false),
+            ("a*", "", false),
+        ];
+        for (pattern, s, want) in cases {
+            assert_eq!(glob_match(pattern.as_bytes(), s.as_bytes()), *want, "{pattern} ~ {s}");
+        }
+        let mut ks = Keyspace::default();
+        run(&mut ks, NOW, &["MSET user:1 a user:2 b order:1 c", "SET gone x PX 1"]);
+        let keys = ks.read(0, NOW + 5, &[b"KEYS", b"user:*"]).unwrap();
+        assert_eq!(keys, Out::Array(vec![Out::Bulk(b"user:1".to_vec()), Out::Bulk(b"user:2".to_vec())]));
+        assert_eq!(ks.read(0, NOW + 5, &[b"KEYS", b"gone"]).unwrap(), Out::Array(vec![]));
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! One Redis connection's commands: the connection and server commands so
-//! far (PING ECHO HELLO AUTH SELECT QUIT RESET CLIENT). The data commands
-//! arrive with the replicated store.
+//! One Redis connection's commands: the connection and server commands
+//! (PING ECHO HELLO AUTH SELECT QUIT RESET CLIENT TIME). Keyspace
+//! commands are handed back to the server loop (Raft).
 //!
 //! Order of checks, as Redis 7.0 does them: unknown command, then arity,
 //! then authentication (`-NOAUTH`), then the command itself.
@@ -169,6 +169,7 @@ impl Conn {
             "quit" => -1,
             "reset" => 1,
             "client" => -2,
+            "time" => 1,
             _ => return unknown_command(argv),
         };
         if !arity_ok(arity, argv.len()) {
@@ -201,6 +202,10 @@ impl Conn {
                 Reply::Simple("RESET".into())
             }
             "client" => self.client(argv),
+            "time" => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                Reply::Array(vec![Reply::bulk(now.as_secs().to_string()), Reply::bulk(now.subsec_micros().to_string())])
+            }
             _ => unknown_command(argv),
         }
     }
