@@ -106,6 +106,7 @@ pub fn spec(name: &str) -> Option<Spec> {
         "rename" | "renamenx" => (3, true),
         "dbsize" => (1, false),
         "keys" => (2, false),
+        "scan" => (-2, false),
         "flushdb" | "flushall" => (-1, true),
         _ => return None,
     };
@@ -273,6 +274,7 @@ impl Keyspace {
             },
             "type" => Out::Simple(self.get(db, argv[1], now_ms).map_or("none", |e| e.value.type_name()).into()),
             "dbsize" => Out::Int(self.len(db, now_ms) as i64),
+            "scan" => self.scan(db, now_ms, argv),
             "keys" => Out::Array(
                 self.dbs
                     .get(&db)
@@ -425,6 +427,63 @@ impl Keyspace {
             }
             _ => Out::Err(format!("ERR unknown command '{}'", String::from_utf8_lossy(argv[0]))),
         }
+    }
+
+    /// SCAN: keys in order of a fixed 64-bit hash; the cursor is the hash
+    /// to resume from. The order does not move when other keys come or go,
+    /// so a key present for the whole iteration is returned (Redis's
+    /// guarantee), and the cursor means the same on every node. Each call
+    /// looks at every key of the database (O(n)); fine at this stage.
+    fn scan(&self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let text = String::from_utf8_lossy(argv[1]);
+        let cursor = match text.parse::<u64>() {
+            Ok(c) => c,
+            Err(_) => match text.parse::<i64>() {
+                Ok(c) => c as u64, // strtoull wraps negatives, as Redis accepts them
+                Err(_) => return Out::err("ERR invalid cursor"),
+            },
+        };
+        let (mut pattern, mut count, mut kind) = (None, 10usize, None);
+        let mut i = 2;
+        while i < argv.len() {
+            let opt = String::from_utf8_lossy(argv[i]).to_ascii_uppercase();
+            let Some(arg) = argv.get(i + 1) else { return Out::err(SYNTAX) };
+            match opt.as_str() {
+                "MATCH" => pattern = Some(*arg),
+                "COUNT" => match int(arg) {
+                    Some(n) if n >= 1 => count = n as usize,
+                    Some(_) => return Out::err(SYNTAX),
+                    None => return Out::err(NOT_INTEGER),
+                },
+                "TYPE" => kind = Some(String::from_utf8_lossy(arg).to_ascii_lowercase()),
+                _ => return Out::err(SYNTAX),
+            }
+            i += 2;
+        }
+        let mut live: Vec<(u64, &Vec<u8>, &Entry)> = self
+            .dbs
+            .get(&db)
+            .into_iter()
+            .flatten()
+            .filter(|(_, e)| e.live(now_ms))
+            .map(|(k, e)| (scan_hash(k), k, e))
+            .filter(|(h, _, _)| *h >= cursor)
+            .collect();
+        live.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        // Never split one hash value across two calls.
+        let mut take = count.min(live.len());
+        while take < live.len() && take > 0 && live[take].0 == live[take - 1].0 {
+            take += 1;
+        }
+        let next = live.get(take).map_or(0, |(h, _, _)| *h);
+        let keys = live[..take]
+            .iter()
+            .filter(|(_, k, e)| {
+                pattern.is_none_or(|p| glob_match(p, k)) && kind.as_deref().is_none_or(|t| e.value.type_name() == t)
+            })
+            .map(|(_, k, _)| Out::Bulk(k.to_vec()))
+            .collect();
+        Out::Array(vec![Out::Bulk(next.to_string().into_bytes()), Out::Array(keys)])
     }
 
     fn set(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
@@ -610,6 +669,16 @@ impl Keyspace {
         }
         Out::Int(1)
     }
+}
+
+/// FNV-1a, never 0 (cursor 0 starts and ends a SCAN).
+fn scan_hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
 }
 
 /// Redis's glob (`stringmatchlen`): `*`, `?`, `[abc]`, `[^a-z]`, and `\`
@@ -919,6 +988,52 @@ mod tests {
         let keys = ks.read(0, NOW + 5, &[b"KEYS", b"user:*"]).unwrap();
         assert_eq!(keys, Out::Array(vec![Out::Bulk(b"user:1".to_vec()), Out::Bulk(b"user:2".to_vec())]));
         assert_eq!(ks.read(0, NOW + 5, &[b"KEYS", b"gone"]).unwrap(), Out::Array(vec![]));
+    }
+
+    #[test]
+    fn scan_returns_every_key_present_throughout_once_keys_come_and_go() {
+        let mut ks = Keyspace::default();
+        for i in 0..100 {
+            ks.exec(0, NOW, &[b"SET", format!("k{i}").as_bytes(), b"v"]);
+        }
+        let (mut cursor, mut seen, mut calls) = (b"0".to_vec(), Vec::new(), 0);
+        loop {
+            let Out::Array(reply) = ks.read(0, NOW, &[b"SCAN", &cursor, b"COUNT", b"7"]).unwrap() else { panic!() };
+            let (Out::Bulk(next), Out::Array(keys)) = (&reply[0], &reply[1]) else { panic!() };
+            seen.extend(keys.iter().map(|k| match k {
+                Out::Bulk(b) => String::from_utf8(b.clone()).unwrap(),
+                _ => panic!(),
+            }));
+            // Churn between calls: new keys, and some deleted.
+            calls += 1;
+            ks.exec(0, NOW, &[b"SET", format!("new{calls}").as_bytes(), b"v"]);
+            ks.exec(0, NOW, &[b"DEL", format!("k{}", 90 + calls % 10).as_bytes()]);
+            cursor = next.clone();
+            if cursor == b"0" {
+                break;
+            }
+        }
+        for i in 0..90 {
+            assert!(seen.contains(&format!("k{i}")), "k{i} never returned");
+        }
+        let unique: std::collections::BTreeSet<_> = seen.iter().collect();
+        assert_eq!(unique.len(), seen.len(), "a key returned twice");
+        assert!(calls >= 100 / 7, "{calls} calls");
+        // Options and errors as Redis has them.
+        assert_eq!(ks.read(0, NOW, &[b"SCAN", b"x"]), Some(Out::err("ERR invalid cursor")));
+        assert_eq!(ks.read(0, NOW, &[b"SCAN", b"0", b"COUNT", b"0"]), Some(Out::err(SYNTAX)));
+        assert_eq!(ks.read(0, NOW, &[b"SCAN", b"0", b"COUNT", b"x"]), Some(Out::err(NOT_INTEGER)));
+        assert_eq!(ks.read(0, NOW, &[b"SCAN", b"0", b"MATCH"]), Some(Out::err(SYNTAX)));
+        let Some(Out::Array(r)) = ks.read(0, NOW, &[b"SCAN", b"0", b"MATCH", b"k1?", b"COUNT", b"1000"]) else {
+            panic!()
+        };
+        assert_eq!(r[0], Out::Bulk(b"0".to_vec()));
+        let Out::Array(keys) = &r[1] else { panic!() };
+        assert_eq!(keys.len(), 10, "k10..k19");
+        let Some(Out::Array(r)) = ks.read(0, NOW, &[b"SCAN", b"0", b"TYPE", b"list", b"COUNT", b"1000"]) else {
+            panic!()
+        };
+        assert_eq!(r[1], Out::Array(vec![]));
     }
 
     #[test]
