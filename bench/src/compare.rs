@@ -26,19 +26,19 @@ impl Drop for Server {
     }
 }
 
-async fn wait_for_line(
-    child: &mut Child,
-    needle: &str,
-    parse: impl Fn(&str) -> Option<SocketAddr>,
-) -> anyhow::Result<SocketAddr> {
+/// Waits for a stderr line containing `needle` and returns it; the rest of
+/// stderr is drained in the background.
+pub async fn read_line_with(child: &mut Child, needle: &str) -> anyhow::Result<String> {
+    read_line_where(child, |l| l.contains(needle)).await.with_context(|| format!("server never logged {needle:?}"))
+}
+
+async fn read_line_where(child: &mut Child, want: impl Fn(&str) -> bool) -> anyhow::Result<String> {
     let stderr = child.stderr.take().context("stderr")?;
     let mut lines = BufReader::new(stderr).lines();
     let found = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains(needle) {
-                if let Some(addr) = parse(&line) {
-                    return Some(addr);
-                }
+            if want(&line) {
+                return Some(line);
             }
         }
         None
@@ -47,25 +47,42 @@ async fn wait_for_line(
     .ok()
     .flatten();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    found.with_context(|| format!("server never logged {needle:?}"))
+    found.context("no such line")
+}
+
+async fn wait_for_line(
+    child: &mut Child,
+    needle: &str,
+    parse: impl Fn(&str) -> Option<SocketAddr>,
+) -> anyhow::Result<SocketAddr> {
+    let line = read_line_where(child, |l| l.contains(needle) && parse(l).is_some())
+        .await
+        .with_context(|| format!("server never logged {needle:?}"))?;
+    parse(&line).context("address")
 }
 
 /// Flags that put every listener of a `catga` process on a free loopback port.
 pub const CATGA_PORT_ZERO: [&str; 8] =
     ["--nats", "127.0.0.1:0", "--redis", "127.0.0.1:0", "--cluster", "127.0.0.1:0", "--http", "127.0.0.1:0"];
 
-pub async fn start_catga(bin: &Path) -> anyhow::Result<Server> {
-    let dir = tempfile::tempdir()?;
-    let mut child = Command::new(bin)
+/// A single catga node on free ports with its data in `dir`; its stderr
+/// is piped for the "listening" line.
+pub fn spawn_catga(bin: &Path, dir: &Path) -> anyhow::Result<Child> {
+    Command::new(bin)
         .args(CATGA_PORT_ZERO)
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(dir)
         .env("RUST_LOG", "warn,catga_node::node=info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("spawn {}", bin.display()))?;
+        .with_context(|| format!("spawn {}", bin.display()))
+}
+
+pub async fn start_catga(bin: &Path) -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let mut child = spawn_catga(bin, dir.path())?;
     let addr = wait_for_line(&mut child, "catga node listening", |l| {
         l.split("nats=").nth(1)?.split_whitespace().next()?.parse().ok()
     })

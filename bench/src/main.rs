@@ -5,6 +5,7 @@ mod cluster;
 mod compare;
 mod nats;
 mod raft;
+mod redis;
 
 use std::path::PathBuf;
 
@@ -49,6 +50,20 @@ enum Cmd {
         /// Leader kills (half as many node kills and instance closes).
         #[arg(long, default_value_t = 20)]
         kills: usize,
+    },
+    /// redis-benchmark (set, get, incr; 50 clients) against one catga
+    /// node, a 3-node catga cluster and redis-server (without persistence
+    /// and with appendfsync always), medians and ratios.
+    CompareRedis {
+        #[arg(long, default_value = "target/release/catga")]
+        catga: PathBuf,
+        #[arg(long, default_value = "redis-server")]
+        redis_server: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Requests per test per run.
+        #[arg(long, default_value_t = 50_000)]
+        requests: u64,
     },
     /// NATS workloads against any NATS server.
     Nats {
@@ -133,6 +148,9 @@ fn main() -> anyhow::Result<()> {
             }
             Cmd::CompareNatsCluster { servers: Servers { catga, nats_server, runs }, only } => {
                 println!("{}", cluster::compare(catga, nats_server, runs, only).await?);
+            }
+            Cmd::CompareRedis { catga, redis_server, runs, requests } => {
+                println!("{}", redis::compare(catga, redis_server, runs, requests).await?)
             }
             Cmd::RaftFailover { catga, kills } => println!("{}", raft::run(catga, kills).await?),
             Cmd::CompareNats { servers: Servers { catga, nats_server, runs }, scale } => {

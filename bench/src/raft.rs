@@ -26,18 +26,19 @@ use tokio::process::{Child, Command};
 
 use crate::compare::median;
 
-struct Node {
+pub struct Node {
     child: Child,
     http: String,
     nats: String,
     cluster: String,
+    pub redis: String,
 }
 
-struct Procs {
+pub struct Procs {
     bin: PathBuf,
     dir: tempfile::TempDir,
     certs: PathBuf,
-    nodes: Vec<Node>,
+    pub nodes: Vec<Node>,
 }
 
 const NAMES: [&str; 3] = ["n1", "n2", "n3"];
@@ -47,7 +48,8 @@ fn field(line: &str, key: &str) -> Option<String> {
 }
 
 impl Procs {
-    async fn start(bin: &Path) -> anyhow::Result<Self> {
+    /// Three nodes formed with `--bootstrap-expect 3`, all agreeing on a leader.
+    pub async fn start(bin: &Path) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let certs = dir.path().join("certs");
         let ok = std::process::Command::new(bin)
@@ -114,6 +116,7 @@ impl Procs {
             http: field(&line, "http").context("http=")?,
             nats: field(&line, "nats").context("nats=")?,
             cluster: field(&line, "cluster").context("cluster=")?,
+            redis: field(&line, "redis").context("redis=")?,
         })
     }
 
