@@ -19,6 +19,8 @@ pub struct Shared {
     pub raft: std::sync::OnceLock<Arc<catga_raft::RaftNode>>,
     /// Commits keyspace writes, many clients' per entry.
     pub coalescer: super::server::Coalescer,
+    /// Read-index rounds shared by the reads waiting together.
+    pub reads: super::server::ReadGate,
     next_id: AtomicU64,
     /// Live connections, for CLIENT LIST.
     pub clients: parking_lot::Mutex<std::collections::BTreeMap<u64, ClientInfo>>,
@@ -30,6 +32,7 @@ impl Shared {
             config,
             raft: std::sync::OnceLock::new(),
             coalescer: Default::default(),
+            reads: Default::default(),
             next_id: AtomicU64::new(0),
             clients: Default::default(),
         })

@@ -209,7 +209,7 @@ async fn commit(shared: &Shared, conn: &Conn, writes: &mut Vec<Vec<Vec<u8>>>, ou
 /// served from this node's applied state by its own clock.
 async fn read(shared: &Shared, conn: &Conn, argv: &[&[u8]]) -> Reply {
     let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
-    if let Err(e) = raft.linearize().await {
+    if let Err(e) = shared.reads.linearize(raft).await {
         tracing::debug!(cause = %e, "no linearizable read");
         return Reply::err("CLUSTERDOWN No Raft leader reachable: cannot serve a consistent read");
     }
@@ -284,6 +284,50 @@ async fn coalesce(raft: Arc<RaftNode>, mut rx: tokio::sync::mpsc::UnboundedRecei
                     let _ = tx.send(Err(e.to_string()));
                 }
             }
+        }
+    }
+}
+
+/// Read-index batching: reads waiting together share one read-index round
+/// trip. A read only joins a round that starts after it arrived (a round
+/// already running may predate a write acknowledged just before the read),
+/// so every read still sees every write acknowledged before it.
+#[derive(Default)]
+pub struct ReadGate {
+    queue: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedSender<ReadWaiter>>>,
+}
+
+/// A read waiting for its round's outcome.
+type ReadWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+impl ReadGate {
+    pub async fn linearize(&self, raft: &Arc<RaftNode>) -> anyhow::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut q = self.queue.lock();
+            let sender = q.get_or_insert_with(|| {
+                let (s, r) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(read_rounds(raft.clone(), r));
+                s
+            });
+            if sender.send(tx).is_err() {
+                anyhow::bail!("read queue closed");
+            }
+        }
+        rx.await.map_err(|_| anyhow::anyhow!("read dropped"))?.map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+async fn read_rounds(raft: Arc<RaftNode>, mut rx: tokio::sync::mpsc::UnboundedReceiver<ReadWaiter>) {
+    while let Some(first) = rx.recv().await {
+        // Everyone queued now arrived before this round starts.
+        let mut waiting = vec![first];
+        while let Ok(tx) = rx.try_recv() {
+            waiting.push(tx);
+        }
+        let result = raft.linearize().await.map_err(|e| e.to_string());
+        for tx in waiting {
+            let _ = tx.send(result.clone());
         }
     }
 }
