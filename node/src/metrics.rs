@@ -12,7 +12,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use catga_raft::RaftNode;
+use catga_raft::{RaftMetrics, RaftNode, Status};
 use catga_transport::Mesh;
 use parking_lot::Mutex;
 use prometheus_client::encoding::text::encode;
@@ -325,7 +325,7 @@ pub fn health(nats: &ServerShared, raft: &RaftNode, mesh: &Mesh) -> Health {
     );
     let st = raft.status();
     let m = raft.raft.metrics().borrow().clone();
-    let (raft_state, raft_reason) = raft_check(raft);
+    let (raft_state, raft_reason) = raft_check(raft, &st, &m);
     check("Raft", raft_state, raft_reason);
     let missing: Vec<String> =
         st.members.iter().filter(|(id, _)| **id != st.id && !mesh.is_up(**id)).map(|(_, m)| m.name.clone()).collect();
@@ -351,11 +351,9 @@ pub fn health(nats: &ServerShared, raft: &RaftNode, mesh: &Mesh) -> Health {
 
 /// The Raft check: a leader known (and, on the leader, a majority heard
 /// within a leader lease), applied index close to the log.
-fn raft_check(raft: &RaftNode) -> (HealthState, Option<String>) {
+fn raft_check(raft: &RaftNode, st: &Status, m: &RaftMetrics) -> (HealthState, Option<String>) {
     // A leader that has not heard from a majority for a leader lease.
     let quorum_ack_max_ms = raft.config().election_timeout_max_ms;
-    let st = raft.status();
-    let m = raft.raft.metrics().borrow().clone();
     if m.running_state.is_err() {
         (HealthState::Unhealthy, Some(format!("raft stopped: {:?}", m.running_state)))
     } else if st.leader.is_none() {
@@ -385,7 +383,8 @@ pub fn ready(nats: &ServerShared, raft: &RaftNode) -> Result<(), String> {
     if !raft.is_formed() || !st.voters.contains(&st.id) && !st.learners.contains(&st.id) {
         return Err("not a member of a formed cluster".into());
     }
-    match raft_check(raft) {
+    let m = raft.raft.metrics().borrow().clone();
+    match raft_check(raft, &st, &m) {
         (HealthState::Healthy, _) => Ok(()),
         (_, reason) => Err(reason.unwrap_or_else(|| "raft not healthy".into())),
     }

@@ -55,11 +55,7 @@ async fn health_turns_unhealthy_when_quorum_is_lost_and_healthy_again() {
     // Cut the leader off: it has no quorum, the majority elects another.
     let leader = c.nodes[0].node.raft.leader().unwrap();
     let x = c.nodes.iter().position(|n| n.node.id == leader).unwrap();
-    for (i, n) in c.nodes.iter().enumerate() {
-        if i != x {
-            c.nodes[x].node.mesh.fault_block(n.node.id);
-        }
-    }
+    c.partition(x);
     let h = health_until(&addrs[x], "the cut-off leader unhealthy", |code, h| {
         code == 503 && h.status == HealthState::Unhealthy
     })
@@ -74,11 +70,7 @@ async fn health_turns_unhealthy_when_quorum_is_lost_and_healthy_again() {
     .await;
     assert_eq!(h.checks["Cluster_Links"], HealthState::Degraded);
 
-    for (i, n) in c.nodes.iter().enumerate() {
-        if i != x {
-            c.nodes[x].node.mesh.fault_unblock(n.node.id);
-        }
-    }
+    c.heal(x);
     for a in &addrs {
         health_until(a, "healthy after heal", |code, h| code == 200 && h.status == HealthState::Healthy).await;
     }

@@ -47,23 +47,6 @@ async fn member(node: &TestNode, i: usize, tally: Arc<Mutex<Tally>>) -> async_na
     client
 }
 
-/// Partitions node `x` from every other node (both directions).
-fn partition(c: &TestCluster, x: usize) {
-    for (i, n) in c.nodes.iter().enumerate() {
-        if i != x {
-            c.nodes[x].node.mesh.fault_block(n.node.id);
-        }
-    }
-}
-
-fn heal(c: &TestCluster, x: usize) {
-    for (i, n) in c.nodes.iter().enumerate() {
-        if i != x {
-            c.nodes[x].node.mesh.fault_unblock(n.node.id);
-        }
-    }
-}
-
 fn leader_index(c: &TestCluster) -> Option<usize> {
     let leader = c.nodes[0].node.raft.leader()?;
     c.nodes.iter().position(|n| n.node.id == leader)
@@ -152,7 +135,7 @@ async fn partitioned_leader_is_marked_down_gets_no_queue_messages_and_rejoins_on
     // one down.
     let x = leader_index(&c).expect("a leader");
     let cut = c.nodes[x].node.id;
-    partition(&c, x);
+    c.partition(x);
     let majority: Vec<usize> = (0..3).filter(|i| *i != x).collect();
     let without: BTreeMap<u64, u32> = all.iter().filter(|(id, _)| **id != cut).map(|(k, v)| (*k, *v)).collect();
     for i in &majority {
@@ -168,7 +151,7 @@ async fn partitioned_leader_is_marked_down_gets_no_queue_messages_and_rejoins_on
     assert_eq!(tally.lock().per_member.get(&x).copied().unwrap_or(0), 0, "the minority got queue messages");
 
     // Heal: the node catches up, finds its members gone and writes them back.
-    heal(&c, x);
+    c.heal(x);
     c.wait_full_mesh().await;
     for n in &c.nodes {
         eventually(T, "members rejoin after heal", || members(n, "work", "workers") == all).await;
@@ -204,7 +187,7 @@ async fn node_cut_off_past_the_kept_log_catches_up_by_snapshot() {
         lagging.node.raft.status().applied_index == c.nodes[leader].node.raft.status().applied_index
     })
     .await;
-    partition(&c, x);
+    c.partition(x);
     let behind = lagging.node.raft.status().last_log_index.unwrap_or(0);
     let raft = c.nodes[leader].node.raft.clone();
     for i in 0..300u32 {
@@ -213,7 +196,7 @@ async fn node_cut_off_past_the_kept_log_catches_up_by_snapshot() {
     }
     eventually(T, "leader purged past the lagging node's log", || raft.status().purged_index.unwrap_or(0) > behind)
         .await;
-    heal(&c, x);
+    c.heal(x);
     c.wait_full_mesh().await;
     eventually(T, "lagging node applied everything", || {
         lagging.node.raft.status().applied_index >= raft.status().applied_index

@@ -7,37 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use catga_node::http::{request, ClusterView};
 use catga_raft::Request;
-use common::proc::{spawn_node, Proc};
+use common::proc::{cluster_view, spawn_node, until_all, Proc};
 use common::{eventually, TestCluster};
-use tokio::time::Instant;
 
 const T: Duration = Duration::from_secs(20);
-
-async fn view(http: &str) -> Option<ClusterView> {
-    let (code, body) = request(http, "GET", "/cluster").await.ok()?;
-    (code == 200).then(|| serde_json::from_str(&body).unwrap())
-}
-
-/// Polls the nodes' `/cluster` until `cond` holds for all of them.
-async fn until_all(nodes: &[&str], what: &str, cond: impl Fn(&ClusterView) -> bool) -> Vec<ClusterView> {
-    let deadline = Instant::now() + T;
-    loop {
-        let mut views = Vec::new();
-        for n in nodes {
-            match view(n).await {
-                Some(v) if cond(&v) => views.push(v),
-                _ => break,
-            }
-        }
-        if views.len() == nodes.len() {
-            return views;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test]
 async fn three_nodes_form_one_cluster_and_http_agrees_with_raft() {
@@ -58,13 +32,30 @@ async fn three_nodes_form_one_cluster_and_http_agrees_with_raft() {
     .await;
     // GET /cluster (what `catga cluster status` prints) says what Raft says.
     let http = c.nodes[1].node.http.local_addr().to_string();
-    let v = view(&http).await.unwrap();
+    let v = cluster_view(&http).await.unwrap();
     let s = c.nodes[1].node.raft.status();
     assert_eq!((v.raft.id, v.raft.leader, v.raft.term, &v.raft.voters), (s.id, s.leader, s.term, &s.voters));
     assert_eq!(v.raft.members.len(), 3);
     assert_eq!(v.peers.len(), 2);
     let text = catga_node::cli::render_status(&v);
     assert!(text.contains(&format!("leader:   {}", v.raft.members[&leader].name)), "{text}");
+}
+
+#[tokio::test]
+async fn nodes_beyond_max_voters_join_as_learners_and_get_the_log() {
+    let c = TestCluster::start_with(3, |_, cfg| cfg.raft.max_voters = 2).await;
+    let rafts: Vec<_> = c.nodes.iter().map(|n| n.node.raft.clone()).collect();
+    eventually(T, "two voters and one learner everywhere", || {
+        rafts.iter().all(|r| {
+            let s = r.status();
+            s.voters.len() == 2 && s.learners.len() == 1 && s.leader.is_some()
+        })
+    })
+    .await;
+    // The learner receives the log like the voters.
+    let learner = rafts.iter().find(|r| r.status().learners.contains(&r.id)).expect("a learner");
+    rafts[0].write(Request::KvSet { key: b"l".to_vec(), value: b"x".to_vec() }).await.unwrap();
+    eventually(T, "write applied on the learner", || learner.view().read().kv.contains_key(&b"l"[..])).await;
 }
 
 async fn kill(p: &mut Proc) {

@@ -9,38 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use catga_node::http::{request, request_with, ClusterView};
-use common::proc::{spawn_node, Proc};
+use catga_node::http::{request, request_with};
+use common::proc::{spawn_node, until_all, Proc};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::time::Instant;
 
 const T: Duration = Duration::from_secs(20);
-
-async fn view(http: &str) -> Option<ClusterView> {
-    let (code, body) = request(http, "GET", "/cluster").await.ok()?;
-    (code == 200).then(|| serde_json::from_str(&body).unwrap())
-}
-
-/// Polls `/cluster` on `nodes` until `cond` holds for every one of them.
-async fn until_all(nodes: &[String], what: &str, cond: impl Fn(&ClusterView) -> bool) -> Vec<ClusterView> {
-    let deadline = Instant::now() + T;
-    loop {
-        let mut views = Vec::new();
-        for n in nodes {
-            match view(n).await {
-                Some(v) if cond(&v) => views.push(v),
-                _ => break,
-            }
-        }
-        if views.len() == nodes.len() {
-            return views;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn kill(p: &mut Proc) {
     p.child.start_kill().unwrap();

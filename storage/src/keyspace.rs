@@ -136,13 +136,30 @@ pub fn touched<'a>(argv: &[&'a [u8]]) -> Touched<'a> {
     }
 }
 
-fn int(b: &[u8]) -> Option<i64> {
-    let s = std::str::from_utf8(b).ok()?;
-    // Redis's string2ll: no '+', no leading zeros, no spaces.
-    if s.starts_with('+') || s.is_empty() || (s.len() > 1 && (s.starts_with('0') || s.starts_with("-0"))) {
+/// `string2ll` as Redis has it: an optional `-`, then digits with no
+/// leading zero (except `0` itself); nothing else, no `+`, no spaces.
+/// The Redis request parser uses it too.
+pub fn string2ll(b: &[u8]) -> Option<i64> {
+    let (neg, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 19 || (digits[0] == b'0' && (digits.len() > 1 || neg)) {
         return None;
     }
-    s.parse().ok()
+    // Accumulated negative, so i64::MIN fits.
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_sub(i64::from(d - b'0'))?;
+    }
+    if neg {
+        Some(v)
+    } else {
+        v.checked_neg()
+    }
 }
 
 fn float(b: &[u8]) -> Option<f64> {
@@ -158,15 +175,21 @@ fn float(b: &[u8]) -> Option<f64> {
     (!v.is_nan()).then_some(v)
 }
 
-/// `%.17Lg` as Redis prints INCRBYFLOAT results: shortest form that reads
-/// back, no exponent for ordinary magnitudes, no trailing zeros.
-fn float_text(v: f64) -> String {
-    let s = format!("{v}");
-    if s.contains('e') {
-        format!("{v:e}")
-    } else {
-        s
+/// Doubles as Redis prints them (INCRBYFLOAT results, RESP3 doubles):
+/// `inf`, `-inf`, `nan`, else the shortest text that reads back the same,
+/// with an exponent only for extreme magnitudes.
+pub fn format_double(d: f64) -> String {
+    if d.is_infinite() {
+        return if d > 0.0 { "inf".into() } else { "-inf".into() };
     }
+    if d.is_nan() {
+        return "nan".into();
+    }
+    let s = format!("{d}");
+    if s.contains('e') {
+        return format!("{d:e}");
+    }
+    s
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,10 +257,15 @@ impl Keyspace {
     /// commands (and unknown ones): they go through the log.
     pub fn read(&self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
         let name = String::from_utf8_lossy(argv.first()?).to_ascii_lowercase();
-        if spec(&name)?.write {
+        self.read_named(&name, db, now_ms, argv)
+    }
+
+    /// [`Keyspace::read`] with the command name already lower-cased.
+    fn read_named(&self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
+        if spec(name)?.write {
             return None;
         }
-        Some(match name.as_str() {
+        Some(match name {
             "get" => match self.string(db, argv[1], now_ms) {
                 Ok(Some(s)) => Out::Bulk(s.clone()),
                 Ok(None) => Out::Nil,
@@ -257,7 +285,9 @@ impl Keyspace {
                 Err(e) => e,
             },
             "getrange" => {
-                let (Some(start), Some(end)) = (int(argv[2]), int(argv[3])) else { return Some(Out::err(NOT_INTEGER)) };
+                let (Some(start), Some(end)) = (string2ll(argv[2]), string2ll(argv[3])) else {
+                    return Some(Out::err(NOT_INTEGER));
+                };
                 match self.string(db, argv[1], now_ms) {
                     Ok(s) => Out::Bulk(range(s.map_or(&[][..], |s| s), start, end).to_vec()),
                     Err(e) => e,
@@ -291,10 +321,10 @@ impl Keyspace {
     /// Runs any keyspace command at time `now_ms` (writes as the log
     /// applies them; reads too, for MULTI/EXEC).
     pub fn exec(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
-        if let Some(out) = self.read(db, now_ms, argv) {
+        let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+        if let Some(out) = self.read_named(&name, db, now_ms, argv) {
             return out;
         }
-        let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
         match name.as_str() {
             "set" => self.set(db, now_ms, argv),
             "setnx" => {
@@ -305,7 +335,7 @@ impl Keyspace {
                 Out::Int(1)
             }
             "setex" | "psetex" => {
-                let Some(n) = int(argv[2]) else { return Out::err(NOT_INTEGER) };
+                let Some(n) = string2ll(argv[2]) else { return Out::err(NOT_INTEGER) };
                 let unit = if name == "setex" { 1000 } else { 1 };
                 let Some(at) = expire_at(now_ms, n, unit, false) else {
                     return Out::Err(format!("ERR invalid expire time in '{name}' command"));
@@ -371,7 +401,7 @@ impl Keyspace {
                     "incr" => 1,
                     "decr" => -1,
                     _ => {
-                        let Some(n) = int(argv[2]) else { return Out::err(NOT_INTEGER) };
+                        let Some(n) = string2ll(argv[2]) else { return Out::err(NOT_INTEGER) };
                         if name == "decrby" {
                             let Some(neg) = n.checked_neg() else { return Out::err("ERR decrement would overflow") };
                             neg
@@ -450,7 +480,7 @@ impl Keyspace {
             let Some(arg) = argv.get(i + 1) else { return Out::err(SYNTAX) };
             match opt.as_str() {
                 "MATCH" => pattern = Some(*arg),
-                "COUNT" => match int(arg) {
+                "COUNT" => match string2ll(arg) {
                     Some(n) if n >= 1 => count = n as usize,
                     Some(_) => return Out::err(SYNTAX),
                     None => return Out::err(NOT_INTEGER),
@@ -498,7 +528,7 @@ impl Keyspace {
                 "GET" => get = true,
                 "KEEPTTL" if expire.is_none() => keep = true,
                 "EX" | "PX" | "EXAT" | "PXAT" if expire.is_none() && !keep && i + 1 < argv.len() => {
-                    let Some(n) = int(argv[i + 1]) else { return Out::err(NOT_INTEGER) };
+                    let Some(n) = string2ll(argv[i + 1]) else { return Out::err(NOT_INTEGER) };
                     let unit = if opt.starts_with('E') { 1000 } else { 1 };
                     expire = Some((n, unit, opt.ends_with("AT")));
                     i += 1;
@@ -540,7 +570,7 @@ impl Keyspace {
             match opt.as_str() {
                 "PERSIST" if change.is_none() => change = Some(None),
                 "EX" | "PX" | "EXAT" | "PXAT" if change.is_none() && i + 1 < argv.len() => {
-                    let Some(n) = int(argv[i + 1]) else { return Out::err(NOT_INTEGER) };
+                    let Some(n) = string2ll(argv[i + 1]) else { return Out::err(NOT_INTEGER) };
                     let unit = if opt.starts_with('E') { 1000 } else { 1 };
                     match expire_at(now_ms, n, unit, opt.ends_with("AT")) {
                         Some(at) => change = Some(Some(at)),
@@ -564,7 +594,7 @@ impl Keyspace {
     }
 
     fn setrange(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
-        let Some(offset) = int(argv[2]) else { return Out::err(NOT_INTEGER) };
+        let Some(offset) = string2ll(argv[2]) else { return Out::err(NOT_INTEGER) };
         if offset < 0 {
             return Out::err("ERR offset is out of range");
         }
@@ -595,7 +625,7 @@ impl Keyspace {
         let cur = match self.string(db, key, now_ms) {
             Err(e) => return e,
             Ok(None) => 0,
-            Ok(Some(s)) => match int(s) {
+            Ok(Some(s)) => match string2ll(s) {
                 Some(n) => n,
                 None => return Out::err(NOT_INTEGER),
             },
@@ -620,14 +650,14 @@ impl Keyspace {
         if next.is_nan() || next.is_infinite() {
             return Out::err("ERR increment would produce NaN or Infinity");
         }
-        let text = float_text(next).into_bytes();
+        let text = format_double(next).into_bytes();
         let at = self.get(db, argv[1], now_ms).and_then(|e| e.expire_at_ms);
         self.set_str(db, argv[1], text.clone(), at);
         Out::Bulk(text)
     }
 
     fn expire(&mut self, db: u32, now_ms: u64, name: &str, argv: &[&[u8]]) -> Out {
-        let Some(n) = int(argv[2]) else { return Out::err(NOT_INTEGER) };
+        let Some(n) = string2ll(argv[2]) else { return Out::err(NOT_INTEGER) };
         let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
         for opt in &argv[3..] {
             match String::from_utf8_lossy(opt).to_ascii_uppercase().as_str() {
@@ -1034,6 +1064,26 @@ mod tests {
             panic!()
         };
         assert_eq!(r[1], Out::Array(vec![]));
+    }
+
+    #[test]
+    fn integers_as_string2ll() {
+        assert_eq!(string2ll(b"0"), Some(0));
+        assert_eq!(string2ll(b"-1"), Some(-1));
+        assert_eq!(string2ll(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(string2ll(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [&b""[..], b"-", b"01", b"-0", b"+1", b" 1", b"1 ", b"1a", b"9223372036854775808"] {
+            assert_eq!(string2ll(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn doubles_print_as_redis_does() {
+        assert_eq!(format_double(f64::INFINITY), "inf");
+        assert_eq!(format_double(f64::NEG_INFINITY), "-inf");
+        assert_eq!(format_double(3.0), "3");
+        assert_eq!(format_double(0.1), "0.1");
+        assert_eq!(format_double(-2.5), "-2.5");
     }
 
     #[test]

@@ -10,10 +10,14 @@
 //! ranges into the caller's buffer (no copy); inline arguments, which may
 //! hold escapes, are owned.
 //!
+//! Numbers are read with Redis's `string2ll` (shared with the keyspace).
+//!
 //! Limits are named ([`Limits`]) and refused before their bytes are
 //! buffered. What Redis accepts loosely, we accept the same way: the two
 //! bytes after a bulk payload are skipped unchecked, `*0` and `*-1` are
 //! empty requests, an empty inline line is ignored.
+
+use catga_raft::keyspace::string2ll;
 
 /// What a request may not exceed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,26 +144,6 @@ pub struct Parser {
     multi: Option<Multi>,
 }
 
-/// `string2ll` as Redis has it: an optional `-`, then digits with no
-/// leading zero (except `0` itself); nothing else, no `+`, no spaces.
-fn parse_int(b: &[u8]) -> Option<i64> {
-    let (neg, digits) = match b.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, b),
-    };
-    if digits.is_empty() || digits.len() > 19 || (digits[0] == b'0' && (digits.len() > 1 || neg)) {
-        return None;
-    }
-    let mut v: i64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
-    }
-    Some(if neg { -v } else { v })
-}
-
 /// The `\r` ending the line that starts at `from`, if the `\n` after it
 /// has arrived too (Redis looks for `\r` and assumes the `\n`). Redis
 /// searches with `strchr`, which stops at a NUL byte: a NUL before the
@@ -217,7 +201,7 @@ impl Parser {
         if cr > self.limits.inline_bytes_max {
             return Err(ProtocolError::TooBigMultibulkCount);
         }
-        let n = parse_int(&buf[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
+        let n = string2ll(&buf[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
         if n > i64::from(i32::MAX) || n > self.limits.multibulk_len_max as i64 {
             return Err(ProtocolError::InvalidMultibulkLength);
         }
@@ -254,7 +238,7 @@ impl Parser {
                     if cr - m.pos > self.limits.inline_bytes_max {
                         return Err(ProtocolError::TooBigBulkCount);
                     }
-                    let n = parse_int(&buf[m.pos + 1..cr]).ok_or(ProtocolError::InvalidBulkLength)?;
+                    let n = string2ll(&buf[m.pos + 1..cr]).ok_or(ProtocolError::InvalidBulkLength)?;
                     if n < 0 || n as u64 > self.limits.bulk_bytes_max as u64 {
                         return Err(ProtocolError::InvalidBulkLength);
                     }
@@ -645,16 +629,6 @@ get  k\n";
         for (line, want) in cases {
             let want = want.as_ref().map(|v| v.iter().map(|a| a.to_vec()).collect::<Vec<_>>());
             assert_eq!(split_args(line), want, "{:?}", String::from_utf8_lossy(line));
-        }
-    }
-
-    #[test]
-    fn integers_as_string2ll() {
-        assert_eq!(parse_int(b"0"), Some(0));
-        assert_eq!(parse_int(b"-1"), Some(-1));
-        assert_eq!(parse_int(b"9223372036854775807"), Some(i64::MAX));
-        for bad in [&b""[..], b"-", b"01", b"-0", b"+1", b" 1", b"1 ", b"1a", b"9223372036854775808"] {
-            assert_eq!(parse_int(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

@@ -6,6 +6,8 @@
 
 use std::io::Write;
 
+use catga_raft::keyspace::format_double;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// `+text`
@@ -126,22 +128,6 @@ fn bulk(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Doubles as Redis prints them: `inf`, `-inf`, `nan`, else the shortest
-/// text that reads back the same (`%.17g` trimmed).
-pub fn format_double(d: f64) -> String {
-    if d.is_infinite() {
-        return if d > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    if d.is_nan() {
-        return "nan".into();
-    }
-    let s = format!("{d}");
-    if s.contains('e') || s.contains('E') {
-        return format!("{d:e}");
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,14 +156,5 @@ mod tests {
         assert_eq!(enc(&Reply::ok(), 2), "+OK\r\n");
         assert_eq!(enc(&Reply::err("ERR a\r\nb"), 2), "-ERR a  b\r\n");
         assert_eq!(enc(&Reply::Bulk(b"a\r\nb".to_vec()), 2), "$4\r\na\r\nb\r\n");
-    }
-
-    #[test]
-    fn doubles_print_as_redis_does() {
-        assert_eq!(format_double(f64::INFINITY), "inf");
-        assert_eq!(format_double(f64::NEG_INFINITY), "-inf");
-        assert_eq!(format_double(3.0), "3");
-        assert_eq!(format_double(0.1), "0.1");
-        assert_eq!(format_double(-2.5), "-2.5");
     }
 }

@@ -100,6 +100,24 @@ impl TestCluster {
         .await;
     }
 
+    /// Cuts node `x` off from every other node, both directions (the
+    /// mesh's test hook refuses the links until healed).
+    pub fn partition(&self, x: usize) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i != x {
+                self.nodes[x].node.mesh.fault_block(n.node.id);
+            }
+        }
+    }
+
+    pub fn heal(&self, x: usize) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i != x {
+                self.nodes[x].node.mesh.fault_unblock(n.node.id);
+            }
+        }
+    }
+
     /// Waits until every node has a link to every other.
     pub async fn wait_full_mesh(&self) {
         let n = self.nodes.len();

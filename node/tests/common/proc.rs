@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+use catga_node::http::{request, ClusterView};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::time::Instant;
 
 /// Flags that put every listener on a free loopback port.
 pub const LOOPBACK_PORT_ZERO: [&str; 8] =
@@ -55,4 +57,30 @@ pub async fn start(mut cmd: Command) -> Proc {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let field = |k: &str| line.split(&format!("{k}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_string();
     Proc { child, nats: field("nats").parse().unwrap(), cluster: field("cluster"), http: field("http") }
+}
+
+/// A node's `GET /cluster`, if it answers.
+pub async fn cluster_view(http: &str) -> Option<ClusterView> {
+    let (code, body) = request(http, "GET", "/cluster").await.ok()?;
+    (code == 200).then(|| serde_json::from_str(&body).unwrap())
+}
+
+/// Polls `/cluster` on `nodes` until `cond` holds for every one of them
+/// (20 s at most).
+pub async fn until_all(nodes: &[impl AsRef<str>], what: &str, cond: impl Fn(&ClusterView) -> bool) -> Vec<ClusterView> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut views = Vec::new();
+        for n in nodes {
+            match cluster_view(n.as_ref()).await {
+                Some(v) if cond(&v) => views.push(v),
+                _ => break,
+            }
+        }
+        if views.len() == nodes.len() {
+            return views;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
