@@ -256,3 +256,56 @@ async fn concurrent_writers_each_count_once() {
     let applied = n.node.raft.status().applied_index.unwrap_or(0);
     assert!(applied < 1000, "1000 writes took {applied} entries");
 }
+
+/// Hashes, lists, sets and sorted sets through a node, with the stock
+/// client's typed API over RESP2 and RESP3, and the RESP3 shapes on the
+/// wire (map, set, double, pairs) as redis-server 7.0.15 sends them.
+#[tokio::test]
+async fn data_types_with_the_stock_client_over_resp2_and_resp3() {
+    use std::collections::{BTreeSet, HashMap};
+    let n = TestNode::start().await;
+    for (db, proto) in [(0, ""), (1, "?protocol=resp3")] {
+        let url = format!("redis://{}/{db}{proto}", redis_addr(&n));
+        let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let added: i64 = redis::cmd("HSET").arg(&["h", "a", "1", "b", "2"]).query_async(&mut c).await.unwrap();
+        assert_eq!(added, 2);
+        let all: HashMap<String, String> = redis::cmd("HGETALL").arg("h").query_async(&mut c).await.unwrap();
+        assert_eq!(all, HashMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]));
+        let n2: i64 = redis::cmd("HINCRBY").arg(&["h", "a", "41"]).query_async(&mut c).await.unwrap();
+        assert_eq!(n2, 42);
+
+        let len: i64 = redis::cmd("RPUSH").arg(&["l", "x", "y", "z"]).query_async(&mut c).await.unwrap();
+        assert_eq!(len, 3);
+        let _: i64 = redis::cmd("LPUSH").arg(&["l", "w"]).query_async(&mut c).await.unwrap();
+        let items: Vec<String> = redis::cmd("LRANGE").arg(&["l", "0", "-1"]).query_async(&mut c).await.unwrap();
+        assert_eq!(items, ["w", "x", "y", "z"]);
+        let popped: Vec<String> = redis::cmd("RPOP").arg(&["l", "2"]).query_async(&mut c).await.unwrap();
+        assert_eq!(popped, ["z", "y"]);
+
+        let _: i64 = redis::cmd("SADD").arg(&["s", "m1", "m2", "m3"]).query_async(&mut c).await.unwrap();
+        let members: BTreeSet<String> = redis::cmd("SMEMBERS").arg("s").query_async(&mut c).await.unwrap();
+        assert_eq!(members, BTreeSet::from(["m1".into(), "m2".into(), "m3".into()]));
+
+        let _: i64 = redis::cmd("ZADD").arg(&["z", "1.5", "a", "0.5", "b"]).query_async(&mut c).await.unwrap();
+        let ranked: Vec<(String, f64)> =
+            redis::cmd("ZRANGE").arg(&["z", "0", "-1", "WITHSCORES"]).query_async(&mut c).await.unwrap();
+        assert_eq!(ranked, [("b".to_string(), 0.5), ("a".to_string(), 1.5)]);
+        let score: f64 = redis::cmd("ZINCRBY").arg(&["z", "1", "b"]).query_async(&mut c).await.unwrap();
+        assert_eq!(score, 1.5);
+
+        let err = redis::cmd("LPUSH").arg(&["h", "v"]).query_async::<()>(&mut c).await.unwrap_err();
+        assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    }
+    // The RESP3 wire shapes.
+    let got = exchange(
+        redis_addr(&n),
+        b"HELLO 3\r\nSELECT 1\r\nDEL h z s\r\nHSET h f v\r\nHGETALL h\r\nSADD s m\r\nSMEMBERS s\r\nZADD z 1.1 m\r\nZSCORE z m\r\nZRANGE z 0 -1 WITHSCORES\r\nZPOPMIN z 1\r\n",
+    )
+    .await;
+    let tail = got.split_once("+OK\r\n").map(|(_, t)| t).unwrap_or_default();
+    assert_eq!(
+        tail,
+        ":3\r\n:1\r\n%1\r\n$1\r\nf\r\n$1\r\nv\r\n:1\r\n~1\r\n$1\r\nm\r\n:1\r\n,1.1000000000000001\r\n*1\r\n*2\r\n$1\r\nm\r\n,1.1000000000000001\r\n*1\r\n*2\r\n$1\r\nm\r\n,1.1000000000000001\r\n",
+        "{got:?}"
+    );
+}

@@ -20,7 +20,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, Storag
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::keyspace::{self, Entry, Keyspace, Touched};
+use crate::keyspace::{Change, Entry, Keyspace};
 use crate::types::{
     Entry as LogEntry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -136,6 +136,40 @@ fn redis_key(db: u32, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// `e`, db (u32 big-endian): the prefix of a database's element rows.
+fn db_elem_prefix(db: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5);
+    k.push(b'e');
+    k.extend_from_slice(&db.to_be_bytes());
+    k
+}
+
+/// `e`, db, key length (u32 big-endian), key: the prefix of one key's
+/// element rows (the length keeps one key's rows apart from another's).
+fn elem_prefix(db: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = db_elem_prefix(db);
+    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// One element row of a hash, list, set or sorted set: the key's prefix,
+/// then the element's sub-key (field, member, or list position) →
+/// the element's bytes (a field's value, a score, a list item).
+fn elem_key(db: u32, key: &[u8], sub: &[u8]) -> Vec<u8> {
+    let mut k = elem_prefix(db, key);
+    k.extend_from_slice(sub);
+    k
+}
+
+/// Splits an element row's key into (db, key, sub).
+fn parse_elem_key(k: &[u8]) -> Option<(u32, &[u8], &[u8])> {
+    let db = u32::from_be_bytes(k.get(1..5)?.try_into().ok()?);
+    let len = u32::from_be_bytes(k.get(5..9)?.try_into().ok()?) as usize;
+    let key = k.get(9..9 + len)?;
+    Some((db, key, &k[9 + len..]))
+}
+
 fn kv_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
     k.push(b'k');
@@ -208,28 +242,53 @@ fn apply_request(view: &mut View, tree: &sled::Tree, batch: &mut Writes, req: &R
                     continue;
                 }
                 out.push(view.keyspace.exec(*db, *now_ms, &argv));
-                persist_redis(view, tree, batch, *db, &argv);
             }
+            persist_redis(view, tree, batch);
             Response::Redis(out)
         }
     }
 }
 
-/// Writes what `argv` may have changed in the keyspace into `batch`.
-fn persist_redis(view: &View, tree: &sled::Tree, batch: &mut Writes, db: u32, argv: &[&[u8]]) {
-    match keyspace::touched(argv) {
-        Touched::All => batch.remove_prefix(tree, b"r"),
-        Touched::Db => batch.remove_prefix(tree, &redis_key(db, b"")),
-        Touched::Keys(keys) => {
-            for key in keys {
-                match view.keyspace.stored(db, key).map(postcard::to_stdvec) {
-                    Some(Ok(bytes)) => batch.insert(redis_key(db, key), bytes),
-                    Some(Err(e)) => tracing::error!(cause = %e, "cannot encode a keyspace entry"),
-                    None => batch.remove(redis_key(db, key)),
+/// Writes the keyspace's recorded changes into `batch`, each resolved
+/// against the state now (after the whole entry).
+fn persist_redis(view: &mut View, tree: &sled::Tree, batch: &mut Writes) {
+    for c in view.keyspace.take_changes() {
+        match c {
+            Change::All => {
+                batch.remove_prefix(tree, b"r");
+                batch.remove_prefix(tree, b"e");
+            }
+            Change::Db(db) => {
+                batch.remove_prefix(tree, &redis_key(db, b""));
+                batch.remove_prefix(tree, &db_elem_prefix(db));
+            }
+            Change::Drop(db, key) => batch.remove_prefix(tree, &elem_prefix(db, &key)),
+            Change::Key(db, key) => match view.keyspace.header(db, &key).map(|h| postcard::to_stdvec(&h)) {
+                Some(Ok(bytes)) => batch.insert(redis_key(db, &key), bytes),
+                Some(Err(e)) => tracing::error!(cause = %e, "cannot encode a keyspace entry"),
+                None => batch.remove(redis_key(db, &key)),
+            },
+            Change::Elem(db, key, sub) => {
+                let row = elem_key(db, &key, &sub);
+                match view.keyspace.element(db, &key, &sub) {
+                    Some(bytes) => batch.insert(row, bytes),
+                    None => batch.remove(row),
                 }
             }
         }
     }
+}
+
+/// Writes every row of one key (a snapshot install).
+fn put_redis_entry(batch: &mut Writes, ks: &Keyspace, db: u32, key: &[u8]) -> Result<(), StorageError> {
+    if let Some(h) = ks.header(db, key) {
+        let bytes = postcard::to_stdvec(&h).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        batch.insert(redis_key(db, key), bytes);
+    }
+    for (sub, bytes) in ks.elements(db, key) {
+        batch.insert(elem_key(db, key, &sub), bytes);
+    }
+    Ok(())
 }
 
 impl StateMachine {
@@ -259,6 +318,9 @@ impl StateMachine {
 
 fn load_view(tree: &sled::Tree) -> Result<View, sled::Error> {
     let mut view = View::default();
+    // Element rows sort before the headers they belong to; they are
+    // added once every header is in.
+    let mut elems = Vec::new();
     for kv in tree.iter() {
         let (k, v) = kv?;
         match k.first() {
@@ -272,6 +334,7 @@ fn load_view(tree: &sled::Tree) -> Result<View, sled::Error> {
             Some(b'k') => {
                 view.kv.insert(k[1..].to_vec(), v.to_vec());
             }
+            Some(b'e') => elems.push((k, v)),
             Some(b'r') if k.len() >= 5 => {
                 let db = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
                 match postcard::from_bytes::<Entry>(&v) {
@@ -282,6 +345,13 @@ fn load_view(tree: &sled::Tree) -> Result<View, sled::Error> {
             _ => tracing::warn!(key = ?k, "unknown key in the state tree"),
         }
     }
+    for (k, v) in elems {
+        match parse_elem_key(&k) {
+            Some((db, key, sub)) => view.keyspace.load_element(db, key, sub, &v),
+            None => tracing::warn!(key = ?k, "malformed element row; skipped"),
+        }
+    }
+    view.keyspace.take_changes();
     Ok(view)
 }
 
@@ -394,9 +464,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             view.kv.insert(k, v);
         }
         for (db, k, e) in body.redis {
-            let bytes = postcard::to_stdvec(&e).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
-            batch.insert(redis_key(db, &k), bytes);
-            view.keyspace.insert(db, k, e);
+            view.keyspace.insert(db, k.clone(), e);
+            put_redis_entry(&mut batch, &view.keyspace, db, &k)?;
         }
         put_meta(&view, &mut batch)?;
         self.tree.apply_batch(batch.into_batch()).map_err(|e| StorageIOError::write_state_machine(any(e)))?;

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use catga_raft::keyspace::format_double;
+use catga_raft::keyspace::format_score;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
@@ -23,7 +23,10 @@ pub enum Reply {
     NullArray,
     Map(Vec<(Reply, Reply)>),
     Set(Vec<Reply>),
+    /// A score; `%.17g` as Redis 7.0 prints it.
     Double(f64),
+    /// Pairs: RESP3 an array of 2-arrays, RESP2 one flat array.
+    Pairs(Vec<(Reply, Reply)>),
     Bool(bool),
     /// Out-of-band data (pub/sub messages): RESP3 `>`, RESP2 an array.
     Push(Vec<Reply>),
@@ -79,8 +82,18 @@ impl Reply {
                     i.encode(proto, out);
                 }
             }
+            Reply::Pairs(pairs) => {
+                let _ = write!(out, "*{}\r\n", if resp3 { pairs.len() } else { pairs.len() * 2 });
+                for (k, v) in pairs {
+                    if resp3 {
+                        out.extend_from_slice(b"*2\r\n");
+                    }
+                    k.encode(proto, out);
+                    v.encode(proto, out);
+                }
+            }
             Reply::Double(d) => {
-                let text = format_double(*d);
+                let text = format_score(*d);
                 if resp3 {
                     line(out, b',', text.as_bytes());
                 } else {
@@ -110,7 +123,14 @@ impl From<catga_raft::keyspace::Out> for Reply {
             Out::Int(i) => Reply::Int(i),
             Out::Bulk(b) => Reply::Bulk(b),
             Out::Nil => Reply::Null,
+            Out::NilArray => Reply::NullArray,
             Out::Array(items) => Reply::Array(items.into_iter().map(Reply::from).collect()),
+            Out::Double(d) => Reply::Double(d),
+            Out::Map(pairs) => Reply::Map(pairs.into_iter().map(|(k, v)| (Reply::from(k), Reply::from(v))).collect()),
+            Out::Set(items) => Reply::Set(items.into_iter().map(Reply::from).collect()),
+            Out::Pairs(pairs) => {
+                Reply::Pairs(pairs.into_iter().map(|(k, v)| (Reply::from(k), Reply::from(v))).collect())
+            }
         }
     }
 }
@@ -150,6 +170,10 @@ mod tests {
         assert_eq!(enc(&Reply::Bool(false), 3), "#f\r\n");
         assert_eq!(enc(&Reply::Double(1.5), 2), "$3\r\n1.5\r\n");
         assert_eq!(enc(&Reply::Double(1.5), 3), ",1.5\r\n");
+        assert_eq!(enc(&Reply::Double(1.1), 2), "$18\r\n1.1000000000000001\r\n");
+        let pairs = Reply::Pairs(vec![(Reply::bulk("m"), Reply::Double(2.0))]);
+        assert_eq!(enc(&pairs, 2), "*2\r\n$1\r\nm\r\n$1\r\n2\r\n");
+        assert_eq!(enc(&pairs, 3), "*1\r\n*2\r\n$1\r\nm\r\n,2\r\n");
         assert_eq!(enc(&Reply::Set(vec![Reply::Int(1)]), 3), "~1\r\n:1\r\n");
         assert_eq!(enc(&Reply::Push(vec![Reply::bulk("m")]), 2), "*1\r\n$1\r\nm\r\n");
         assert_eq!(enc(&Reply::Push(vec![Reply::bulk("m")]), 3), ">1\r\n$1\r\nm\r\n");

@@ -1,0 +1,335 @@
+//! The generic key commands: EXISTS TTL TYPE DEL EXPIRE RENAME SCAN KEYS
+//! RANDOMKEY FLUSHDB…, and the SCAN cursor the *SCAN commands share.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::*;
+
+/// Mixed into the seed of read-side random picks (RANDOMKEY,
+/// SRANDMEMBER…), so two calls in one millisecond differ. Reads change
+/// nothing, so replicas need not agree on them.
+static READ_DRAWS: AtomicU64 = AtomicU64::new(0);
+
+/// A generator for a read that picks at random.
+pub(super) fn read_rng(now_ms: u64, argv: &[&[u8]]) -> Rng {
+    Rng::for_command(now_ms, argv, READ_DRAWS.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The options of SCAN, HSCAN, SSCAN and ZSCAN.
+pub(super) struct ScanOpts<'a> {
+    pub cursor: u64,
+    pub pattern: Option<&'a [u8]>,
+    pub count: usize,
+    pub kind: Option<String>,
+}
+
+/// Parses `cursor [MATCH p] [COUNT n] [TYPE t]` from `argv[at..]`; TYPE
+/// only where `with_type` (SCAN).
+pub(super) fn scan_opts<'a>(argv: &[&'a [u8]], at: usize, with_type: bool) -> Result<ScanOpts<'a>, Out> {
+    let text = String::from_utf8_lossy(argv[at]);
+    let cursor = match text.parse::<u64>() {
+        Ok(c) => c,
+        Err(_) => match text.parse::<i64>() {
+            Ok(c) => c as u64, // strtoull wraps negatives, as Redis accepts them
+            Err(_) => return Err(Out::err("ERR invalid cursor")),
+        },
+    };
+    let mut opts = ScanOpts { cursor, pattern: None, count: 10, kind: None };
+    let mut i = at + 1;
+    while i < argv.len() {
+        let opt = upper(argv[i]);
+        let Some(arg) = argv.get(i + 1) else { return Err(Out::err(SYNTAX)) };
+        match opt.as_str() {
+            "MATCH" => opts.pattern = Some(*arg),
+            "COUNT" => match string2ll(arg) {
+                Some(n) if n >= 1 => opts.count = n as usize,
+                Some(_) => return Err(Out::err(SYNTAX)),
+                None => return Err(Out::err(NOT_INTEGER)),
+            },
+            "TYPE" if with_type => opts.kind = Some(String::from_utf8_lossy(arg).to_ascii_lowercase()),
+            _ => return Err(Out::err(SYNTAX)),
+        }
+        i += 2;
+    }
+    Ok(opts)
+}
+
+/// One page of a scan over `items` (name, payload): items in order of a
+/// fixed 64-bit hash of the name, from the cursor on. The order does not
+/// move when other items come or go, so an item present for the whole
+/// iteration is returned (Redis's guarantee), and a cursor means the same
+/// on every node. Returns the next cursor (0 at the end) and the page,
+/// MATCH applied. Each call looks at every item (O(n)).
+pub(super) fn scan_page<'a, T>(
+    items: impl Iterator<Item = (&'a [u8], T)>,
+    opts: &ScanOpts<'_>,
+) -> (u64, Vec<(&'a [u8], T)>) {
+    let mut live: Vec<(u64, &[u8], T)> =
+        items.map(|(k, t)| (scan_hash(k), k, t)).filter(|(h, _, _)| *h >= opts.cursor).collect();
+    live.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    // Never split one hash value across two calls.
+    let mut take = opts.count.min(live.len());
+    while take < live.len() && take > 0 && live[take].0 == live[take - 1].0 {
+        take += 1;
+    }
+    let next = live.get(take).map_or(0, |(h, _, _)| *h);
+    live.truncate(take);
+    let page =
+        live.into_iter().filter(|(_, k, _)| opts.pattern.is_none_or(|p| glob_match(p, k))).map(|(_, k, t)| (k, t));
+    (next, page.collect())
+}
+
+/// A scan reply: `[cursor, [items…]]`.
+pub(super) fn scan_reply(next: u64, items: Vec<Out>) -> Out {
+    Out::Array(vec![Out::Bulk(next.to_string().into_bytes()), Out::Array(items)])
+}
+
+impl Keyspace {
+    pub(super) fn key_read(&self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
+        Some(match name {
+            "exists" => Out::Int(argv[1..].iter().filter(|k| self.get(db, k, now_ms).is_some()).count() as i64),
+            "ttl" | "pttl" => match self.get(db, argv[1], now_ms) {
+                None => Out::Int(-2),
+                Some(Entry { expire_at_ms: None, .. }) => Out::Int(-1),
+                Some(Entry { expire_at_ms: Some(t), .. }) => {
+                    let ms = t.saturating_sub(now_ms) as i64;
+                    Out::Int(if name == "ttl" { (ms + 500) / 1000 } else { ms })
+                }
+            },
+            "type" => Out::Simple(self.get(db, argv[1], now_ms).map_or("none", |e| e.value.type_name()).into()),
+            "dbsize" => Out::Int(self.len(db, now_ms) as i64),
+            "scan" => {
+                let opts = match scan_opts(argv, 1, true) {
+                    Ok(o) => o,
+                    Err(e) => return Some(e),
+                };
+                let live = self.dbs.get(&db).into_iter().flatten().filter(|(_, e)| e.live(now_ms));
+                let (next, page) = scan_page(live.map(|(k, e)| (k.as_slice(), e)), &opts);
+                let keys = page
+                    .into_iter()
+                    .filter(|(_, e)| opts.kind.as_deref().is_none_or(|t| e.value.type_name() == t))
+                    .map(|(k, _)| Out::Bulk(k.to_vec()))
+                    .collect();
+                scan_reply(next, keys)
+            }
+            "keys" => Out::Array(
+                self.dbs
+                    .get(&db)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, e)| e.live(now_ms) && glob_match(argv[1], k))
+                    .map(|(k, _)| Out::Bulk(k.clone()))
+                    .collect(),
+            ),
+            "randomkey" => {
+                let live: Vec<&Vec<u8>> =
+                    self.dbs.get(&db).into_iter().flatten().filter(|(_, e)| e.live(now_ms)).map(|(k, _)| k).collect();
+                if live.is_empty() {
+                    Out::Nil
+                } else {
+                    Out::Bulk(live[read_rng(now_ms, argv).below(live.len())].clone())
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    pub(super) fn key_write(&mut self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
+        Some(match name {
+            "del" | "unlink" => {
+                Out::Int(argv[1..].iter().filter(|k| self.remove(db, k, now_ms).is_some()).count() as i64)
+            }
+            "expire" | "pexpire" | "expireat" | "pexpireat" => self.expire(db, now_ms, name, argv),
+            "persist" => {
+                if self.get(db, argv[1], now_ms).is_none_or(|e| e.expire_at_ms.is_none()) {
+                    return Some(Out::Int(0));
+                }
+                if let Some(e) = self.live_mut(db, argv[1], now_ms) {
+                    e.expire_at_ms = None;
+                }
+                Out::Int(1)
+            }
+            "rename" | "renamenx" => {
+                let Some(e) = self.get(db, argv[1], now_ms).cloned() else {
+                    return Some(Out::err("ERR no such key"));
+                };
+                if argv[1] == argv[2] {
+                    return Some(if name == "rename" { Out::ok() } else { Out::Int(0) });
+                }
+                if name == "renamenx" && self.get(db, argv[2], now_ms).is_some() {
+                    return Some(Out::Int(0));
+                }
+                self.remove(db, argv[1], now_ms);
+                self.put(db, argv[2], e);
+                if name == "rename" {
+                    Out::ok()
+                } else {
+                    Out::Int(1)
+                }
+            }
+            "flushdb" | "flushall" => {
+                // ASYNC / SYNC are accepted; both are immediate here.
+                if let Some(mode) = argv.get(1) {
+                    let m = String::from_utf8_lossy(mode).to_ascii_lowercase();
+                    if argv.len() > 2 || (m != "async" && m != "sync") {
+                        return Some(Out::err(SYNTAX));
+                    }
+                }
+                if name == "flushdb" {
+                    self.dbs.remove(&db);
+                    self.note(Change::Db(db));
+                } else {
+                    self.dbs.clear();
+                    self.note(Change::All);
+                }
+                Out::ok()
+            }
+            _ => return None,
+        })
+    }
+
+    fn expire(&mut self, db: u32, now_ms: u64, name: &str, argv: &[&[u8]]) -> Out {
+        let Some(n) = string2ll(argv[2]) else { return Out::err(NOT_INTEGER) };
+        let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+        for opt in &argv[3..] {
+            match String::from_utf8_lossy(opt).to_ascii_uppercase().as_str() {
+                "NX" => nx = true,
+                "XX" => xx = true,
+                "GT" => gt = true,
+                "LT" => lt = true,
+                _ => return Out::Err(format!("ERR Unsupported option {}", String::from_utf8_lossy(opt))),
+            }
+        }
+        if nx && (xx || gt || lt) {
+            return Out::err("ERR NX and XX, GT or LT options at the same time are not compatible");
+        }
+        if gt && lt {
+            return Out::err("ERR GT and LT options at the same time are not compatible");
+        }
+        let unit = if name.starts_with('p') { 1 } else { 1000 };
+        let absolute = name.ends_with("at");
+        // Unlike SET, EXPIRE accepts times in the past (the key goes).
+        let at = if absolute {
+            n.checked_mul(unit as i64)
+        } else {
+            n.checked_mul(unit as i64).and_then(|ms| ms.checked_add(now_ms as i64))
+        };
+        let Some(at) = at else { return Out::Err(format!("ERR invalid expire time in '{name}' command")) };
+        let Some(current) = self.get(db, argv[1], now_ms).map(|e| e.expire_at_ms) else { return Out::Int(0) };
+        let allowed = match current {
+            None => !xx && !gt,
+            Some(c) => !nx && (!gt || at > c as i64) && (!lt || at < c as i64),
+        };
+        if !allowed {
+            return Out::Int(0);
+        }
+        if at <= now_ms as i64 {
+            self.remove(db, argv[1], now_ms);
+        } else if let Some(e) = self.live_mut(db, argv[1], now_ms) {
+            e.expire_at_ms = Some(at as u64);
+        }
+        Out::Int(1)
+    }
+}
+
+/// FNV-1a over `b`.
+pub(super) fn fnv(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in b {
+        h ^= u64::from(x);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// FNV-1a, never 0 (cursor 0 starts and ends a scan).
+fn scan_hash(key: &[u8]) -> u64 {
+    fnv(key).max(1)
+}
+/// to escape the next byte.
+pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    // Where to resume after the last `*`: (pattern index, string index).
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pattern.len() {
+            match pattern[p] {
+                b'*' => {
+                    while p < pattern.len() && pattern[p] == b'*' {
+                        p += 1;
+                    }
+                    if p == pattern.len() {
+                        return true;
+                    }
+                    star = Some((p, i));
+                    continue;
+                }
+                b'?' => {
+                    p += 1;
+                    i += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class(pattern, p, s[i]) {
+                        if matched {
+                            p = next;
+                            i += 1;
+                            continue;
+                        }
+                    }
+                }
+                b'\\' if p + 1 < pattern.len() => {
+                    if pattern[p + 1] == s[i] {
+                        p += 2;
+                        i += 1;
+                        continue;
+                    }
+                }
+                c => {
+                    if c == s[i] {
+                        p += 1;
+                        i += 1;
+                        continue;
+                    }
+                }
+            }
+        }
+        // Mismatch: let the last `*` swallow one more byte.
+        match star {
+            Some((sp, si)) => {
+                p = sp;
+                i = si + 1;
+                star = Some((sp, si + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Matches byte `c` against the `[...]` class starting at `pattern[p]`;
+/// returns whether it matched and where the pattern goes on. An
+/// unterminated class runs to the end of the pattern, as in Redis.
+fn class(pattern: &[u8], p: usize, c: u8) -> Option<(bool, usize)> {
+    let mut j = p + 1;
+    let negate = pattern.get(j) == Some(&b'^');
+    if negate {
+        j += 1;
+    }
+    let mut matched = false;
+    while j < pattern.len() && pattern[j] != b']' {
+        if pattern[j] == b'\\' && j + 1 < pattern.len() {
+            matched |= pattern[j + 1] == c;
+            j += 2;
+        } else if j + 2 < pattern.len() && pattern[j + 1] == b'-' && pattern[j + 2] != b']' {
+            let (lo, hi) = (pattern[j].min(pattern[j + 2]), pattern[j].max(pattern[j + 2]));
+            matched |= (lo..=hi).contains(&c);
+            j += 3;
+        } else {
+            matched |= pattern[j] == c;
+            j += 1;
+        }
+    }
+    let next = if j < pattern.len() { j + 1 } else { j };
+    Some((matched != negate, next))
+}

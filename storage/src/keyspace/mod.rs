@@ -1,0 +1,743 @@
+//! The Redis keyspace: values by (database, key) with expiry, and the
+//! commands over them with Redis 7.0 semantics and error texts.
+//!
+//! Pure and deterministic: the time is an argument (the leader's clock,
+//! carried in the log entry, for writes; the local clock for reads), and
+//! nothing depends on hash order, so every replica applying the same
+//! commands holds the same state. Commands that pick at random (SPOP,
+//! ZRANDMEMBER…) draw from a generator seeded by the time, the command
+//! and the value, so replicas pick the same. An expired entry is absent
+//! to every command (lazy check); removing it for good is a write like
+//! any other.
+//!
+//! Every change is recorded as a [`Change`] at the grain persistence
+//! needs: a key's header (type, expiry, a string's bytes), or one element
+//! of a hash, list, set or sorted set. The state machine drains them with
+//! [`Keyspace::take_changes`] after each entry and writes only those rows,
+//! so a push onto a long list costs one row, not the list.
+//!
+//! The commands live by family: [`strings`], [`keys`] (generic key
+//! commands), [`hashes`], [`lists`], [`sets`], [`zsets`].
+
+mod hashes;
+mod keys;
+mod lists;
+mod sets;
+mod strings;
+mod zsets;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+pub use keys::glob_match;
+pub use zsets::{Score, ZSet};
+
+/// A list: its items, and the position of the first one. Positions are
+/// what persistence keys elements by: a push at the head takes
+/// `base - 1`, so no other element moves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct List {
+    pub base: i64,
+    pub items: VecDeque<Vec<u8>>,
+}
+
+/// A value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Value {
+    Str(Vec<u8>),
+    Hash(BTreeMap<Vec<u8>, Vec<u8>>),
+    List(List),
+    Set(BTreeSet<Vec<u8>>),
+    ZSet(ZSet),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Hash,
+    List,
+    Set,
+    ZSet,
+}
+
+impl Value {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Value::Str(_) => "string",
+            Value::Hash(_) => "hash",
+            Value::List(_) => "list",
+            Value::Set(_) => "set",
+            Value::ZSet(_) => "zset",
+        }
+    }
+
+    fn kind(&self) -> Option<Kind> {
+        match self {
+            Value::Str(_) => None,
+            Value::Hash(_) => Some(Kind::Hash),
+            Value::List(_) => Some(Kind::List),
+            Value::Set(_) => Some(Kind::Set),
+            Value::ZSet(_) => Some(Kind::ZSet),
+        }
+    }
+
+    fn empty(kind: Kind) -> Value {
+        match kind {
+            Kind::Hash => Value::Hash(BTreeMap::new()),
+            Kind::List => Value::List(List::default()),
+            Kind::Set => Value::Set(BTreeSet::new()),
+            Kind::ZSet => Value::ZSet(ZSet::default()),
+        }
+    }
+
+    fn is_empty_collection(&self) -> bool {
+        match self {
+            Value::Str(_) => false,
+            Value::Hash(h) => h.is_empty(),
+            Value::List(l) => l.items.is_empty(),
+            Value::Set(s) => s.is_empty(),
+            Value::ZSet(z) => z.is_empty(),
+        }
+    }
+
+    /// Elements as persistence stores them: (sub-key, bytes).
+    fn elements(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        match self {
+            Value::Str(_) => Vec::new(),
+            Value::Hash(h) => h.iter().map(|(f, v)| (f.clone(), v.clone())).collect(),
+            Value::List(l) => {
+                l.items.iter().enumerate().map(|(i, v)| (list_sub(l.base + i as i64), v.clone())).collect()
+            }
+            Value::Set(s) => s.iter().map(|m| (m.clone(), Vec::new())).collect(),
+            Value::ZSet(z) => z.iter().map(|(m, s)| (m.to_vec(), s.to_be_bytes().to_vec())).collect(),
+        }
+    }
+
+    fn element(&self, sub: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Value::Str(_) => None,
+            Value::Hash(h) => h.get(sub).cloned(),
+            Value::List(l) => {
+                let pos = list_pos(sub)?;
+                let i = usize::try_from(pos.checked_sub(l.base)?).ok()?;
+                l.items.get(i).cloned()
+            }
+            Value::Set(s) => s.contains(sub).then(Vec::new),
+            Value::ZSet(z) => z.score(sub).map(|s| s.to_be_bytes().to_vec()),
+        }
+    }
+
+    /// The value without its elements (what a key's header row holds).
+    fn shell(&self) -> Value {
+        match self {
+            Value::Str(s) => Value::Str(s.clone()),
+            Value::Hash(_) => Value::empty(Kind::Hash),
+            Value::List(_) => Value::empty(Kind::List),
+            Value::Set(_) => Value::empty(Kind::Set),
+            Value::ZSet(_) => Value::empty(Kind::ZSet),
+        }
+    }
+
+    /// Adds one persisted element back (loading from disk).
+    fn load_element(&mut self, sub: &[u8], bytes: &[u8]) {
+        match self {
+            Value::Str(_) => {}
+            Value::Hash(h) => {
+                h.insert(sub.to_vec(), bytes.to_vec());
+            }
+            Value::List(l) => {
+                if let Some(pos) = list_pos(sub) {
+                    if l.items.is_empty() {
+                        l.base = pos;
+                    }
+                    l.items.push_back(bytes.to_vec());
+                }
+            }
+            Value::Set(s) => {
+                s.insert(sub.to_vec());
+            }
+            Value::ZSet(z) => {
+                if let Ok(b) = <[u8; 8]>::try_from(bytes) {
+                    z.insert(sub, f64::from_be_bytes(b));
+                }
+            }
+        }
+    }
+}
+
+/// A list position as an order-preserving sub-key.
+fn list_sub(pos: i64) -> Vec<u8> {
+    ((pos as u64) ^ (1 << 63)).to_be_bytes().to_vec()
+}
+
+fn list_pos(sub: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(sub.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub value: Value,
+    /// Unix time in ms after which the entry is gone.
+    pub expire_at_ms: Option<u64>,
+}
+
+impl Entry {
+    fn live(&self, now_ms: u64) -> bool {
+        self.expire_at_ms.is_none_or(|t| t > now_ms)
+    }
+}
+
+/// What changed, for persistence: drained by [`Keyspace::take_changes`]
+/// and resolved against the state after the whole entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The key's header row: [`Keyspace::header`], or gone.
+    Key(u32, Vec<u8>),
+    /// One element row: [`Keyspace::element`], or gone.
+    Elem(u32, Vec<u8>, Vec<u8>),
+    /// Every element row of the key is gone (rows written later in the
+    /// same batch come back).
+    Drop(u32, Vec<u8>),
+    /// Every row of one database is gone.
+    Db(u32),
+    /// Every row is gone.
+    All,
+}
+
+/// A reply, as the keyspace produces it (the protocol layer encodes it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Out {
+    Simple(String),
+    Err(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Nil,
+    /// A missing array (`*-1` in RESP2).
+    NilArray,
+    Array(Vec<Out>),
+    /// RESP3 double; a bulk string in RESP2.
+    Double(f64),
+    /// RESP3 map; a flat array in RESP2.
+    Map(Vec<(Out, Out)>),
+    /// RESP3 set; an array in RESP2.
+    Set(Vec<Out>),
+    /// Pairs: an array of 2-arrays in RESP3, a flat array in RESP2
+    /// (ZRANGE … WITHSCORES, HRANDFIELD … WITHVALUES).
+    Pairs(Vec<(Out, Out)>),
+}
+
+impl Out {
+    fn ok() -> Self {
+        Out::Simple("OK".into())
+    }
+
+    fn err(text: &str) -> Self {
+        Out::Err(text.to_string())
+    }
+
+    fn bulks<'a>(items: impl IntoIterator<Item = &'a Vec<u8>>) -> Self {
+        Out::Array(items.into_iter().map(|b| Out::Bulk(b.clone())).collect())
+    }
+}
+
+/// Longest string a command may build (SETRANGE, APPEND): Redis's
+/// `proto-max-bulk-len` default.
+pub const STRING_BYTES_MAX: usize = 512 << 20;
+
+/// Most items a random pick with repetition (a negative count to
+/// HRANDFIELD, SRANDMEMBER, ZRANDMEMBER) returns; more is an error.
+pub const RANDOM_PICKS_MAX: usize = 1 << 20;
+
+const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+const NOT_FLOAT: &str = "ERR value is not a valid float";
+const SYNTAX: &str = "ERR syntax error";
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+const NOT_POSITIVE: &str = "ERR value is out of range, must be positive";
+
+/// How a command may be run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    /// Redis arity: exactly n arguments (the name included), or at least
+    /// -n when negative.
+    pub arity: i32,
+    /// Changes the keyspace: must go through the log.
+    pub write: bool,
+}
+
+/// The commands the keyspace runs, by lower-case name.
+pub fn spec(name: &str) -> Option<Spec> {
+    let (arity, write) = match name {
+        // strings
+        "get" => (2, false),
+        "set" => (-3, true),
+        "setnx" => (3, true),
+        "setex" | "psetex" => (4, true),
+        "mget" => (-2, false),
+        "mset" | "msetnx" => (-3, true),
+        "getset" => (3, true),
+        "getdel" => (2, true),
+        "getex" => (-2, true),
+        "append" => (3, true),
+        "strlen" => (2, false),
+        "getrange" => (4, false),
+        "setrange" => (4, true),
+        "incr" | "decr" => (2, true),
+        "incrby" | "decrby" | "incrbyfloat" => (3, true),
+        // keys
+        "del" | "unlink" => (-2, true),
+        "exists" => (-2, false),
+        "expire" | "pexpire" | "expireat" | "pexpireat" => (-3, true),
+        "ttl" | "pttl" | "type" => (2, false),
+        "persist" => (2, true),
+        "rename" | "renamenx" => (3, true),
+        "dbsize" | "randomkey" => (1, false),
+        "keys" => (2, false),
+        "scan" => (-2, false),
+        "flushdb" | "flushall" => (-1, true),
+        // hashes
+        "hset" | "hmset" => (-4, true),
+        "hsetnx" | "hincrby" | "hincrbyfloat" => (4, true),
+        "hget" | "hexists" | "hstrlen" => (3, false),
+        "hmget" => (-3, false),
+        "hdel" => (-3, true),
+        "hgetall" | "hlen" | "hkeys" | "hvals" => (2, false),
+        "hrandfield" => (-2, false),
+        "hscan" | "sscan" | "zscan" => (-3, false),
+        // lists
+        "lpush" | "rpush" | "lpushx" | "rpushx" => (-3, true),
+        "lpop" | "rpop" => (-2, true),
+        "lrange" => (4, false),
+        "llen" => (2, false),
+        "lindex" => (3, false),
+        "lset" | "lrem" | "ltrim" => (4, true),
+        "linsert" | "lmove" => (5, true),
+        "rpoplpush" => (3, true),
+        "lpos" => (-3, false),
+        // sets
+        "sadd" | "srem" => (-3, true),
+        "smembers" | "scard" => (2, false),
+        "sismember" => (3, false),
+        "smismember" => (-3, false),
+        "spop" => (-2, true),
+        "srandmember" => (-2, false),
+        "smove" => (4, true),
+        "sinter" | "sunion" | "sdiff" => (-2, false),
+        "sinterstore" | "sunionstore" | "sdiffstore" => (-3, true),
+        "sintercard" => (-3, false),
+        // sorted sets
+        "zadd" => (-4, true),
+        "zrem" => (-3, true),
+        "zscore" | "zrank" | "zrevrank" => (3, false),
+        "zmscore" => (-3, false),
+        "zincrby" => (4, true),
+        "zcard" => (2, false),
+        "zcount" | "zlexcount" => (4, false),
+        "zrange" | "zrangebyscore" | "zrevrangebyscore" | "zrangebylex" | "zrevrangebylex" | "zrevrange" => (-4, false),
+        "zpopmin" | "zpopmax" => (-2, true),
+        "zremrangebyscore" | "zremrangebyrank" | "zremrangebylex" => (4, true),
+        "zrangestore" => (-5, true),
+        "zrandmember" => (-2, false),
+        _ => return None,
+    };
+    Some(Spec { arity, write })
+}
+
+/// `string2ll` as Redis has it: an optional `-`, then digits with no
+/// leading zero (except `0` itself); nothing else, no `+`, no spaces.
+/// The Redis request parser uses it too.
+pub fn string2ll(b: &[u8]) -> Option<i64> {
+    let (neg, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 19 || (digits[0] == b'0' && (digits.len() > 1 || neg)) {
+        return None;
+    }
+    // Accumulated negative, so i64::MIN fits.
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_sub(i64::from(d - b'0'))?;
+    }
+    if neg {
+        Some(v)
+    } else {
+        v.checked_neg()
+    }
+}
+
+/// A float argument as Redis reads one (`strtold` with no trailing junk
+/// or spaces; `inf` and `-inf` accepted, NaN refused).
+fn float(b: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(b).ok()?;
+    if s.is_empty() || s.starts_with(|c: char| c.is_whitespace()) || s.ends_with(|c: char| c.is_whitespace()) {
+        return None;
+    }
+    let v: f64 = match s.to_ascii_lowercase().as_str() {
+        "inf" | "+inf" | "infinity" | "+infinity" => f64::INFINITY,
+        "-inf" | "-infinity" => f64::NEG_INFINITY,
+        _ => s.parse().ok()?,
+    };
+    (!v.is_nan()).then_some(v)
+}
+
+/// Doubles as Redis prints them in strings (INCRBYFLOAT, HINCRBYFLOAT):
+/// `inf`, `-inf`, `nan`, else the shortest text that reads back the same,
+/// with an exponent only for extreme magnitudes.
+pub fn format_double(d: f64) -> String {
+    if d.is_infinite() {
+        return if d > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if d.is_nan() {
+        return "nan".into();
+    }
+    let s = format!("{d}");
+    if s.contains('e') {
+        return format!("{d:e}");
+    }
+    s
+}
+
+/// Doubles as Redis 7.0 replies with them (scores: ZSCORE, ZINCRBY,
+/// WITHSCORES): C's `%.17g`, so 1.1 is `1.1000000000000001`.
+pub fn format_score(d: f64) -> String {
+    if d.is_infinite() {
+        return if d > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if d.is_nan() {
+        return "nan".into();
+    }
+    if d == 0.0 {
+        return if d.is_sign_negative() { "-0".into() } else { "0".into() };
+    }
+    // 17 significant digits: one before the point, 16 after.
+    let sci = format!("{d:.16e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    if !(-4..17).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
+    } else {
+        let decimals = (16 - exp).max(0) as usize;
+        trim(&format!("{d:.decimals$}"))
+    }
+}
+
+/// The expiry time for `n` units of `unit_ms` (from now, or absolute);
+/// `None` for a time Redis refuses (not positive, or overflowing).
+fn expire_at(now_ms: u64, n: i64, unit_ms: u64, absolute: bool) -> Option<u64> {
+    if n <= 0 {
+        return None;
+    }
+    let ms = (n as u64).checked_mul(unit_ms)?;
+    let at = if absolute { ms } else { ms.checked_add(now_ms)? };
+    (at <= i64::MAX as u64).then_some(at)
+}
+
+/// A small deterministic generator (splitmix64) for the commands that
+/// pick at random.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    /// Seeded by the time, the command and `salt` (the value's size), so
+    /// every replica applying the same entry draws the same numbers.
+    fn for_command(now_ms: u64, argv: &[&[u8]], salt: u64) -> Self {
+        let mut h = keys::fnv(&now_ms.to_le_bytes()) ^ salt.rotate_left(17);
+        for a in argv {
+            h = h.rotate_left(5) ^ keys::fnv(a);
+        }
+        Rng(h)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Parses an integer argument or answers Redis's error.
+fn int_arg(b: &[u8]) -> Result<i64, Out> {
+    string2ll(b).ok_or_else(|| Out::err(NOT_INTEGER))
+}
+
+/// Upper-cased option name.
+fn upper(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_uppercase()
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Keyspace {
+    dbs: BTreeMap<u32, BTreeMap<Vec<u8>, Entry>>,
+    /// Not yet persisted (see [`Keyspace::take_changes`]).
+    changes: Vec<Change>,
+}
+
+impl PartialEq for Keyspace {
+    fn eq(&self, other: &Self) -> bool {
+        self.dbs == other.dbs
+    }
+}
+
+impl Eq for Keyspace {}
+
+impl Keyspace {
+    /// The live entry at (db, key).
+    pub fn get(&self, db: u32, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        self.dbs.get(&db)?.get(key).filter(|e| e.live(now_ms))
+    }
+
+    /// The stored entry at (db, key), live or not.
+    pub fn stored(&self, db: u32, key: &[u8]) -> Option<&Entry> {
+        self.dbs.get(&db)?.get(key)
+    }
+
+    /// Live keys in `db`.
+    pub fn len(&self, db: u32, now_ms: u64) -> usize {
+        self.dbs.get(&db).map_or(0, |d| d.values().filter(|e| e.live(now_ms)).count())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dbs.values().all(BTreeMap::is_empty)
+    }
+
+    /// Every stored entry (expired ones included): snapshots.
+    pub fn entries(&self) -> impl Iterator<Item = (u32, &[u8], &Entry)> {
+        self.dbs.iter().flat_map(|(db, d)| d.iter().map(move |(k, e)| (*db, k.as_slice(), e)))
+    }
+
+    /// Puts an entry in place without recording a change (loading from
+    /// disk or a snapshot).
+    pub fn insert(&mut self, db: u32, key: Vec<u8>, entry: Entry) {
+        self.dbs.entry(db).or_default().insert(key, entry);
+    }
+
+    /// Adds one persisted element to the (already loaded) key.
+    pub fn load_element(&mut self, db: u32, key: &[u8], sub: &[u8], bytes: &[u8]) {
+        if let Some(e) = self.dbs.get_mut(&db).and_then(|d| d.get_mut(key)) {
+            e.value.load_element(sub, bytes);
+        }
+    }
+
+    /// The changes since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// What the key's header row holds: the entry with its elements left
+    /// out (a string keeps its bytes). `None` when the key is gone.
+    pub fn header(&self, db: u32, key: &[u8]) -> Option<Entry> {
+        let e = self.stored(db, key)?;
+        Some(Entry { value: e.value.shell(), expire_at_ms: e.expire_at_ms })
+    }
+
+    /// What one element row holds, `None` when the element is gone.
+    pub fn element(&self, db: u32, key: &[u8], sub: &[u8]) -> Option<Vec<u8>> {
+        self.stored(db, key)?.value.element(sub)
+    }
+
+    /// Every element row of a key (a whole write).
+    pub fn elements(&self, db: u32, key: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.stored(db, key).map(|e| e.value.elements()).unwrap_or_default()
+    }
+
+    fn note(&mut self, c: Change) {
+        self.changes.push(c);
+    }
+
+    fn note_elem(&mut self, db: u32, key: &[u8], sub: Vec<u8>) {
+        self.changes.push(Change::Elem(db, key.to_vec(), sub));
+    }
+
+    /// Records that the stored value at (db, key), about to be replaced
+    /// or removed, had element rows.
+    fn note_drop(&mut self, db: u32, key: &[u8]) {
+        if self.stored(db, key).is_some_and(|e| e.value.kind().is_some()) {
+            self.note(Change::Drop(db, key.to_vec()));
+        }
+    }
+
+    /// Replaces the entry at (db, key), recording a whole rewrite.
+    fn put(&mut self, db: u32, key: &[u8], entry: Entry) {
+        self.note_drop(db, key);
+        self.note(Change::Key(db, key.to_vec()));
+        for (sub, _) in entry.value.elements() {
+            self.note_elem(db, key, sub);
+        }
+        self.insert(db, key.to_vec(), entry);
+    }
+
+    /// The entry at (db, key), for a change of its header (expiry, a
+    /// string's bytes); drops it first if it has expired.
+    fn live_mut(&mut self, db: u32, key: &[u8], now_ms: u64) -> Option<&mut Entry> {
+        self.expire_if_due(db, key, now_ms);
+        if self.stored(db, key).is_some() {
+            self.note(Change::Key(db, key.to_vec()));
+        }
+        self.dbs.get_mut(&db)?.get_mut(key)
+    }
+
+    /// Removes the entry at (db, key) if it has expired.
+    fn expire_if_due(&mut self, db: u32, key: &[u8], now_ms: u64) {
+        if self.stored(db, key).is_some_and(|e| !e.live(now_ms)) {
+            self.note_drop(db, key);
+            self.note(Change::Key(db, key.to_vec()));
+            if let Some(d) = self.dbs.get_mut(&db) {
+                d.remove(key);
+            }
+        }
+    }
+
+    fn remove(&mut self, db: u32, key: &[u8], now_ms: u64) -> Option<Entry> {
+        self.stored(db, key)?;
+        self.note_drop(db, key);
+        self.note(Change::Key(db, key.to_vec()));
+        let e = self.dbs.get_mut(&db)?.remove(key)?;
+        e.live(now_ms).then_some(e)
+    }
+
+    fn set_str(&mut self, db: u32, key: &[u8], value: Vec<u8>, expire_at_ms: Option<u64>) {
+        self.put(db, key, Entry { value: Value::Str(value), expire_at_ms });
+    }
+
+    /// The string at (db, key): `Ok(None)` when absent, `Err` when the
+    /// key holds another type.
+    fn string(&self, db: u32, key: &[u8], now_ms: u64) -> Result<Option<&Vec<u8>>, Out> {
+        match self.get(db, key, now_ms) {
+            None => Ok(None),
+            Some(Entry { value: Value::Str(s), .. }) => Ok(Some(s)),
+            Some(_) => Err(Out::err(WRONGTYPE)),
+        }
+    }
+
+    /// The live value at (db, key) if it is a `kind` collection: `Ok(None)`
+    /// when absent, `Err(WRONGTYPE)` when it is something else.
+    fn coll(&self, db: u32, key: &[u8], now_ms: u64, kind: Kind) -> Result<Option<&Value>, Out> {
+        match self.get(db, key, now_ms) {
+            None => Ok(None),
+            Some(e) if e.value.kind() == Some(kind) => Ok(Some(&e.value)),
+            Some(_) => Err(Out::err(WRONGTYPE)),
+        }
+    }
+
+    /// The `kind` collection at (db, key) to change, created empty when
+    /// absent and `create`. The caller records its element changes with
+    /// `note_elem` and calls [`Keyspace::settle`] after.
+    fn coll_mut(
+        &mut self,
+        db: u32,
+        key: &[u8],
+        now_ms: u64,
+        kind: Kind,
+        create: bool,
+    ) -> Result<Option<&mut Value>, Out> {
+        self.coll(db, key, now_ms, kind)?;
+        self.expire_if_due(db, key, now_ms);
+        if self.stored(db, key).is_none() {
+            if !create {
+                return Ok(None);
+            }
+            self.note(Change::Key(db, key.to_vec()));
+            self.insert(db, key.to_vec(), Entry { value: Value::empty(kind), expire_at_ms: None });
+        }
+        Ok(self.dbs.get_mut(&db).and_then(|d| d.get_mut(key)).map(|e| &mut e.value))
+    }
+
+    /// Removes the key if its collection became empty (Redis never keeps
+    /// an empty hash, list, set or sorted set).
+    fn settle(&mut self, db: u32, key: &[u8]) {
+        if self.stored(db, key).is_some_and(|e| e.value.is_empty_collection()) {
+            self.note(Change::Drop(db, key.to_vec()));
+            self.note(Change::Key(db, key.to_vec()));
+            if let Some(d) = self.dbs.get_mut(&db) {
+                d.remove(key);
+            }
+        }
+    }
+
+    /// Runs a command that does not change the keyspace. `None` for write
+    /// commands (and unknown ones): they go through the log.
+    pub fn read(&self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
+        let name = String::from_utf8_lossy(argv.first()?).to_ascii_lowercase();
+        self.read_named(&name, db, now_ms, argv)
+    }
+
+    /// [`Keyspace::read`] with the command name already lower-cased.
+    fn read_named(&self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
+        let s = spec(name)?;
+        if s.write {
+            return None;
+        }
+        if !arity_ok(s.arity, argv.len()) {
+            return Some(Out::Err(format!("ERR wrong number of arguments for '{name}' command")));
+        }
+        self.string_read(name, db, now_ms, argv)
+            .or_else(|| self.key_read(name, db, now_ms, argv))
+            .or_else(|| self.hash_read(name, db, now_ms, argv))
+            .or_else(|| self.list_read(name, db, now_ms, argv))
+            .or_else(|| self.set_read(name, db, now_ms, argv))
+            .or_else(|| self.zset_read(name, db, now_ms, argv))
+    }
+
+    /// Runs any keyspace command at time `now_ms` (writes as the log
+    /// applies them; reads too, for MULTI/EXEC).
+    pub fn exec(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+        if let Some(s) = spec(&name) {
+            if !arity_ok(s.arity, argv.len()) {
+                return Out::Err(format!("ERR wrong number of arguments for '{name}' command"));
+            }
+        }
+        if let Some(out) = self.read_named(&name, db, now_ms, argv) {
+            return out;
+        }
+        let name = name.as_str();
+        if let Some(out) = self.string_write(name, db, now_ms, argv) {
+            return out;
+        }
+        if let Some(out) = self.key_write(name, db, now_ms, argv) {
+            return out;
+        }
+        if let Some(out) = self.hash_write(name, db, now_ms, argv) {
+            return out;
+        }
+        if let Some(out) = self.list_write(name, db, now_ms, argv) {
+            return out;
+        }
+        if let Some(out) = self.set_write(name, db, now_ms, argv) {
+            return out;
+        }
+        if let Some(out) = self.zset_write(name, db, now_ms, argv) {
+            return out;
+        }
+        Out::Err(format!("ERR unknown command '{}'", String::from_utf8_lossy(argv[0])))
+    }
+}
+
+/// Redis arity: exactly n arguments (the name included), or at least -n.
+pub fn arity_ok(arity: i32, argc: usize) -> bool {
+    if arity >= 0 {
+        argc == arity as usize
+    } else {
+        argc >= (-arity) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests;
