@@ -309,3 +309,99 @@ async fn data_types_with_the_stock_client_over_resp2_and_resp3() {
         "{got:?}"
     );
 }
+
+/// MULTI/EXEC/DISCARD/WATCH on one connection, byte for byte as
+/// redis-server 7.0.15 answered the same bytes: nesting, queued errors
+/// and EXECABORT, a runtime error inside EXEC that does not stop the
+/// rest, SELECT inside the block, and a WATCH broken by the block's own
+/// connection before MULTI.
+#[tokio::test]
+async fn transactions_answer_byte_for_byte_as_redis() {
+    let n = TestNode::start().await;
+    let got = exchange(
+        redis_addr(&n),
+        b"FLUSHALL\r\nEXEC\r\nDISCARD\r\nMULTI\r\nMULTI\r\nSET a 1\r\nINCR a\r\nLPUSH a x\r\nPING\r\nSELECT 1\r\nSET a other\r\nWATCH a\r\nGET a\r\nEXEC\r\nGET a\r\nMULTI\r\nSET b 1\r\nNOSUCH\r\nGET\r\nEXEC\r\nGET b\r\nMULTI\r\nDISCARD\r\nMULTI\r\nEXEC\r\nWATCH\r\nUNWATCH\r\n",
+    )
+    .await;
+    assert_eq!(
+        got,
+        "+OK\r\n-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n+OK\r\n-ERR MULTI calls can not be nested\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n-ERR WATCH inside MULTI is not allowed\r\n+QUEUED\r\n*7\r\n+OK\r\n:2\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n+PONG\r\n+OK\r\n+OK\r\n$5\r\nother\r\n$5\r\nother\r\n+OK\r\n+QUEUED\r\n-ERR unknown command 'NOSUCH', with args beginning with: \r\n-ERR wrong number of arguments for 'get' command\r\n-EXECABORT Transaction discarded because of previous errors.\r\n$-1\r\n+OK\r\n+OK\r\n+OK\r\n*0\r\n-ERR wrong number of arguments for 'watch' command\r\n+OK\r\n"
+    );
+}
+
+/// WATCH across nodes: a write through another node after WATCH makes
+/// EXEC return nil and run nothing; without one, EXEC runs. Then clients
+/// on all three nodes increment one counter with the optimistic
+/// WATCH/GET/MULTI/SET/EXEC loop: every successful EXEC counts exactly
+/// once, so the counter ends at the number of successes.
+#[tokio::test]
+async fn watch_guards_transactions_across_nodes() {
+    let c = common::TestCluster::start(3).await;
+    c.wait_voters().await;
+    let url = |i: usize| format!("redis://{}/", redis_addr(&c.nodes[i]));
+    let mut a = redis::Client::open(url(0)).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut b = redis::Client::open(url(2)).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg("k").arg("1").query_async(&mut a).await.unwrap();
+
+    // Broken by another node's write: nil, nothing ran.
+    let _: () = redis::cmd("WATCH").arg("k").query_async(&mut a).await.unwrap();
+    let _: () = redis::cmd("SET").arg("k").arg("2").query_async(&mut b).await.unwrap();
+    let r: Option<(String,)> =
+        redis::pipe().atomic().cmd("SET").arg("k").arg("from-a").query_async(&mut a).await.unwrap();
+    assert_eq!(r, None, "EXEC after a watched key changed returns nil");
+    let v: String = redis::cmd("GET").arg("k").query_async(&mut b).await.unwrap();
+    assert_eq!(v, "2");
+
+    // Not broken: runs, and the watch is gone after EXEC.
+    let _: () = redis::cmd("WATCH").arg("k").query_async(&mut a).await.unwrap();
+    let r: Option<(String, i64)> =
+        redis::pipe().atomic().cmd("SET").arg("k").arg("3").cmd("INCR").arg("k").query_async(&mut a).await.unwrap();
+    assert_eq!(r, Some(("OK".to_string(), 4)));
+
+    // Expired after WATCH counts as changed, as in Redis 7.0.
+    let _: () = redis::cmd("SET").arg("t").arg("x").arg("PX").arg(150).query_async(&mut a).await.unwrap();
+    let _: () = redis::cmd("WATCH").arg("t").query_async(&mut a).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let e: i64 = redis::cmd("EXISTS").arg("t").query_async(&mut b).await.unwrap();
+        if e == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "t never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r: Option<(String,)> = redis::pipe().atomic().cmd("SET").arg("t").arg("y").query_async(&mut a).await.unwrap();
+    assert_eq!(r, None);
+
+    // Optimistic increments from every node.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let url = url(i % 3);
+        tasks.push(tokio::spawn(async move {
+            // One connection per client: WATCH state is per connection.
+            let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+            let mut wins = 0;
+            for _ in 0..15 {
+                loop {
+                    let _: () = redis::cmd("WATCH").arg("n").query_async(&mut c).await.unwrap();
+                    let cur: Option<i64> = redis::cmd("GET").arg("n").query_async(&mut c).await.unwrap();
+                    let next = cur.unwrap_or(0) + 1;
+                    let r: Option<(String,)> =
+                        redis::pipe().atomic().cmd("SET").arg("n").arg(next).query_async(&mut c).await.unwrap();
+                    if r.is_some() {
+                        wins += 1;
+                        break;
+                    }
+                }
+            }
+            wins
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 90);
+    let n: i64 = redis::cmd("GET").arg("n").query_async(&mut b).await.unwrap();
+    assert_eq!(n, 90, "every successful EXEC counted once, no lost update");
+}

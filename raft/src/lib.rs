@@ -577,7 +577,7 @@ async fn nudge_election(node: std::sync::Weak<RaftNode>, stop: CancellationToken
 /// Sets the time of every Redis request in `req` (the leader's clock).
 fn stamp_time(req: &mut Request, now: u64) {
     match req {
-        Request::Redis { now_ms, .. } => *now_ms = now,
+        Request::Redis { now_ms, .. } | Request::RedisExec { now_ms, .. } => *now_ms = now,
         Request::Batch(reqs) => reqs.iter_mut().for_each(|r| stamp_time(r, now)),
         _ => {}
     }

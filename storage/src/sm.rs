@@ -246,6 +246,20 @@ fn apply_request(view: &mut View, tree: &sled::Tree, batch: &mut Writes, req: &R
             persist_redis(view, tree, batch);
             Response::Redis(out)
         }
+        Request::RedisExec { now_ms, watch, cmds } => {
+            if watch.iter().any(|(db, key, fp)| view.keyspace.fingerprint(*db, key, *now_ms) != *fp) {
+                return Response::RedisExec(None);
+            }
+            let mut out = Vec::with_capacity(cmds.len());
+            for (db, cmd) in cmds {
+                let argv: Vec<&[u8]> = cmd.iter().map(Vec::as_slice).collect();
+                if !argv.is_empty() {
+                    out.push(view.keyspace.exec(*db, *now_ms, &argv));
+                }
+            }
+            persist_redis(view, tree, batch);
+            Response::RedisExec(Some(out))
+        }
     }
 }
 

@@ -63,6 +63,15 @@ pub enum Request {
         now_ms: u64,
         cmds: Vec<Vec<Vec<u8>>>,
     },
+    /// A MULTI/EXEC block: `cmds`, each in its database, run as one
+    /// atomic step at the leader's time `now_ms` if every watched (db,
+    /// key) still has the fingerprint the client saw at WATCH
+    /// ([`crate::keyspace::Keyspace::fingerprint`]); else nothing runs.
+    RedisExec {
+        now_ms: u64,
+        watch: Vec<(u32, Vec<u8>, u64)>,
+        cmds: Vec<(u32, Vec<Vec<u8>>)>,
+    },
 }
 
 /// What applying a [`Request`] returns.
@@ -74,6 +83,9 @@ pub enum Response {
     Existed(bool),
     /// One reply per command of a `Request::Redis`.
     Redis(Vec<crate::keyspace::Out>),
+    /// The replies of a `Request::RedisExec`, `None` when a watched key
+    /// had changed (nothing ran).
+    RedisExec(Option<Vec<crate::keyspace::Out>>),
     /// One response per request of a `Request::Batch`.
     Batch(Vec<Response>),
 }

@@ -64,6 +64,18 @@ pub struct Conn {
     pub authenticated: bool,
     /// Set by QUIT: close after the reply.
     pub closing: bool,
+    /// Inside MULTI: the queued commands.
+    pub multi: Option<Multi>,
+    /// WATCHed keys: (db, key, fingerprint when watched).
+    pub watched: Vec<(u32, Vec<u8>, u64)>,
+}
+
+/// A transaction being queued.
+#[derive(Default)]
+pub struct Multi {
+    pub cmds: Vec<Vec<Vec<u8>>>,
+    /// A queued command was refused (unknown, arity): EXEC aborts.
+    pub dirty: bool,
 }
 
 /// What a request needs.
@@ -73,6 +85,11 @@ pub enum Step {
     /// A keyspace command: a write goes through the Raft log, a read is
     /// served from this node's state after a read-index.
     Store { write: bool },
+    /// WATCH these keys (in the connection's db): the caller reads their
+    /// fingerprints after a read-index and adds them to `watched`.
+    Watch(Vec<Vec<u8>>),
+    /// EXEC: the caller runs the queued commands as one entry.
+    Exec(Vec<Vec<Vec<u8>>>),
 }
 
 /// Fixed arity: exactly n arguments (command name included), or at least
@@ -83,6 +100,31 @@ fn arity_ok(arity: i32, argc: usize) -> bool {
     } else {
         argc >= (-arity) as usize
     }
+}
+
+/// Arity of the connection commands this module answers.
+fn connection_arity(name: &str) -> Option<i32> {
+    Some(match name {
+        "ping" => -1,
+        "echo" => 2,
+        "hello" => -1,
+        "auth" => -2,
+        "select" => 2,
+        "quit" => -1,
+        "reset" => 1,
+        "client" => -2,
+        "time" => 1,
+        _ => return None,
+    })
+}
+
+/// Arity of the transaction commands.
+fn tx_arity(name: &str) -> Option<i32> {
+    Some(match name {
+        "multi" | "exec" | "discard" | "unwatch" => 1,
+        "watch" => -2,
+        _ => return None,
+    })
 }
 
 fn wrong_args(name: &str) -> Reply {
@@ -123,7 +165,7 @@ impl Conn {
         let authenticated = shared.config.requirepass.is_none();
         let info = ClientInfo { addr, laddr, resp: 2, since: Some(std::time::Instant::now()), ..Default::default() };
         shared.clients.lock().insert(id, info.clone());
-        Self { id, shared, info, authenticated, closing: false }
+        Self { id, shared, info, authenticated, closing: false, multi: None, watched: Vec::new() }
     }
 
     pub fn proto(&self) -> u8 {
@@ -150,6 +192,9 @@ impl Conn {
     /// back as [`Step::Store`] for the caller to run through Raft.
     pub fn execute(&mut self, argv: &[&[u8]]) -> Step {
         let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+        if self.multi.is_some() && !matches!(name.as_str(), "exec" | "discard" | "multi" | "watch" | "quit" | "reset") {
+            return Step::Reply(self.queue(&name, argv));
+        }
         if let Some(spec) = catga_raft::keyspace::spec(&name) {
             if !arity_ok(spec.arity, argv.len()) {
                 return Step::Reply(wrong_args(&name));
@@ -159,22 +204,95 @@ impl Conn {
             }
             return Step::Store { write: spec.write };
         }
+        if let Some(arity) = tx_arity(&name) {
+            if !arity_ok(arity, argv.len()) {
+                return Step::Reply(wrong_args(&name));
+            }
+            if !self.authenticated {
+                return Step::Reply(Reply::err("NOAUTH Authentication required."));
+            }
+            return self.transaction_command(&name, argv);
+        }
         Step::Reply(self.connection_command(&name, argv))
     }
 
-    fn connection_command(&mut self, name: &str, argv: &[&[u8]]) -> Reply {
-        let arity = match name {
-            "ping" => -1,
-            "echo" => 2,
-            "hello" => -1,
-            "auth" => -2,
-            "select" => 2,
-            "quit" => -1,
-            "reset" => 1,
-            "client" => -2,
-            "time" => 1,
-            _ => return unknown_command(argv),
+    /// Inside MULTI: queues the command, or refuses it (and marks the
+    /// transaction to abort) as Redis does.
+    fn queue(&mut self, name: &str, argv: &[&[u8]]) -> Reply {
+        let arity = catga_raft::keyspace::spec(name)
+            .map(|s| s.arity)
+            .or_else(|| tx_arity(name))
+            .or_else(|| connection_arity(name));
+        let refusal = match arity {
+            None => Some(unknown_command(argv)),
+            Some(a) if !arity_ok(a, argv.len()) => Some(wrong_args(name)),
+            Some(_) if !self.authenticated => Some(Reply::err("NOAUTH Authentication required.")),
+            Some(_) => None,
         };
+        let multi = self.multi.as_mut().expect("inside MULTI");
+        match refusal {
+            Some(r) => {
+                multi.dirty = true;
+                r
+            }
+            None if multi.cmds.len() >= self.shared.config.multi_commands_max => {
+                multi.dirty = true;
+                Reply::err(format!(
+                    "ERR MULTI holds at most {} commands (redis.multi_commands_max)",
+                    self.shared.config.multi_commands_max
+                ))
+            }
+            None => {
+                multi.cmds.push(argv.iter().map(|a| a.to_vec()).collect());
+                Reply::Simple("QUEUED".into())
+            }
+        }
+    }
+
+    fn transaction_command(&mut self, name: &str, argv: &[&[u8]]) -> Step {
+        match name {
+            "multi" if self.multi.is_some() => Step::Reply(Reply::err("ERR MULTI calls can not be nested")),
+            "multi" => {
+                self.multi = Some(Multi::default());
+                Step::Reply(Reply::ok())
+            }
+            "exec" => match self.multi.take() {
+                None => Step::Reply(Reply::err("ERR EXEC without MULTI")),
+                Some(m) if m.dirty => {
+                    self.watched.clear();
+                    Step::Reply(Reply::err("EXECABORT Transaction discarded because of previous errors."))
+                }
+                Some(m) => Step::Exec(m.cmds),
+            },
+            "discard" => match self.multi.take() {
+                None => Step::Reply(Reply::err("ERR DISCARD without MULTI")),
+                Some(_) => {
+                    self.watched.clear();
+                    Step::Reply(Reply::ok())
+                }
+            },
+            "watch" if self.multi.is_some() => Step::Reply(Reply::err("ERR WATCH inside MULTI is not allowed")),
+            "watch" => Step::Watch(argv[1..].iter().map(|k| k.to_vec()).collect()),
+            "unwatch" => {
+                self.watched.clear();
+                Step::Reply(Reply::ok())
+            }
+            _ => Step::Reply(unknown_command(argv)),
+        }
+    }
+
+    /// Runs a queued connection command at EXEC.
+    pub fn run_queued(&mut self, argv: &[&[u8]]) -> Reply {
+        let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+        if name == "unwatch" {
+            self.watched.clear();
+            return Reply::ok();
+        }
+        self.connection_command(&name, argv)
+    }
+
+    fn connection_command(&mut self, name: &str, argv: &[&[u8]]) -> Reply {
+        let Some(arity) = connection_arity(name) else { return unknown_command(argv) };
         if !arity_ok(arity, argv.len()) {
             return wrong_args(name);
         }
@@ -197,6 +315,8 @@ impl Conn {
                 Reply::ok()
             }
             "reset" => {
+                self.multi = None;
+                self.watched.clear();
                 self.info.db = 0;
                 self.info.resp = 2;
                 self.info.name.clear();

@@ -47,6 +47,9 @@ pub struct RedisConfig {
     pub query_buffer_bytes_max: usize,
     /// Version reported by HELLO and INFO; clients gate features on it.
     pub compat_version: String,
+    /// Most commands one MULTI may queue (they commit as one Raft entry);
+    /// one more is refused and the transaction aborts at EXEC.
+    pub multi_commands_max: usize,
 }
 
 impl Default for RedisConfig {
@@ -63,6 +66,7 @@ impl Default for RedisConfig {
             inline_bytes_max: limits.inline_bytes_max,
             query_buffer_bytes_max: 1 << 30,
             compat_version: "7.0.15".into(),
+            multi_commands_max: 65_536,
         }
     }
 }

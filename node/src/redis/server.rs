@@ -29,6 +29,12 @@ pub struct RedisServer {
 /// this, the error Redis gives while it loads its data.
 const LOADING: &str = "LOADING Catga is joining its cluster";
 
+/// A write (or EXEC) that no majority committed.
+const NOT_COMMITTED: &str = "NOREPLICAS Not enough good replicas to write.";
+
+/// A read (or WATCH) with no leader to confirm it is current.
+const NO_LEADER: &str = "CLUSTERDOWN No Raft leader reachable: cannot serve a consistent read";
+
 impl RedisServer {
     pub async fn start(config: RedisConfig) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(&config.listen)
@@ -130,6 +136,12 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                     Step::Store { .. } => {
                                         read(&shared, &conn, &argv).await.encode(conn.proto(), &mut out)
                                     }
+                                    Step::Watch(keys) => {
+                                        watch(&shared, &mut conn, keys).await.encode(conn.proto(), &mut out)
+                                    }
+                                    Step::Exec(cmds) => {
+                                        exec(&shared, &mut conn, cmds).await.encode(conn.proto(), &mut out)
+                                    }
                                 }
                             }
                         }
@@ -199,7 +211,7 @@ async fn commit(shared: &Shared, conn: &Conn, writes: &mut Vec<Vec<Vec<u8>>>, ou
         Err(e) => {
             tracing::debug!(cause = %e, "Redis write not committed");
             for _ in 0..n {
-                Reply::err("NOREPLICAS Not enough good replicas to write.").encode(conn.proto(), out);
+                Reply::err(NOT_COMMITTED).encode(conn.proto(), out);
             }
         }
     }
@@ -211,7 +223,7 @@ async fn read(shared: &Shared, conn: &Conn, argv: &[&[u8]]) -> Reply {
     let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
     if let Err(e) = shared.reads.linearize(raft).await {
         tracing::debug!(cause = %e, "no linearizable read");
-        return Reply::err("CLUSTERDOWN No Raft leader reachable: cannot serve a consistent read");
+        return Reply::err(NO_LEADER);
     }
     let view = raft.view();
     let v = view.read();
@@ -219,6 +231,83 @@ async fn read(shared: &Shared, conn: &Conn, argv: &[&[u8]]) -> Reply {
         Some(out) => Reply::from(out),
         None => Reply::err("ERR internal error: not a read command"),
     }
+}
+
+/// WATCH: after a read-index, records each key's fingerprint as this
+/// node has it, which is then at least as new as any write acknowledged
+/// before the WATCH.
+async fn watch(shared: &Shared, conn: &mut Conn, keys: Vec<Vec<u8>>) -> Reply {
+    let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
+    if let Err(e) = shared.reads.linearize(raft).await {
+        tracing::debug!(cause = %e, "no linearizable read for WATCH");
+        return Reply::err(NO_LEADER);
+    }
+    let now = catga_raft::unix_ms();
+    let view = raft.view();
+    let v = view.read();
+    let db = conn.info.db;
+    for key in keys {
+        let fp = v.keyspace.fingerprint(db, &key, now);
+        conn.watched.push((db, key, fp));
+    }
+    Reply::ok()
+}
+
+/// EXEC: the queued keyspace commands (each in the db the queued SELECTs
+/// put it in) go to the log as one entry with the watched fingerprints,
+/// applied atomically or not at all; queued connection commands run here
+/// in their place, after it commits.
+async fn exec(shared: &Shared, conn: &mut Conn, queued: Vec<Vec<Vec<u8>>>) -> Reply {
+    let watch = std::mem::take(&mut conn.watched);
+    let mut db = conn.info.db;
+    let mut cmds = Vec::new();
+    // For each queued command: Some(i) = the i-th keyspace command.
+    let mut slots = Vec::with_capacity(queued.len());
+    for argv in &queued {
+        let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
+        if catga_raft::keyspace::spec(&name).is_some() {
+            slots.push(Some(cmds.len()));
+            cmds.push((db, argv.clone()));
+        } else {
+            if name == "select" {
+                if let Some(n) = std::str::from_utf8(&argv[1]).ok().and_then(|t| t.parse::<u32>().ok()) {
+                    if n < shared.config.databases {
+                        db = n;
+                    }
+                }
+            }
+            slots.push(None);
+        }
+    }
+    let mut results = if cmds.is_empty() && watch.is_empty() {
+        Some(Vec::new())
+    } else {
+        let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
+        match shared.coalescer.write(raft, Request::RedisExec { now_ms: 0, watch, cmds }).await {
+            Ok(Response::RedisExec(r)) => r,
+            Ok(other) => {
+                tracing::error!(reply = ?other, "unexpected reply to EXEC");
+                return Reply::err("ERR internal error");
+            }
+            Err(e) => {
+                tracing::debug!(cause = %e, "EXEC not committed");
+                return Reply::err(NOT_COMMITTED);
+            }
+        }
+    };
+    let Some(outs) = results.as_mut() else { return Reply::NullArray };
+    let mut outs = std::mem::take(outs).into_iter();
+    let mut replies = Vec::with_capacity(queued.len());
+    for (argv, slot) in queued.iter().zip(slots) {
+        match slot {
+            Some(_) => replies.push(outs.next().map_or(Reply::err("ERR internal error"), Reply::from)),
+            None => {
+                let args: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+                replies.push(conn.run_queued(&args));
+            }
+        }
+    }
+    Reply::Array(replies)
 }
 
 /// Group commit across connections: writes queued while one Raft entry is

@@ -535,6 +535,18 @@ impl Keyspace {
         }
     }
 
+    /// A fingerprint of the live value at (db, key) (value and expiry), 0
+    /// when there is none: what WATCH records and EXEC compares. A write
+    /// that leaves the value exactly as it was keeps the fingerprint.
+    pub fn fingerprint(&self, db: u32, key: &[u8], now_ms: u64) -> u64 {
+        match self.get(db, key, now_ms).map(postcard::to_stdvec) {
+            None => 0,
+            Some(Ok(bytes)) => keys::fnv(&bytes).max(1),
+            // Cannot happen for these types; never equal to a recorded one.
+            Some(Err(_)) => u64::MAX,
+        }
+    }
+
     /// The changes since the last call, oldest first.
     pub fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changes)
