@@ -9,6 +9,7 @@
 # Ports (set to 0 for free ports, as the tests do):
 #   CATGA_NATS_PORTS="4222 4223 4224"  CATGA_CLUSTER_PORTS="6222 6223 6224"
 #   CATGA_HTTP_PORTS="8222 8223 8224"  CATGA_REDIS_PORTS="6379 6380 6381"
+#   CATGA_SENTINEL_PORTS="26379 26380 26381"
 # CATGA_BIN=path/to/catga skips the build.
 set -euo pipefail
 
@@ -18,6 +19,7 @@ read -r -a NATS_PORTS <<<"${CATGA_NATS_PORTS:-4222 4223 4224}"
 read -r -a CLUSTER_PORTS <<<"${CATGA_CLUSTER_PORTS:-6222 6223 6224}"
 read -r -a HTTP_PORTS <<<"${CATGA_HTTP_PORTS:-8222 8223 8224}"
 read -r -a REDIS_PORTS <<<"${CATGA_REDIS_PORTS:-6379 6380 6381}"
+read -r -a SENTINEL_PORTS <<<"${CATGA_SENTINEL_PORTS:-26379 26380 26381}"
 HOST=${CATGA_HOST:-127.0.0.1}
 
 if [[ -z "${CATGA_BIN:-}" ]]; then
@@ -61,7 +63,7 @@ SEED=""
 for i in 1 2 3; do
     args=(run --name "n$i" --data-dir "$DIR/n$i" --tls-dir "$DIR/certs"
         --nats "$HOST:${NATS_PORTS[$((i - 1))]}" --cluster "$HOST:${CLUSTER_PORTS[$((i - 1))]}" --http "$HOST:${HTTP_PORTS[$((i - 1))]}"
-        --redis "$HOST:${REDIS_PORTS[$((i - 1))]}"
+        --redis "$HOST:${REDIS_PORTS[$((i - 1))]}" --sentinel "$HOST:${SENTINEL_PORTS[$((i - 1))]}"
         --advertise "$HOST")
     if [[ -n "$SEED" ]]; then
         args+=(--peers "$SEED")
@@ -75,7 +77,8 @@ for i in 1 2 3; do
     cluster=$(echo "$line" | field cluster)
     http=$(echo "$line" | field http)
     redis=$(echo "$line" | field redis)
+    sentinel=$(echo "$line" | field sentinel)
     [[ -z "$SEED" ]] && SEED=$cluster
-    echo "n$i pid=$(cat "$DIR/n$i.pid") nats=nats://$nats redis=redis://$redis cluster=$cluster http=http://$http log=$DIR/n$i.log"
+    echo "n$i pid=$(cat "$DIR/n$i.pid") nats=nats://$nats redis=redis://$redis sentinel=$sentinel cluster=$cluster http=http://$http log=$DIR/n$i.log"
 done
 echo "cluster up; connect any NATS client to a nats:// URL above (Redis: strings and keys so far); stop with deploy/stop-cluster.sh"

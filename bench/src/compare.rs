@@ -62,8 +62,18 @@ async fn wait_for_line(
 }
 
 /// Flags that put every listener of a `catga` process on a free loopback port.
-pub const CATGA_PORT_ZERO: [&str; 8] =
-    ["--nats", "127.0.0.1:0", "--redis", "127.0.0.1:0", "--cluster", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+pub const CATGA_PORT_ZERO: [&str; 10] = [
+    "--nats",
+    "127.0.0.1:0",
+    "--redis",
+    "127.0.0.1:0",
+    "--sentinel",
+    "127.0.0.1:0",
+    "--cluster",
+    "127.0.0.1:0",
+    "--http",
+    "127.0.0.1:0",
+];
 
 /// A single catga node on free ports with its data in `dir`; its stderr
 /// is piped for the "listening" line.

@@ -115,6 +115,9 @@ pub struct RunArgs {
     /// Redis client listener address (port 0 picks a free port).
     #[arg(long, env = "CATGA_REDIS", value_name = "ADDR")]
     pub redis: Option<String>,
+    /// Sentinel listener address for Sentinel-aware Redis clients.
+    #[arg(long, env = "CATGA_SENTINEL", value_name = "ADDR")]
+    pub sentinel: Option<String>,
     /// Log format (level comes from RUST_LOG).
     #[arg(long, env = "CATGA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -175,6 +178,9 @@ impl Config {
         }
         if let Some(v) = &args.redis {
             self.redis.listen = v.clone();
+        }
+        if let Some(v) = &args.sentinel {
+            self.redis.sentinel_listen = v.clone();
         }
         if let Some(v) = args.log_format {
             self.log_format = v;

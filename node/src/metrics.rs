@@ -259,6 +259,12 @@ async fn count_elections(raft: Arc<RaftNode>, elections: Arc<Counter>) {
     }
 }
 
+/// Resident memory of this process, in bytes (Linux; `None` elsewhere).
+pub fn process_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    Some(s.split_whitespace().nth(1)?.parse::<u64>().ok()? * 4096)
+}
+
 struct ProcessStats {
     rss_bytes: u64,
     cpu_seconds: f64,
@@ -268,10 +274,7 @@ struct ProcessStats {
 /// From /proc/self (Linux). Clock ticks are taken as 100 per second, the
 /// Linux default for user-visible times; page size as 4 KiB.
 fn process_stats() -> ProcessStats {
-    let rss_bytes = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096);
+    let rss_bytes = process_rss_bytes().unwrap_or(0);
     let cpu_seconds = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {

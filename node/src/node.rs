@@ -25,6 +25,7 @@ pub struct Node {
     pub bus: Arc<Bus>,
     pub nats: NatsServer,
     pub redis: crate::redis::server::RedisServer,
+    pub sentinel: crate::redis::sentinel::SentinelServer,
     pub cluster: Arc<Cluster>,
     pub mesh: Mesh,
     pub raft: Arc<RaftNode>,
@@ -61,6 +62,7 @@ impl Node {
         let bus = Arc::new(Bus::new());
         let nats = NatsServer::start(config.nats.clone(), bus.clone(), &name).await?;
         let redis = crate::redis::server::RedisServer::start(config.redis.clone()).await?;
+        let sentinel = crate::redis::sentinel::SentinelServer::start(redis.shared.clone()).await?;
 
         let tls = match &config.cluster.tls_dir {
             Some(dir) => certs::load_dir(dir, &name)?,
@@ -87,6 +89,8 @@ impl Node {
             cluster_addr: String::new(),
             client_urls: vec![format!("{host}:{}", nats.local_addr().port())],
             http_addr,
+            redis_addr: format!("{host}:{}", redis.local_addr().port()),
+            sentinel_addr: format!("{host}:{}", sentinel.local_addr().port()),
         };
         let server = nats.shared().clone();
         let cluster = Cluster::new(
@@ -119,6 +123,7 @@ impl Node {
         tracing::info!(
             nats = %nats.local_addr(),
             redis = %redis.local_addr(),
+            sentinel = %sentinel.local_addr(),
             cluster = %mesh.local_addr(),
             http = %http.local_addr(),
             id,
@@ -126,7 +131,7 @@ impl Node {
             data_dir = %config.data_dir.display(),
             "catga node listening"
         );
-        Ok(Self { config, id, name, bus, nats, redis, cluster, mesh, raft, http, stop, tasks })
+        Ok(Self { config, id, name, bus, nats, redis, sentinel, cluster, mesh, raft, http, stop, tasks })
     }
 
     pub fn nats_addr(&self) -> SocketAddr {
@@ -138,6 +143,7 @@ impl Node {
     pub async fn shutdown(&self) {
         self.nats.drain().await;
         self.redis.shutdown();
+        self.sentinel.shutdown();
         self.tasks.cancel();
         self.http.shutdown();
         self.raft.shutdown().await;

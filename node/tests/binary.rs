@@ -69,7 +69,7 @@ async fn flags_win_over_env_and_env_over_file() {
     std::fs::write(
         &file,
         format!(
-            "name = \"from-file\"\ndata_dir = {:?}\nhttp = \"127.0.0.1:0\"\n[nats]\nlisten = \"127.0.0.1:0\"\n[redis]\nlisten = \"127.0.0.1:0\"\n[cluster]\nlisten = \"127.0.0.1:0\"\n",
+            "name = \"from-file\"\ndata_dir = {:?}\nhttp = \"127.0.0.1:0\"\n[nats]\nlisten = \"127.0.0.1:0\"\n[redis]\nlisten = \"127.0.0.1:0\"\nsentinel_listen = \"127.0.0.1:0\"\n[cluster]\nlisten = \"127.0.0.1:0\"\n",
             data.to_str().unwrap()
         ),
     )

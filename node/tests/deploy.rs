@@ -41,6 +41,7 @@ async fn start_cluster_script_runs_three_nodes_and_stop_script_stops_them() {
         .env("CATGA_CLUSTER_PORTS", "0 0 0")
         .env("CATGA_HTTP_PORTS", "0 0 0")
         .env("CATGA_REDIS_PORTS", "0 0 0")
+        .env("CATGA_SENTINEL_PORTS", "0 0 0")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();

@@ -597,5 +597,7 @@ pub fn member_from(info: &catga_transport::NodeInfo) -> Member {
         nats_addr: info.client_urls.first().cloned().unwrap_or_default(),
         http_addr: info.http_addr.clone(),
         datacenter: String::new(),
+        redis_addr: info.redis_addr.clone(),
+        sentinel_addr: info.sentinel_addr.clone(),
     }
 }

@@ -16,6 +16,11 @@ pub struct Member {
     /// host:port of the node's HTTP API (admin, health).
     pub http_addr: String,
     pub datacenter: String,
+    /// host:port Redis clients use (what SENTINEL and INFO replication
+    /// report for this node).
+    pub redis_addr: String,
+    /// host:port of its Sentinel port.
+    pub sentinel_addr: String,
 }
 
 impl fmt::Display for Member {

@@ -81,6 +81,10 @@ pub struct NodeInfo {
     pub client_urls: Vec<String>,
     /// host:port of the node's HTTP API (empty if it has none).
     pub http_addr: String,
+    /// host:port of the node's Redis port (empty if it has none).
+    pub redis_addr: String,
+    /// host:port of the node's Sentinel port (empty if it has none).
+    pub sentinel_addr: String,
 }
 
 #[derive(Debug, Clone)]

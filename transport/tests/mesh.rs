@@ -44,6 +44,8 @@ fn config(id: NodeId, cluster: &str, tls: TlsMaterial, seeds: Vec<String>) -> Me
         cluster_addr: String::new(),
         client_urls: vec![],
         http_addr: String::new(),
+        redis_addr: String::new(),
+        sentinel_addr: String::new(),
     };
     let mut cfg = MeshConfig::new("127.0.0.1:0".parse().unwrap(), cluster, node, tls);
     cfg.seeds = seeds;
@@ -194,6 +196,8 @@ async fn rogue_dial(target: &Mesh, client: rustls::ClientConfig) -> bool {
             cluster_addr: "127.0.0.1:9".into(),
             client_urls: vec![],
             http_addr: String::new(),
+            redis_addr: String::new(),
+            sentinel_addr: String::new(),
         };
         send.write_all(&catga_transport::mesh::encode_hello("test", node)).await.ok()?;
         let mut buf = [0u8; 1];

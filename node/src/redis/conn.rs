@@ -24,6 +24,21 @@ pub struct Shared {
     next_id: AtomicU64,
     /// Live connections, for CLIENT LIST.
     pub clients: parking_lot::Mutex<std::collections::BTreeMap<u64, ClientInfo>>,
+    /// Counters INFO stats reports.
+    pub stats: Stats,
+    pub started: std::time::Instant,
+    /// INFO's run_id: random per process.
+    pub run_id: u128,
+}
+
+/// Server-wide counters (INFO stats).
+#[derive(Default)]
+pub struct Stats {
+    pub connections: AtomicU64,
+    pub commands: AtomicU64,
+    /// Keyspace reads of a single key that found / did not find it.
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
 }
 
 impl Shared {
@@ -35,6 +50,9 @@ impl Shared {
             reads: Default::default(),
             next_id: AtomicU64::new(0),
             clients: Default::default(),
+            stats: Stats::default(),
+            started: std::time::Instant::now(),
+            run_id: rand::random(),
         })
     }
 
@@ -102,29 +120,43 @@ fn arity_ok(arity: i32, argc: usize) -> bool {
     }
 }
 
-/// Arity of the connection commands this module answers.
+/// The commands outside the keyspace, with their arity: connection and
+/// server commands (answered here) and transactions.
+pub const OTHER_COMMANDS: &[(&str, i32)] = &[
+    ("ping", -1),
+    ("echo", 2),
+    ("hello", -1),
+    ("auth", -2),
+    ("select", 2),
+    ("quit", -1),
+    ("reset", 1),
+    ("client", -2),
+    ("time", 1),
+    ("info", -1),
+    ("config", -2),
+    ("command", -1),
+    ("role", 1),
+    ("multi", 1),
+    ("exec", 1),
+    ("discard", 1),
+    ("unwatch", 1),
+    ("watch", -2),
+];
+
+const TX_COMMANDS: &[&str] = &["multi", "exec", "discard", "unwatch", "watch"];
+
+fn other_arity(name: &str) -> Option<i32> {
+    OTHER_COMMANDS.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+}
+
+/// Arity of the connection and server commands this module answers.
 fn connection_arity(name: &str) -> Option<i32> {
-    Some(match name {
-        "ping" => -1,
-        "echo" => 2,
-        "hello" => -1,
-        "auth" => -2,
-        "select" => 2,
-        "quit" => -1,
-        "reset" => 1,
-        "client" => -2,
-        "time" => 1,
-        _ => return None,
-    })
+    other_arity(name).filter(|_| !TX_COMMANDS.contains(&name))
 }
 
 /// Arity of the transaction commands.
 fn tx_arity(name: &str) -> Option<i32> {
-    Some(match name {
-        "multi" | "exec" | "discard" | "unwatch" => 1,
-        "watch" => -2,
-        _ => return None,
-    })
+    other_arity(name).filter(|_| TX_COMMANDS.contains(&name))
 }
 
 fn wrong_args(name: &str) -> Reply {
@@ -162,6 +194,7 @@ fn valid_name(b: &[u8]) -> bool {
 impl Conn {
     pub fn new(shared: Arc<Shared>, addr: String, laddr: String) -> Self {
         let id = shared.next_id();
+        shared.stats.connections.fetch_add(1, Ordering::Relaxed);
         let authenticated = shared.config.requirepass.is_none();
         let info = ClientInfo { addr, laddr, resp: 2, since: Some(std::time::Instant::now()), ..Default::default() };
         shared.clients.lock().insert(id, info.clone());
@@ -191,6 +224,7 @@ impl Conn {
     /// Runs one request; `argv` is not empty. Keyspace commands come
     /// back as [`Step::Store`] for the caller to run through Raft.
     pub fn execute(&mut self, argv: &[&[u8]]) -> Step {
+        self.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
         let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
         if self.multi.is_some() && !matches!(name.as_str(), "exec" | "discard" | "multi" | "watch" | "quit" | "reset") {
             return Step::Reply(self.queue(&name, argv));
@@ -325,6 +359,10 @@ impl Conn {
                 Reply::Simple("RESET".into())
             }
             "client" => self.client(argv),
+            "info" => super::admin::info(self, argv),
+            "config" => super::admin::config(self, argv),
+            "command" => super::admin::command(argv),
+            "role" => super::admin::role_reply(&self.shared),
             "time" => {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 Reply::Array(vec![Reply::bulk(now.as_secs().to_string()), Reply::bulk(now.subsec_micros().to_string())])

@@ -9,9 +9,11 @@
 //!
 //! The data commands arrive with the replicated store (issue 5).
 
+pub mod admin;
 pub mod conn;
 pub mod parser;
 pub mod reply;
+pub mod sentinel;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +52,11 @@ pub struct RedisConfig {
     /// Most commands one MULTI may queue (they commit as one Raft entry);
     /// one more is refused and the transaction aborts at EXEC.
     pub multi_commands_max: usize,
+    /// Listener for Sentinel-aware clients (`--sentinel`); port 0 picks a
+    /// free port.
+    pub sentinel_listen: String,
+    /// The master name Sentinel clients ask for.
+    pub sentinel_master_name: String,
 }
 
 impl Default for RedisConfig {
@@ -67,6 +74,8 @@ impl Default for RedisConfig {
             query_buffer_bytes_max: 1 << 30,
             compat_version: "7.0.15".into(),
             multi_commands_max: 65_536,
+            sentinel_listen: "0.0.0.0:26379".into(),
+            sentinel_master_name: "mymaster".into(),
         }
     }
 }

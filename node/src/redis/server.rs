@@ -227,7 +227,17 @@ async fn read(shared: &Shared, conn: &Conn, argv: &[&[u8]]) -> Reply {
     }
     let view = raft.view();
     let v = view.read();
-    match v.keyspace.read(conn.info.db, catga_raft::unix_ms(), argv) {
+    let now = catga_raft::unix_ms();
+    let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+    if argv.len() >= 2 && !matches!(name.as_str(), "keys" | "scan" | "sintercard") {
+        let hit = if v.keyspace.get(conn.info.db, argv[1], now).is_some() {
+            &shared.stats.hits
+        } else {
+            &shared.stats.misses
+        };
+        hit.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    match v.keyspace.read(conn.info.db, now, argv) {
         Some(out) => Reply::from(out),
         None => Reply::err("ERR internal error: not a read command"),
     }

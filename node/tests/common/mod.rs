@@ -29,6 +29,7 @@ impl TestNode {
         let mut config = Config { name: "test-node".into(), data_dir: dir.path().to_path_buf(), ..Default::default() };
         config.nats.listen = "127.0.0.1:0".into();
         config.redis.listen = "127.0.0.1:0".into();
+        config.redis.sentinel_listen = "127.0.0.1:0".into();
         config.cluster.listen = "127.0.0.1:0".into();
         config.http = "127.0.0.1:0".into();
         edit(&mut config);

@@ -10,8 +10,18 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 /// Flags that put every listener on a free loopback port.
-pub const LOOPBACK_PORT_ZERO: [&str; 8] =
-    ["--nats", "127.0.0.1:0", "--redis", "127.0.0.1:0", "--cluster", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+pub const LOOPBACK_PORT_ZERO: [&str; 10] = [
+    "--nats",
+    "127.0.0.1:0",
+    "--redis",
+    "127.0.0.1:0",
+    "--sentinel",
+    "127.0.0.1:0",
+    "--cluster",
+    "127.0.0.1:0",
+    "--http",
+    "127.0.0.1:0",
+];
 
 /// A `catga` process; killed when dropped.
 pub struct Proc {

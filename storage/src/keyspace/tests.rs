@@ -344,3 +344,13 @@ fn sorted_sets_as_redis() {
 fn types_as_redis() {
     replay(include_str!("../../tests/redis/types.txt"));
 }
+
+#[test]
+fn the_name_list_is_the_command_table() {
+    let mut seen = std::collections::BTreeSet::new();
+    for n in NAMES {
+        assert!(spec(n).is_some(), "{n} listed but unknown");
+        assert!(seen.insert(*n), "{n} listed twice");
+    }
+    assert_eq!(seen.len(), 112);
+}

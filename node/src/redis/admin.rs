@@ -1,0 +1,322 @@
+//! Server commands: INFO, CONFIG GET/SET/RESETSTAT, COMMAND (COUNT DOCS
+//! INFO LIST), ROLE; and the replication facts SENTINEL shares.
+
+use std::sync::atomic::Ordering;
+
+use super::conn::{Conn, Shared};
+use super::reply::Reply;
+
+/// Where this node stands in replication, as Redis clients see it: the
+/// Raft leader is the master, every other node a replica of it.
+pub struct Role {
+    pub leader: bool,
+    /// The leader's Redis host and port, if one is known.
+    pub master: Option<(String, u16)>,
+    /// Every other member's Redis host and port.
+    pub replicas: Vec<(String, u16)>,
+}
+
+fn split_addr(a: &str) -> Option<(String, u16)> {
+    let (h, p) = a.rsplit_once(':')?;
+    Some((h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().ok()?))
+}
+
+pub fn role(shared: &Shared) -> Role {
+    let Some(raft) = shared.raft.get() else { return Role { leader: false, master: None, replicas: Vec::new() } };
+    let st = raft.status();
+    let master = st.leader.and_then(|l| st.members.get(&l)).and_then(|m| split_addr(&m.redis_addr));
+    let replicas = st
+        .members
+        .iter()
+        .filter(|(id, _)| Some(**id) != st.leader)
+        .filter_map(|(_, m)| split_addr(&m.redis_addr))
+        .collect();
+    Role { leader: st.leader == Some(st.id), master, replicas }
+}
+
+/// The INFO sections, in Redis's order; `default` and `all` give them all.
+const SECTIONS: &[&str] = &["server", "clients", "memory", "stats", "replication", "keyspace"];
+
+pub fn info(conn: &Conn, argv: &[&[u8]]) -> Reply {
+    let wanted: Vec<String> = argv[1..].iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect();
+    let all = wanted.is_empty() || wanted.iter().any(|w| matches!(w.as_str(), "default" | "all" | "everything"));
+    let shared = &conn.shared;
+    let mut text = String::new();
+    for section in SECTIONS {
+        if !all && !wanted.iter().any(|w| w == section) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        let title = format!("{}{}", section[..1].to_ascii_uppercase(), &section[1..]);
+        text.push_str(&format!("# {title}\r\n"));
+        for (k, v) in section_fields(shared, conn, section) {
+            text.push_str(&format!("{k}:{v}\r\n"));
+        }
+    }
+    Reply::Bulk(text.into_bytes())
+}
+
+fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, String)> {
+    let mut f: Vec<(String, String)> = Vec::new();
+    let mut put = |k: &str, v: String| f.push((k.to_string(), v));
+    let stats = &shared.stats;
+    match section {
+        "server" => {
+            let uptime = shared.started.elapsed().as_secs();
+            put("redis_version", shared.config.compat_version.clone());
+            put("redis_mode", "standalone".into());
+            put("catga_version", env!("CARGO_PKG_VERSION").into());
+            put("os", format!("{} {}", std::env::consts::OS, std::env::consts::ARCH));
+            put("arch_bits", (usize::BITS).to_string());
+            put("process_id", std::process::id().to_string());
+            put("run_id", format!("{:040x}", shared.run_id));
+            put("tcp_port", conn.info.laddr.rsplit(':').next().unwrap_or("0").to_string());
+            put("uptime_in_seconds", uptime.to_string());
+            put("uptime_in_days", (uptime / 86_400).to_string());
+        }
+        "clients" => {
+            put("connected_clients", shared.clients.lock().len().to_string());
+            put("maxclients", shared.config.maxclients.to_string());
+        }
+        "memory" => {
+            let rss = crate::metrics::process_rss_bytes().unwrap_or(0);
+            put("used_memory", rss.to_string());
+            put("used_memory_human", human_bytes(rss));
+            put("used_memory_rss", rss.to_string());
+            put("maxmemory", "0".into());
+            put("maxmemory_policy", "noeviction".into());
+        }
+        "stats" => {
+            put("total_connections_received", stats.connections.load(Ordering::Relaxed).to_string());
+            put("total_commands_processed", stats.commands.load(Ordering::Relaxed).to_string());
+            put("keyspace_hits", stats.hits.load(Ordering::Relaxed).to_string());
+            put("keyspace_misses", stats.misses.load(Ordering::Relaxed).to_string());
+        }
+        "replication" => {
+            let r = role(shared);
+            if r.leader {
+                put("role", "master".into());
+                put("connected_slaves", r.replicas.len().to_string());
+                for (i, (h, p)) in r.replicas.iter().enumerate() {
+                    put(&format!("slave{i}"), format!("ip={h},port={p},state=online,offset=0,lag=0"));
+                }
+            } else {
+                put("role", "slave".into());
+                let (h, p) = r.master.clone().unwrap_or_default();
+                put("master_host", h);
+                put("master_port", p.to_string());
+                put("master_link_status", if r.master.is_some() { "up" } else { "down" }.into());
+                put("slave_read_only", "0".into());
+                put("connected_slaves", "0".into());
+            }
+            if let Some(raft) = shared.raft.get() {
+                let st = raft.status();
+                put("master_repl_offset", st.applied_index.unwrap_or(0).to_string());
+                put("raft_term", st.term.to_string());
+            }
+        }
+        "keyspace" => {
+            if let Some(raft) = shared.raft.get() {
+                let now = catga_raft::unix_ms();
+                let view = raft.view();
+                let v = view.read();
+                for db in 0..shared.config.databases {
+                    let (keys, expires) = v.keyspace.counts(db, now);
+                    if keys > 0 {
+                        put(&format!("db{db}"), format!("keys={keys},expires={expires},avg_ttl=0"));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    f
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2}G", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.2}M", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.2}K", b as f64 / 1024.0),
+        b => format!("{b}B"),
+    }
+}
+
+/// CONFIG GET/SET/RESETSTAT/REWRITE.
+pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
+    let sub = String::from_utf8_lossy(argv[1]).to_ascii_lowercase();
+    match sub.as_str() {
+        "get" if argv.len() >= 3 => {
+            let params = parameters(&conn.shared);
+            let mut out = Vec::new();
+            for (name, value) in &params {
+                if argv[2..].iter().any(|p| catga_raft::keyspace::glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
+                {
+                    out.push((Reply::bulk(name), Reply::bulk(value)));
+                }
+            }
+            Reply::Map(out)
+        }
+        "set" if argv.len() >= 4 && argv.len() % 2 == 0 => {
+            let name = String::from_utf8_lossy(argv[2]).to_ascii_lowercase();
+            if parameters(&conn.shared).iter().any(|(n, _)| *n == name) {
+                Reply::err(format!(
+                    "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config \
+                     (Catga reads it from its configuration file at start)"
+                ))
+            } else {
+                Reply::err(format!(
+                    "ERR Unknown option or number of arguments for CONFIG SET - '{}'",
+                    String::from_utf8_lossy(argv[2])
+                ))
+            }
+        }
+        "resetstat" if argv.len() == 2 => {
+            let s = &conn.shared.stats;
+            for c in [&s.commands, &s.hits, &s.misses, &s.connections] {
+                c.store(0, Ordering::Relaxed);
+            }
+            Reply::ok()
+        }
+        "rewrite" if argv.len() == 2 => Reply::err("ERR The server is running without a config file"),
+        "get" | "set" | "resetstat" | "rewrite" => {
+            Reply::err(format!("ERR wrong number of arguments for 'config|{sub}' command"))
+        }
+        _ => Reply::err(format!("ERR unknown subcommand '{}'. Try CONFIG HELP.", String::from_utf8_lossy(argv[1]))),
+    }
+}
+
+/// The parameters CONFIG GET shows, with the values in force.
+fn parameters(shared: &Shared) -> Vec<(&'static str, String)> {
+    let c = &shared.config;
+    let port = c.listen.rsplit(':').next().unwrap_or("6379").to_string();
+    let bind = c.listen.rsplit_once(':').map_or("", |(h, _)| h).to_string();
+    vec![
+        ("appendonly", "no".into()),
+        ("appendfsync", "always".into()),
+        ("bind", bind),
+        ("cluster-enabled", "no".into()),
+        ("databases", c.databases.to_string()),
+        ("maxclients", c.maxclients.to_string()),
+        ("maxmemory", "0".into()),
+        ("maxmemory-policy", "noeviction".into()),
+        ("notify-keyspace-events", String::new()),
+        ("port", port),
+        ("proto-max-bulk-len", c.proto_max_bulk_len.to_string()),
+        ("client-query-buffer-limit", c.query_buffer_bytes_max.to_string()),
+        ("replica-read-only", "yes".into()),
+        ("requirepass", c.requirepass.clone().unwrap_or_default()),
+        ("save", String::new()),
+        ("timeout", "0".into()),
+    ]
+}
+
+/// One command as COMMAND reports it: name, arity, flags, first key,
+/// last key, key step.
+type CommandInfo = (String, i32, Vec<&'static str>, i64, i64, i64);
+
+/// The command table COMMAND reports.
+fn table() -> Vec<CommandInfo> {
+    let mut t = Vec::new();
+    for name in catga_raft::keyspace::NAMES {
+        let spec = catga_raft::keyspace::spec(name).expect("listed");
+        let flag = if spec.write { "write" } else { "readonly" };
+        let (first, last) = match *name {
+            "dbsize" | "randomkey" | "keys" | "scan" | "flushdb" | "flushall" => (0, 0),
+            "sintercard" => (2, 2),
+            "mset" | "msetnx" => (1, -1),
+            "mget" | "del" | "unlink" | "exists" | "sinter" | "sunion" | "sdiff" | "sinterstore" | "sunionstore"
+            | "sdiffstore" => (1, -1),
+            "rename" | "renamenx" | "smove" | "lmove" | "rpoplpush" | "zrangestore" => (1, 2),
+            _ => (1, 1),
+        };
+        let step = if matches!(*name, "mset" | "msetnx") { 2 } else { i64::from(first != 0) };
+        t.push((name.to_string(), spec.arity, vec![flag], first, last, step));
+    }
+    for (name, arity) in super::conn::OTHER_COMMANDS {
+        t.push((name.to_string(), *arity, vec!["fast"], 0, 0, 0));
+    }
+    t.sort();
+    t
+}
+
+fn info_entry(e: &CommandInfo) -> Reply {
+    Reply::Array(vec![
+        Reply::bulk(&e.0),
+        Reply::Int(i64::from(e.1)),
+        Reply::Set(e.2.iter().map(|f| Reply::Simple(f.to_string())).collect()),
+        Reply::Int(e.3),
+        Reply::Int(e.4),
+        Reply::Int(e.5),
+        Reply::Set(Vec::new()),
+        Reply::Set(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+    ])
+}
+
+/// COMMAND, COMMAND COUNT / INFO / DOCS / LIST.
+pub fn command(argv: &[&[u8]]) -> Reply {
+    let t = table();
+    let Some(sub) = argv.get(1) else { return Reply::Array(t.iter().map(info_entry).collect()) };
+    match String::from_utf8_lossy(sub).to_ascii_lowercase().as_str() {
+        "count" if argv.len() == 2 => Reply::Int(t.len() as i64),
+        "list" if argv.len() == 2 => Reply::Array(t.iter().map(|e| Reply::bulk(&e.0)).collect()),
+        "info" => {
+            let pick = |n: &[u8]| {
+                let n = String::from_utf8_lossy(n).to_ascii_lowercase();
+                t.iter().find(|e| e.0 == n).map_or(Reply::NullArray, info_entry)
+            };
+            if argv.len() == 2 {
+                Reply::Array(t.iter().map(info_entry).collect())
+            } else {
+                Reply::Array(argv[2..].iter().map(|n| pick(n)).collect())
+            }
+        }
+        "docs" => {
+            let names: Vec<String> = if argv.len() == 2 {
+                t.iter().map(|e| e.0.clone()).collect()
+            } else {
+                argv[2..].iter().map(|n| String::from_utf8_lossy(n).to_ascii_lowercase()).collect()
+            };
+            Reply::Map(
+                names
+                    .into_iter()
+                    .filter(|n| t.iter().any(|e| &e.0 == n))
+                    .map(|n| (Reply::bulk(&n), Reply::Map(vec![(Reply::bulk("summary"), Reply::bulk(""))])))
+                    .collect(),
+            )
+        }
+        _ => Reply::err(format!("ERR unknown subcommand '{}'. Try COMMAND HELP.", String::from_utf8_lossy(sub))),
+    }
+}
+
+/// ROLE: `master` with its replicas, or `slave` with its master.
+pub fn role_reply(shared: &Shared) -> Reply {
+    let r = role(shared);
+    let offset = shared.raft.get().and_then(|raft| raft.status().applied_index).unwrap_or(0) as i64;
+    if r.leader {
+        Reply::Array(vec![
+            Reply::bulk("master"),
+            Reply::Int(offset),
+            Reply::Array(
+                r.replicas
+                    .iter()
+                    .map(|(h, p)| Reply::Array(vec![Reply::bulk(h), Reply::bulk(p.to_string()), Reply::bulk("0")]))
+                    .collect(),
+            ),
+        ])
+    } else {
+        let (h, p) = r.master.clone().unwrap_or_default();
+        let state = if r.master.is_some() { "connected" } else { "connect" };
+        Reply::Array(vec![
+            Reply::bulk("slave"),
+            Reply::bulk(h),
+            Reply::Int(i64::from(p)),
+            Reply::bulk(state),
+            Reply::Int(offset),
+        ])
+    }
+}

@@ -1,0 +1,141 @@
+//! Sentinel without Sentinel, and the server commands: INFO replication
+//! and ROLE say master on the Raft leader and slave (with the leader's
+//! address) elsewhere; the Sentinel port answers the commands
+//! Sentinel-aware clients use with the leader's Redis address, follows a
+//! new leader after a partition, and pushes `+switch-master`; CONFIG and
+//! COMMAND answer what clients and tools read.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestCluster;
+
+async fn conn(addr: std::net::SocketAddr) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{addr}/")).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// A field of an INFO reply.
+fn field(info: &str, name: &str) -> Option<String> {
+    info.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(str::to_string))
+}
+
+#[tokio::test]
+async fn replication_role_and_sentinel_follow_the_raft_leader() {
+    let c = TestCluster::start(3).await;
+    c.wait_voters().await;
+    let leader_id = c.nodes[0].node.raft.leader().unwrap();
+    let li = c.nodes.iter().position(|n| n.node.id == leader_id).unwrap();
+    let leader_redis = c.nodes[li].node.redis.local_addr();
+    for (i, n) in c.nodes.iter().enumerate() {
+        let mut r = conn(n.node.redis.local_addr()).await;
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut r).await.unwrap();
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut r).await.unwrap();
+        if i == li {
+            assert_eq!(field(&info, "role").as_deref(), Some("master"), "{info}");
+            assert_eq!(field(&info, "connected_slaves").as_deref(), Some("2"), "{info}");
+            assert_eq!(role[0], redis::Value::BulkString(b"master".to_vec()));
+        } else {
+            assert_eq!(field(&info, "role").as_deref(), Some("slave"), "{info}");
+            assert_eq!(field(&info, "master_host"), Some(leader_redis.ip().to_string()));
+            assert_eq!(field(&info, "master_port"), Some(leader_redis.port().to_string()));
+            assert_eq!(role[0], redis::Value::BulkString(b"slave".to_vec()));
+        }
+        let mut s = conn(n.node.sentinel.local_addr()).await;
+        let addr: (String, u16) =
+            redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("mymaster").query_async(&mut s).await.unwrap();
+        assert_eq!(addr, (leader_redis.ip().to_string(), leader_redis.port()), "sentinel on node {i}");
+        let none: Option<(String, u16)> =
+            redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("other").query_async(&mut s).await.unwrap();
+        assert_eq!(none, None);
+        let replicas: Vec<std::collections::HashMap<String, String>> =
+            redis::cmd("SENTINEL").arg("replicas").arg("mymaster").query_async(&mut s).await.unwrap();
+        assert_eq!(replicas.len(), 2);
+        assert!(replicas.iter().all(|r| r["flags"] == "slave" && r["master-port"] == leader_redis.port().to_string()));
+        let masters: Vec<std::collections::HashMap<String, String>> =
+            redis::cmd("SENTINEL").arg("masters").query_async(&mut s).await.unwrap();
+        assert_eq!(masters[0]["name"], "mymaster");
+        assert_eq!(masters[0]["port"], leader_redis.port().to_string());
+        let sentinels: Vec<std::collections::HashMap<String, String>> =
+            redis::cmd("SENTINEL").arg("sentinels").arg("mymaster").query_async(&mut s).await.unwrap();
+        assert_eq!(sentinels.len(), 2, "the other nodes' sentinel ports");
+        let err = redis::cmd("SENTINEL").arg("master").arg("nope").query_async::<()>(&mut s).await.unwrap_err();
+        assert!(err.to_string().contains("No such master with that name"), "{err}");
+    }
+
+    // A subscriber of +switch-master on a node that stays in the majority.
+    let watcher = (li + 1) % 3;
+    let client = redis::Client::open(format!("redis://{}/", c.nodes[watcher].node.sentinel.local_addr())).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("+switch-master").await.unwrap();
+
+    // Cut the leader off: the majority elects another, and Sentinel says so.
+    c.partition(li);
+    let mut s = conn(c.nodes[watcher].node.sentinel.local_addr()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new_addr = loop {
+        let addr: Option<(String, u16)> =
+            redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("mymaster").query_async(&mut s).await.unwrap();
+        if let Some(a) = addr.clone().filter(|a| a.1 != leader_redis.port()) {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sentinel never reported a new master: {addr:?} {:?}",
+            c.nodes[watcher].node.raft.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut msgs = pubsub.on_message();
+    let msg = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut msgs))
+        .await
+        .expect("+switch-master within 5 s")
+        .unwrap();
+    let text: String = msg.get_payload().unwrap();
+    assert_eq!(text, format!("mymaster {} {} {} {}", leader_redis.ip(), leader_redis.port(), new_addr.0, new_addr.1));
+    // The new master takes writes.
+    let mut w = conn(format!("{}:{}", new_addr.0, new_addr.1).parse().unwrap()).await;
+    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut w).await.unwrap();
+    c.heal(li);
+}
+
+#[tokio::test]
+async fn config_command_and_info_answer_what_clients_read() {
+    let n = common::TestNode::start().await;
+    let mut r = conn(n.node.redis.local_addr()).await;
+    let got: Vec<(String, String)> =
+        redis::cmd("CONFIG").arg("GET").arg("maxclients").arg("data*").query_async(&mut r).await.unwrap();
+    assert_eq!(got, [("databases".to_string(), "16".to_string()), ("maxclients".to_string(), "10000".to_string())]);
+    let save: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut r).await.unwrap();
+    assert_eq!(save, ["save", ""]);
+    let err = redis::cmd("CONFIG").arg("SET").arg("nosuch").arg("1").query_async::<()>(&mut r).await.unwrap_err();
+    assert!(err.to_string().contains("Unknown option or number of arguments for CONFIG SET - 'nosuch'"), "{err}");
+    let err = redis::cmd("CONFIG").arg("SET").arg("maxclients").arg("1").query_async::<()>(&mut r).await.unwrap_err();
+    assert!(err.to_string().contains("can't set immutable config"), "{err}");
+
+    let count: i64 = redis::cmd("COMMAND").arg("COUNT").query_async(&mut r).await.unwrap();
+    let all: Vec<redis::Value> = redis::cmd("COMMAND").query_async(&mut r).await.unwrap();
+    assert_eq!(count as usize, all.len());
+    assert!(count > 100, "{count}");
+    type Info = (String, i64, Vec<String>, i64, i64, i64, Vec<String>, Vec<String>, redis::Value, redis::Value);
+    let info: Vec<Info> = redis::cmd("COMMAND").arg("INFO").arg("get").arg("zadd").query_async(&mut r).await.unwrap();
+    assert_eq!((info[0].0.as_str(), info[0].1, info[0].2.clone()), ("get", 2, vec!["readonly".to_string()]));
+    assert_eq!((info[1].0.as_str(), info[1].1, info[1].2.clone()), ("zadd", -4, vec!["write".to_string()]));
+
+    let _: () = redis::cmd("SET").arg("a").arg("1").query_async(&mut r).await.unwrap();
+    let _: () = redis::cmd("SET").arg("b").arg("1").arg("EX").arg(100).query_async(&mut r).await.unwrap();
+    let _: Option<String> = redis::cmd("GET").arg("a").query_async(&mut r).await.unwrap();
+    let _: Option<String> = redis::cmd("GET").arg("missing").query_async(&mut r).await.unwrap();
+    let info: String = redis::cmd("INFO").query_async(&mut r).await.unwrap();
+    for section in ["# Server", "# Clients", "# Memory", "# Stats", "# Replication", "# Keyspace"] {
+        assert!(info.contains(section), "{section} in {info}");
+    }
+    assert_eq!(field(&info, "redis_version").as_deref(), Some("7.0.15"));
+    assert_eq!(field(&info, "role").as_deref(), Some("master"));
+    assert_eq!(field(&info, "db0").as_deref(), Some("keys=2,expires=1,avg_ttl=0"));
+    assert_eq!(field(&info, "keyspace_hits").as_deref(), Some("1"));
+    assert_eq!(field(&info, "keyspace_misses").as_deref(), Some("1"));
+    let only: String = redis::cmd("INFO").arg("keyspace").query_async(&mut r).await.unwrap();
+    assert!(only.starts_with("# Keyspace\r\n") && !only.contains("# Server"), "{only}");
+}
