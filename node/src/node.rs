@@ -61,7 +61,7 @@ impl Node {
         let name = if config.name.is_empty() { format!("catga-{:08x}", id as u32) } else { config.name.clone() };
         let bus = Arc::new(Bus::new());
         let nats = NatsServer::start(config.nats.clone(), bus.clone(), &name).await?;
-        let redis = crate::redis::server::RedisServer::start(config.redis.clone()).await?;
+        let redis = crate::redis::server::RedisServer::start(config.redis.clone(), bus.clone()).await?;
         let sentinel = crate::redis::sentinel::SentinelServer::start(redis.shared.clone()).await?;
 
         let tls = match &config.cluster.tls_dir {

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::pubsub::{PubSub, RedisSink};
 use super::reply::Reply;
 use super::RedisConfig;
 use crate::nats::server::constant_time_eq;
@@ -29,6 +30,10 @@ pub struct Shared {
     pub started: std::time::Instant,
     /// INFO's run_id: random per process.
     pub run_id: u128,
+    /// The node's message bus (pub/sub).
+    pub bus: Arc<crate::bus::Bus>,
+    /// Redis subscribers on this node.
+    pub pubsub: super::pubsub::Registry,
 }
 
 /// Server-wide counters (INFO stats).
@@ -42,7 +47,7 @@ pub struct Stats {
 }
 
 impl Shared {
-    pub fn new(config: RedisConfig) -> Arc<Self> {
+    pub fn new(config: RedisConfig, bus: Arc<crate::bus::Bus>) -> Arc<Self> {
         Arc::new(Self {
             config,
             raft: std::sync::OnceLock::new(),
@@ -53,6 +58,8 @@ impl Shared {
             stats: Stats::default(),
             started: std::time::Instant::now(),
             run_id: rand::random(),
+            bus,
+            pubsub: Default::default(),
         })
     }
 
@@ -86,6 +93,10 @@ pub struct Conn {
     pub multi: Option<Multi>,
     /// WATCHed keys: (db, key, fingerprint when watched).
     pub watched: Vec<(u32, Vec<u8>, u64)>,
+    /// Pub/sub subscriptions, once the connection has subscribed.
+    pub pubsub: Option<PubSub>,
+    /// Match cache for PUBLISH.
+    publisher: Option<crate::bus::Publisher>,
 }
 
 /// A transaction being queued.
@@ -108,6 +119,8 @@ pub enum Step {
     Watch(Vec<Vec<u8>>),
     /// EXEC: the caller runs the queued commands as one entry.
     Exec(Vec<Vec<Vec<u8>>>),
+    /// Several replies (SUBSCRIBE to several channels).
+    Replies(Vec<Reply>),
 }
 
 /// Fixed arity: exactly n arguments (command name included), or at least
@@ -141,7 +154,15 @@ pub const OTHER_COMMANDS: &[(&str, i32)] = &[
     ("discard", 1),
     ("unwatch", 1),
     ("watch", -2),
+    ("subscribe", -2),
+    ("unsubscribe", -1),
+    ("psubscribe", -2),
+    ("punsubscribe", -1),
+    ("publish", 3),
+    ("pubsub", -2),
 ];
+
+const PUBSUB_COMMANDS: &[&str] = &["subscribe", "unsubscribe", "psubscribe", "punsubscribe"];
 
 const TX_COMMANDS: &[&str] = &["multi", "exec", "discard", "unwatch", "watch"];
 
@@ -198,7 +219,17 @@ impl Conn {
         let authenticated = shared.config.requirepass.is_none();
         let info = ClientInfo { addr, laddr, resp: 2, since: Some(std::time::Instant::now()), ..Default::default() };
         shared.clients.lock().insert(id, info.clone());
-        Self { id, shared, info, authenticated, closing: false, multi: None, watched: Vec::new() }
+        Self {
+            id,
+            shared,
+            info,
+            authenticated,
+            closing: false,
+            multi: None,
+            watched: Vec::new(),
+            pubsub: None,
+            publisher: None,
+        }
     }
 
     pub fn proto(&self) -> u8 {
@@ -226,6 +257,16 @@ impl Conn {
     pub fn execute(&mut self, argv: &[&[u8]]) -> Step {
         self.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
         let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+        let subscribed = self.pubsub.as_ref().is_some_and(|p| p.count() > 0);
+        if subscribed
+            && self.proto() == 2
+            && !PUBSUB_COMMANDS.contains(&name.as_str())
+            && !matches!(name.as_str(), "ping" | "quit" | "reset")
+        {
+            return Step::Reply(Reply::err(format!(
+                "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+            )));
+        }
         if self.multi.is_some() && !matches!(name.as_str(), "exec" | "discard" | "multi" | "watch" | "quit" | "reset") {
             return Step::Reply(self.queue(&name, argv));
         }
@@ -237,6 +278,15 @@ impl Conn {
                 return Step::Reply(Reply::err("NOAUTH Authentication required."));
             }
             return Step::Store { write: spec.write };
+        }
+        if PUBSUB_COMMANDS.contains(&name.as_str()) && self.multi.is_none() {
+            if !arity_ok(other_arity(&name).unwrap_or(-1), argv.len()) {
+                return Step::Reply(wrong_args(&name));
+            }
+            if !self.authenticated {
+                return Step::Reply(Reply::err("NOAUTH Authentication required."));
+            }
+            return Step::Replies(self.subscription(&name, &argv[1..]));
         }
         if let Some(arity) = tx_arity(&name) {
             if !arity_ok(arity, argv.len()) {
@@ -315,6 +365,99 @@ impl Conn {
         }
     }
 
+    /// SUBSCRIBE / UNSUBSCRIBE / PSUBSCRIBE / PUNSUBSCRIBE: one
+    /// confirmation per channel or pattern, with the connection's count.
+    fn subscription(&mut self, name: &str, args: &[&[u8]]) -> Vec<Reply> {
+        let shared = self.shared.clone();
+        let (bus, reg) = (&shared.bus, &shared.pubsub);
+        let proto = self.proto();
+        let bytes_max = shared.config.pubsub_output_bytes_max;
+        let ps = self.pubsub.get_or_insert_with(|| PubSub::new(RedisSink::new(bus.next_sink_id(), proto, bytes_max)));
+        let confirm =
+            |kind: &str, what: Reply, n: usize| Reply::Push(vec![Reply::bulk(kind), what, Reply::Int(n as i64)]);
+        let mut replies = Vec::new();
+        match name {
+            "subscribe" => {
+                for ch in args {
+                    ps.subscribe(bus, reg, ch);
+                    replies.push(confirm(name, Reply::bulk(ch), ps.count()));
+                }
+            }
+            "psubscribe" => {
+                for p in args {
+                    ps.psubscribe(bus, reg, p);
+                    replies.push(confirm(name, Reply::bulk(p), ps.count()));
+                }
+            }
+            _ => {
+                let all = if name == "unsubscribe" { ps.channels() } else { ps.patterns() };
+                let targets: Vec<Vec<u8>> =
+                    if args.is_empty() { all } else { args.iter().map(|a| a.to_vec()).collect() };
+                for t in &targets {
+                    if name == "unsubscribe" {
+                        ps.unsubscribe(bus, reg, t);
+                    } else {
+                        ps.punsubscribe(bus, reg, t);
+                    }
+                    replies.push(confirm(name, Reply::bulk(t), ps.count()));
+                }
+                if targets.is_empty() {
+                    replies.push(confirm(name, Reply::Null, ps.count()));
+                }
+            }
+        }
+        replies
+    }
+
+    /// PUBLISH: onto the bus (NATS subscribers and other nodes included).
+    /// The reply counts this node's Redis subscribers that received it,
+    /// or 1 if only NATS subscribers or other nodes took it.
+    fn publish(&mut self, channel: &[u8], payload: &[u8]) -> Reply {
+        let shared = self.shared.clone();
+        let subject = super::pubsub::channel_subject(channel);
+        let publisher = self.publisher.get_or_insert_with(|| crate::bus::Publisher::new(64));
+        let msg = crate::bus::Msg { subject: &subject, reply: None, headers: None, payload };
+        let taken = shared.bus.publish(publisher, 0, true, &msg);
+        publisher.flush();
+        let local = shared.pubsub.channels.lock().get(channel).copied().unwrap_or(0)
+            + shared
+                .pubsub
+                .patterns
+                .lock()
+                .iter()
+                .filter(|(p, _)| catga_raft::keyspace::glob_match(p, channel))
+                .map(|(_, n)| n)
+                .sum::<usize>();
+        Reply::Int(if local == 0 && taken { 1 } else { local as i64 })
+    }
+
+    fn pubsub_command(&mut self, argv: &[&[u8]]) -> Reply {
+        let sub = String::from_utf8_lossy(argv[1]).to_ascii_lowercase();
+        let reg = &self.shared.pubsub;
+        match sub.as_str() {
+            "channels" if argv.len() <= 3 => Reply::Array(
+                reg.channels
+                    .lock()
+                    .keys()
+                    .filter(|c| argv.get(2).is_none_or(|p| catga_raft::keyspace::glob_match(p, c)))
+                    .map(Reply::bulk)
+                    .collect(),
+            ),
+            "numsub" => {
+                let ch = reg.channels.lock();
+                Reply::Map(
+                    argv[2..]
+                        .iter()
+                        .map(|c| (Reply::bulk(c), Reply::Int(ch.get(*c).copied().unwrap_or(0) as i64)))
+                        .collect(),
+                )
+            }
+            "numpat" if argv.len() == 2 => Reply::Int(reg.patterns.lock().len() as i64),
+            "channels" | "numpat" => wrong_args(&format!("pubsub|{sub}")),
+            _ => Reply::err(format!("ERR unknown subcommand '{}'. Try PUBSUB HELP.", String::from_utf8_lossy(argv[1]))),
+        }
+    }
+
     /// Runs a queued connection command at EXEC.
     pub fn run_queued(&mut self, argv: &[&[u8]]) -> Reply {
         let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
@@ -335,6 +478,10 @@ impl Conn {
             return Reply::err("NOAUTH Authentication required.");
         }
         match name {
+            // Subscribed, a RESP2 PING answers in the push shape.
+            "ping" if self.proto() == 2 && self.pubsub.as_ref().is_some_and(|p| p.count() > 0) => {
+                Reply::Array(vec![Reply::bulk("pong"), Reply::bulk(argv.get(1).copied().unwrap_or_default())])
+            }
             "ping" => match argv.len() {
                 1 => Reply::Simple("PONG".into()),
                 2 => Reply::bulk(argv[1]),
@@ -349,6 +496,9 @@ impl Conn {
                 Reply::ok()
             }
             "reset" => {
+                if let Some(mut ps) = self.pubsub.take() {
+                    ps.clear(&self.shared.bus, &self.shared.pubsub);
+                }
                 self.multi = None;
                 self.watched.clear();
                 self.info.db = 0;
@@ -363,6 +513,8 @@ impl Conn {
             "config" => super::admin::config(self, argv),
             "command" => super::admin::command(argv),
             "role" => super::admin::role_reply(&self.shared),
+            "publish" => self.publish(argv[1], argv[2]),
+            "pubsub" => self.pubsub_command(argv),
             "time" => {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 Reply::Array(vec![Reply::bulk(now.as_secs().to_string()), Reply::bulk(now.subsec_micros().to_string())])
@@ -457,6 +609,9 @@ impl Conn {
             self.info.name = n;
         }
         self.info.resp = proto;
+        if let Some(ps) = &self.pubsub {
+            ps.sink.set_proto(proto);
+        }
         self.publish_info();
         Reply::Map(vec![
             (Reply::bulk("server"), Reply::bulk("redis")),
@@ -532,6 +687,9 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if let Some(mut ps) = self.pubsub.take() {
+            ps.clear(&self.shared.bus, &self.shared.pubsub);
+        }
         self.shared.clients.lock().remove(&self.id);
     }
 }

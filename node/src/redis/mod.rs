@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod conn;
 pub mod parser;
+pub mod pubsub;
 pub mod reply;
 pub mod sentinel;
 pub mod server;
@@ -57,6 +58,10 @@ pub struct RedisConfig {
     pub sentinel_listen: String,
     /// The master name Sentinel clients ask for.
     pub sentinel_master_name: String,
+    /// Pub/sub messages a subscriber may have waiting to be written; past
+    /// it the connection is closed (Redis's client-output-buffer-limit
+    /// pubsub).
+    pub pubsub_output_bytes_max: usize,
 }
 
 impl Default for RedisConfig {
@@ -76,6 +81,7 @@ impl Default for RedisConfig {
             multi_commands_max: 65_536,
             sentinel_listen: "0.0.0.0:26379".into(),
             sentinel_master_name: "mymaster".into(),
+            pubsub_output_bytes_max: 32 << 20,
         }
     }
 }

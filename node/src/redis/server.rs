@@ -36,12 +36,12 @@ const NOT_COMMITTED: &str = "NOREPLICAS Not enough good replicas to write.";
 const NO_LEADER: &str = "CLUSTERDOWN No Raft leader reachable: cannot serve a consistent read";
 
 impl RedisServer {
-    pub async fn start(config: RedisConfig) -> anyhow::Result<Self> {
+    pub async fn start(config: RedisConfig, bus: Arc<crate::bus::Bus>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind Redis listener {}: {e}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let shared = Shared::new(config);
+        let shared = Shared::new(config, bus);
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
         Ok(Self { local_addr, stop, shared })
@@ -107,11 +107,33 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
             buf.reserve(READ_CHUNK_BYTES);
         }
+        // A subscriber's messages are queued by the bus on its sink; they
+        // are written whenever the sink wakes, and after each batch.
+        let sink = conn.pubsub.as_ref().map(|p| p.sink.clone());
+        let woke = async {
+            match &sink {
+                Some(s) => s.wake.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         let n = tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(n) => n,
                 Err(_) => return,
             },
+            _ = woke => {
+                if let Some(s) = &sink {
+                    if s.overflowed() {
+                        tracing::warn!(client = %addr, "Redis subscriber over pubsub_output_bytes_max; closing");
+                        return;
+                    }
+                    let msgs = s.take();
+                    if !msgs.is_empty() && wr.write_all(&msgs).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
             _ = stop.cancelled() => return,
         };
         if n == 0 {
@@ -133,6 +155,11 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                 commit(&shared, &conn, &mut writes, &mut out).await;
                                 match step {
                                     Step::Reply(reply) => reply.encode(conn.proto(), &mut out),
+                                    Step::Replies(replies) => {
+                                        for r in replies {
+                                            r.encode(conn.proto(), &mut out);
+                                        }
+                                    }
                                     Step::Store { .. } => {
                                         read(&shared, &conn, &argv).await.encode(conn.proto(), &mut out)
                                     }
@@ -163,6 +190,9 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
             }
         }
         commit(&shared, &conn, &mut writes, &mut out).await;
+        if let Some(ps) = &conn.pubsub {
+            out.extend_from_slice(&ps.sink.take());
+        }
         if !close && buf.len() > query_max {
             tracing::warn!(client = %addr, bytes = buf.len(), "Redis query buffer over its limit; closing");
             close = true;
