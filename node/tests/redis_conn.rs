@@ -405,3 +405,93 @@ async fn watch_guards_transactions_across_nodes() {
     let n: i64 = redis::cmd("GET").arg("n").query_async(&mut b).await.unwrap();
     assert_eq!(n, 90, "every successful EXEC counted once, no lost update");
 }
+
+/// Active expiry: keys with a TTL that nobody reads again are removed
+/// from every node's store by the leader's sweep, and INFO counts them.
+#[tokio::test]
+async fn expired_keys_are_swept_from_every_node() {
+    let c = common::TestCluster::start(3).await;
+    c.wait_voters().await;
+    let url = format!("redis://{}/", redis_addr(&c.nodes[1]));
+    let mut r = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    for i in 0..200 {
+        let _: () =
+            redis::cmd("SET").arg(format!("t{i}")).arg("v").arg("PX").arg(50).query_async(&mut r).await.unwrap();
+    }
+    let _: () = redis::cmd("SET").arg("stays").arg("v").query_async(&mut r).await.unwrap();
+    let stored = |n: &common::TestNode| n.node.raft.view().read().keyspace.entries().count();
+    common::eventually(Duration::from_secs(10), "every node swept the expired keys", || {
+        c.nodes.iter().all(|n| stored(n) == 1)
+    })
+    .await;
+    let leader = c.nodes.iter().find(|n| n.node.raft.leader() == Some(n.node.id)).unwrap();
+    let url = format!("redis://{}/", redis_addr(leader));
+    let mut l = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut l).await.unwrap();
+    assert!(info.contains("expired_keys:200\r\n"), "{info}");
+}
+
+/// CLIENT KILL with Redis 7.0.15's replies, closing the killed connection.
+#[tokio::test]
+async fn client_kill_closes_the_connection() {
+    let n = TestNode::start().await;
+    let mut victim = TcpStream::connect(redis_addr(&n)).await.unwrap();
+    victim.write_all(b"CLIENT ID\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let len = victim.read(&mut buf).await.unwrap();
+    let id = String::from_utf8_lossy(&buf[1..len - 2]).into_owned();
+    let got = exchange(
+        redis_addr(&n),
+        format!("CLIENT KILL 1.2.3.4:5\r\nCLIENT KILL ID 999999\r\nCLIENT KILL FOO bar\r\nCLIENT KILL ID x\r\nCLIENT KILL ID {id} SKIPME yes\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        got,
+        "-ERR No such client\r\n:0\r\n-ERR syntax error\r\n-ERR client-id should be greater than 0\r\n:1\r\n"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(5), victim.read(&mut buf)).await.unwrap();
+    assert!(matches!(closed, Ok(0) | Err(_)), "the killed connection is closed");
+}
+
+/// READONLY opts a connection into local reads: on a node cut off from
+/// the majority, a default (linearizable) read fails with CLUSTERDOWN
+/// while a READONLY connection still reads the node's last applied state.
+#[tokio::test]
+async fn readonly_connections_read_locally_when_cut_off() {
+    let c = common::TestCluster::start(3).await;
+    c.wait_voters().await;
+    let url = |i: usize| format!("redis://{}/", redis_addr(&c.nodes[i]));
+    let mut w = redis::Client::open(url(0)).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg("k").arg("v1").query_async(&mut w).await.unwrap();
+    // Pick a follower, and let it apply the write before cutting it off.
+    let fi = c.nodes.iter().position(|n| n.node.raft.leader() != Some(n.node.id)).unwrap();
+    let leader_applied = c.nodes.iter().map(|n| n.node.raft.status().applied_index).max().flatten();
+    common::eventually(Duration::from_secs(5), "follower applied the write", || {
+        c.nodes[fi].node.raft.status().applied_index >= leader_applied
+    })
+    .await;
+    // The server may take up to the forward timeout (5 s) to give up on
+    // an unreachable leader; the client waits longer than that.
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(15)));
+    let mut lin =
+        redis::Client::open(url(fi)).unwrap().get_multiplexed_async_connection_with_config(&patient).await.unwrap();
+    let mut local = redis::Client::open(url(fi)).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("READONLY").query_async(&mut local).await.unwrap();
+    c.partition(fi);
+    // Wait until the cut-off node no longer has a leader it can reach.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = redis::cmd("GET").arg("k").query_async::<Option<String>>(&mut lin).await;
+        match r {
+            Err(e) => {
+                assert!(e.to_string().contains("No Raft leader reachable"), "{e}");
+                break;
+            }
+            Ok(_) => assert!(std::time::Instant::now() < deadline, "linearizable reads kept succeeding cut off"),
+        }
+    }
+    let v: Option<String> = redis::cmd("GET").arg("k").query_async(&mut local).await.unwrap();
+    assert_eq!(v.as_deref(), Some("v1"));
+    let _: () = redis::cmd("READWRITE").query_async(&mut local).await.unwrap();
+    c.heal(fi);
+}

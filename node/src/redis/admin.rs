@@ -93,6 +93,9 @@ fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, S
             put("total_commands_processed", stats.commands.load(Ordering::Relaxed).to_string());
             put("keyspace_hits", stats.hits.load(Ordering::Relaxed).to_string());
             put("keyspace_misses", stats.misses.load(Ordering::Relaxed).to_string());
+            if let Some(raft) = shared.raft.get() {
+                put("expired_keys", raft.view().read().keyspace.expired.to_string());
+            }
         }
         "replication" => {
             let r = role(shared);

@@ -79,6 +79,8 @@ pub struct ClientInfo {
     pub lib_name: String,
     pub lib_ver: String,
     pub since: Option<std::time::Instant>,
+    /// Cancelled by CLIENT KILL: the connection closes.
+    pub kill: tokio_util::sync::CancellationToken,
 }
 
 /// A connection's state.
@@ -97,6 +99,9 @@ pub struct Conn {
     pub pubsub: Option<PubSub>,
     /// Match cache for PUBLISH.
     publisher: Option<crate::bus::Publisher>,
+    /// READONLY: reads are served from this node's state without a
+    /// read-index (possibly stale, never expired).
+    pub local_reads: bool,
 }
 
 /// A transaction being queued.
@@ -149,6 +154,8 @@ pub const OTHER_COMMANDS: &[(&str, i32)] = &[
     ("config", -2),
     ("command", -1),
     ("role", 1),
+    ("readonly", 1),
+    ("readwrite", 1),
     ("multi", 1),
     ("exec", 1),
     ("discard", 1),
@@ -229,6 +236,7 @@ impl Conn {
             watched: Vec::new(),
             pubsub: None,
             publisher: None,
+            local_reads: false,
         }
     }
 
@@ -496,6 +504,7 @@ impl Conn {
                 Reply::ok()
             }
             "reset" => {
+                self.local_reads = false;
                 if let Some(mut ps) = self.pubsub.take() {
                     ps.clear(&self.shared.bus, &self.shared.pubsub);
                 }
@@ -514,6 +523,16 @@ impl Conn {
             "command" => super::admin::command(argv),
             "role" => super::admin::role_reply(&self.shared),
             "publish" => self.publish(argv[1], argv[2]),
+            // Redis Cluster's replica-read switch, here the per-connection
+            // opt-in for local reads (see docs/redis.md).
+            "readonly" => {
+                self.local_reads = true;
+                Reply::ok()
+            }
+            "readwrite" => {
+                self.local_reads = false;
+                Reply::ok()
+            }
             "pubsub" => self.pubsub_command(argv),
             "time" => {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -624,6 +643,55 @@ impl Conn {
         ])
     }
 
+    /// CLIENT KILL addr (one client, `+OK`), or CLIENT KILL with filters
+    /// ID / ADDR / LADDR / SKIPME (the number killed).
+    fn client_kill(&mut self, args: &[&[u8]]) -> Reply {
+        let clients = self.shared.clients.lock();
+        if args.len() == 1 {
+            let addr = String::from_utf8_lossy(args[0]);
+            return match clients.values().find(|c| c.addr == addr) {
+                Some(c) => {
+                    c.kill.cancel();
+                    Reply::ok()
+                }
+                None => Reply::err("ERR No such client"),
+            };
+        }
+        if args.len() % 2 != 0 {
+            return Reply::err("ERR syntax error");
+        }
+        let (mut id, mut addr, mut laddr, mut skipme) = (None, None, None, true);
+        for pair in args.chunks(2) {
+            let value = String::from_utf8_lossy(pair[1]).into_owned();
+            match String::from_utf8_lossy(pair[0]).to_ascii_lowercase().as_str() {
+                "id" => match value.parse::<u64>() {
+                    Ok(n) if n > 0 => id = Some(n),
+                    _ => return Reply::err("ERR client-id should be greater than 0"),
+                },
+                "addr" => addr = Some(value),
+                "laddr" => laddr = Some(value),
+                "skipme" => match value.to_ascii_lowercase().as_str() {
+                    "yes" => skipme = true,
+                    "no" => skipme = false,
+                    _ => return Reply::err("ERR syntax error"),
+                },
+                _ => return Reply::err("ERR syntax error"),
+            }
+        }
+        let mut n = 0;
+        for (cid, c) in clients.iter() {
+            let hit = id.is_none_or(|i| i == *cid)
+                && addr.as_ref().is_none_or(|a| *a == c.addr)
+                && laddr.as_ref().is_none_or(|a| *a == c.laddr)
+                && !(skipme && *cid == self.id);
+            if hit {
+                c.kill.cancel();
+                n += 1;
+            }
+        }
+        Reply::Int(n)
+    }
+
     fn client(&mut self, argv: &[&[u8]]) -> Reply {
         let sub = String::from_utf8_lossy(argv[1]).to_ascii_lowercase();
         let arity = match sub.as_str() {
@@ -632,6 +700,7 @@ impl Conn {
             "getname" => 2,
             "setinfo" => 4,
             "list" => -2,
+            "kill" => -3,
             _ => {
                 return Reply::err(format!(
                     "ERR unknown subcommand '{}'. Try CLIENT HELP.",
@@ -668,6 +737,7 @@ impl Conn {
                 self.publish_info();
                 Reply::ok()
             }
+            "kill" => self.client_kill(&argv[2..]),
             "list" => {
                 let clients = self.shared.clients.lock();
                 let mut text = String::new();

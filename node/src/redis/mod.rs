@@ -62,6 +62,10 @@ pub struct RedisConfig {
     /// it the connection is closed (Redis's client-output-buffer-limit
     /// pubsub).
     pub pubsub_output_bytes_max: usize,
+    /// How often the leader removes expired keys (active expiry).
+    pub expiry_sweep_ms: u64,
+    /// Most keys one sweep removes.
+    pub expiry_sweep_keys_max: usize,
 }
 
 impl Default for RedisConfig {
@@ -82,6 +86,8 @@ impl Default for RedisConfig {
             sentinel_listen: "0.0.0.0:26379".into(),
             sentinel_master_name: "mymaster".into(),
             pubsub_output_bytes_max: 32 << 20,
+            expiry_sweep_ms: 100,
+            expiry_sweep_keys_max: 1000,
         }
     }
 }

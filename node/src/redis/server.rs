@@ -51,9 +51,12 @@ impl RedisServer {
         self.local_addr
     }
 
-    /// Serves keyspace commands through `raft` from now on.
+    /// Serves keyspace commands through `raft` from now on, and runs the
+    /// expiry sweep while this node leads.
     pub fn set_raft(&self, raft: Arc<RaftNode>) {
-        let _ = self.shared.raft.set(raft);
+        if self.shared.raft.set(raft).is_ok() {
+            tokio::spawn(sweep_expired(self.shared.clone(), self.stop.clone()));
+        }
     }
 
     pub fn shutdown(&self) {
@@ -100,6 +103,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
     };
     let query_max = c.query_buffer_bytes_max;
     let mut conn = Conn::new(shared.clone(), addr.to_string(), laddr);
+    let kill = conn.info.kill.clone();
     let mut parser = Parser::new(limits);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = Vec::with_capacity(READ_CHUNK_BYTES);
@@ -135,6 +139,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                 continue;
             }
             _ = stop.cancelled() => return,
+            _ = kill.cancelled() => return,
         };
         if n == 0 {
             return;
@@ -251,7 +256,9 @@ async fn commit(shared: &Shared, conn: &Conn, writes: &mut Vec<Vec<Vec<u8>>>, ou
 /// served from this node's applied state by its own clock.
 async fn read(shared: &Shared, conn: &Conn, argv: &[&[u8]]) -> Reply {
     let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
-    if let Err(e) = shared.reads.linearize(raft).await {
+    if conn.local_reads {
+        // READONLY: this node's state as applied, no round trip.
+    } else if let Err(e) = shared.reads.linearize(raft).await {
         tracing::debug!(cause = %e, "no linearizable read");
         return Reply::err(NO_LEADER);
     }
@@ -348,6 +355,49 @@ async fn exec(shared: &Shared, conn: &mut Conn, queued: Vec<Vec<Vec<u8>>>) -> Re
         }
     }
     Reply::Array(replies)
+}
+
+/// Active expiry, on the leader: every `expiry_sweep_ms`, the keys that
+/// have expired (up to `expiry_sweep_keys_max`) are removed through the
+/// log with the internal `__expired` command, which re-checks each key at
+/// the entry's time, so a key refreshed meanwhile stays. Reads never see
+/// an expired key either way; the sweep frees the memory and disk of keys
+/// nobody touches again.
+async fn sweep_expired(shared: Arc<Shared>, stop: CancellationToken) {
+    let Some(raft) = shared.raft.get().cloned() else { return };
+    let period = std::time::Duration::from_millis(shared.config.expiry_sweep_ms.max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.cancelled() => return,
+        }
+        if raft.leader() != Some(raft.id) {
+            continue;
+        }
+        let now = catga_raft::unix_ms();
+        let (due, needed) = {
+            let view = raft.view();
+            let v = view.read();
+            (v.keyspace.due(now, shared.config.expiry_sweep_keys_max), v.keyspace.sweep_due(now))
+        };
+        if !needed {
+            continue;
+        }
+        let mut by_db: std::collections::BTreeMap<u32, Vec<Vec<u8>>> = Default::default();
+        for (db, key) in due {
+            by_db.entry(db).or_default().push(key);
+        }
+        if by_db.is_empty() {
+            by_db.insert(0, Vec::new());
+        }
+        for (db, keys) in by_db {
+            let mut cmd = vec![catga_raft::keyspace::EXPIRED.as_bytes().to_vec()];
+            cmd.extend(keys);
+            if let Err(e) = shared.coalescer.write(&raft, Request::Redis { db, now_ms: 0, cmds: vec![cmd] }).await {
+                tracing::debug!(cause = %e, "expiry sweep not committed");
+            }
+        }
+    }
 }
 
 /// Group commit across connections: writes queued while one Raft entry is

@@ -167,6 +167,22 @@ impl Keyspace {
                     Out::Int(1)
                 }
             }
+            // Internal (not in the command table, so no client can send
+            // it): the leader's expiry sweep. Removes each key that has
+            // expired by this entry's time; a key given a new TTL or
+            // rewritten since the sweep looked stays.
+            EXPIRED => {
+                let mut n = 0;
+                for k in &argv[1..] {
+                    if self.stored(db, k).is_some_and(|e| !e.live(now_ms)) {
+                        self.remove(db, k, now_ms);
+                        self.expired += 1;
+                        n += 1;
+                    }
+                }
+                self.prune_expiring(now_ms);
+                Out::Int(n)
+            }
             "flushdb" | "flushall" => {
                 // ASYNC / SYNC are accepted; both are immediate here.
                 if let Some(mode) = argv.get(1) {
@@ -227,6 +243,7 @@ impl Keyspace {
             self.remove(db, argv[1], now_ms);
         } else if let Some(e) = self.live_mut(db, argv[1], now_ms) {
             e.expire_at_ms = Some(at as u64);
+            self.track_expiry(db, argv[1], at as u64);
         }
         Out::Int(1)
     }

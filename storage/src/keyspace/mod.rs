@@ -598,11 +598,21 @@ fn upper(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_uppercase()
 }
 
+/// The internal command of the leader's expiry sweep: `__expired key…`
+/// (see [`Keyspace::due`]). Not in the command table: no client sends it.
+pub const EXPIRED: &str = "__expired";
+
 #[derive(Debug, Default, Clone)]
 pub struct Keyspace {
     dbs: BTreeMap<u32, BTreeMap<Vec<u8>, Entry>>,
     /// Not yet persisted (see [`Keyspace::take_changes`]).
     changes: Vec<Change>,
+    /// Keys that were given an expiry, by time: candidates for the
+    /// sweep (a candidate may since have been deleted or given another
+    /// TTL; the sweep checks). Pruned as sweeps apply.
+    expiring: BTreeSet<(u64, u32, Vec<u8>)>,
+    /// Keys removed because they expired (INFO expired_keys), on this node.
+    pub expired: u64,
 }
 
 impl PartialEq for Keyspace {
@@ -647,7 +657,44 @@ impl Keyspace {
     /// Puts an entry in place without recording a change (loading from
     /// disk or a snapshot).
     pub fn insert(&mut self, db: u32, key: Vec<u8>, entry: Entry) {
+        if let Some(at) = entry.expire_at_ms {
+            self.track_expiry(db, &key, at);
+        }
         self.dbs.entry(db).or_default().insert(key, entry);
+    }
+
+    fn track_expiry(&mut self, db: u32, key: &[u8], at: u64) {
+        self.expiring.insert((at, db, key.to_vec()));
+    }
+
+    /// Up to `limit` keys that have expired by `now_ms` and are still
+    /// stored: what the leader's sweep removes with [`EXPIRED`].
+    pub fn due(&self, now_ms: u64, limit: usize) -> Vec<(u32, Vec<u8>)> {
+        self.expiring
+            .range(..(now_ms.saturating_add(1), 0, Vec::new()))
+            .filter(|(at, db, key)| self.stored(*db, key).is_some_and(|e| e.expire_at_ms == Some(*at)))
+            .take(limit)
+            .map(|(_, db, key)| (*db, key.clone()))
+            .collect()
+    }
+
+    /// Whether any sweep candidate is due by `now_ms` (an [`EXPIRED`]
+    /// entry, even with no keys, prunes the stale ones everywhere).
+    pub fn sweep_due(&self, now_ms: u64) -> bool {
+        self.expiring.first().is_some_and(|(at, _, _)| *at <= now_ms)
+    }
+
+    /// Drops sweep candidates due by `now_ms` whose key is gone or no
+    /// longer expires then (the rest wait for the next sweep).
+    fn prune_expiring(&mut self, now_ms: u64) {
+        let due: Vec<(u64, u32, Vec<u8>)> =
+            self.expiring.range(..(now_ms.saturating_add(1), 0, Vec::new())).cloned().collect();
+        for c in due {
+            let (at, db, key) = &c;
+            if self.stored(*db, key).is_none_or(|e| e.expire_at_ms != Some(*at)) {
+                self.expiring.remove(&c);
+            }
+        }
     }
 
     /// Adds one persisted element to the (already loaded) key.
@@ -730,6 +777,7 @@ impl Keyspace {
     /// Removes the entry at (db, key) if it has expired.
     fn expire_if_due(&mut self, db: u32, key: &[u8], now_ms: u64) {
         if self.stored(db, key).is_some_and(|e| !e.live(now_ms)) {
+            self.expired += 1;
             self.note_drop(db, key);
             self.note(Change::Key(db, key.to_vec()));
             if let Some(d) = self.dbs.get_mut(&db) {
@@ -842,6 +890,9 @@ impl Keyspace {
             return out;
         }
         let name = name.as_str();
+        if name == EXPIRED {
+            return self.key_write(name, db, now_ms, argv).unwrap_or(Out::Int(0));
+        }
         if let Some(out) = self.string_write(name, db, now_ms, argv) {
             return out;
         }

@@ -206,6 +206,9 @@ impl Keyspace {
         };
         if let (Some(c), Some(e)) = (change, self.live_mut(db, argv[1], now_ms)) {
             e.expire_at_ms = c;
+            if let Some(at) = c {
+                self.track_expiry(db, argv[1], at);
+            }
         }
         Out::Bulk(value)
     }

@@ -354,3 +354,46 @@ fn the_name_list_is_the_command_table() {
     }
     assert_eq!(seen.len(), 112);
 }
+
+/// The clock is an argument, so expiry is tested at exact instants (a
+/// paused clock): a key lives until its time, then is absent to every
+/// command of every type; the sweep finds it due exactly then, removes it
+/// only if it is still expired at the sweep entry's time, and leaves no
+/// stale candidates behind.
+#[test]
+fn expiry_at_exact_instants_and_the_sweep() {
+    let mut ks = Keyspace::default();
+    let t = NOW;
+    run(&mut ks, t, &["SET s v PX 100", "RPUSH l a b", "PEXPIRE l 100", "HSET h f v", "PEXPIRE h 200", "SET keep v"]);
+    assert_eq!(ks.read(0, t + 99, &[b"LRANGE", b"l", b"0", b"-1"]), Some(Out::bulks(&[b"a".to_vec(), b"b".to_vec()])));
+    assert_eq!(ks.read(0, t + 99, &[b"PTTL", b"s"]), Some(Out::Int(1)));
+    assert!(ks.due(t + 99, 10).is_empty());
+    assert!(!ks.sweep_due(t + 99));
+    // At t+100 both are gone to readers, and due for the sweep.
+    assert_eq!(ks.read(0, t + 100, &[b"GET", b"s"]), Some(Out::Nil));
+    assert_eq!(ks.read(0, t + 100, &[b"LLEN", b"l"]), Some(Out::Int(0)));
+    assert_eq!(ks.read(0, t + 100, &[b"TYPE", b"l"]), Some(Out::Simple("none".into())));
+    assert_eq!(ks.read(0, t + 100, &[b"HGET", b"h", b"f"]), Some(Out::Bulk(b"v".to_vec())));
+    let mut due = ks.due(t + 100, 10);
+    due.sort();
+    assert_eq!(due, vec![(0, b"l".to_vec()), (0, b"s".to_vec())]);
+    // Before the sweep entry applies, `s` is written again with a new TTL:
+    // the sweep must leave it.
+    run(&mut ks, t + 100, &["SET s new PX 1000"]);
+    assert_eq!(ks.exec(0, t + 100, &[EXPIRED.as_bytes(), b"l", b"s"]), Out::Int(1));
+    assert_eq!(ks.expired, 1);
+    assert_eq!(ks.stored(0, b"l"), None, "swept");
+    assert_eq!(ks.read(0, t + 100, &[b"GET", b"s"]), Some(Out::Bulk(b"new".to_vec())));
+    // Deleted keys with a TTL leave no candidate once a sweep applies.
+    for i in 0..50 {
+        let k = format!("tmp{i}");
+        run(&mut ks, t, &[&format!("SET {k} v PX 10"), &format!("DEL {k}")]);
+    }
+    assert!(ks.sweep_due(t + 300));
+    assert!(ks.due(t + 300, 100).iter().all(|(_, k)| k == b"h"));
+    ks.exec(0, t + 300, &[EXPIRED.as_bytes(), b"h"]);
+    assert!(!ks.sweep_due(t + 300), "stale candidates pruned");
+    assert_eq!(ks.expiring.len(), 1, "only s (due at t+1100) is left: {:?}", ks.expiring);
+    // A client cannot send the internal command.
+    assert_eq!(spec(EXPIRED), None);
+}
