@@ -185,3 +185,89 @@ async fn sigkill_at_random_moments_under_write_load_loses_no_acknowledged_write(
         }
     }
 }
+
+/// Redis writes through Raft: clients on every node push onto one list
+/// while the leader (even rounds) or a random node is SIGKILLed and
+/// restarted; afterwards every node's list holds every acknowledged push.
+#[tokio::test]
+async fn redis_leader_sigkill_under_write_load_loses_no_acknowledged_write() {
+    let mut c = Cluster::start().await;
+    let addrs = Arc::new(Mutex::new(c.procs.iter().map(|p| p.redis).collect::<Vec<_>>()));
+    let acked = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut writers = Vec::new();
+    for w in 0..3u32 {
+        let (addrs, acked, stop) = (addrs.clone(), acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = w;
+            let mut conn = None;
+            while !stop.is_cancelled() {
+                if conn.is_none() {
+                    let addr = {
+                        let a = addrs.lock();
+                        a[rand::rng().random_range(0..a.len())]
+                    };
+                    let cfg = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(Duration::from_secs(1)))
+                        .set_response_timeout(Some(Duration::from_secs(3)));
+                    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+                    conn = client.get_multiplexed_async_connection_with_config(&cfg).await.ok();
+                    if conn.is_none() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
+                let c = conn.as_mut().unwrap();
+                match redis::cmd("RPUSH").arg("log").arg(i).query_async::<i64>(c).await {
+                    Ok(_) => acked.lock().push(i),
+                    Err(_) => conn = None,
+                }
+                i += 3;
+            }
+        }));
+    }
+    let mut rng = rand::rng();
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
+        let views = until_all(&c.https(), "a leader", |v| v.raft.leader.is_some()).await;
+        let victim = if round % 2 == 0 {
+            views.iter().position(|v| Some(v.raft.id) == v.raft.leader).unwrap_or(0)
+        } else {
+            rng.random_range(0..3)
+        };
+        kill(&mut c.procs[victim]).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..800))).await;
+        c.restart(victim).await;
+        *addrs.lock() = c.procs.iter().map(|p| p.redis).collect();
+        until_all(&c.https(), "all three back with a leader", |v| {
+            v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.peers.len() == 2
+        })
+        .await;
+    }
+    stop.cancel();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().clone();
+    eprintln!("acknowledged Redis pushes across 4 kills: {}", acked.len());
+    assert!(acked.len() >= 50, "too few writes acknowledged to mean anything: {}", acked.len());
+    for p in &c.procs {
+        let mut r = redis::Client::open(format!("redis://{}/", p.redis))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        // A linearizable read: it waits until this node has applied
+        // everything the leader had committed.
+        let items: Vec<u32> = redis::cmd("LRANGE").arg("log").arg(0).arg(-1).query_async(&mut r).await.unwrap();
+        let present: std::collections::HashSet<u32> = items.into_iter().collect();
+        let lost: Vec<&u32> = acked.iter().filter(|i| !present.contains(i)).collect();
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged pushes missing on {}: {:?}",
+            lost.len(),
+            p.redis,
+            &lost[..lost.len().min(10)]
+        );
+    }
+}

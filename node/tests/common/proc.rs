@@ -29,6 +29,7 @@ pub struct Proc {
     pub nats: SocketAddr,
     pub cluster: String,
     pub http: String,
+    pub redis: SocketAddr,
 }
 
 /// Starts `catga` named `name` with its data in `dir/name`, fast cluster
@@ -66,7 +67,13 @@ pub async fn start(mut cmd: Command) -> Proc {
     .expect("catga logs its bound addresses");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let field = |k: &str| line.split(&format!("{k}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-    Proc { child, nats: field("nats").parse().unwrap(), cluster: field("cluster"), http: field("http") }
+    Proc {
+        child,
+        nats: field("nats").parse().unwrap(),
+        cluster: field("cluster"),
+        http: field("http"),
+        redis: field("redis").parse().unwrap(),
+    }
 }
 
 /// A node's `GET /cluster`, if it answers.
