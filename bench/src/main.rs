@@ -51,9 +51,9 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         kills: usize,
     },
-    /// redis-benchmark (set, get, incr; 50 clients) against one catga
+    /// redis-benchmark (50 clients, each pipeline depth) against one catga
     /// node, a 3-node catga cluster and redis-server (without persistence
-    /// and with appendfsync always), medians and ratios.
+    /// and with appendfsync always), medians, latencies and ratios.
     CompareRedis {
         #[arg(long, default_value = "target/release/catga")]
         catga: PathBuf,
@@ -64,6 +64,12 @@ enum Cmd {
         /// Requests per test per run.
         #[arg(long, default_value_t = 50_000)]
         requests: u64,
+        /// redis-benchmark -t.
+        #[arg(long, default_value = "set,get,incr,lpush,hset")]
+        tests: String,
+        /// Pipeline depths (redis-benchmark -P), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        pipelines: Vec<u32>,
     },
     /// NATS workloads against any NATS server.
     Nats {
@@ -149,8 +155,8 @@ fn main() -> anyhow::Result<()> {
             Cmd::CompareNatsCluster { servers: Servers { catga, nats_server, runs }, only } => {
                 println!("{}", cluster::compare(catga, nats_server, runs, only).await?);
             }
-            Cmd::CompareRedis { catga, redis_server, runs, requests } => {
-                println!("{}", redis::compare(catga, redis_server, runs, requests).await?)
+            Cmd::CompareRedis { catga, redis_server, runs, requests, tests, pipelines } => {
+                println!("{}", redis::compare(catga, redis_server, runs, requests, &tests, &pipelines).await?)
             }
             Cmd::RaftFailover { catga, kills } => println!("{}", raft::run(catga, kills).await?),
             Cmd::CompareNats { servers: Servers { catga, nats_server, runs }, scale } => {

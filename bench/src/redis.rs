@@ -94,62 +94,96 @@ async fn wait_for_write(port: u16) -> anyhow::Result<()> {
     }
 }
 
-/// One redis-benchmark run: requests per second by test name.
-async fn benchmark(port: u16, tests: &str, requests: u64, clients: u32) -> anyhow::Result<Vec<(String, f64)>> {
+/// One test's result: requests per second and latency percentiles (ms).
+#[derive(Debug, Clone)]
+struct Row {
+    test: String,
+    rps: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// One redis-benchmark run: a row per test.
+async fn benchmark(port: u16, tests: &str, requests: u64, clients: u32, pipeline: u32) -> anyhow::Result<Vec<Row>> {
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", tests, "--csv", "-q"])
-        .args(["-n", &requests.to_string(), "-c", &clients.to_string()])
+        .args(["-n", &requests.to_string(), "-c", &clients.to_string(), "-P", &pipeline.to_string()])
         .output()
         .await
         .context("redis-benchmark (Debian redis-tools) must be installed")?;
     anyhow::ensure!(out.status.success(), "redis-benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut rows = Vec::new();
+    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
     for line in text.lines().skip(1) {
         let cols: Vec<&str> = line.split(',').map(|c| c.trim_matches('"')).collect();
-        if cols.len() >= 2 {
-            rows.push((cols[0].to_string(), cols[1].parse().context("rps")?));
+        if cols.len() >= 7 {
+            let num = |i: usize| cols[i].parse::<f64>().with_context(|| format!("column {i} of {line}"));
+            rows.push(Row { test: cols[0].to_string(), rps: num(1)?, p50: num(4)?, p99: num(6)? });
         }
     }
     anyhow::ensure!(!rows.is_empty(), "no results from redis-benchmark: {text}");
     Ok(rows)
 }
 
-pub async fn compare(catga: PathBuf, redis_server_bin: PathBuf, runs: usize, requests: u64) -> anyhow::Result<String> {
-    let tests = "set,get,incr";
+/// Runs `tests` at each pipeline depth against one catga node, a 3-node
+/// catga cluster, redis-server without persistence and with appendfsync
+/// always, `runs` rounds (targets in rotating order); medians of rps and
+/// of latency percentiles, with ratios to redis-server without
+/// persistence (the issue's reference: it neither replicates nor fsyncs)
+/// and to redis-server with appendfsync always.
+pub async fn compare(
+    catga: PathBuf,
+    redis_server_bin: PathBuf,
+    runs: usize,
+    requests: u64,
+    tests: &str,
+    pipelines: &[u32],
+) -> anyhow::Result<String> {
     let targets = vec![
         catga_one(&catga).await?,
         catga_three(&catga).await?,
         redis_server(&redis_server_bin, false).await?,
         redis_server(&redis_server_bin, true).await?,
     ];
-    let mut results: Vec<Vec<Vec<(String, f64)>>> = vec![Vec::new(); targets.len()];
-    for round in 0..runs {
-        for k in 0..targets.len() {
-            let i = (k + round) % targets.len();
-            let r = benchmark(targets[i].port, tests, requests, 50).await?;
-            eprintln!("round {round} {:<36} {r:?}", targets[i].name);
-            results[i].push(r);
+    let mut out = String::new();
+    for &pipeline in pipelines {
+        let mut results: Vec<Vec<Vec<Row>>> = vec![Vec::new(); targets.len()];
+        for round in 0..runs {
+            for k in 0..targets.len() {
+                let i = (k + round) % targets.len();
+                let r = benchmark(targets[i].port, tests, requests, 50, pipeline).await?;
+                eprintln!("P{pipeline} round {round} {:<36} {r:?}", targets[i].name);
+                results[i].push(r);
+            }
         }
-    }
-    let names: Vec<String> = results[0][0].iter().map(|(n, _)| n.clone()).collect();
-    let mut out = String::from("| test (50 clients) |");
-    for t in &targets {
-        out.push_str(&format!(" {} req/s |", t.name));
-    }
-    out.push_str(" catga 1 node / redis fsync always | catga 3 nodes / redis fsync always |\n|---|");
-    out.push_str(&"---:|".repeat(targets.len() + 2));
-    out.push('\n');
-    for name in names {
-        let med = |i: usize| {
-            median(results[i].iter().filter_map(|r| r.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)).collect())
-        };
-        let m: Vec<f64> = (0..targets.len()).map(med).collect();
-        out.push_str(&format!("| {name} |"));
-        for v in &m {
-            out.push_str(&format!(" {v:.0} |"));
+        let names: Vec<String> = results[0][0].iter().map(|r| r.test.clone()).collect();
+        out.push_str(&format!(
+            "\n-c 50 -P {pipeline} -n {requests}: req/s (p50 / p99 ms), medians of {runs} runs\n\n| test |"
+        ));
+        for t in &targets {
+            out.push_str(&format!(" {} |", t.name));
         }
-        out.push_str(&format!(" {:.2} | {:.2} |\n", m[0] / m[3], m[1] / m[3]));
+        out.push_str(" catga 1 node / redis | catga 3 nodes / redis | catga 1 node / redis fsync | catga 3 nodes / redis fsync |\n|---|");
+        out.push_str(&"---:|".repeat(targets.len() + 4));
+        out.push('\n');
+        for name in names {
+            let med = |i: usize, f: fn(&Row) -> f64| {
+                median(results[i].iter().filter_map(|r| r.iter().find(|x| x.test == name).map(f)).collect())
+            };
+            let rps: Vec<f64> = (0..targets.len()).map(|i| med(i, |r| r.rps)).collect();
+            out.push_str(&format!("| {name} |"));
+            for (i, r) in rps.iter().enumerate() {
+                out.push_str(&format!(" {r:.0} ({:.2} / {:.2}) |", med(i, |r| r.p50), med(i, |r| r.p99)));
+            }
+            out.push_str(&format!(
+                " {:.2} | {:.2} | {:.2} | {:.2} |\n",
+                rps[0] / rps[2],
+                rps[1] / rps[2],
+                rps[0] / rps[3],
+                rps[1] / rps[3]
+            ));
+        }
     }
     Ok(out)
 }

@@ -29,6 +29,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Replace the whole Redis keyspace of the cluster with a backup
+    /// file written by SAVE/BGSAVE (DATA_DIR/redis/dump.catga), through
+    /// any node's HTTP API. Stop the clients first.
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        file: std::path::PathBuf,
+        #[arg(long, env = "CATGA_HTTP", default_value = "127.0.0.1:8222", value_name = "ADDR")]
+        http: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +82,14 @@ pub fn main() -> anyhow::Result<()> {
             if written.is_empty() {
                 println!("nothing to do: {} already holds certificates for {}", dir.display(), nodes.join(", "));
             }
+            return Ok(());
+        }
+        Some(Command::Restore { file, http }) => {
+            let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (code, body) = runtime.block_on(crate::http::request_with(&http, "POST", "/redis/restore", &bytes))?;
+            anyhow::ensure!(code == 200, "POST /redis/restore on {http}: HTTP {code}: {body}");
+            print!("{body}");
             return Ok(());
         }
         Some(Command::Cluster { command }) => {

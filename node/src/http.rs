@@ -82,6 +82,7 @@ impl HttpServer {
         nats: Arc<ServerShared>,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
+        restore_bytes_max: usize,
     ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let app = Router::new()
@@ -92,6 +93,7 @@ impl HttpServer {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_text))
+            .route("/redis/restore", post(redis_restore).layer(axum::extract::DefaultBodyLimit::max(restore_bytes_max)))
             .with_state(Ctx { raft, mesh, nats, metrics, stop });
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
@@ -179,6 +181,41 @@ async fn kv_delete(State(ctx): State<Ctx>, Path(key): Path<String>) -> (StatusCo
         Ok(_) => (StatusCode::OK, "OK\n".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not committed: {e}\n")),
     }
+}
+
+/// Raft entries a restore is cut into are at most about this big, well
+/// under the cluster's frame limit.
+const RESTORE_ENTRY_BYTES: usize = 4 << 20;
+
+/// `POST /redis/restore` with a backup file (SAVE/BGSAVE's `dump.catga`)
+/// as the body: replaces the whole Redis keyspace, on every node, through
+/// Raft (a first entry empties every database, the next ones put the
+/// keys back). Meant for a cluster whose clients are stopped: a client
+/// writing meanwhile may see a partly restored keyspace.
+async fn redis_restore(State(ctx): State<Ctx>, body: axum::body::Bytes) -> (StatusCode, String) {
+    use catga_raft::keyspace::dump::Dump;
+    let dump = match Dump::decode(&body) {
+        Ok(d) => d,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let total = dump.entries.len();
+    let mut chunks: Vec<Vec<_>> = vec![Vec::new()];
+    let mut size = 0;
+    for e in dump.entries {
+        let n = e.1.len() + e.2.approx_bytes();
+        if size + n > RESTORE_ENTRY_BYTES && !chunks.last().is_some_and(Vec::is_empty) {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += n;
+        chunks.last_mut().expect("one chunk at least").push(e);
+    }
+    for (i, entries) in chunks.into_iter().enumerate() {
+        if let Err(e) = ctx.raft.write(Request::RedisLoad { flush: i == 0, entries }).await {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("restore stopped after {i} batches: {e}\n"));
+        }
+    }
+    (StatusCode::OK, format!("restored {total} keys (saved at log index {})\n", dump.applied_index))
 }
 
 async fn cluster(State(ctx): State<Ctx>) -> Json<ClusterView> {

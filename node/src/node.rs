@@ -113,13 +113,21 @@ impl Node {
         let mesh = Mesh::start(mesh_cfg, cluster.clone()).await?;
         nats.shared().set_connect_urls(cluster.client_urls());
         let raft = RaftNode::start(&config.data_dir.join("raft"), mesh.clone(), config.raft.clone()).await?;
+        let _ = redis.shared.backup_dir.set(config.data_dir.join("redis"));
         redis.set_raft(raft.clone());
         let tasks = tokio_util::sync::CancellationToken::new();
         crate::queues::start(cluster.clone(), raft.clone(), tasks.clone());
         let stop = tokio_util::sync::CancellationToken::new();
         let metrics = crate::metrics::Metrics::new(nats.shared().clone(), raft.clone(), mesh.clone());
-        let http =
-            HttpServer::serve(http_listener, raft.clone(), mesh.clone(), nats.shared().clone(), metrics, stop.clone())?;
+        let http = HttpServer::serve(
+            http_listener,
+            raft.clone(),
+            mesh.clone(),
+            nats.shared().clone(),
+            metrics,
+            stop.clone(),
+            config.redis.restore_bytes_max,
+        )?;
         tracing::info!(
             nats = %nats.local_addr(),
             redis = %redis.local_addr(),

@@ -495,3 +495,96 @@ async fn readonly_connections_read_locally_when_cut_off() {
     let _: () = redis::cmd("READWRITE").query_async(&mut local).await.unwrap();
     c.heal(fi);
 }
+
+/// SAVE writes a consistent backup file; `catga restore` (the CLI,
+/// through a node's HTTP API) puts the whole keyspace back on every node.
+#[tokio::test]
+async fn save_then_restore_brings_the_keyspace_back_on_every_node() {
+    let c = common::TestCluster::start(3).await;
+    c.wait_voters().await;
+    let url = |i: usize| format!("redis://{}/", redis_addr(&c.nodes[i]));
+    let mut r = redis::Client::open(url(0)).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg("s")
+        .arg("v")
+        .ignore()
+        .cmd("RPUSH")
+        .arg("l")
+        .arg("a")
+        .arg("b")
+        .ignore()
+        .cmd("HSET")
+        .arg("h")
+        .arg("f")
+        .arg("v")
+        .ignore()
+        .cmd("ZADD")
+        .arg("z")
+        .arg(1.5)
+        .arg("m")
+        .ignore()
+        .cmd("SADD")
+        .arg("st")
+        .arg("x")
+        .ignore()
+        .cmd("SET")
+        .arg("ttl")
+        .arg("v")
+        .arg("EX")
+        .arg(1000)
+        .ignore()
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SELECT").arg(3).query_async(&mut r).await.unwrap();
+    let _: () = redis::cmd("SET").arg("in3").arg("x").query_async(&mut r).await.unwrap();
+    let before = c.nodes[0].node.raft.view().read().keyspace.clone();
+
+    // SAVE on another node: it reads after a read-index, so it has them.
+    let mut s = redis::Client::open(url(1)).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SAVE").query_async(&mut s).await.unwrap();
+    let last: i64 = redis::cmd("LASTSAVE").query_async(&mut s).await.unwrap();
+    assert!(last > 1_700_000_000, "{last}");
+    let file = c.nodes[1].node.config.data_dir.join("redis").join("dump.catga");
+    assert!(file.exists());
+    let started: String = redis::cmd("BGSAVE").query_async(&mut s).await.unwrap();
+    assert_eq!(started, "Background saving started");
+
+    // Everything changes, then the restore.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut r).await.unwrap();
+    let _: () = redis::cmd("SET").arg("after").arg("x").query_async(&mut r).await.unwrap();
+    let http = c.nodes[2].node.http.local_addr().to_string();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_catga"))
+        .args(["restore", "--file", file.to_str().unwrap(), "--http", &http])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("restored 7 keys"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for i in 0..3 {
+        let mut q = redis::Client::open(url(i)).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let after: Option<String> = redis::cmd("GET").arg("after").query_async(&mut q).await.unwrap();
+        assert_eq!(after, None, "node {i}");
+        // The read above waited for this node to apply the restore.
+        assert!(c.nodes[i].node.raft.view().read().keyspace == before, "node {i} keyspace differs after restore");
+    }
+    // A file that is not a backup is refused.
+    let junk = c.nodes[1].node.config.data_dir.join("junk");
+    std::fs::write(&junk, b"not a dump").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_catga"))
+        .args(["restore", "--file", junk.to_str().unwrap(), "--http", &http])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a Catga backup file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

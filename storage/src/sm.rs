@@ -246,6 +246,16 @@ fn apply_request(view: &mut View, tree: &sled::Tree, batch: &mut Writes, req: &R
             persist_redis(view, tree, batch);
             Response::Redis(out)
         }
+        Request::RedisLoad { flush, entries } => {
+            if *flush {
+                view.keyspace.clear();
+            }
+            for (db, key, entry) in entries {
+                view.keyspace.restore(*db, key, entry.clone());
+            }
+            persist_redis(view, tree, batch);
+            Response::Ok
+        }
         Request::RedisExec { now_ms, watch, cmds } => {
             if watch.iter().any(|(db, key, fp)| view.keyspace.fingerprint(*db, key, *now_ms) != *fp) {
                 return Response::RedisExec(None);

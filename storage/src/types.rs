@@ -77,6 +77,13 @@ pub enum Request {
         watch: Vec<(u32, Vec<u8>, u64)>,
         cmds: Vec<(u32, Vec<Vec<u8>>)>,
     },
+    /// Restoring a backup: with `flush`, every database is emptied first;
+    /// then the entries are put in place. A restore is one entry with
+    /// `flush` followed by entries without.
+    RedisLoad {
+        flush: bool,
+        entries: Vec<(u32, Vec<u8>, crate::keyspace::Entry)>,
+    },
 }
 
 /// What applying a [`Request`] returns.

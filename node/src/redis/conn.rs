@@ -34,6 +34,12 @@ pub struct Shared {
     pub bus: Arc<crate::bus::Bus>,
     /// Redis subscribers on this node.
     pub pubsub: super::pubsub::Registry,
+    /// Where SAVE/BGSAVE write `dump.catga` (`DATA_DIR/redis`).
+    pub backup_dir: std::sync::OnceLock<std::path::PathBuf>,
+    /// Unix seconds of the last successful save (LASTSAVE).
+    pub last_save: AtomicU64,
+    /// A BGSAVE is running.
+    pub saving: std::sync::atomic::AtomicBool,
 }
 
 /// Server-wide counters (INFO stats).
@@ -60,6 +66,9 @@ impl Shared {
             run_id: rand::random(),
             bus,
             pubsub: Default::default(),
+            backup_dir: std::sync::OnceLock::new(),
+            last_save: AtomicU64::new(0),
+            saving: Default::default(),
         })
     }
 
@@ -126,6 +135,8 @@ pub enum Step {
     Exec(Vec<Vec<Vec<u8>>>),
     /// Several replies (SUBSCRIBE to several channels).
     Replies(Vec<Reply>),
+    /// SAVE (wait for the file) or BGSAVE (in the background).
+    Save { background: bool },
 }
 
 /// Fixed arity: exactly n arguments (command name included), or at least
@@ -154,6 +165,9 @@ pub const OTHER_COMMANDS: &[(&str, i32)] = &[
     ("config", -2),
     ("command", -1),
     ("role", 1),
+    ("save", 1),
+    ("bgsave", -1),
+    ("lastsave", 1),
     ("readonly", 1),
     ("readwrite", 1),
     ("multi", 1),
@@ -295,6 +309,15 @@ impl Conn {
                 return Step::Reply(Reply::err("NOAUTH Authentication required."));
             }
             return Step::Replies(self.subscription(&name, &argv[1..]));
+        }
+        if matches!(name.as_str(), "save" | "bgsave") && self.multi.is_none() {
+            if !arity_ok(other_arity(&name).unwrap_or(1), argv.len()) {
+                return Step::Reply(wrong_args(&name));
+            }
+            if !self.authenticated {
+                return Step::Reply(Reply::err("NOAUTH Authentication required."));
+            }
+            return Step::Save { background: name == "bgsave" };
         }
         if let Some(arity) = tx_arity(&name) {
             if !arity_ok(arity, argv.len()) {
@@ -523,6 +546,7 @@ impl Conn {
             "command" => super::admin::command(argv),
             "role" => super::admin::role_reply(&self.shared),
             "publish" => self.publish(argv[1], argv[2]),
+            "lastsave" => Reply::Int(self.shared.last_save.load(Ordering::Relaxed) as i64),
             // Redis Cluster's replica-read switch, here the per-connection
             // opt-in for local reads (see docs/redis.md).
             "readonly" => {

@@ -66,6 +66,8 @@ pub struct RedisConfig {
     pub expiry_sweep_ms: u64,
     /// Most keys one sweep removes.
     pub expiry_sweep_keys_max: usize,
+    /// Largest backup file `POST /redis/restore` accepts.
+    pub restore_bytes_max: usize,
 }
 
 impl Default for RedisConfig {
@@ -88,6 +90,7 @@ impl Default for RedisConfig {
             pubsub_output_bytes_max: 32 << 20,
             expiry_sweep_ms: 100,
             expiry_sweep_keys_max: 1000,
+            restore_bytes_max: 1 << 30,
         }
     }
 }

@@ -160,6 +160,9 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                 commit(&shared, &conn, &mut writes, &mut out).await;
                                 match step {
                                     Step::Reply(reply) => reply.encode(conn.proto(), &mut out),
+                                    Step::Save { background } => {
+                                        save(&shared, background).await.encode(conn.proto(), &mut out)
+                                    }
                                     Step::Replies(replies) => {
                                         for r in replies {
                                             r.encode(conn.proto(), &mut out);
@@ -398,6 +401,65 @@ async fn sweep_expired(shared: Arc<Shared>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// SAVE / BGSAVE: after a read-index (so the file holds every write
+/// acknowledged before the command), the keyspace as this node has applied
+/// it is written to `DATA_DIR/redis/dump.catga` (a temporary file, fsynced,
+/// then renamed over the old one). `catga restore` loads it back.
+async fn save(shared: &Arc<Shared>, background: bool) -> Reply {
+    let Some(raft) = shared.raft.get().cloned() else { return Reply::err(LOADING) };
+    let Some(dir) = shared.backup_dir.get().cloned() else { return Reply::err("ERR no data directory for backups") };
+    if shared.saving.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return Reply::err("ERR Background save already in progress");
+    }
+    let job = {
+        let shared = shared.clone();
+        async move {
+            let result = async {
+                shared.reads.linearize(&raft).await?;
+                let now = catga_raft::unix_ms();
+                let dump = {
+                    let view = raft.view();
+                    let v = view.read();
+                    catga_raft::keyspace::dump::Dump::of(&v.keyspace, now, v.applied.map_or(0, |l| l.index))
+                };
+                let bytes = dump.encode();
+                tokio::task::spawn_blocking(move || write_atomically(&dir, "dump.catga", &bytes)).await??;
+                shared.last_save.store(now / 1000, std::sync::atomic::Ordering::Relaxed);
+                anyhow::Ok(dump.entries.len())
+            }
+            .await;
+            shared.saving.store(false, std::sync::atomic::Ordering::Release);
+            match &result {
+                Ok(n) => tracing::info!(keys = n, "Redis keyspace saved"),
+                Err(e) => tracing::error!(cause = %e, "Redis save failed"),
+            }
+            result
+        }
+    };
+    if background {
+        tokio::spawn(job);
+        return Reply::Simple("Background saving started".into());
+    }
+    match job.await {
+        Ok(_) => Reply::ok(),
+        Err(e) => Reply::err(format!("ERR save failed: {e}")),
+    }
+}
+
+/// Writes `name` in `dir` so a crash leaves the old file or the new one,
+/// never a torn one.
+fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 /// Group commit across connections: writes queued while one Raft entry is

@@ -19,6 +19,7 @@
 //! The commands live by family: [`strings`], [`keys`] (generic key
 //! commands), [`hashes`], [`lists`], [`sets`], [`zsets`].
 
+pub mod dump;
 mod hashes;
 mod keys;
 mod lists;
@@ -182,6 +183,14 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Roughly the bytes the entry takes encoded (for sizing batches).
+    pub fn approx_bytes(&self) -> usize {
+        16 + match &self.value {
+            Value::Str(s) => s.len(),
+            v => v.elements().iter().map(|(k, e)| k.len() + e.len() + 4).sum(),
+        }
+    }
+
     fn live(&self, now_ms: u64) -> bool {
         self.expire_at_ms.is_none_or(|t| t > now_ms)
     }
