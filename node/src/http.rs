@@ -64,6 +64,7 @@ struct Ctx {
     raft: Arc<RaftNode>,
     mesh: Mesh,
     nats: Arc<ServerShared>,
+    redis: Arc<crate::redis::conn::Shared>,
     metrics: Arc<Metrics>,
     /// Cancelled when the node should stop (after a leave).
     stop: CancellationToken,
@@ -80,11 +81,12 @@ impl HttpServer {
         raft: Arc<RaftNode>,
         mesh: Mesh,
         nats: Arc<ServerShared>,
+        redis: Arc<crate::redis::conn::Shared>,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
-        restore_bytes_max: usize,
     ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
+        let restore_bytes_max = redis.config.restore_bytes_max;
         let app = Router::new()
             .route("/cluster", get(cluster))
             .route("/cluster/leave", post(leave))
@@ -94,7 +96,7 @@ impl HttpServer {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_text))
             .route("/redis/restore", post(redis_restore).layer(axum::extract::DefaultBodyLimit::max(restore_bytes_max)))
-            .with_state(Ctx { raft, mesh, nats, metrics, stop });
+            .with_state(Ctx { raft, mesh, nats, redis, metrics, stop });
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move {
@@ -138,7 +140,7 @@ pub fn cluster_view(raft: &RaftNode, mesh: &Mesh) -> ClusterView {
 }
 
 async fn health(State(ctx): State<Ctx>) -> (StatusCode, Json<Health>) {
-    let h = crate::metrics::health(&ctx.nats, &ctx.raft, &ctx.mesh);
+    let h = crate::metrics::health(&ctx.nats, &ctx.redis, &ctx.raft, &ctx.mesh);
     let code = if h.status == HealthState::Healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(h))
 }

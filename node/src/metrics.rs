@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::nats::server::{ServerShared, OPS};
+use crate::redis::conn::Shared as RedisShared;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -32,9 +33,16 @@ type Labels = Vec<(&'static str, String)>;
 pub struct Metrics {
     registry: Registry,
     nats: Arc<ServerShared>,
+    redis: Arc<RedisShared>,
     raft: Arc<RaftNode>,
     mesh: Mesh,
     requests: Family<Labels, Counter>,
+    redis_hits: Counter,
+    redis_misses: Counter,
+    redis_expired: Counter,
+    redis_keys: Gauge,
+    redis_connections: Gauge,
+    redis_channels: Gauge,
     failed: Family<Labels, Counter>,
     msgs: Family<Labels, Counter>,
     bytes: Family<Labels, Counter>,
@@ -73,7 +81,7 @@ fn labels(pairs: &[(&'static str, &str)]) -> Labels {
 }
 
 impl Metrics {
-    pub fn new(nats: Arc<ServerShared>, raft: Arc<RaftNode>, mesh: Mesh) -> Arc<Self> {
+    pub fn new(nats: Arc<ServerShared>, redis: Arc<RedisShared>, raft: Arc<RaftNode>, mesh: Mesh) -> Arc<Self> {
         let mut r = Registry::with_prefix("catga");
         let requests = Family::<Labels, Counter>::default();
         r.register("requests", "Client requests by protocol and operation", requests.clone());
@@ -106,6 +114,22 @@ impl Metrics {
         r.register("slow_consumers", "Clients closed as slow consumers", slow_consumers.clone());
         let keys = Gauge::default();
         r.register("store_keys", "Keys in the replicated key-value namespace", keys.clone());
+        let redis_hits: Counter = Counter::default();
+        r.register("store_keyspace_hits", "Redis single-key reads that found the key", redis_hits.clone());
+        let redis_misses: Counter = Counter::default();
+        r.register("store_keyspace_misses", "Redis single-key reads that did not find the key", redis_misses.clone());
+        let redis_expired: Counter = Counter::default();
+        r.register("store_expired_keys", "Redis keys removed because they expired (this node)", redis_expired.clone());
+        let redis_keys = Gauge::default();
+        r.register(
+            "store_redis_keys",
+            "Keys in the Redis keyspace, all databases (expired, not yet swept, included)",
+            redis_keys.clone(),
+        );
+        let redis_connections = Gauge::default();
+        r.register("redis_connections", "Open Redis client connections", redis_connections.clone());
+        let redis_channels = Gauge::default();
+        r.register("redis_pubsub_channels", "Redis channels with a subscriber on this node", redis_channels.clone());
         let raft_term = Gauge::default();
         r.register("raft_term", "Current Raft term", raft_term.clone());
         let raft_leader = Gauge::default();
@@ -148,9 +172,16 @@ impl Metrics {
         let m = Arc::new(Self {
             registry: r,
             nats,
+            redis,
             raft: raft.clone(),
             mesh,
             requests,
+            redis_hits,
+            redis_misses,
+            redis_expired,
+            redis_keys,
+            redis_connections,
+            redis_channels,
             failed,
             msgs,
             bytes,
@@ -209,8 +240,32 @@ impl Metrics {
         }
         mirror(&self.slow_consumers, slow);
 
+        let rs = &self.redis.stats;
+        let names = crate::redis::conn::command_names();
+        for (i, n) in rs.by_command.iter().enumerate() {
+            let v = n.load(Ordering::Relaxed);
+            if v > 0 {
+                let op = names.get(i).copied().unwrap_or("unknown");
+                mirror(&self.requests.get_or_create(&labels(&[("protocol", "redis"), ("op", op)])), v);
+            }
+        }
+        mirror(
+            &self.failed.get_or_create(&labels(&[("protocol", "redis"), ("op", "any")])),
+            rs.errors.load(Ordering::Relaxed),
+        );
+        mirror(&self.redis_hits, rs.hits.load(Ordering::Relaxed));
+        mirror(&self.redis_misses, rs.misses.load(Ordering::Relaxed));
+        self.redis_connections.set(self.redis.clients.lock().len() as i64);
+        self.redis_channels.set(self.redis.pubsub.channels.lock().len() as i64);
+
         let st = self.raft.status();
-        self.keys.set(self.raft.view().read().kv.len() as i64);
+        {
+            let view = self.raft.view();
+            let v = view.read();
+            self.keys.set(v.kv.len() as i64);
+            self.redis_keys.set(v.keyspace.entries().count() as i64);
+            mirror(&self.redis_expired, v.keyspace.expired);
+        }
         self.raft_term.set(st.term as i64);
         self.raft_leader.set(i64::from(st.leader == Some(st.id)));
         self.raft_last_log.set(st.last_log_index.unwrap_or(0) as i64);
@@ -311,7 +366,7 @@ pub struct Health {
 /// Applied index this far behind the last log entry counts as lagging.
 pub const APPLY_LAG_MAX: u64 = 1000;
 
-pub fn health(nats: &ServerShared, raft: &RaftNode, mesh: &Mesh) -> Health {
+pub fn health(nats: &ServerShared, redis: &RedisShared, raft: &RaftNode, mesh: &Mesh) -> Health {
     let mut h = Health { status: HealthState::Healthy, checks: Default::default(), reasons: Default::default() };
     let mut check = |name: &str, state: HealthState, reason: Option<String>| {
         h.checks.insert(name.to_string(), state);
@@ -326,6 +381,15 @@ pub fn health(nats: &ServerShared, raft: &RaftNode, mesh: &Mesh) -> Health {
         if draining { HealthState::Unhealthy } else { HealthState::Healthy },
         draining.then(|| "draining (lame duck): not accepting clients".to_string()),
     );
+    let (clients, max) = (redis.clients.lock().len(), redis.config.maxclients);
+    let redis_state = if redis.raft.get().is_none() {
+        (HealthState::Unhealthy, "the Redis store is not running yet".to_string())
+    } else if clients >= max {
+        (HealthState::Degraded, format!("{clients} Redis clients: at maxclients, new ones are refused"))
+    } else {
+        (HealthState::Healthy, String::new())
+    };
+    check("Redis_Connection", redis_state.0, Some(redis_state.1));
     let st = raft.status();
     let m = raft.raft.metrics().borrow().clone();
     let (raft_state, raft_reason) = raft_check(raft, &st, &m);

@@ -118,15 +118,16 @@ impl Node {
         let tasks = tokio_util::sync::CancellationToken::new();
         crate::queues::start(cluster.clone(), raft.clone(), tasks.clone());
         let stop = tokio_util::sync::CancellationToken::new();
-        let metrics = crate::metrics::Metrics::new(nats.shared().clone(), raft.clone(), mesh.clone());
+        let metrics =
+            crate::metrics::Metrics::new(nats.shared().clone(), redis.shared.clone(), raft.clone(), mesh.clone());
         let http = HttpServer::serve(
             http_listener,
             raft.clone(),
             mesh.clone(),
             nats.shared().clone(),
+            redis.shared.clone(),
             metrics,
             stop.clone(),
-            config.redis.restore_bytes_max,
         )?;
         tracing::info!(
             nats = %nats.local_addr(),

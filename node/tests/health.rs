@@ -45,7 +45,9 @@ async fn health_turns_unhealthy_when_quorum_is_lost_and_healthy_again() {
     let addrs: Vec<String> = c.nodes.iter().map(http).collect();
     for a in &addrs {
         let h = health_until(a, "healthy", |code, h| code == 200 && h.status == HealthState::Healthy).await;
-        for check in ["Catga_Core_Health_Check", "NATS_Connection", "Raft", "Cluster_Links", "Storage"] {
+        for check in
+            ["Catga_Core_Health_Check", "NATS_Connection", "Redis_Connection", "Raft", "Cluster_Links", "Storage"]
+        {
             assert_eq!(h.checks.get(check), Some(&HealthState::Healthy), "{check} in {h:?}");
         }
         assert_eq!(request(a, "GET", "/readyz").await.unwrap().0, 200);
@@ -186,6 +188,31 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert!(raw.read_line().await.unwrap().starts_with("-ERR"));
     let last = scrape(&addr).await;
     assert_eq!(value(&last, "catga_requests_failed_total", &[("protocol", "nats")]), failed + 1.0);
+
+    // Redis: commands by name, hits and misses, keys, connections, errors.
+    let mut r = redis::Client::open(format!("redis://{}/", n.node.redis.local_addr()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let _: () = redis::cmd("SET").arg(format!("k{i}")).arg("v").query_async(&mut r).await.unwrap();
+    }
+    let _: () = redis::cmd("SET").arg("short").arg("v").arg("PX").arg(1).query_async(&mut r).await.unwrap();
+    for key in ["k1", "k2", "nope"] {
+        let _: Option<String> = redis::cmd("GET").arg(key).query_async(&mut r).await.unwrap();
+    }
+    let _ = redis::cmd("INCR").arg("k1").query_async::<i64>(&mut r).await.unwrap_err();
+    common::eventually(T, "the expired key swept", || n.node.raft.view().read().keyspace.expired >= 1).await;
+    let m = scrape(&addr).await;
+    assert_eq!(value(&m, "catga_requests_total", &[("protocol", "redis"), ("op", "set")]), 11.0);
+    assert_eq!(value(&m, "catga_requests_total", &[("protocol", "redis"), ("op", "get")]), 3.0);
+    assert_eq!(value(&m, "catga_store_keyspace_hits_total", &[]), 2.0);
+    assert_eq!(value(&m, "catga_store_keyspace_misses_total", &[]), 1.0);
+    assert_eq!(value(&m, "catga_store_redis_keys", &[]), 10.0);
+    assert_eq!(value(&m, "catga_store_expired_keys_total", &[]), 1.0);
+    assert!(value(&m, "catga_redis_connections", &[]) >= 1.0);
+    assert_eq!(value(&m, "catga_requests_failed_total", &[("protocol", "redis")]), 1.0);
 }
 
 /// Every `catga_*` metric the Grafana dashboard and the monitoring doc

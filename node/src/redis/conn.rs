@@ -42,14 +42,48 @@ pub struct Shared {
     pub saving: std::sync::atomic::AtomicBool,
 }
 
-/// Server-wide counters (INFO stats).
-#[derive(Default)]
+/// Server-wide counters (INFO stats, /metrics).
 pub struct Stats {
     pub connections: AtomicU64,
     pub commands: AtomicU64,
     /// Keyspace reads of a single key that found / did not find it.
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Requests answered with an error.
+    pub errors: AtomicU64,
+    /// Calls per command, indexed like [`command_names`]; unknown
+    /// commands count in the last slot.
+    pub by_command: Vec<AtomicU64>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            connections: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            by_command: (0..=command_names().len()).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+/// Every command name this server knows (keyspace first), the label set
+/// of the per-command metrics: bounded, never a key.
+pub fn command_names() -> &'static [&'static str] {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let mut v: Vec<&'static str> = catga_raft::keyspace::NAMES.to_vec();
+        v.extend(OTHER_COMMANDS.iter().map(|(n, _)| *n));
+        v
+    })
+}
+
+fn command_index(name: &str) -> usize {
+    static INDEX: std::sync::OnceLock<std::collections::HashMap<&'static str, usize>> = std::sync::OnceLock::new();
+    let index = INDEX.get_or_init(|| command_names().iter().enumerate().map(|(i, n)| (*n, i)).collect());
+    index.get(name).copied().unwrap_or(command_names().len())
 }
 
 impl Shared {
@@ -279,6 +313,7 @@ impl Conn {
     pub fn execute(&mut self, argv: &[&[u8]]) -> Step {
         self.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
         let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+        self.shared.stats.by_command[command_index(&name)].fetch_add(1, Ordering::Relaxed);
         let subscribed = self.pubsub.as_ref().is_some_and(|p| p.count() > 0);
         if subscribed
             && self.proto() == 2

@@ -159,23 +159,23 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                             step => {
                                 commit(&shared, &conn, &mut writes, &mut out).await;
                                 match step {
-                                    Step::Reply(reply) => reply.encode(conn.proto(), &mut out),
+                                    Step::Reply(reply) => emit(&shared, &reply, conn.proto(), &mut out),
                                     Step::Save { background } => {
-                                        save(&shared, background).await.encode(conn.proto(), &mut out)
+                                        emit(&shared, &save(&shared, background).await, conn.proto(), &mut out)
                                     }
                                     Step::Replies(replies) => {
                                         for r in replies {
-                                            r.encode(conn.proto(), &mut out);
+                                            emit(&shared, &r, conn.proto(), &mut out);
                                         }
                                     }
                                     Step::Store { .. } => {
-                                        read(&shared, &conn, &argv).await.encode(conn.proto(), &mut out)
+                                        emit(&shared, &read(&shared, &conn, &argv).await, conn.proto(), &mut out)
                                     }
                                     Step::Watch(keys) => {
-                                        watch(&shared, &mut conn, keys).await.encode(conn.proto(), &mut out)
+                                        emit(&shared, &watch(&shared, &mut conn, keys).await, conn.proto(), &mut out)
                                     }
                                     Step::Exec(cmds) => {
-                                        exec(&shared, &mut conn, cmds).await.encode(conn.proto(), &mut out)
+                                        emit(&shared, &exec(&shared, &mut conn, cmds).await, conn.proto(), &mut out)
                                     }
                                 }
                             }
@@ -218,6 +218,14 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
     }
 }
 
+/// Encodes a reply, counting errors for the metrics.
+fn emit(shared: &Shared, reply: &Reply, proto: u8, out: &mut Vec<u8>) {
+    if matches!(reply, Reply::Error(_)) {
+        shared.stats.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    reply.encode(proto, out);
+}
+
 /// Commits `writes` (one connection's consecutive keyspace writes) as one
 /// Raft entry and appends their replies; every one gets the error if the
 /// entry could not be committed.
@@ -229,7 +237,7 @@ async fn commit(shared: &Shared, conn: &Conn, writes: &mut Vec<Vec<Vec<u8>>>, ou
     let n = cmds.len();
     let Some(raft) = shared.raft.get() else {
         for _ in 0..n {
-            Reply::err(LOADING).encode(conn.proto(), out);
+            emit(shared, &Reply::err(LOADING), conn.proto(), out);
         }
         return;
     };
@@ -237,19 +245,19 @@ async fn commit(shared: &Shared, conn: &Conn, writes: &mut Vec<Vec<Vec<u8>>>, ou
     match shared.coalescer.write(raft, req).await {
         Ok(Response::Redis(replies)) if replies.len() == n => {
             for r in replies {
-                Reply::from(r).encode(conn.proto(), out);
+                emit(shared, &Reply::from(r), conn.proto(), out);
             }
         }
         Ok(other) => {
             tracing::error!(reply = ?other, "unexpected reply to a Redis write");
             for _ in 0..n {
-                Reply::err("ERR internal error").encode(conn.proto(), out);
+                emit(shared, &Reply::err("ERR internal error"), conn.proto(), out);
             }
         }
         Err(e) => {
             tracing::debug!(cause = %e, "Redis write not committed");
             for _ in 0..n {
-                Reply::err(NOT_COMMITTED).encode(conn.proto(), out);
+                emit(shared, &Reply::err(NOT_COMMITTED), conn.proto(), out);
             }
         }
     }
