@@ -145,6 +145,11 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
             return;
         }
         let mut close = false;
+        // Reads of one batch share one read-index round: they were all
+        // sent before it started, so it covers every write acknowledged
+        // before any of them. A write of this batch (committed before
+        // the next read runs) needs a new round.
+        let mut fresh = false;
         let mut writes: Vec<Vec<Vec<u8>>> = Vec::new();
         loop {
             match parser.parse(&buf, conn.authenticated) {
@@ -155,7 +160,10 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                             // Consecutive writes of one read batch commit
                             // as one entry; anything else flushes them first
                             // so replies stay in request order.
-                            Step::Store { write: true } => writes.push(argv.iter().map(|a| a.to_vec()).collect()),
+                            Step::Store { write: true } => {
+                                fresh = false;
+                                writes.push(argv.iter().map(|a| a.to_vec()).collect())
+                            }
                             step => {
                                 commit(&shared, &conn, &mut writes, &mut out).await;
                                 match step {
@@ -168,13 +176,17 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                             emit(&shared, &r, conn.proto(), &mut out);
                                         }
                                     }
-                                    Step::Store { .. } => {
-                                        emit(&shared, &read(&shared, &conn, &argv).await, conn.proto(), &mut out)
-                                    }
+                                    Step::Store { .. } => emit(
+                                        &shared,
+                                        &read(&shared, &conn, &argv, &mut fresh).await,
+                                        conn.proto(),
+                                        &mut out,
+                                    ),
                                     Step::Watch(keys) => {
                                         emit(&shared, &watch(&shared, &mut conn, keys).await, conn.proto(), &mut out)
                                     }
                                     Step::Exec(cmds) => {
+                                        fresh = false;
                                         emit(&shared, &exec(&shared, &mut conn, cmds).await, conn.proto(), &mut out)
                                     }
                                 }
@@ -263,15 +275,18 @@ async fn commit(shared: &Shared, conn: &Conn, writes: &mut Vec<Vec<Vec<u8>>>, ou
     }
 }
 
-/// A keyspace read: linearizable (read-index through the leader), then
-/// served from this node's applied state by its own clock.
-async fn read(shared: &Shared, conn: &Conn, argv: &[&[u8]]) -> Reply {
+/// A keyspace read: linearizable (read-index through the leader, unless
+/// `fresh` says this batch already had one), then served from this node's
+/// applied state by its own clock.
+async fn read(shared: &Shared, conn: &Conn, argv: &[&[u8]], fresh: &mut bool) -> Reply {
     let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
-    if conn.local_reads {
+    if conn.local_reads || *fresh {
         // READONLY: this node's state as applied, no round trip.
     } else if let Err(e) = shared.reads.linearize(raft).await {
         tracing::debug!(cause = %e, "no linearizable read");
         return Reply::err(NO_LEADER);
+    } else {
+        *fresh = true;
     }
     let view = raft.view();
     let v = view.read();
