@@ -86,6 +86,20 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether applying it twice has the effect of applying it once: such
+    /// a write may be retried after an attempt whose outcome is unknown.
+    /// Redis commands are not (INCR, RPUSH…), so they are never retried
+    /// once sent: the client gets an error and decides, as with Redis.
+    pub fn is_idempotent(&self) -> bool {
+        match self {
+            Request::Redis { .. } | Request::RedisExec { .. } => false,
+            Request::Batch(reqs) => reqs.iter().all(Request::is_idempotent),
+            _ => true,
+        }
+    }
+}
+
 /// What applying a [`Request`] returns.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub enum Response {

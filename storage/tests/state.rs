@@ -204,3 +204,16 @@ async fn collections_stored_by_element_reopen_to_the_same_state() {
     assert!(v.keyspace == reference, "reopened state differs from what was applied");
     assert!(v.keyspace.entries().count() > 4, "the workload leaves keys behind");
 }
+
+/// Which writes may be retried after an attempt with an unknown outcome:
+/// queue and KV writes set absolute values; Redis commands (INCR, RPUSH)
+/// would apply twice.
+#[test]
+fn only_writes_that_set_absolute_values_are_idempotent() {
+    assert!(q(1, "s", "g", 2).is_idempotent());
+    assert!(Request::KvSet { key: b"k".to_vec(), value: b"v".to_vec() }.is_idempotent());
+    assert!(Request::NodeDown { node: 1 }.is_idempotent());
+    assert!(!redis(0, &["INCR n"]).is_idempotent());
+    assert!(!Request::Batch(vec![q(1, "s", "g", 1), redis(0, &["RPUSH l x"])]).is_idempotent());
+    assert!(Request::Batch(vec![q(1, "s", "g", 1), Request::NodeDown { node: 2 }]).is_idempotent());
+}
