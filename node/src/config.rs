@@ -243,6 +243,10 @@ impl Config {
             "raft timeouts must satisfy heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms"
         );
         anyhow::ensure!(r.snapshot_after_logs >= 1, "raft.snapshot_after_logs must be at least 1");
+        anyhow::ensure!(
+            r.read_lease_ms <= r.election_timeout_min_ms / 2,
+            "raft.read_lease_ms must be at most half of raft.election_timeout_min_ms (a lease must end well before another leader can exist)"
+        );
         anyhow::ensure!(r.forward_timeout_ms >= 1, "raft.forward_timeout_ms must be at least 1");
         let c = &self.cluster;
         anyhow::ensure!(

@@ -588,3 +588,40 @@ async fn save_then_restore_brings_the_keyspace_back_on_every_node() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Lease reads never return a stale value: after the leader is cut off
+/// and the majority has committed a new value, a read through the old
+/// leader either fails or sees the new value, never the old one.
+#[tokio::test]
+async fn a_cut_off_leader_never_serves_a_stale_read() {
+    // Reads that cannot reach a leader give up after 1 s here.
+    let c = common::TestCluster::start_with(3, |_, cfg| cfg.raft.forward_timeout_ms = 1000).await;
+    c.wait_voters().await;
+    let url = |i: usize| format!("redis://{}/", redis_addr(&c.nodes[i]));
+    let li = c.nodes.iter().position(|n| n.node.raft.leader() == Some(n.node.id)).unwrap();
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(15)));
+    let mut old =
+        redis::Client::open(url(li)).unwrap().get_multiplexed_async_connection_with_config(&patient).await.unwrap();
+    let _: () = redis::cmd("SET").arg("k").arg("old").query_async(&mut old).await.unwrap();
+    // Reads through the leader succeed while it holds a lease.
+    let v: String = redis::cmd("GET").arg("k").query_async(&mut old).await.unwrap();
+    assert_eq!(v, "old");
+    c.partition(li);
+    let other = (li + 1) % 3;
+    let mut new =
+        redis::Client::open(url(other)).unwrap().get_multiplexed_async_connection_with_config(&patient).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match redis::cmd("SET").arg("k").arg("new").query_async::<()>(&mut new).await {
+            Ok(()) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "the majority never took a write: {e}"),
+        }
+    }
+    for _ in 0..3 {
+        match redis::cmd("GET").arg("k").query_async::<Option<String>>(&mut old).await {
+            Ok(v) => assert_eq!(v.as_deref(), Some("new"), "a stale read through the cut-off leader"),
+            Err(e) => assert!(e.to_string().contains("No Raft leader reachable"), "{e}"),
+        }
+    }
+    c.heal(li);
+}
