@@ -263,7 +263,7 @@ impl Metrics {
             let view = self.raft.view();
             let v = view.read();
             self.keys.set(v.kv.len() as i64);
-            self.redis_keys.set(v.keyspace.entries().count() as i64);
+            self.redis_keys.set(v.keyspace.stored_len() as i64);
             mirror(&self.redis_expired, v.keyspace.expired);
         }
         self.raft_term.set(st.term as i64);

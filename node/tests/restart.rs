@@ -51,6 +51,32 @@ impl Cluster {
         self.procs.iter().map(|p| p.http.clone()).collect()
     }
 
+    /// `rounds` times, at a random moment: SIGKILL the leader (even
+    /// rounds) or a random node, restart it after a random pause, tell
+    /// `restarted` (its addresses changed), and wait until all three are
+    /// back with a leader. The pauses are the random moments of the
+    /// faults, not waits for a condition.
+    async fn kill_rounds(&mut self, rounds: usize, restarted: impl Fn(&Cluster)) {
+        let mut rng = rand::rng();
+        for round in 0..rounds {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+            let views = until_all(&self.https(), "a leader", |v| v.raft.leader.is_some()).await;
+            let victim = if round % 2 == 0 {
+                views.iter().position(|v| Some(v.raft.id) == v.raft.leader).unwrap_or(0)
+            } else {
+                rng.random_range(0..3)
+            };
+            kill(&mut self.procs[victim]).await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(100..800))).await;
+            self.restart(victim).await;
+            restarted(self);
+            until_all(&self.https(), "all three back with a leader", |v| {
+                v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.peers.len() == 2
+            })
+            .await;
+        }
+    }
+
     /// Restarts node `i` on its own data dir, seeded with a live node.
     async fn restart(&mut self, i: usize) {
         let seed = self.procs[(i + 1) % 3].cluster.clone();
@@ -135,25 +161,7 @@ async fn sigkill_at_random_moments_under_write_load_loses_no_acknowledged_write(
         })
     };
 
-    let mut rng = rand::rng();
-    for round in 0..4 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
-        // Even rounds kill the leader, odd rounds a random node.
-        let views = until_all(&c.https(), "a leader", |v| v.raft.leader.is_some()).await;
-        let victim = if round % 2 == 0 {
-            views.iter().position(|v| Some(v.raft.id) == v.raft.leader).unwrap_or(0)
-        } else {
-            rng.random_range(0..3)
-        };
-        kill(&mut c.procs[victim]).await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..800))).await;
-        c.restart(victim).await;
-        *https.lock() = c.https();
-        until_all(&c.https(), "all three back with a leader", |v| {
-            v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.peers.len() == 2
-        })
-        .await;
-    }
+    c.kill_rounds(4, |c| *https.lock() = c.https()).await;
     stop.cancel();
     writer.await.unwrap();
 
@@ -226,24 +234,7 @@ async fn redis_leader_sigkill_under_write_load_loses_no_acknowledged_write() {
             }
         }));
     }
-    let mut rng = rand::rng();
-    for round in 0..4 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
-        let views = until_all(&c.https(), "a leader", |v| v.raft.leader.is_some()).await;
-        let victim = if round % 2 == 0 {
-            views.iter().position(|v| Some(v.raft.id) == v.raft.leader).unwrap_or(0)
-        } else {
-            rng.random_range(0..3)
-        };
-        kill(&mut c.procs[victim]).await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..800))).await;
-        c.restart(victim).await;
-        *addrs.lock() = c.procs.iter().map(|p| p.redis).collect();
-        until_all(&c.https(), "all three back with a leader", |v| {
-            v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.peers.len() == 2
-        })
-        .await;
-    }
+    c.kill_rounds(4, |c| *addrs.lock() = c.procs.iter().map(|p| p.redis).collect()).await;
     stop.cancel();
     for w in writers {
         w.await.unwrap();

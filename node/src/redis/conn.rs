@@ -225,16 +225,6 @@ fn other_arity(name: &str) -> Option<i32> {
     OTHER_COMMANDS.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
 }
 
-/// Arity of the connection and server commands this module answers.
-fn connection_arity(name: &str) -> Option<i32> {
-    other_arity(name).filter(|_| !TX_COMMANDS.contains(&name))
-}
-
-/// Arity of the transaction commands.
-fn tx_arity(name: &str) -> Option<i32> {
-    other_arity(name).filter(|_| TX_COMMANDS.contains(&name))
-}
-
 fn wrong_args(name: &str) -> Reply {
     Reply::err(format!("ERR wrong number of arguments for '{name}' command"))
 }
@@ -327,52 +317,32 @@ impl Conn {
         if self.multi.is_some() && !matches!(name.as_str(), "exec" | "discard" | "multi" | "watch" | "quit" | "reset") {
             return Step::Reply(self.queue(&name, argv));
         }
-        if let Some(spec) = catga_raft::keyspace::spec(&name) {
-            if !arity_ok(spec.arity, argv.len()) {
-                return Step::Reply(wrong_args(&name));
-            }
-            if !self.authenticated {
-                return Step::Reply(Reply::err("NOAUTH Authentication required."));
-            }
+        // Redis's order: unknown command, arity, then authentication.
+        let spec = catga_raft::keyspace::spec(&name);
+        let Some(arity) = spec.map(|s| s.arity).or_else(|| other_arity(&name)) else {
+            return Step::Reply(unknown_command(argv));
+        };
+        if !arity_ok(arity, argv.len()) {
+            return Step::Reply(wrong_args(&name));
+        }
+        if !self.authenticated && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset") {
+            return Step::Reply(Reply::err("NOAUTH Authentication required."));
+        }
+        if let Some(spec) = spec {
             return Step::Store { write: spec.write };
         }
-        if PUBSUB_COMMANDS.contains(&name.as_str()) && self.multi.is_none() {
-            if !arity_ok(other_arity(&name).unwrap_or(-1), argv.len()) {
-                return Step::Reply(wrong_args(&name));
-            }
-            if !self.authenticated {
-                return Step::Reply(Reply::err("NOAUTH Authentication required."));
-            }
-            return Step::Replies(self.subscription(&name, &argv[1..]));
+        match name.as_str() {
+            n if PUBSUB_COMMANDS.contains(&n) => Step::Replies(self.subscription(n, &argv[1..])),
+            "save" | "bgsave" => Step::Save { background: name == "bgsave" },
+            n if TX_COMMANDS.contains(&n) => self.transaction_command(n, argv),
+            n => Step::Reply(self.connection_command(n, argv)),
         }
-        if matches!(name.as_str(), "save" | "bgsave") && self.multi.is_none() {
-            if !arity_ok(other_arity(&name).unwrap_or(1), argv.len()) {
-                return Step::Reply(wrong_args(&name));
-            }
-            if !self.authenticated {
-                return Step::Reply(Reply::err("NOAUTH Authentication required."));
-            }
-            return Step::Save { background: name == "bgsave" };
-        }
-        if let Some(arity) = tx_arity(&name) {
-            if !arity_ok(arity, argv.len()) {
-                return Step::Reply(wrong_args(&name));
-            }
-            if !self.authenticated {
-                return Step::Reply(Reply::err("NOAUTH Authentication required."));
-            }
-            return self.transaction_command(&name, argv);
-        }
-        Step::Reply(self.connection_command(&name, argv))
     }
 
     /// Inside MULTI: queues the command, or refuses it (and marks the
     /// transaction to abort) as Redis does.
     fn queue(&mut self, name: &str, argv: &[&[u8]]) -> Reply {
-        let arity = catga_raft::keyspace::spec(name)
-            .map(|s| s.arity)
-            .or_else(|| tx_arity(name))
-            .or_else(|| connection_arity(name));
+        let arity = catga_raft::keyspace::spec(name).map(|s| s.arity).or_else(|| other_arity(name));
         let refusal = match arity {
             None => Some(unknown_command(argv)),
             Some(a) if !arity_ok(a, argv.len()) => Some(wrong_args(name)),
@@ -534,15 +504,9 @@ impl Conn {
         self.connection_command(&name, argv)
     }
 
+    /// A connection or server command; its arity and authentication were
+    /// checked by [`Conn::execute`] (or when it was queued in MULTI).
     fn connection_command(&mut self, name: &str, argv: &[&[u8]]) -> Reply {
-        let Some(arity) = connection_arity(name) else { return unknown_command(argv) };
-        if !arity_ok(arity, argv.len()) {
-            return wrong_args(name);
-        }
-        let exempt = matches!(name, "auth" | "hello" | "quit" | "reset");
-        if !self.authenticated && !exempt {
-            return Reply::err("NOAUTH Authentication required.");
-        }
         match name {
             // Subscribed, a RESP2 PING answers in the push shape.
             "ping" if self.proto() == 2 && self.pubsub.as_ref().is_some_and(|p| p.count() > 0) => {

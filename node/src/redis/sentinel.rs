@@ -80,10 +80,22 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, stop: CancellationToken) 
     let mut subscribed: Vec<Vec<u8>> = Vec::new();
     let mut leader_changes = shared.raft.get().map(|r| r.raft.metrics());
     let mut last_master = master(&shared);
+    // Raft metrics change on every replication event; only a change of
+    // leader is looked at further.
+    let mut last_leader = leader_changes.as_mut().and_then(|rx| rx.borrow_and_update().current_leader);
     loop {
         let changed = async {
             match leader_changes.as_mut() {
-                Some(rx) if !subscribed.is_empty() => rx.changed().await.is_ok(),
+                Some(rx) if !subscribed.is_empty() => loop {
+                    if rx.changed().await.is_err() {
+                        break false;
+                    }
+                    let leader = rx.borrow_and_update().current_leader;
+                    if leader != last_leader {
+                        last_leader = leader;
+                        break true;
+                    }
+                },
                 _ => std::future::pending().await,
             }
         };

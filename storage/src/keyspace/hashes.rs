@@ -9,25 +9,11 @@ use super::*;
 type Hash = BTreeMap<Vec<u8>, Vec<u8>>;
 
 impl Keyspace {
-    fn hash(&self, db: u32, key: &[u8], now_ms: u64) -> Result<Option<&Hash>, Out> {
-        Ok(match self.coll(db, key, now_ms, Kind::Hash)? {
-            Some(Value::Hash(h)) => Some(h),
-            _ => None,
-        })
-    }
-
-    fn hash_mut(&mut self, db: u32, key: &[u8], now_ms: u64, create: bool) -> Result<Option<&mut Hash>, Out> {
-        Ok(match self.coll_mut(db, key, now_ms, Kind::Hash, create)? {
-            Some(Value::Hash(h)) => Some(h),
-            _ => None,
-        })
-    }
-
     pub(super) fn hash_read(&self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
         if !name.starts_with('h') {
             return None;
         }
-        let h = match self.hash(db, argv[1], now_ms) {
+        let h = match self.coll::<Hash>(db, argv[1], now_ms) {
             Ok(h) => h,
             Err(e) => return Some(e),
         };
@@ -97,7 +83,7 @@ impl Keyspace {
                 if argv.len() % 2 != 0 {
                     return Some(Out::Err(format!("ERR wrong number of arguments for '{name}' command")));
                 }
-                let h = match self.hash_mut(db, key, now_ms, true) {
+                let h = match self.coll_mut::<Hash>(db, key, now_ms, true) {
                     Ok(h) => h.expect("created"),
                     Err(e) => return Some(e),
                 };
@@ -116,7 +102,7 @@ impl Keyspace {
                     Out::ok()
                 }
             }
-            "hsetnx" => match self.hash_mut(db, key, now_ms, true) {
+            "hsetnx" => match self.coll_mut::<Hash>(db, key, now_ms, true) {
                 Err(e) => e,
                 Ok(h) => {
                     let h = h.expect("created");
@@ -129,7 +115,7 @@ impl Keyspace {
                     }
                 }
             },
-            "hdel" => match self.hash_mut(db, key, now_ms, false) {
+            "hdel" => match self.coll_mut::<Hash>(db, key, now_ms, false) {
                 Err(e) => e,
                 Ok(None) => Out::Int(0),
                 Ok(Some(h)) => {
@@ -144,7 +130,7 @@ impl Keyspace {
             },
             "hincrby" => {
                 let Some(by) = string2ll(argv[3]) else { return Some(Out::err(NOT_INTEGER)) };
-                match self.hash(db, key, now_ms) {
+                match self.coll::<Hash>(db, key, now_ms) {
                     Err(e) => e,
                     Ok(h) => {
                         let cur = match h.and_then(|h| h.get(argv[2])) {
@@ -169,7 +155,7 @@ impl Keyspace {
                 if by.is_infinite() {
                     return Some(Out::err("ERR value is NaN or Infinity"));
                 }
-                match self.hash(db, key, now_ms) {
+                match self.coll::<Hash>(db, key, now_ms) {
                     Err(e) => e,
                     Ok(h) => {
                         let cur = match h.and_then(|h| h.get(argv[2])) {
@@ -198,7 +184,7 @@ impl Keyspace {
 
     /// Sets one field (the key's type already checked).
     fn hash_put(&mut self, db: u32, key: &[u8], now_ms: u64, field: &[u8], value: Vec<u8>) {
-        if let Ok(Some(h)) = self.hash_mut(db, key, now_ms, true) {
+        if let Ok(Some(h)) = self.coll_mut::<Hash>(db, key, now_ms, true) {
             h.insert(field.to_vec(), value);
             self.note_elem(db, key, field.to_vec());
         }

@@ -195,8 +195,7 @@ impl Keyspace {
                     self.dbs.remove(&db);
                     self.note(Change::Db(db));
                 } else {
-                    self.dbs.clear();
-                    self.note(Change::All);
+                    self.clear();
                 }
                 Out::ok()
             }

@@ -61,20 +61,6 @@ impl List {
 }
 
 impl Keyspace {
-    fn list(&self, db: u32, key: &[u8], now_ms: u64) -> Result<Option<&List>, Out> {
-        Ok(match self.coll(db, key, now_ms, Kind::List)? {
-            Some(Value::List(l)) => Some(l),
-            _ => None,
-        })
-    }
-
-    fn list_mut(&mut self, db: u32, key: &[u8], now_ms: u64, create: bool) -> Result<Option<&mut List>, Out> {
-        Ok(match self.coll_mut(db, key, now_ms, Kind::List, create)? {
-            Some(Value::List(l)) => Some(l),
-            _ => None,
-        })
-    }
-
     /// Records a rewrite of every row of the list at (db, key).
     fn note_rewrite(&mut self, db: u32, key: &[u8]) {
         self.note(Change::Drop(db, key.to_vec()));
@@ -87,7 +73,7 @@ impl Keyspace {
         if !matches!(name, "lrange" | "llen" | "lindex" | "lpos") {
             return None;
         }
-        let l = match self.list(db, argv[1], now_ms) {
+        let l = match self.coll::<List>(db, argv[1], now_ms) {
             Ok(l) => l,
             Err(e) => return Some(e),
         };
@@ -116,7 +102,7 @@ impl Keyspace {
         let out = match name {
             "lpush" | "rpush" | "lpushx" | "rpushx" => {
                 let at = if name.starts_with('l') { End::Left } else { End::Right };
-                match self.list_mut(db, key, now_ms, !name.ends_with('x')) {
+                match self.coll_mut::<List>(db, key, now_ms, !name.ends_with('x')) {
                     Err(e) => e,
                     Ok(None) => Out::Int(0),
                     Ok(Some(l)) => {
@@ -139,7 +125,7 @@ impl Keyspace {
                 if argv.len() > 3 {
                     return Some(Out::Err(format!("ERR wrong number of arguments for '{name}' command")));
                 }
-                match self.list_mut(db, key, now_ms, false) {
+                match self.coll_mut::<List>(db, key, now_ms, false) {
                     Err(e) => e,
                     Ok(None) => {
                         if count.is_some() {
@@ -164,7 +150,7 @@ impl Keyspace {
             }
             "lset" => {
                 let Some(i) = string2ll(argv[2]) else { return Some(Out::err(NOT_INTEGER)) };
-                match self.list_mut(db, key, now_ms, false) {
+                match self.coll_mut::<List>(db, key, now_ms, false) {
                     Err(e) => e,
                     Ok(None) => Out::err("ERR no such key"),
                     Ok(Some(l)) => match l.index(i) {
@@ -182,7 +168,7 @@ impl Keyspace {
                 let (Some(start), Some(stop)) = (string2ll(argv[2]), string2ll(argv[3])) else {
                     return Some(Out::err(NOT_INTEGER));
                 };
-                match self.list_mut(db, key, now_ms, false) {
+                match self.coll_mut::<List>(db, key, now_ms, false) {
                     Err(e) => e,
                     Ok(None) => Out::ok(),
                     Ok(Some(l)) => {
@@ -207,7 +193,7 @@ impl Keyspace {
             }
             "lrem" => {
                 let Some(count) = string2ll(argv[2]) else { return Some(Out::err(NOT_INTEGER)) };
-                match self.list_mut(db, key, now_ms, false) {
+                match self.coll_mut::<List>(db, key, now_ms, false) {
                     Err(e) => e,
                     Ok(None) => Out::Int(0),
                     Ok(Some(l)) => {
@@ -248,7 +234,7 @@ impl Keyspace {
                     "AFTER" => true,
                     _ => return Some(Out::err(SYNTAX)),
                 };
-                match self.list_mut(db, key, now_ms, false) {
+                match self.coll_mut::<List>(db, key, now_ms, false) {
                     Err(e) => e,
                     Ok(None) => Out::Int(0),
                     Ok(Some(l)) => match l.items.iter().position(|v| v.as_slice() == argv[3]) {
@@ -280,12 +266,12 @@ impl Keyspace {
     }
 
     fn lmove(&mut self, db: u32, now_ms: u64, src: &[u8], dst: &[u8], from: End, to: End) -> Out {
-        if let Err(e) = self.list(db, dst, now_ms) {
-            if self.list(db, src, now_ms).is_ok_and(|l| l.is_some()) {
+        if let Err(e) = self.coll::<List>(db, dst, now_ms) {
+            if self.coll::<List>(db, src, now_ms).is_ok_and(|l| l.is_some()) {
                 return e;
             }
         }
-        let item = match self.list_mut(db, src, now_ms, false) {
+        let item = match self.coll_mut::<List>(db, src, now_ms, false) {
             Err(e) => return e,
             Ok(None) => return Out::Nil,
             Ok(Some(l)) => {
@@ -295,7 +281,7 @@ impl Keyspace {
             }
         };
         self.settle(db, src);
-        match self.list_mut(db, dst, now_ms, true) {
+        match self.coll_mut::<List>(db, dst, now_ms, true) {
             Ok(Some(l)) => {
                 let pos = l.push(to, item.clone());
                 self.note_elem(db, dst, list_sub(pos));

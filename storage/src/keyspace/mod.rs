@@ -61,6 +61,38 @@ pub(crate) enum Kind {
     ZSet,
 }
 
+/// A collection type as a [`Value`] holds it, for the typed accessors.
+pub(crate) trait Collection: Sized {
+    const KIND: Kind;
+    fn of(v: &Value) -> Option<&Self>;
+    fn of_mut(v: &mut Value) -> Option<&mut Self>;
+}
+
+macro_rules! collection {
+    ($t:ty, $variant:ident) => {
+        impl Collection for $t {
+            const KIND: Kind = Kind::$variant;
+            fn of(v: &Value) -> Option<&Self> {
+                match v {
+                    Value::$variant(c) => Some(c),
+                    _ => None,
+                }
+            }
+            fn of_mut(v: &mut Value) -> Option<&mut Self> {
+                match v {
+                    Value::$variant(c) => Some(c),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+collection!(BTreeMap<Vec<u8>, Vec<u8>>, Hash);
+collection!(List, List);
+collection!(BTreeSet<Vec<u8>>, Set);
+collection!(ZSet, ZSet);
+
 impl Value {
     fn type_name(&self) -> &'static str {
         match self {
@@ -643,6 +675,12 @@ impl Keyspace {
         self.dbs.get(&db)?.get(key)
     }
 
+    /// Stored keys in every database, expired ones not yet removed
+    /// included (O(databases)).
+    pub fn stored_len(&self) -> usize {
+        self.dbs.values().map(BTreeMap::len).sum()
+    }
+
     /// Live keys in `db`, and how many of them have an expiry.
     pub fn counts(&self, db: u32, now_ms: u64) -> (usize, usize) {
         let live = self.dbs.get(&db).into_iter().flatten().filter(|(_, e)| e.live(now_ms));
@@ -817,37 +855,35 @@ impl Keyspace {
         }
     }
 
-    /// The live value at (db, key) if it is a `kind` collection: `Ok(None)`
-    /// when absent, `Err(WRONGTYPE)` when it is something else.
-    fn coll(&self, db: u32, key: &[u8], now_ms: u64, kind: Kind) -> Result<Option<&Value>, Out> {
+    /// The live `T` collection at (db, key): `Ok(None)` when absent,
+    /// `Err(WRONGTYPE)` when the key holds something else.
+    fn coll<T: Collection>(&self, db: u32, key: &[u8], now_ms: u64) -> Result<Option<&T>, Out> {
         match self.get(db, key, now_ms) {
             None => Ok(None),
-            Some(e) if e.value.kind() == Some(kind) => Ok(Some(&e.value)),
-            Some(_) => Err(Out::err(WRONGTYPE)),
+            Some(e) => T::of(&e.value).map(Some).ok_or_else(|| Out::err(WRONGTYPE)),
         }
     }
 
-    /// The `kind` collection at (db, key) to change, created empty when
+    /// The `T` collection at (db, key) to change, created empty when
     /// absent and `create`. The caller records its element changes with
     /// `note_elem` and calls [`Keyspace::settle`] after.
-    fn coll_mut(
+    fn coll_mut<T: Collection>(
         &mut self,
         db: u32,
         key: &[u8],
         now_ms: u64,
-        kind: Kind,
         create: bool,
-    ) -> Result<Option<&mut Value>, Out> {
-        self.coll(db, key, now_ms, kind)?;
+    ) -> Result<Option<&mut T>, Out> {
+        self.coll::<T>(db, key, now_ms)?;
         self.expire_if_due(db, key, now_ms);
         if self.stored(db, key).is_none() {
             if !create {
                 return Ok(None);
             }
             self.note(Change::Key(db, key.to_vec()));
-            self.insert(db, key.to_vec(), Entry { value: Value::empty(kind), expire_at_ms: None });
+            self.insert(db, key.to_vec(), Entry { value: Value::empty(T::KIND), expire_at_ms: None });
         }
-        Ok(self.dbs.get_mut(&db).and_then(|d| d.get_mut(key)).map(|e| &mut e.value))
+        Ok(self.dbs.get_mut(&db).and_then(|d| d.get_mut(key)).and_then(|e| T::of_mut(&mut e.value)))
     }
 
     /// Removes the key if its collection became empty (Redis never keeps

@@ -16,24 +16,10 @@ enum Algebra {
 }
 
 impl Keyspace {
-    fn set_of(&self, db: u32, key: &[u8], now_ms: u64) -> Result<Option<&Set>, Out> {
-        Ok(match self.coll(db, key, now_ms, Kind::Set)? {
-            Some(Value::Set(s)) => Some(s),
-            _ => None,
-        })
-    }
-
-    fn set_mut(&mut self, db: u32, key: &[u8], now_ms: u64, create: bool) -> Result<Option<&mut Set>, Out> {
-        Ok(match self.coll_mut(db, key, now_ms, Kind::Set, create)? {
-            Some(Value::Set(s)) => Some(s),
-            _ => None,
-        })
-    }
-
     /// SINTER / SUNION / SDIFF over `keys`; every key is type-checked
     /// first, as Redis does.
     fn algebra(&self, db: u32, now_ms: u64, keys: &[&[u8]], op: Algebra) -> Result<Set, Out> {
-        let sets: Vec<Option<&Set>> = keys.iter().map(|k| self.set_of(db, k, now_ms)).collect::<Result<_, _>>()?;
+        let sets: Vec<Option<&Set>> = keys.iter().map(|k| self.coll::<Set>(db, k, now_ms)).collect::<Result<_, _>>()?;
         let empty = Set::new();
         let mut it = sets.iter().map(|s| s.unwrap_or(&empty));
         let first = it.next().cloned().unwrap_or_default();
@@ -71,7 +57,7 @@ impl Keyspace {
         if !matches!(name, "smembers" | "scard" | "sismember" | "smismember" | "srandmember" | "sscan") {
             return None;
         }
-        let s = match self.set_of(db, argv[1], now_ms) {
+        let s = match self.coll::<Set>(db, argv[1], now_ms) {
             Ok(s) => s,
             Err(e) => return Some(e),
         };
@@ -145,7 +131,7 @@ impl Keyspace {
     pub(super) fn set_write(&mut self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
         let key = argv[1];
         let out = match name {
-            "sadd" => match self.set_mut(db, key, now_ms, true) {
+            "sadd" => match self.coll_mut::<Set>(db, key, now_ms, true) {
                 Err(e) => e,
                 Ok(s) => {
                     let s = s.expect("created");
@@ -158,7 +144,7 @@ impl Keyspace {
                     Out::Int(n as i64)
                 }
             },
-            "srem" => match self.set_mut(db, key, now_ms, false) {
+            "srem" => match self.coll_mut::<Set>(db, key, now_ms, false) {
                 Err(e) => e,
                 Ok(None) => Out::Int(0),
                 Ok(Some(s)) => {
@@ -179,7 +165,7 @@ impl Keyspace {
                 if argv.len() > 3 {
                     return Some(Out::err(SYNTAX));
                 }
-                match self.set_mut(db, key, now_ms, false) {
+                match self.coll_mut::<Set>(db, key, now_ms, false) {
                     Err(e) => e,
                     Ok(None) => {
                         if count.is_some() {
@@ -208,17 +194,17 @@ impl Keyspace {
             }
             "smove" => {
                 let (src, dst, m) = (argv[1], argv[2], argv[3]);
-                if let Err(e) = self.set_of(db, src, now_ms).and_then(|_| self.set_of(db, dst, now_ms)) {
+                if let Err(e) = self.coll::<Set>(db, src, now_ms).and_then(|_| self.coll::<Set>(db, dst, now_ms)) {
                     return Some(e);
                 }
-                let moved = match self.set_mut(db, src, now_ms, false) {
+                let moved = match self.coll_mut::<Set>(db, src, now_ms, false) {
                     Ok(Some(s)) => s.remove(m),
                     _ => false,
                 };
                 if moved {
                     self.note_elem(db, src, m.to_vec());
                     self.settle(db, src);
-                    if let Ok(Some(d)) = self.set_mut(db, dst, now_ms, true) {
+                    if let Ok(Some(d)) = self.coll_mut::<Set>(db, dst, now_ms, true) {
                         d.insert(m.to_vec());
                         self.note_elem(db, dst, m.to_vec());
                     }

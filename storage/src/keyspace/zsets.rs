@@ -186,22 +186,8 @@ pub(super) fn rank_range(start: i64, stop: i64, len: usize) -> Option<(usize, us
 }
 
 impl Keyspace {
-    fn zset(&self, db: u32, key: &[u8], now_ms: u64) -> Result<Option<&ZSet>, Out> {
-        Ok(match self.coll(db, key, now_ms, Kind::ZSet)? {
-            Some(Value::ZSet(z)) => Some(z),
-            _ => None,
-        })
-    }
-
-    fn zset_mut(&mut self, db: u32, key: &[u8], now_ms: u64, create: bool) -> Result<Option<&mut ZSet>, Out> {
-        Ok(match self.coll_mut(db, key, now_ms, Kind::ZSet, create)? {
-            Some(Value::ZSet(z)) => Some(z),
-            _ => None,
-        })
-    }
-
     pub(super) fn zset_read(&self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
-        let z = match self.zset(db, argv[1], now_ms) {
+        let z = match self.coll::<ZSet>(db, argv[1], now_ms) {
             Ok(z) => z,
             Err(e) => return Some(e),
         };
@@ -262,7 +248,7 @@ impl Keyspace {
             "zadd" => self.zadd(db, now_ms, argv),
             "zincrby" => {
                 let Some(by) = float(argv[2]) else { return Some(Out::err(NOT_FLOAT)) };
-                match self.zset_mut(db, key, now_ms, true) {
+                match self.coll_mut::<ZSet>(db, key, now_ms, true) {
                     Err(e) => e,
                     Ok(z) => {
                         let z = z.expect("created");
@@ -277,7 +263,7 @@ impl Keyspace {
                     }
                 }
             }
-            "zrem" => match self.zset_mut(db, key, now_ms, false) {
+            "zrem" => match self.coll_mut::<ZSet>(db, key, now_ms, false) {
                 Err(e) => e,
                 Ok(None) => Out::Int(0),
                 Ok(Some(z)) => {
@@ -299,7 +285,7 @@ impl Keyspace {
                 if argv.len() > 3 {
                     return Some(Out::err(SYNTAX));
                 }
-                match self.zset_mut(db, key, now_ms, false) {
+                match self.coll_mut::<ZSet>(db, key, now_ms, false) {
                     Err(e) => e,
                     Ok(None) => Out::Array(vec![]),
                     Ok(Some(z)) => {
@@ -334,7 +320,7 @@ impl Keyspace {
                 if let Err(e) = check_range(&req) {
                     return Some(e);
                 }
-                match self.zset_mut(db, key, now_ms, false) {
+                match self.coll_mut::<ZSet>(db, key, now_ms, false) {
                     Err(e) => e,
                     Ok(None) => Out::Int(0),
                     Ok(Some(z)) => match range_items(z, &req) {
@@ -360,7 +346,7 @@ impl Keyspace {
                 if req.withscores {
                     return Some(Out::err(SYNTAX));
                 }
-                let items = match self.zset(db, argv[2], now_ms) {
+                let items = match self.coll::<ZSet>(db, argv[2], now_ms) {
                     Err(e) => return Some(e),
                     Ok(None) => Vec::new(),
                     Ok(Some(z)) => match range_items(z, &req) {
@@ -419,7 +405,7 @@ impl Keyspace {
             pairs.push((s, p[1]));
         }
         let key = argv[1];
-        let z = match self.zset_mut(db, key, now_ms, !xx) {
+        let z = match self.coll_mut::<ZSet>(db, key, now_ms, !xx) {
             Err(e) => return e,
             Ok(None) => return if incr { Out::Nil } else { Out::Int(0) },
             Ok(Some(z)) => z,
