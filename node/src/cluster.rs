@@ -34,6 +34,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::bus::{Bus, Delivered, InterestObserver, Msg, Publisher, Sink, Subscription, Target};
+use crate::trace::Stage;
 
 /// What nodes say to each other about the bus.
 #[derive(Debug, Serialize, Deserialize)]
@@ -479,26 +480,39 @@ impl MeshHandler for Cluster {
             }
             BusFrame::Interest { subject, queue, count } => self.apply_interest(from, subject, queue, count),
             BusFrame::Msg { subject, reply, headers, payload, queue } => {
+                let span = self.bus.tracer().span(Stage::Deliver { from }, subject, headers, payload.len());
+                let headers = span.as_ref().map_or(headers, |s| Some(s.headers()));
                 let msg = Msg { subject, reply, headers, payload };
                 let target = match queue {
                     Some(q) => Target::Queue(q),
                     None => Target::Plain,
                 };
                 let publisher = self.peers.lock().get(&from).map(|p| p.publisher.clone());
+                let mut delivered = false;
                 if let Some(publisher) = publisher {
                     let mut publisher = publisher.lock();
-                    if !self.bus.deliver_local(&mut publisher, &msg, target) {
+                    delivered = self.bus.deliver_local(&mut publisher, &msg, target);
+                    if !delivered {
                         if let Some(group) = queue {
-                            self.redirect(&mut publisher, &msg, group);
+                            delivered = self.redirect(&mut publisher, &msg, group);
                         }
                     }
                 }
+                if let Some(span) = span {
+                    span.end(delivered);
+                }
             }
             BusFrame::Redirected { subject, reply, headers, payload, queue } => {
+                let span = self.bus.tracer().span(Stage::Deliver { from }, subject, headers, payload.len());
+                let headers = span.as_ref().map_or(headers, |s| Some(s.headers()));
                 let msg = Msg { subject, reply, headers, payload };
                 let publisher = self.peers.lock().get(&from).map(|p| p.publisher.clone());
+                let mut delivered = false;
                 if let Some(publisher) = publisher {
-                    self.bus.deliver_local(&mut publisher.lock(), &msg, Target::Queue(queue));
+                    delivered = self.bus.deliver_local(&mut publisher.lock(), &msg, Target::Queue(queue));
+                }
+                if let Some(span) = span {
+                    span.end(delivered);
                 }
             }
         }

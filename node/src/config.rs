@@ -31,6 +31,7 @@ pub struct Config {
     pub redis: crate::redis::RedisConfig,
     pub cluster: ClusterConfig,
     pub raft: catga_raft::RaftConfig,
+    pub tracing: crate::trace::TracingConfig,
 }
 
 /// Node-to-node settings (`[cluster]` in TOML).
@@ -93,6 +94,7 @@ impl Default for Config {
             redis: crate::redis::RedisConfig::default(),
             cluster: ClusterConfig::default(),
             raft: catga_raft::RaftConfig::default(),
+            tracing: crate::trace::TracingConfig::default(),
         }
     }
 }
@@ -142,6 +144,9 @@ pub struct RunArgs {
     /// Nodes expected to form the cluster at first start.
     #[arg(long, env = "CATGA_BOOTSTRAP_EXPECT", value_name = "N")]
     pub bootstrap_expect: Option<usize>,
+    /// OTLP/HTTP collector to export traces to (e.g. http://127.0.0.1:4318).
+    #[arg(long, env = "CATGA_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Config {
@@ -205,6 +210,9 @@ impl Config {
         }
         if let Some(v) = args.bootstrap_expect {
             self.raft.bootstrap_expect = v;
+        }
+        if let Some(v) = &args.otlp_endpoint {
+            self.tracing.otlp_endpoint = v.clone();
         }
     }
 
@@ -275,7 +283,7 @@ impl Config {
         if !self.name.is_empty() {
             catga_transport::certs::check_node_name(&self.name)?;
         }
-        Ok(())
+        self.tracing.validate()
     }
 }
 

@@ -17,6 +17,7 @@
 //!   by the committed view).
 //! - [`metrics`]: Prometheus metrics and health checks.
 //! - [`http`]: the HTTP API (`/cluster`, leave) and the CLI's client for it.
+//! - [`trace`]: OpenTelemetry spans for messages carrying `traceparent`.
 
 pub mod bus;
 pub mod cli;
@@ -28,3 +29,4 @@ pub mod nats;
 pub mod node;
 pub mod queues;
 pub mod redis;
+pub mod trace;

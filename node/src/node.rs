@@ -59,7 +59,7 @@ impl Node {
             .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
         let id = load_or_create_id(&config.data_dir)?;
         let name = if config.name.is_empty() { format!("catga-{:08x}", id as u32) } else { config.name.clone() };
-        let bus = Arc::new(Bus::new());
+        let bus = Arc::new(Bus::with_tracer(crate::trace::Tracer::start(&config.tracing, &name)?));
         let nats = NatsServer::start(config.nats.clone(), bus.clone(), &name).await?;
         let redis = crate::redis::server::RedisServer::start(config.redis.clone(), bus.clone()).await?;
         let sentinel = crate::redis::sentinel::SentinelServer::start(redis.shared.clone()).await?;
@@ -157,5 +157,8 @@ impl Node {
         self.http.shutdown();
         self.raft.shutdown().await;
         self.mesh.shutdown().await;
+        // Sends the spans still queued (bounded by tracing.otlp_timeout_ms).
+        let tracer = self.bus.tracer().clone();
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
     }
 }

@@ -108,6 +108,47 @@ async fn bad_config_is_a_clear_error() {
     assert!(err.contains("max_payload") && err.contains("bad.toml"), "{err}");
 }
 
+/// Reads JSON log lines from `lines` until one whose message is `want`.
+async fn next_json(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    want: &str,
+) -> serde_json::Value {
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+            if v["fields"]["message"] == want {
+                return v;
+            }
+        }
+        panic!("stderr closed before {want:?}");
+    };
+    tokio::time::timeout(Duration::from_secs(20), read).await.unwrap_or_else(|_| panic!("no {want:?} log line"))
+}
+
+/// `--log-format json` writes one JSON object per line to stderr, and the
+/// level comes from RUST_LOG: at `debug` a client's CONNECT is logged,
+/// which the default `info` leaves out.
+#[tokio::test]
+async fn json_logs_at_the_level_rust_log_sets() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_catga"));
+    cmd.args(LOOPBACK_PORT_ZERO).args(["--log-format", "json", "--data-dir"]).arg(dir.path());
+    cmd.env("RUST_LOG", "debug").stderr(std::process::Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = next_json(&mut lines, "catga node listening").await;
+    assert_eq!(listening["level"], "INFO");
+    let nats: std::net::SocketAddr = listening["fields"]["nats"].as_str().unwrap().parse().unwrap();
+    let mut raw = Raw::connect(nats).await;
+    raw.send(b"CONNECT {\"name\":\"json-log-test\"}\r\n").await;
+    raw.sync().await;
+    let connected = next_json(&mut lines, "client connected").await;
+    assert_eq!(connected["level"], "DEBUG");
+    assert_eq!(connected["fields"]["name"], "json-log-test");
+}
+
 /// Sends a signal with `kill(1)`, which keeps unsafe code out of tests.
 fn send_signal(pid: i32, sig: &str) {
     let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();

@@ -198,6 +198,9 @@ pub struct Bus {
     subs: Sublist<Subscription>,
     observer: std::sync::OnceLock<Arc<dyn InterestObserver>>,
     next_sink_id: AtomicU64,
+    /// Spans for messages that carry a sampled `traceparent`; the protocol
+    /// adapters and the cluster open them around their publishes.
+    tracer: crate::trace::Tracer,
 }
 
 /// Per-publisher state: its match cache, the sinks to wake, the sinks that
@@ -238,6 +241,14 @@ impl Publisher {
 impl Bus {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_tracer(tracer: crate::trace::Tracer) -> Self {
+        Self { tracer, ..Self::default() }
+    }
+
+    pub fn tracer(&self) -> &crate::trace::Tracer {
+        &self.tracer
     }
 
     /// A fresh id for a sink (client connection or peer), unique on this node.

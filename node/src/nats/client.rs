@@ -37,6 +37,7 @@ use super::server::{
 use super::CloseReason;
 use crate::bus::subject::is_valid_literal_subject;
 use crate::bus::{Delivered, Msg, Publisher, Sink, Subscription};
+use crate::trace::Stage;
 
 /// Read buffer growth step. Large enough that a busy publisher's read
 /// returns many ops at once.
@@ -455,8 +456,13 @@ impl Conn {
         }
         self.msgs_in += 1;
         self.bytes_in += payload.len() as u64;
+        let span = self.server.bus.tracer().span(Stage::Publish, subject, headers, payload.len());
+        let headers = span.as_ref().map_or(headers, |s| Some(s.headers()));
         let msg = Msg { subject, reply, headers, payload };
         let delivered = self.server.bus.publish(&mut self.publisher, self.client.id, self.opts.echo, &msg);
+        if let Some(span) = span {
+            span.end(delivered);
+        }
         if !delivered && self.opts.no_responders {
             if let Some(reply) = reply {
                 self.no_responders(reply);
