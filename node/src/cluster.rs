@@ -526,7 +526,7 @@ impl MeshHandler for Cluster {
         let behind = {
             let publisher = self.peers.lock().get(&from)?.publisher.clone();
             let mut publisher = publisher.lock();
-            publisher.flush();
+            self.bus.flush(&mut publisher);
             publisher.take_behind()
         };
         if behind.is_empty() {

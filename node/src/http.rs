@@ -41,6 +41,18 @@ pub struct ClusterView {
     pub peers: Vec<PeerView>,
     /// Committed queue groups: who serves each, with member counts.
     pub queues: Vec<QueueView>,
+    /// This node's own queue members and how many messages each was given.
+    #[serde(default)]
+    pub local_queue_members: Vec<LocalQueueMember>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocalQueueMember {
+    pub subject: String,
+    pub group: String,
+    /// The NATS connection id (`cid`).
+    pub client: u64,
+    pub delivered: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -117,7 +129,7 @@ impl HttpServer {
     }
 }
 
-pub fn cluster_view(raft: &RaftNode, mesh: &Mesh) -> ClusterView {
+pub fn cluster_view(raft: &RaftNode, mesh: &Mesh, nats: &ServerShared) -> ClusterView {
     ClusterView {
         raft: raft.status(),
         peers: mesh
@@ -136,6 +148,7 @@ pub fn cluster_view(raft: &RaftNode, mesh: &Mesh) -> ClusterView {
                 members: members.clone(),
             })
             .collect(),
+        local_queue_members: nats.queue_members(),
     }
 }
 
@@ -221,7 +234,7 @@ async fn redis_restore(State(ctx): State<Ctx>, body: axum::body::Bytes) -> (Stat
 }
 
 async fn cluster(State(ctx): State<Ctx>) -> Json<ClusterView> {
-    Json(cluster_view(&ctx.raft, &ctx.mesh))
+    Json(cluster_view(&ctx.raft, &ctx.mesh, &ctx.nats))
 }
 
 async fn leave(State(ctx): State<Ctx>) -> (StatusCode, String) {

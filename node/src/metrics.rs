@@ -50,6 +50,7 @@ pub struct Metrics {
     pending: Gauge,
     subscriptions: Gauge,
     queue_members: Gauge,
+    queue_deliveries: Family<Labels, Counter>,
     closes: Family<Labels, Counter>,
     slow_consumers: Counter,
     keys: Gauge,
@@ -105,6 +106,15 @@ impl Metrics {
         r.register("subscriptions", "Subscriptions of this node's clients", subscriptions.clone());
         let queue_members = Gauge::default();
         r.register("queue_members", "Queue-group subscriptions of this node's clients", queue_members.clone());
+        let queue_deliveries = Family::<Labels, Counter>::default();
+        r.register(
+            "queue_deliveries",
+            "Queue-group messages this node handed to one member: on this node (target=local) or another's (target=remote)",
+            queue_deliveries.clone(),
+        );
+        for target in ["local", "remote"] {
+            let _ = queue_deliveries.get_or_create(&labels(&[("target", target)]));
+        }
         let closes = Family::<Labels, Counter>::default();
         r.register("connection_closes", "Client connections closed, by reason", closes.clone());
         for reason in crate::nats::CloseReason::ALL {
@@ -156,6 +166,18 @@ impl Metrics {
                 write_failures.inc();
             }
         }));
+        let applies = Histogram::new(exponential_buckets(1e-6, 4.0, 12));
+        r.register(
+            "raft_apply_duration_seconds",
+            "Time to apply one batch of committed entries to the state machine (sled write included)",
+            applies.clone(),
+        );
+        let applied_entries: Counter = Counter::default();
+        r.register("raft_applied_entries", "Committed entries applied here", applied_entries.clone());
+        raft.set_apply_observer(Box::new(move |took, entries| {
+            applies.observe(took.as_secs_f64());
+            applied_entries.inc_by(entries as u64);
+        }));
         let peers_up = Gauge::default();
         r.register("cluster_peers_up", "Peers with a live link", peers_up.clone());
         let peer_rtt = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
@@ -189,6 +211,7 @@ impl Metrics {
             pending,
             subscriptions,
             queue_members,
+            queue_deliveries,
             closes,
             slow_consumers,
             keys,
@@ -231,6 +254,9 @@ impl Metrics {
         let (subs, queue) = self.nats.subscriptions();
         self.subscriptions.set(subs as i64);
         self.queue_members.set(queue as i64);
+        let (local, remote) = self.nats.bus.queue_deliveries();
+        mirror(&self.queue_deliveries.get_or_create(&labels(&[("target", "local")])), local);
+        mirror(&self.queue_deliveries.get_or_create(&labels(&[("target", "remote")])), remote);
         let mut slow = 0;
         for (reason, n) in stats.closes.lock().iter() {
             mirror(&self.closes.get_or_create(&labels(&[("reason", reason.as_str())])), *n);

@@ -169,8 +169,37 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     }
     let (code, _) = request_with(&addr, "PUT", "/kv/metric-key", b"v").await.unwrap();
     assert_eq!(code, 200);
+    // A queue group of two members: 50 messages, each to one of them.
+    let q = n.client().await;
+    let mut first = q.queue_subscribe("w.x", "workers".into()).await.unwrap();
+    let q2 = n.client().await;
+    let mut second = q2.queue_subscribe("w.x", "workers".into()).await.unwrap();
+    q.flush().await.unwrap();
+    q2.flush().await.unwrap();
+    for i in 0..50 {
+        p.publish("w.x", format!("{i}").into()).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let mut got = 0;
+    while got < 50 {
+        tokio::select! {
+            Some(_) = first.next() => got += 1,
+            Some(_) = second.next() => got += 1,
+            _ = tokio::time::sleep(T) => panic!("queue messages missing: {got} of 50"),
+        }
+    }
+    let (code, body) = request(&addr, "GET", "/cluster").await.unwrap();
+    assert_eq!(code, 200);
+    let view: catga_node::http::ClusterView = serde_json::from_str(&body).unwrap();
+    let workers: Vec<_> = view.local_queue_members.iter().filter(|m| m.group == "workers").collect();
+    assert_eq!(workers.len(), 2, "{:?}", view.local_queue_members);
+    assert_eq!(workers.iter().map(|m| m.delivered).sum::<u64>(), 50, "deliveries per member: {workers:?}");
 
     let after = scrape(&addr).await;
+    assert_eq!(value(&after, "catga_queue_deliveries_total", &[("target", "local")]), 50.0);
+    assert_eq!(value(&after, "catga_queue_deliveries_total", &[("target", "remote")]), 0.0);
+    assert!(value(&after, "catga_raft_apply_duration_seconds_count", &[]) >= 1.0);
+    assert!(value(&after, "catga_raft_applied_entries_total", &[]) >= 2.0, "the leader's blank entry and the PUT");
     assert!(value(&after, "catga_requests_total", &[("protocol", "nats"), ("op", "pub")]) >= pubs + 100.0);
     assert!(value(&after, "catga_bus_messages_total", &[("direction", "in")]) >= msgs_in + 100.0);
     assert!(value(&after, "catga_bus_messages_total", &[("direction", "out")]) >= msgs_out + 100.0);

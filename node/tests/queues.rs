@@ -75,6 +75,10 @@ async fn queue_member_works_locally_at_once_and_cluster_wide_once_committed() {
     remote.publish("jobs", "remote".into()).await.unwrap();
     remote.flush().await.unwrap();
     assert_eq!(timeout(T, sub.next()).await.unwrap().unwrap().payload, "remote");
+    // n1 handed both to its own member; n0 handed its one to another node's.
+    // (Counts reach the bus at the end of each publisher's read batch.)
+    eventually(T, "n0 counted a remote delivery", || n0.node.bus.queue_deliveries() == (0, 1)).await;
+    assert_eq!(n1.node.bus.queue_deliveries(), (2, 0));
 
     // A second member on the same node is a count of 2.
     let _second = client.queue_subscribe("jobs", "g".into()).await.unwrap();

@@ -128,6 +128,7 @@ pub struct RaftNode {
     /// ms since `started`.
     last_append_ms: AtomicU64,
     write_observer: std::sync::OnceLock<WriteObserver>,
+    apply_observer: Arc<std::sync::OnceLock<catga_storage::ApplyObserver>>,
     stop: CancellationToken,
 }
 
@@ -143,6 +144,7 @@ impl RaftNode {
             .map_err(|e| anyhow::anyhow!("cannot open raft storage in {}: {e}", dir.display()))?;
         let view = sm.view();
         let queue_changes = sm.queue_changes();
+        let apply_observer = sm.apply_observer();
         let config = openraft::Config {
             cluster_name: "catga".into(),
             heartbeat_interval: cfg.heartbeat_ms,
@@ -169,6 +171,7 @@ impl RaftNode {
             started: std::time::Instant::now(),
             last_append_ms: AtomicU64::new(0),
             write_observer: std::sync::OnceLock::new(),
+            apply_observer,
             stop: CancellationToken::new(),
         });
         mesh.set_rpc_handler(Arc::new(Server { node: Arc::downgrade(&node) }));
@@ -252,6 +255,12 @@ impl RaftNode {
     /// (set once, for metrics).
     pub fn set_write_observer(&self, observe: WriteObserver) {
         let _ = self.write_observer.set(observe);
+    }
+
+    /// Called with the duration and size of every state-machine apply
+    /// (set once, for metrics).
+    pub fn set_apply_observer(&self, observe: catga_storage::ApplyObserver) {
+        let _ = self.apply_observer.set(observe);
     }
 
     /// Waits until this node has applied everything committed before the

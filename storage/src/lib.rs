@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use log::LogStore;
-pub use sm::{StateMachine, View};
+pub use sm::{ApplyObserver, StateMachine, View};
 pub use types::{Member, Request, Response, TypeConfig};
 
 /// sled settings, each chosen on purpose.

@@ -71,7 +71,12 @@ pub struct StateMachine {
     view: Arc<RwLock<View>>,
     /// The view's `queues_gen` after the last apply or install.
     queues: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Told how long each apply call took and how many entries it applied.
+    applied: Arc<std::sync::OnceLock<ApplyObserver>>,
 }
+
+/// See [`StateMachine::apply_observer`].
+pub type ApplyObserver = Box<dyn Fn(std::time::Duration, usize) + Send + Sync>;
 
 fn queue_key(node: u64, subject: &[u8], group: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 8 + 4 + subject.len() + group.len());
@@ -321,7 +326,15 @@ impl StateMachine {
         let snap = db.open_tree("snapshot")?;
         let view = load_view(&tree)?;
         let queues = Arc::new(tokio::sync::watch::Sender::new(view.queues_gen));
-        Ok(Self { db: db.clone(), tree, snap, view: Arc::new(RwLock::new(view)), queues })
+        let applied = Arc::default();
+        Ok(Self { db: db.clone(), tree, snap, view: Arc::new(RwLock::new(view)), queues, applied })
+    }
+
+    /// Where to set the observer of applies (once; for metrics): the time
+    /// from a batch of committed entries reaching the state machine to
+    /// their effects being written, and the batch's size.
+    pub fn apply_observer(&self) -> Arc<std::sync::OnceLock<ApplyObserver>> {
+        self.applied.clone()
     }
 
     /// Changes whenever applied entries (or an installed snapshot) change
@@ -431,6 +444,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut batch = Writes::default();
         let mut out = Vec::new();
         let gen = {
@@ -451,6 +465,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         self.tree.apply_batch(batch.into_batch()).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
         self.publish_queues(gen);
+        if let Some(observe) = self.applied.get() {
+            observe(started.elapsed(), out.len());
+        }
         Ok(out)
     }
 

@@ -201,6 +201,9 @@ pub struct Bus {
     /// Spans for messages that carry a sampled `traceparent`; the protocol
     /// adapters and the cluster open them around their publishes.
     tracer: crate::trace::Tracer,
+    /// Queue-group deliveries to members on this node and to other nodes'
+    /// members, summed from publishers at each [`Bus::flush`].
+    queue_deliveries: [AtomicU64; 2],
 }
 
 /// Per-publisher state: its match cache, the sinks to wake, the sinks that
@@ -210,6 +213,8 @@ pub struct Publisher {
     woken: Vec<Arc<dyn Sink>>,
     behind: Vec<Arc<dyn Sink>>,
     rng: u64,
+    /// Queue deliveries (local member, remote member) since the last flush.
+    queued: [u64; 2],
 }
 
 impl Publisher {
@@ -219,13 +224,7 @@ impl Publisher {
             woken: Vec::new(),
             behind: Vec::new(),
             rng: rand::random::<u64>() | 1,
-        }
-    }
-
-    /// Wakes every sink that received messages since the last flush.
-    pub fn flush(&mut self) {
-        for sink in self.woken.drain(..) {
-            sink.flush();
+            queued: [0; 2],
         }
     }
 
@@ -249,6 +248,25 @@ impl Bus {
 
     pub fn tracer(&self) -> &crate::trace::Tracer {
         &self.tracer
+    }
+
+    /// Ends a publisher's batch: wakes every sink that received messages
+    /// since the last flush, and adds its counts to the bus's.
+    pub fn flush(&self, publisher: &mut Publisher) {
+        for sink in publisher.woken.drain(..) {
+            sink.flush();
+        }
+        for (total, n) in self.queue_deliveries.iter().zip(&mut publisher.queued) {
+            if *n > 0 {
+                total.fetch_add(std::mem::take(n), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Queue-group deliveries so far: (to members on this node, to other
+    /// nodes' members).
+    pub fn queue_deliveries(&self) -> (u64, u64) {
+        (self.queue_deliveries[0].load(Ordering::Relaxed), self.queue_deliveries[1].load(Ordering::Relaxed))
     }
 
     /// A fresh id for a sink (client connection or peer), unique on this node.
@@ -310,7 +328,7 @@ impl Bus {
     /// group. `origin` is the publishing connection; with `echo` false it does
     /// not receive its own messages. Returns whether anyone took the message.
     pub fn publish(&self, publisher: &mut Publisher, origin: u64, echo: bool, msg: &Msg<'_>) -> bool {
-        let Publisher { cache, woken, behind, rng } = publisher;
+        let Publisher { cache, woken, behind, rng, queued } = publisher;
         let result = cache.get(&self.subs, msg.subject);
         if result.is_empty() {
             return false;
@@ -332,7 +350,10 @@ impl Bus {
         }
         let scope = Scope { origin, echo, local_only: false };
         for (_, members) in &result.groups {
-            delivered |= self.deliver_to_group(woken, behind, rng, members, scope, msg);
+            if let Some(remote) = self.deliver_to_group(woken, behind, rng, members, scope, msg) {
+                queued[usize::from(remote)] += 1;
+                delivered = true;
+            }
         }
         delivered
     }
@@ -341,7 +362,7 @@ impl Bus {
     /// every local plain subscriber, or one local member of one queue group.
     /// Never forwards to other nodes (one hop).
     pub fn deliver_local(&self, publisher: &mut Publisher, msg: &Msg<'_>, target: Target<'_>) -> bool {
-        let Publisher { cache, woken, behind, rng } = publisher;
+        let Publisher { cache, woken, behind, rng, queued } = publisher;
         let result = cache.get(&self.subs, msg.subject);
         match target {
             Target::Plain => {
@@ -356,7 +377,11 @@ impl Bus {
                     return false;
                 };
                 let scope = Scope { origin: 0, echo: true, local_only: true };
-                self.deliver_to_group(woken, behind, rng, members, scope, msg)
+                let taken = self.deliver_to_group(woken, behind, rng, members, scope, msg);
+                if let Some(remote) = taken {
+                    queued[usize::from(remote)] += 1;
+                }
+                taken.is_some()
             }
         }
     }
@@ -381,7 +406,8 @@ impl Bus {
     }
 
     /// One member of a group, chosen at random weighted by member count;
-    /// if it refuses, the next ones in turn.
+    /// if it refuses, the next ones in turn. `Some(remote)`: a member took
+    /// it, another node's when `remote`.
     fn deliver_to_group(
         &self,
         woken: &mut Vec<Arc<dyn Sink>>,
@@ -390,11 +416,11 @@ impl Bus {
         members: &[Arc<Subscription>],
         scope: Scope,
         msg: &Msg<'_>,
-    ) -> bool {
+    ) -> Option<bool> {
         let weight = |m: &Subscription| if scope.local_only && m.remote { 0 } else { m.weight() };
         let total: u64 = members.iter().map(|m| weight(m)).sum();
         if total == 0 {
-            return false;
+            return None;
         }
         let mut pick = next_random(rng) % total;
         let mut start = 0;
@@ -413,10 +439,10 @@ impl Bus {
                 continue;
             }
             if self.deliver_one(woken, behind, sub, msg) {
-                return true;
+                return Some(sub.remote);
             }
         }
-        false
+        None
     }
 
     fn deliver_one(
@@ -637,7 +663,7 @@ mod tests {
             bus.publish(&mut p, 0, true, &msg("a"));
         }
         assert_eq!(p.woken.len(), 1);
-        p.flush();
+        bus.flush(&mut p);
         assert!(p.woken.is_empty());
     }
 }

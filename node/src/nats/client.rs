@@ -76,7 +76,7 @@ pub struct ClientShared {
     /// Client asked (protocol >= 1) for INFO updates such as connect_urls.
     pub(crate) info_updates: AtomicBool,
     close_reason: Mutex<Option<CloseReason>>,
-    subs: Mutex<HashMap<Box<[u8]>, Arc<Subscription>>>,
+    pub(crate) subs: Mutex<HashMap<Box<[u8]>, Arc<Subscription>>>,
     drained: Notify,
     stats: Arc<Stats>,
 }
@@ -637,7 +637,7 @@ pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, 
         }
         rbuf.advance(consumed);
         conn.flush_stats();
-        conn.publisher.flush();
+        conn.server.bus.flush(&mut conn.publisher);
         client.wake();
         for sink in conn.publisher.take_behind() {
             crate::bus::wait_for_drain(&*sink).await;

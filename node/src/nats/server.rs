@@ -178,6 +178,31 @@ impl ServerShared {
         clients.iter().map(|c| c.subscription_counts()).fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
     }
 
+    /// Every queue subscription of this node's clients with the messages
+    /// it has been given, ordered by group.
+    pub fn queue_members(&self) -> Vec<crate::http::LocalQueueMember> {
+        let clients: Vec<_> = self.clients.lock().values().cloned().collect();
+        let mut out: Vec<_> = clients
+            .iter()
+            .flat_map(|c| {
+                c.subs
+                    .lock()
+                    .values()
+                    .filter_map(|s| {
+                        Some(crate::http::LocalQueueMember {
+                            subject: String::from_utf8_lossy(&s.subject).into_owned(),
+                            group: String::from_utf8_lossy(s.queue.as_deref()?).into_owned(),
+                            client: c.id,
+                            delivered: s.delivered(),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.subject, &a.group, a.client).cmp(&(&b.subject, &b.group, b.client)));
+        out
+    }
+
     pub(crate) fn client_closed(&self, client: &ClientShared) {
         let reason = client.close_reason().unwrap_or(CloseReason::ServerShutdown);
         *self.stats.closes.lock().entry(reason).or_default() += 1;

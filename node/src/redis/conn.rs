@@ -454,7 +454,7 @@ impl Conn {
         let publisher = self.publisher.get_or_insert_with(|| crate::bus::Publisher::new(64));
         let msg = crate::bus::Msg { subject: &subject, reply: None, headers: None, payload };
         let taken = shared.bus.publish(publisher, 0, true, &msg);
-        publisher.flush();
+        shared.bus.flush(publisher);
         let local = shared.pubsub.channels.lock().get(channel).copied().unwrap_or(0)
             + shared
                 .pubsub
