@@ -367,6 +367,13 @@ impl RaftNode {
         (applied.leader_id.term == m.current_term).then_some(applied.index)
     }
 
+    /// True when this node leads with a valid read lease, so its applied
+    /// state already covers every acknowledged write: a linearizable read
+    /// may be served at once, with no read-index round.
+    pub fn lease_read_ready(&self) -> bool {
+        self.lease_read_index().is_some()
+    }
+
     /// Resolves once this node knows of a leader other than `l`.
     async fn leader_other_than(&self, l: u64) {
         let mut metrics = self.raft.metrics();

@@ -17,8 +17,18 @@ use crate::certs::TlsMaterial;
 /// ALPN protocol id of the cluster transport.
 pub const ALPN: &[u8] = b"catga/1";
 
+/// ring's TLS 1.3 suites with AES-128-GCM offered first. Links carry
+/// every cross-node message, and AES-128 (10 rounds) seals a packet
+/// faster than the default first choice AES-256 (14 rounds); both are
+/// standard TLS 1.3 suites and every node offers both, so a node of an
+/// older build still agrees on one.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256];
+    Arc::new(provider)
 }
 
 fn roots(ca: &CertificateDer<'static>) -> anyhow::Result<Arc<RootCertStore>> {
@@ -61,4 +71,17 @@ pub fn client_config_without_cert(ca: &CertificateDer<'static>) -> anyhow::Resul
     let mut config = client_builder(ca)?.with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Cluster links offer AES-128-GCM first (see [`super::provider`]),
+    /// and still offer the other TLS 1.3 suites.
+    #[test]
+    fn links_prefer_aes_128_gcm() {
+        let suites: Vec<_> = super::provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(suites[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert!(suites.contains(&rustls::CipherSuite::TLS13_AES_256_GCM_SHA384));
+        assert!(suites.contains(&rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256));
+    }
 }
