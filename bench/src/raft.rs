@@ -32,6 +32,7 @@ pub struct Node {
     nats: String,
     cluster: String,
     pub redis: String,
+    pub sentinel: String,
 }
 
 pub struct Procs {
@@ -117,6 +118,7 @@ impl Procs {
             nats: field(&line, "nats").context("nats=")?,
             cluster: field(&line, "cluster").context("cluster=")?,
             redis: field(&line, "redis").context("redis=")?,
+            sentinel: field(&line, "sentinel").context("sentinel=")?,
         })
     }
 

@@ -21,8 +21,15 @@ struct Target {
 
 /// What keeps a target running (dropped at the end: killed, dirs removed).
 enum Procs {
-    Child { child: Child, _dir: tempfile::TempDir },
-    Cluster { _nodes: crate::raft::Procs },
+    Child {
+        child: Child,
+        _dir: tempfile::TempDir,
+    },
+    Cluster {
+        _nodes: crate::raft::Procs,
+    },
+    /// Another node of a cluster an earlier target keeps running.
+    Shared,
 }
 
 impl Drop for Procs {
@@ -48,11 +55,51 @@ async fn catga_one(bin: &Path) -> anyhow::Result<Target> {
     Ok(Target { name: "catga 1 node", port, _procs: Procs::Child { child, _dir: dir } })
 }
 
-async fn catga_three(bin: &Path) -> anyhow::Result<Target> {
+/// A 3-node cluster as two targets: its leader, which is where a
+/// Sentinel-aware client sends its commands (the address the Sentinel
+/// port answers for the master), and a follower, which forwards writes
+/// and read-index rounds to the leader.
+async fn catga_three(bin: &Path) -> anyhow::Result<[Target; 2]> {
     let procs = crate::raft::Procs::start(bin).await?;
-    let port = port_of(&procs.nodes[0].redis)?;
-    wait_for_write(port).await?;
-    Ok(Target { name: "catga 3 nodes", port, _procs: Procs::Cluster { _nodes: procs } })
+    let master = sentinel_master(&procs.nodes[0].sentinel).await?;
+    let leader = port_of(&master)?;
+    let follower = procs
+        .nodes
+        .iter()
+        .map(|n| port_of(&n.redis))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .find(|p| *p != leader)
+        .context("a follower")?;
+    wait_for_write(leader).await?;
+    wait_for_write(follower).await?;
+    Ok([
+        Target { name: "catga 3 nodes via leader", port: leader, _procs: Procs::Cluster { _nodes: procs } },
+        Target { name: "catga 3 nodes via follower", port: follower, _procs: Procs::Shared },
+    ])
+}
+
+/// `SENTINEL get-master-addr-by-name mymaster` on a catga Sentinel port:
+/// the Raft leader's Redis address, `host:port`.
+async fn sentinel_master(sentinel: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut s = tokio::net::TcpStream::connect(sentinel).await?;
+        s.write_all(b"SENTINEL get-master-addr-by-name mymaster\r\n").await?;
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await??;
+        // *2\r\n$9\r\n127.0.0.1\r\n$5\r\n40001\r\n (or *-1 while no leader)
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let parts: Vec<&str> = text.split("\r\n").collect();
+        if parts.first() == Some(&"*2") && parts.len() >= 5 {
+            return Ok(format!("{}:{}", parts[2], parts[4]));
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("Sentinel {sentinel} named no master: {text:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn redis_server(bin: &Path, fsync: bool) -> anyhow::Result<Target> {
@@ -127,7 +174,7 @@ async fn benchmark(port: u16, tests: &str, requests: u64, clients: u32, pipeline
 }
 
 /// Runs `tests` at each pipeline depth against one catga node, a 3-node
-/// catga cluster, redis-server without persistence and with appendfsync
+/// catga cluster (through its leader and through a follower), redis-server without persistence and with appendfsync
 /// always, `runs` rounds (targets in rotating order); medians of rps and
 /// of latency percentiles, with ratios to redis-server without
 /// persistence (the reference: it neither replicates nor fsyncs)
@@ -140,12 +187,12 @@ pub async fn compare(
     tests: &str,
     pipelines: &[u32],
 ) -> anyhow::Result<String> {
-    let targets = vec![
-        catga_one(&catga).await?,
-        catga_three(&catga).await?,
-        redis_server(&redis_server_bin, false).await?,
-        redis_server(&redis_server_bin, true).await?,
-    ];
+    let mut targets = vec![catga_one(&catga).await?];
+    targets.extend(catga_three(&catga).await?);
+    targets.push(redis_server(&redis_server_bin, false).await?);
+    targets.push(redis_server(&redis_server_bin, true).await?);
+    let catgas: Vec<usize> = (0..targets.len()).filter(|&i| targets[i].name.starts_with("catga")).collect();
+    let (redis, fsync) = (targets.len() - 2, targets.len() - 1);
     let mut out = String::new();
     for &pipeline in pipelines {
         let mut results: Vec<Vec<Vec<Row>>> = vec![Vec::new(); targets.len()];
@@ -164,8 +211,13 @@ pub async fn compare(
         for t in &targets {
             out.push_str(&format!(" {} |", t.name));
         }
-        out.push_str(" catga 1 node / redis | catga 3 nodes / redis | catga 1 node / redis fsync | catga 3 nodes / redis fsync |\n|---|");
-        out.push_str(&"---:|".repeat(targets.len() + 4));
+        for reference in ["redis", "redis fsync"] {
+            for &i in &catgas {
+                out.push_str(&format!(" {} / {reference} |", targets[i].name));
+            }
+        }
+        out.push_str("\n|---|");
+        out.push_str(&"---:|".repeat(targets.len() + 2 * catgas.len()));
         out.push('\n');
         for name in names {
             let med = |i: usize, f: fn(&Row) -> f64| {
@@ -176,13 +228,12 @@ pub async fn compare(
             for (i, r) in rps.iter().enumerate() {
                 out.push_str(&format!(" {r:.0} ({:.2} / {:.2}) |", med(i, |r| r.p50), med(i, |r| r.p99)));
             }
-            out.push_str(&format!(
-                " {:.2} | {:.2} | {:.2} | {:.2} |\n",
-                rps[0] / rps[2],
-                rps[1] / rps[2],
-                rps[0] / rps[3],
-                rps[1] / rps[3]
-            ));
+            for reference in [redis, fsync] {
+                for &i in &catgas {
+                    out.push_str(&format!(" {:.2} |", rps[i] / rps[reference]));
+                }
+            }
+            out.push('\n');
         }
     }
     Ok(out)

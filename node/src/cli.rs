@@ -100,8 +100,11 @@ pub fn main() -> anyhow::Result<()> {
     };
     let config = Config::load(&args)?;
     init_logging(config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(config))
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    runtime.enable_all().build()?.block_on(run(config))
 }
 
 async fn admin(command: ClusterCommand) -> anyhow::Result<()> {

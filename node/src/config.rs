@@ -27,6 +27,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// HTTP API listener (admin, and health/metrics as they land).
     pub http: String,
+    /// Threads that run the node's tasks; 0: one per CPU core.
+    pub worker_threads: usize,
     pub nats: NatsConfig,
     pub redis: crate::redis::RedisConfig,
     pub cluster: ClusterConfig,
@@ -90,6 +92,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./catga-data"),
             log_format: LogFormat::Human,
             http: "0.0.0.0:8222".into(),
+            worker_threads: 0,
             nats: NatsConfig::default(),
             redis: crate::redis::RedisConfig::default(),
             cluster: ClusterConfig::default(),
@@ -144,6 +147,9 @@ pub struct RunArgs {
     /// Nodes expected to form the cluster at first start.
     #[arg(long, env = "CATGA_BOOTSTRAP_EXPECT", value_name = "N")]
     pub bootstrap_expect: Option<usize>,
+    /// Threads that run the node's tasks (0: one per CPU core).
+    #[arg(long, env = "CATGA_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
     /// OTLP/HTTP collector to export traces to (e.g. http://127.0.0.1:4318).
     #[arg(long, env = "CATGA_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
@@ -211,12 +217,16 @@ impl Config {
         if let Some(v) = args.bootstrap_expect {
             self.raft.bootstrap_expect = v;
         }
+        if let Some(v) = args.worker_threads {
+            self.worker_threads = v;
+        }
         if let Some(v) = &args.otlp_endpoint {
             self.tracing.otlp_endpoint = v.clone();
         }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.worker_threads <= 1024, "worker_threads must be at most 1024 (0: one per core)");
         let n = &self.nats;
         anyhow::ensure!(n.control_line_bytes_max >= 256, "nats.control_line_bytes_max must be at least 256");
         anyhow::ensure!(n.payload_bytes_max >= 1, "nats.payload_bytes_max must be at least 1");

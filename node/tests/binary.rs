@@ -108,6 +108,22 @@ async fn bad_config_is_a_clear_error() {
     assert!(err.contains("max_payload") && err.contains("bad.toml"), "{err}");
 }
 
+/// `--worker-threads N` runs the node on N runtime threads.
+#[tokio::test]
+async fn worker_threads_sets_the_runtime_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<&str> = LOOPBACK_PORT_ZERO.to_vec();
+    args.extend(["--worker-threads", "1", "--data-dir", dir.path().to_str().unwrap()]);
+    let p = spawn(&args, &[]).await;
+    let pid = p.child.id().unwrap();
+    let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "tokio-rt-worker")
+        .count();
+    assert_eq!(workers, 1);
+}
+
 /// Reads JSON log lines from `lines` until one whose message is `want`.
 async fn next_json(
     lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,

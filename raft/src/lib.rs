@@ -27,7 +27,7 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use catga_storage::{keyspace, Member, Request, Response, View};
+pub use catga_storage::{keyspace, Cmds, Member, Request, Response, View};
 pub use network::{Call, Reply};
 pub use openraft::ServerState;
 

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 pub use log::LogStore;
 pub use sm::{ApplyObserver, StateMachine, View};
-pub use types::{Member, Request, Response, TypeConfig};
+pub use types::{Cmds, Member, Request, Response, TypeConfig};
 
 /// sled settings, each chosen on purpose.
 #[derive(Debug, Clone)]
@@ -54,9 +54,44 @@ pub fn open(dir: &Path, cfg: &StorageConfig) -> Result<(LogStore, StateMachine),
         .flush_every_ms(None)
         .mode(sled::Mode::HighThroughput)
         .open()?;
+    check_format(&db)?;
     let log = LogStore::open(&db)?;
     let sm = StateMachine::open(&db)?;
     Ok((log, sm))
+}
+
+/// Version of what this build writes to sled (log entries, state rows,
+/// snapshots). 2: Redis commands packed as [`Cmds`]. A data dir written
+/// in another version is refused at open with a clear error instead of
+/// failing to decode entries later.
+pub const FORMAT_VERSION: u32 = 2;
+const FORMAT_KEY: &[u8] = b"catga_format";
+
+fn check_format(db: &sled::Db) -> Result<(), sled::Error> {
+    let found = match db.get(FORMAT_KEY)? {
+        Some(v) => v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0),
+        // Written before the marker existed (version 1), or brand new.
+        None => {
+            let used = ["raft_log", "raft_meta", "state"]
+                .iter()
+                .map(|t| db.open_tree(t).map(|t| !t.is_empty()))
+                .collect::<Result<Vec<_>, _>>()?;
+            if used.contains(&true) {
+                1
+            } else {
+                db.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
+                db.flush()?;
+                FORMAT_VERSION
+            }
+        }
+    };
+    if found != FORMAT_VERSION {
+        return Err(sled::Error::Unsupported(format!(
+            "this data dir holds Raft storage format {found}; this catga reads format {FORMAT_VERSION} \
+             (move the data dir away and let the node catch up from the cluster, or restore a backup)"
+        )));
+    }
+    Ok(())
 }
 
 /// Any error, as openraft's storage errors carry it.

@@ -241,13 +241,11 @@ fn apply_request(view: &mut View, tree: &sled::Tree, batch: &mut Writes, req: &R
         Request::Batch(reqs) => Response::Batch(reqs.iter().map(|r| apply_request(view, tree, batch, r)).collect()),
         Request::Redis { db, now_ms, cmds } => {
             let mut out = Vec::with_capacity(cmds.len());
-            for cmd in cmds {
-                let argv: Vec<&[u8]> = cmd.iter().map(Vec::as_slice).collect();
-                if argv.is_empty() {
-                    continue;
+            cmds.for_each(|argv| {
+                if !argv.is_empty() {
+                    out.push(view.keyspace.exec(*db, *now_ms, argv));
                 }
-                out.push(view.keyspace.exec(*db, *now_ms, &argv));
-            }
+            });
             persist_redis(view, tree, batch);
             Response::Redis(out)
         }

@@ -66,7 +66,7 @@ pub enum Request {
     Redis {
         db: u32,
         now_ms: u64,
-        cmds: Vec<Vec<Vec<u8>>>,
+        cmds: Cmds,
     },
     /// A MULTI/EXEC block: `cmds`, each in its database, run as one
     /// atomic step at the leader's time `now_ms` if every watched (db,
@@ -97,6 +97,98 @@ impl Request {
             Request::Batch(reqs) => reqs.iter().all(Request::is_idempotent),
             _ => true,
         }
+    }
+}
+
+/// Redis commands packed into one buffer: for each command its argument
+/// count, then each argument's length and bytes (u32 little-endian).
+/// Building, cloning, encoding and decoding cost one buffer however many
+/// commands and arguments there are, and the state machine reads the
+/// arguments in place.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cmds {
+    count: u32,
+    #[serde(with = "serde_bytes")]
+    bytes: Vec<u8>,
+}
+
+impl Cmds {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends one command (its name, then its arguments).
+    pub fn push<A: AsRef<[u8]>>(&mut self, argv: &[A]) {
+        let len: usize = argv.iter().map(|a| 4 + a.as_ref().len()).sum();
+        self.bytes.reserve(4 + len);
+        self.bytes.extend_from_slice(&(argv.len() as u32).to_le_bytes());
+        for a in argv {
+            let a = a.as_ref();
+            self.bytes.extend_from_slice(&(a.len() as u32).to_le_bytes());
+            self.bytes.extend_from_slice(a);
+        }
+        self.count += 1;
+    }
+
+    /// Number of commands.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Calls `f` with each command's arguments, in order. A buffer that
+    /// does not parse (never written by [`Cmds::push`]) ends the walk
+    /// early instead of panicking.
+    pub fn for_each(&self, mut f: impl FnMut(&[&[u8]])) {
+        let mut argv: Vec<&[u8]> = Vec::new();
+        let mut rest = &self.bytes[..];
+        fn take_u32(rest: &mut &[u8]) -> Option<usize> {
+            let (n, tail) = rest.split_first_chunk::<4>()?;
+            *rest = tail;
+            Some(u32::from_le_bytes(*n) as usize)
+        }
+        for _ in 0..self.count {
+            argv.clear();
+            let Some(argc) = take_u32(&mut rest) else { return };
+            for _ in 0..argc {
+                let Some(len) = take_u32(&mut rest) else { return };
+                let Some((arg, tail)) = rest.split_at_checked(len) else { return };
+                argv.push(arg);
+                rest = tail;
+            }
+            f(&argv);
+        }
+    }
+
+    /// Every command as owned arguments (tests, debugging).
+    pub fn to_vecs(&self) -> Vec<Vec<Vec<u8>>> {
+        let mut out = Vec::with_capacity(self.len());
+        self.for_each(|argv| out.push(argv.iter().map(|a| a.to_vec()).collect()));
+        out
+    }
+}
+
+impl<A: AsRef<[u8]>> FromIterator<Vec<A>> for Cmds {
+    fn from_iter<I: IntoIterator<Item = Vec<A>>>(iter: I) -> Self {
+        let mut cmds = Self::new();
+        for argv in iter {
+            cmds.push(&argv);
+        }
+        cmds
+    }
+}
+
+impl fmt::Debug for Cmds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        self.for_each(|argv| {
+            let words: Vec<_> = argv.iter().map(|a| String::from_utf8_lossy(a)).collect();
+            list.entry(&words.join(" "));
+        });
+        list.finish()
     }
 }
 
@@ -132,3 +224,32 @@ pub type Vote = openraft::Vote<u64>;
 pub type StoredMembership = openraft::StoredMembership<u64, Member>;
 pub type SnapshotMeta = openraft::SnapshotMeta<u64, Member>;
 pub type StorageError = openraft::StorageError<u64>;
+
+#[cfg(test)]
+mod tests {
+    use super::Cmds;
+
+    #[test]
+    fn cmds_round_trip_and_survive_bad_bytes() {
+        let cmds: Cmds =
+            vec![vec!["SET", "k", ""], vec!["PING"], vec!["MSET", "a", "1", "b", "2"]].into_iter().collect();
+        assert_eq!(cmds.len(), 3);
+        let bytes = postcard::to_stdvec(&cmds).unwrap();
+        let back: Cmds = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, cmds);
+        let want: Vec<Vec<Vec<u8>>> = vec![
+            vec![b"SET".to_vec(), b"k".to_vec(), b"".to_vec()],
+            vec![b"PING".to_vec()],
+            vec![b"MSET".to_vec(), b"a".to_vec(), b"1".to_vec(), b"b".to_vec(), b"2".to_vec()],
+        ];
+        assert_eq!(back.to_vecs(), want);
+        assert_eq!(format!("{cmds:?}"), r#"["SET k ", "PING", "MSET a 1 b 2"]"#);
+        // Cut anywhere, the walk stops early and never panics.
+        for cut in 0..cmds.bytes.len() {
+            let short = Cmds { count: cmds.count, bytes: cmds.bytes[..cut].to_vec() };
+            assert!(short.to_vecs().len() < 3, "cut at {cut}");
+        }
+        let lying = Cmds { count: 1, bytes: vec![1, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f] };
+        assert!(lying.to_vecs().is_empty());
+    }
+}

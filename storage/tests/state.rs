@@ -65,7 +65,7 @@ fn redis(db: u32, cmds: &[&str]) -> Request {
     Request::Redis {
         db,
         now_ms: 1_700_000_000_000,
-        cmds: cmds.iter().map(|c| c.split(' ').map(|a| a.as_bytes().to_vec()).collect()).collect(),
+        cmds: cmds.iter().map(|c| c.split(' ').collect::<Vec<_>>()).collect(),
     }
 }
 
@@ -216,4 +216,23 @@ fn only_writes_that_set_absolute_values_are_idempotent() {
     assert!(!redis(0, &["INCR n"]).is_idempotent());
     assert!(!Request::Batch(vec![q(1, "s", "g", 1), redis(0, &["RPUSH l x"])]).is_idempotent());
     assert!(Request::Batch(vec![q(1, "s", "g", 1), Request::NodeDown { node: 2 }]).is_idempotent());
+}
+
+/// A data dir of another storage format is refused at open with a clear
+/// error; one of this format reopens.
+#[tokio::test]
+async fn data_dir_of_another_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(catga_storage::open(dir.path(), &StorageConfig::default()).unwrap());
+    drop(catga_storage::open(dir.path(), &StorageConfig::default()).unwrap());
+    {
+        // What a build before the marker leaves: data, no marker.
+        let db = sled::open(dir.path()).unwrap();
+        db.remove(b"catga_format").unwrap();
+        db.open_tree("raft_meta").unwrap().insert(b"vote", b"x").unwrap();
+        db.flush().unwrap();
+    }
+    let err = catga_storage::open(dir.path(), &StorageConfig::default()).err().expect("refused");
+    let text = err.to_string();
+    assert!(text.contains("format 1") && text.contains("format 2"), "{text}");
 }

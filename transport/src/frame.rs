@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Version of the frame envelope and of every body encoded in it.
-pub const FRAME_VERSION: u8 = 1;
+/// 2: Raft entries carry Redis commands packed (`catga_storage::Cmds`).
+pub const FRAME_VERSION: u8 = 2;
 /// Bytes before the body: length and version.
 pub const HEADER_BYTES: usize = 5;
 

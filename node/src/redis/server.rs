@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use catga_raft::{RaftNode, Request, Response};
+use catga_raft::{Cmds, RaftNode, Request, Response};
 
 use super::conn::{Conn, Shared, Step};
 use super::parser::{Limits, Parser};
@@ -150,7 +150,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
         // before any of them. A write of this batch (committed before
         // the next read runs) needs a new round.
         let mut fresh = false;
-        let mut writes: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut writes = Cmds::new();
         loop {
             match parser.parse(&buf, conn.authenticated) {
                 Ok(Some(req)) => {
@@ -162,7 +162,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                             // so replies stay in request order.
                             Step::Store { write: true } => {
                                 fresh = false;
-                                writes.push(argv.iter().map(|a| a.to_vec()).collect())
+                                writes.push(&argv)
                             }
                             step => {
                                 commit(&shared, &conn, &mut writes, &mut out).await;
@@ -241,7 +241,7 @@ fn emit(shared: &Shared, reply: &Reply, proto: u8, out: &mut Vec<u8>) {
 /// Commits `writes` (one connection's consecutive keyspace writes) as one
 /// Raft entry and appends their replies; every one gets the error if the
 /// entry could not be committed.
-async fn commit(shared: &Shared, conn: &Conn, writes: &mut Vec<Vec<Vec<u8>>>, out: &mut Vec<u8>) {
+async fn commit(shared: &Shared, conn: &Conn, writes: &mut Cmds, out: &mut Vec<u8>) {
     if writes.is_empty() {
         return;
     }
@@ -300,7 +300,7 @@ async fn read(shared: &Shared, conn: &Conn, argv: &[&[u8]], fresh: &mut bool) ->
         };
         hit.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    match v.keyspace.read(conn.info.db, now, argv) {
+    match v.keyspace.read_named(&name, conn.info.db, now, argv) {
         Some(out) => Reply::from(out),
         None => Reply::err("ERR internal error: not a read command"),
     }
@@ -419,7 +419,8 @@ async fn sweep_expired(shared: Arc<Shared>, stop: CancellationToken) {
         for (db, keys) in by_db {
             let mut cmd = vec![catga_raft::keyspace::EXPIRED.as_bytes().to_vec()];
             cmd.extend(keys);
-            if let Err(e) = shared.coalescer.write(&raft, Request::Redis { db, now_ms: 0, cmds: vec![cmd] }).await {
+            let cmds = std::iter::once(cmd).collect();
+            if let Err(e) = shared.coalescer.write(&raft, Request::Redis { db, now_ms: 0, cmds }).await {
                 tracing::debug!(cause = %e, "expiry sweep not committed");
             }
         }

@@ -906,7 +906,7 @@ impl Keyspace {
     }
 
     /// [`Keyspace::read`] with the command name already lower-cased.
-    fn read_named(&self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
+    pub fn read_named(&self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
         let s = spec(name)?;
         if s.write {
             return None;
