@@ -62,6 +62,7 @@ impl Node {
         let bus = Arc::new(Bus::with_tracer(crate::trace::Tracer::start(&config.tracing, &name)?));
         let nats = NatsServer::start(config.nats.clone(), bus.clone(), &name).await?;
         let redis = crate::redis::server::RedisServer::start(config.redis.clone(), bus.clone()).await?;
+        redis.shared.stats.set_duration_family(nats.shared().stats.duration_family.clone());
         let sentinel = crate::redis::sentinel::SentinelServer::start(redis.shared.clone()).await?;
 
         let tls = match &config.cluster.tls_dir {

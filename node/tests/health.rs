@@ -242,6 +242,16 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert_eq!(value(&m, "catga_store_expired_keys_total", &[]), 1.0);
     assert!(value(&m, "catga_redis_connections", &[]) >= 1.0);
     assert_eq!(value(&m, "catga_requests_failed_total", &[("protocol", "redis")]), 1.0);
+
+    // Redis command durations: one command in 16 per connection is timed,
+    // a write until it is committed.
+    for _ in 0..32 {
+        let _: () = redis::cmd("SET").arg("timed").arg("v").query_async(&mut r).await.unwrap();
+    }
+    let t = scrape(&addr).await;
+    let labels = [("protocol", "redis"), ("op", "set")];
+    assert!(value(&t, "catga_request_duration_seconds_count", &labels) >= 2.0);
+    assert!(value(&t, "catga_request_duration_seconds_sum", &labels) > 0.0);
 }
 
 /// Every `catga_*` metric the Grafana dashboard and the monitoring doc

@@ -5,6 +5,7 @@
 //! Order of checks, as Redis 7.0 does them: unknown command, then arity,
 //! then authentication (`-NOAUTH`), then the command itself.
 
+use prometheus_client::metrics::histogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -54,6 +55,31 @@ pub struct Stats {
     /// Calls per command, indexed like [`command_names`]; unknown
     /// commands count in the last slot.
     pub by_command: Vec<AtomicU64>,
+    /// `catga_request_duration_seconds{protocol="redis",op=…}`, one per
+    /// command index, made on first use from the family the node set.
+    durations: Vec<std::sync::OnceLock<Histogram>>,
+    family: std::sync::OnceLock<crate::nats::server::DurationFamily>,
+}
+
+/// One Redis command in this many is timed, per connection.
+pub const DURATION_SAMPLE: u64 = 16;
+
+impl Stats {
+    /// Where Redis command durations go (the NATS server's family, so both
+    /// protocols share `catga_request_duration_seconds`).
+    pub fn set_duration_family(&self, family: crate::nats::server::DurationFamily) {
+        let _ = self.family.set(family);
+    }
+
+    /// Records that command `index` took `took`.
+    pub fn observe(&self, index: usize, took: std::time::Duration) {
+        let (Some(family), Some(slot)) = (self.family.get(), self.durations.get(index)) else { return };
+        let h = slot.get_or_init(|| {
+            let op = command_names().get(index).copied().unwrap_or("unknown");
+            family.get_or_create(&vec![("protocol", "redis".to_string()), ("op", op.to_string())]).clone()
+        });
+        h.observe(took.as_secs_f64());
+    }
 }
 
 impl Default for Stats {
@@ -65,6 +91,8 @@ impl Default for Stats {
             misses: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             by_command: (0..=command_names().len()).map(|_| AtomicU64::new(0)).collect(),
+            durations: (0..=command_names().len()).map(|_| std::sync::OnceLock::new()).collect(),
+            family: std::sync::OnceLock::new(),
         }
     }
 }
@@ -145,6 +173,10 @@ pub struct Conn {
     /// READONLY: reads are served from this node's state without a
     /// read-index (possibly stale, never expired).
     pub local_reads: bool,
+    /// Index (in [`command_names`]) of the command last executed.
+    pub last_command: usize,
+    /// Commands executed, for sampling durations.
+    executed: u64,
 }
 
 /// A transaction being queued.
@@ -275,7 +307,15 @@ impl Conn {
             pubsub: None,
             publisher: None,
             local_reads: false,
+            last_command: 0,
+            executed: 0,
         }
+    }
+
+    /// Whether to time the command about to run (1 in [`DURATION_SAMPLE`]).
+    pub fn sample(&mut self) -> bool {
+        self.executed += 1;
+        self.executed % DURATION_SAMPLE == 0
     }
 
     pub fn proto(&self) -> u8 {
@@ -303,7 +343,8 @@ impl Conn {
     pub fn execute(&mut self, argv: &[&[u8]]) -> Step {
         self.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
         let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
-        self.shared.stats.by_command[command_index(&name)].fetch_add(1, Ordering::Relaxed);
+        self.last_command = command_index(&name);
+        self.shared.stats.by_command[self.last_command].fetch_add(1, Ordering::Relaxed);
         let subscribed = self.pubsub.as_ref().is_some_and(|p| p.count() > 0);
         if subscribed
             && self.proto() == 2

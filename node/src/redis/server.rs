@@ -151,21 +151,27 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
         // the next read runs) needs a new round.
         let mut fresh = false;
         let mut writes = Cmds::new();
+        // Sampled writes (command index, start), timed until their commit.
+        let mut timed: Vec<(usize, std::time::Instant)> = Vec::new();
         loop {
             match parser.parse(&buf, conn.authenticated) {
                 Ok(Some(req)) => {
                     if !req.is_empty() {
                         let argv: Vec<&[u8]> = req.args(&buf).collect();
+                        let started = conn.sample().then(std::time::Instant::now);
                         match conn.execute(&argv) {
                             // Consecutive writes of one read batch commit
                             // as one entry; anything else flushes them first
                             // so replies stay in request order.
                             Step::Store { write: true } => {
                                 fresh = false;
-                                writes.push(&argv)
+                                writes.push(&argv);
+                                timed.extend(started.map(|t| (conn.last_command, t)));
                             }
                             step => {
+                                let command = conn.last_command;
                                 commit(&shared, &conn, &mut writes, &mut out).await;
+                                observe(&shared, &mut timed);
                                 match step {
                                     Step::Reply(reply) => emit(&shared, &reply, conn.proto(), &mut out),
                                     Step::Save { background } => {
@@ -190,6 +196,9 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                         emit(&shared, &exec(&shared, &mut conn, cmds).await, conn.proto(), &mut out)
                                     }
                                 }
+                                if let Some(t) = started {
+                                    shared.stats.observe(command, t.elapsed());
+                                }
                             }
                         }
                     }
@@ -203,6 +212,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                 Err(e) => {
                     tracing::debug!(client = %addr, cause = %e, "Redis protocol error");
                     commit(&shared, &conn, &mut writes, &mut out).await;
+                    observe(&shared, &mut timed);
                     out.extend_from_slice(&e.reply());
                     close = true;
                     break;
@@ -210,6 +220,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
             }
         }
         commit(&shared, &conn, &mut writes, &mut out).await;
+        observe(&shared, &mut timed);
         if let Some(ps) = &conn.pubsub {
             out.extend_from_slice(&ps.sink.take());
         }
@@ -227,6 +238,13 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
             let _ = wr.shutdown().await;
             return;
         }
+    }
+}
+
+/// Records the durations of sampled writes whose commit just ended.
+fn observe(shared: &Shared, timed: &mut Vec<(usize, std::time::Instant)>) {
+    for (command, started) in timed.drain(..) {
+        shared.stats.observe(command, started.elapsed());
     }
 }
 
