@@ -4,12 +4,17 @@
 //! the database (fsync) and only then tells openraft the entries are
 //! durable, so an entry a leader counts toward a majority survives a power
 //! cut. The vote is flushed before `save_vote` returns (a node must never
-//! vote twice in a term). Truncation and purging flush too; purge records
-//! the new `last_purged` before removing entries, so a crash in between
-//! leaves extra entries, never a hole.
+//! vote twice in a term). Truncation flushes too. Purge records (and
+//! flushes) the new `last_purged`, then removes the entries on a blocking
+//! thread: thousands of entries can take hundreds of ms to remove, and
+//! openraft's core (which sends the heartbeats) waits for `purge`. Reads
+//! never return an entry at or below `last_purged`, so entries not yet
+//! removed (or left by a crash) are invisible, and there is never a hole.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
@@ -31,6 +36,8 @@ pub struct LogStore {
     meta: sled::Tree,
     /// Appends waiting for the flush that makes them durable.
     flusher: tokio::sync::mpsc::UnboundedSender<(sled::Db, LogFlushed<TypeConfig>)>,
+    /// First index not purged (0: nothing purged); reads start there.
+    first_kept: Arc<AtomicU64>,
 }
 
 /// Group commit: one flush (fsync) covers every append queued before it
@@ -56,6 +63,36 @@ async fn flush_loop(mut rx: tokio::sync::mpsc::UnboundedReceiver<(sled::Db, LogF
     }
 }
 
+/// Entries removed per sled batch when purging.
+const PURGE_CHUNK: usize = 128;
+
+/// Removes the entries up to `upto` (a purge's tail work), a small batch
+/// at a time with a pause between batches, so appends and their flushes
+/// running meanwhile are not held up behind thousands of removals.
+fn remove_purged(log: &sled::Tree, upto: [u8; 8]) {
+    loop {
+        let keys: Vec<_> = match log.range(..=upto).keys().take(PURGE_CHUNK).collect::<Result<_, _>>() {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(cause = %e, "reading purged log entries; they stay until the next purge");
+                return;
+            }
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(k);
+        }
+        if let Err(e) = log.apply_batch(batch) {
+            tracing::warn!(cause = %e, "removing purged log entries; they stay until the next purge");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 fn key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
@@ -64,7 +101,16 @@ impl LogStore {
     pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
         let (flusher, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(flush_loop(rx));
-        Ok(Self { db: db.clone(), log: db.open_tree("raft_log")?, meta: db.open_tree("raft_meta")?, flusher })
+        let mut store = Self {
+            db: db.clone(),
+            log: db.open_tree("raft_log")?,
+            meta: db.open_tree("raft_meta")?,
+            flusher,
+            first_kept: Arc::default(),
+        };
+        let purged = store.last_purged().map_err(|e| sled::Error::Unsupported(e.to_string()))?;
+        store.first_kept = Arc::new(AtomicU64::new(purged.map_or(0, |l| l.index + 1)));
+        Ok(store)
     }
 
     async fn flush(&self) -> Result<(), AnyError> {
@@ -88,10 +134,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        // Entries at or below the last purged one may still be on disk
+        // (removed in the background, or left by a crash): never read them.
+        let first = self.first_kept.load(Ordering::Acquire);
         let start = match range.start_bound() {
-            Bound::Included(i) => Bound::Included(key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
+            Bound::Included(i) if *i >= first => Bound::Included(key(*i)),
+            Bound::Excluded(i) if *i >= first => Bound::Excluded(key(*i)),
+            _ => Bound::Included(key(first)),
         };
         let end = match range.end_bound() {
             Bound::Included(i) => Bound::Included(key(*i)),
@@ -116,7 +165,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some((_, v)) => Some(dec::<Entry>(&v).map_err(StorageIOError::read_logs)?.log_id),
             None => None,
         };
-        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+        // An entry at or below the last purged one is on its way out (or
+        // left by a crash): the log then ends at the purge point.
+        let last_log_id = match (last, last_purged_log_id) {
+            (Some(l), Some(p)) if l.index <= p.index => Some(p),
+            (l, p) => l.or(p),
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -180,13 +235,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let v = enc(&Some(log_id)).map_err(StorageIOError::write_logs)?;
         self.meta.insert(LAST_PURGED, v).map_err(|e| StorageIOError::write_logs(any(e)))?;
-        self.flush().await.map_err(StorageIOError::write_logs)?;
-        let mut batch = sled::Batch::default();
-        for k in self.log.range(..=key(log_id.index)).keys() {
-            batch.remove(k.map_err(|e| StorageIOError::write_logs(any(e)))?);
-        }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(any(e)))?;
-        self.flush().await.map_err(StorageIOError::write_logs)?;
+        self.first_kept.fetch_max(log_id.index + 1, Ordering::AcqRel);
+        // The rest is not needed for correctness (reads skip the purged
+        // entries from here on), only for space, and must not hold up
+        // openraft's core: on a blocking thread, make `last_purged`
+        // durable, and only then remove entries (so a crash can leave
+        // extra entries, never a hole).
+        let (db, log) = (self.db.clone(), self.log.clone());
+        let upto = key(log_id.index);
+        tokio::task::spawn_blocking(move || match db.flush() {
+            Ok(_) => remove_purged(&log, upto),
+            Err(e) => tracing::warn!(cause = %e, "flushing the purge point; purged entries stay until the next purge"),
+        });
         Ok(())
     }
 }

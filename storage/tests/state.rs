@@ -236,3 +236,38 @@ async fn data_dir_of_another_format_is_refused() {
     let text = err.to_string();
     assert!(text.contains("format 1") && text.contains("format 2"), "{text}");
 }
+
+/// Entries at or below the purge point (removed in the background after
+/// `purge`, or left on disk by a crash before their removal) are never
+/// read, and the log never seems to end before the purge point.
+#[tokio::test]
+async fn entries_at_or_below_the_purge_point_are_never_read() {
+    use openraft::storage::RaftLogStorage;
+    use openraft::RaftLogReader;
+    let dir = tempfile::tempdir().unwrap();
+    drop(catga_storage::open(dir.path(), &StorageConfig::default()).unwrap());
+    let leftovers = |purged: u64| {
+        let db = sled::open(dir.path()).unwrap();
+        let log = db.open_tree("raft_log").unwrap();
+        for i in 1..=5u64 {
+            log.insert(i.to_be_bytes(), postcard::to_stdvec(&entry(i, q(1, "s", "g", 1))).unwrap()).unwrap();
+        }
+        let purged = Some(LogId::new(CommittedLeaderId::new(1, 1), purged));
+        db.open_tree("raft_meta").unwrap().insert(b"last_purged", postcard::to_stdvec(&purged).unwrap()).unwrap();
+        db.flush().unwrap();
+    };
+    leftovers(3);
+    {
+        let (mut log, _sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
+        let got: Vec<u64> = log.try_get_log_entries(0..10).await.unwrap().iter().map(|e| e.log_id.index).collect();
+        assert_eq!(got, vec![4, 5]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(3));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
+    }
+    // Purged past every entry on disk (a snapshot installed ahead of the log).
+    leftovers(7);
+    let (mut log, _sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
+    assert!(log.try_get_log_entries(0..10).await.unwrap().is_empty());
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id.map(|l| l.index), Some(7));
+}
