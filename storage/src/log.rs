@@ -4,12 +4,13 @@
 //! the database (fsync) and only then tells openraft the entries are
 //! durable, so an entry a leader counts toward a majority survives a power
 //! cut. The vote is flushed before `save_vote` returns (a node must never
-//! vote twice in a term). Truncation flushes too. Purge records (and
-//! flushes) the new `last_purged`, then removes the entries on a blocking
-//! thread: thousands of entries can take hundreds of ms to remove, and
-//! openraft's core (which sends the heartbeats) waits for `purge`. Reads
-//! never return an entry at or below `last_purged`, so entries not yet
-//! removed (or left by a crash) are invisible, and there is never a hole.
+//! vote twice in a term). Truncation flushes too. Purge records the new
+//! `last_purged` and returns; a blocking thread flushes it and only then
+//! removes the entries, a small batch at a time: thousands of entries can
+//! take hundreds of ms to remove, and openraft's core (which sends the
+//! heartbeats) waits for `purge`. Reads never return an entry at or below
+//! `last_purged`, so entries not yet removed (or left by a crash) are
+//! invisible, and there is never a hole.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
