@@ -41,6 +41,19 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Leader changes under Redis load: fresh 3-node clusters,
+    /// redis-benchmark through a follower, Raft terms before and after.
+    RedisLoadElections {
+        #[arg(long, default_value = "target/release/catga")]
+        catga: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Requests per test per pipeline depth.
+        #[arg(long, default_value_t = 200_000)]
+        requests: u64,
+        #[arg(long, default_value = "set,get,incr,lpush,hset")]
+        tests: String,
+    },
     /// Raft failover on three catga processes: leader SIGKILL → a new
     /// leader commits; node SIGKILL → its queue members removed; a
     /// service instance's connection closed → unanswered requests after.
@@ -159,6 +172,9 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", redis::compare(catga, redis_server, runs, requests, &tests, &pipelines).await?)
             }
             Cmd::RaftFailover { catga, kills } => println!("{}", raft::run(catga, kills).await?),
+            Cmd::RedisLoadElections { catga, rounds, requests, tests } => {
+                println!("{}", redis::load_elections(catga, rounds, requests, &tests).await?)
+            }
             Cmd::CompareNats { servers: Servers { catga, nats_server, runs }, scale } => {
                 let table = compare::compare(catga, nats_server, runs, scale).await?;
                 println!("{table}");

@@ -28,7 +28,7 @@ use crate::compare::median;
 
 pub struct Node {
     child: Child,
-    http: String,
+    pub http: String,
     nats: String,
     cluster: String,
     pub redis: String,
@@ -187,7 +187,7 @@ async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> anyhow::Resu
     Ok((status, body.to_string()))
 }
 
-async fn cluster_view(addr: &str) -> Option<Value> {
+pub async fn cluster_view(addr: &str) -> Option<Value> {
     let (code, body) =
         tokio::time::timeout(Duration::from_secs(1), http(addr, "GET", "/cluster", b"")).await.ok()?.ok()?;
     (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()

@@ -238,3 +238,50 @@ pub async fn compare(
     }
     Ok(out)
 }
+
+/// Leader changes under Redis load: a fresh 3-node cluster per round,
+/// redis-benchmark (`tests`, -P 16 then -P 1, 50 clients) through a
+/// follower, the Raft term of every node before and after. Every node
+/// snapshots (and purges its log) during the run, as it does every
+/// `raft.snapshot_after_logs` entries; a term that moves means an
+/// election happened under load, and a write in flight then may fail.
+pub async fn load_elections(catga: PathBuf, rounds: usize, requests: u64, tests: &str) -> anyhow::Result<String> {
+    async fn terms(p: &crate::raft::Procs) -> Vec<u64> {
+        let mut out = Vec::new();
+        for n in &p.nodes {
+            let v = crate::raft::cluster_view(&n.http).await;
+            out.push(v.and_then(|v| v["raft"]["term"].as_u64()).unwrap_or(0));
+        }
+        out
+    }
+    let mut out = String::from("| round | terms before | terms after | redis-benchmark errors |\n|---:|---|---|---|\n");
+    let mut changed = 0;
+    for round in 0..rounds {
+        let procs = crate::raft::Procs::start(&catga).await?;
+        let leader = port_of(&sentinel_master(&procs.nodes[0].sentinel).await?)?;
+        let follower = procs
+            .nodes
+            .iter()
+            .map(|n| port_of(&n.redis))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into_iter()
+            .find(|p| *p != leader)
+            .context("a follower")?;
+        wait_for_write(follower).await?;
+        let before = terms(&procs).await;
+        let mut errors = Vec::new();
+        for pipeline in [16, 1] {
+            if let Err(e) = benchmark(follower, tests, requests, 50, pipeline).await {
+                errors.push(format!("-P {pipeline}: {}", e.to_string().lines().next().unwrap_or("")));
+            }
+        }
+        let after = terms(&procs).await;
+        if after != before {
+            changed += 1;
+        }
+        eprintln!("round {round}: terms {before:?} -> {after:?} {errors:?}");
+        out.push_str(&format!("| {round} | {before:?} | {after:?} | {} |\n", errors.join("; ")));
+    }
+    out.push_str(&format!("\nRounds with a leader change: {changed} of {rounds}\n"));
+    Ok(out)
+}
