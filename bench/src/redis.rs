@@ -61,22 +61,26 @@ async fn catga_one(bin: &Path) -> anyhow::Result<Target> {
 /// and read-index rounds to the leader.
 async fn catga_three(bin: &Path) -> anyhow::Result<[Target; 2]> {
     let procs = crate::raft::Procs::start(bin).await?;
-    let master = sentinel_master(&procs.nodes[0].sentinel).await?;
-    let leader = port_of(&master)?;
-    let follower = procs
-        .nodes
-        .iter()
-        .map(|n| port_of(&n.redis))
-        .collect::<anyhow::Result<Vec<_>>>()?
-        .into_iter()
-        .find(|p| *p != leader)
-        .context("a follower")?;
+    let (leader, follower) = leader_and_follower(&procs).await?;
     wait_for_write(leader).await?;
     wait_for_write(follower).await?;
     Ok([
         Target { name: "catga 3 nodes via leader", port: leader, _procs: Procs::Cluster { _nodes: procs } },
         Target { name: "catga 3 nodes via follower", port: follower, _procs: Procs::Shared },
     ])
+}
+
+/// Redis ports of the cluster's leader (as node 1's Sentinel names it)
+/// and of one follower.
+async fn leader_and_follower(procs: &crate::raft::Procs) -> anyhow::Result<(u16, u16)> {
+    let leader = port_of(&sentinel_master(&procs.nodes[0].sentinel).await?)?;
+    for n in &procs.nodes {
+        let port = port_of(&n.redis)?;
+        if port != leader {
+            return Ok((leader, port));
+        }
+    }
+    bail!("no follower: every node has the leader's Redis port {leader}")
 }
 
 /// `SENTINEL get-master-addr-by-name mymaster` on a catga Sentinel port:
@@ -174,8 +178,8 @@ async fn benchmark(port: u16, tests: &str, requests: u64, clients: u32, pipeline
 }
 
 /// Runs `tests` at each pipeline depth against one catga node, a 3-node
-/// catga cluster (through its leader and through a follower), redis-server without persistence and with appendfsync
-/// always, `runs` rounds (targets in rotating order); medians of rps and
+/// catga cluster (through its leader and through a follower), redis-server
+/// without persistence and with appendfsync always, `runs` rounds (targets in rotating order); medians of rps and
 /// of latency percentiles, with ratios to redis-server without
 /// persistence (the reference: it neither replicates nor fsyncs)
 /// and to redis-server with appendfsync always.
@@ -258,15 +262,7 @@ pub async fn load_elections(catga: PathBuf, rounds: usize, requests: u64, tests:
     let mut changed = 0;
     for round in 0..rounds {
         let procs = crate::raft::Procs::start(&catga).await?;
-        let leader = port_of(&sentinel_master(&procs.nodes[0].sentinel).await?)?;
-        let follower = procs
-            .nodes
-            .iter()
-            .map(|n| port_of(&n.redis))
-            .collect::<anyhow::Result<Vec<_>>>()?
-            .into_iter()
-            .find(|p| *p != leader)
-            .context("a follower")?;
+        let (_, follower) = leader_and_follower(&procs).await?;
         wait_for_write(follower).await?;
         let before = terms(&procs).await;
         let mut errors = Vec::new();

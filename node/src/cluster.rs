@@ -302,6 +302,26 @@ impl Cluster {
     /// A queue message whose member here is gone: one member on another
     /// node takes it instead (weighted by member count), marked so that it
     /// goes no further.
+    /// Delivers a message from peer `from` to this node's clients (inside
+    /// a `deliver` span when it carries a sampled `traceparent`); a queue
+    /// message no local member takes is passed on once when `may_redirect`.
+    fn deliver_from_peer(&self, from: NodeId, msg: Msg<'_>, target: Target<'_>, may_redirect: bool) {
+        let span = self.bus.tracer().span(Stage::Deliver { from }, msg.subject, msg.headers, msg.payload.len());
+        let msg = Msg { headers: span.as_ref().map_or(msg.headers, |s| Some(s.headers())), ..msg };
+        let publisher = self.peers.lock().get(&from).map(|p| p.publisher.clone());
+        let mut delivered = false;
+        if let Some(publisher) = publisher {
+            let mut publisher = publisher.lock();
+            delivered = self.bus.deliver_local(&mut publisher, &msg, target.clone());
+            if let (false, true, Target::Queue(group)) = (delivered, may_redirect, target) {
+                delivered = self.redirect(&mut publisher, &msg, group);
+            }
+        }
+        if let Some(span) = span {
+            span.end(delivered);
+        }
+    }
+
     fn redirect(&self, publisher: &mut Publisher, msg: &Msg<'_>, group: &[u8]) -> bool {
         let (members, random) = self.bus.remote_members(publisher, msg.subject, group);
         let total: u64 = members.iter().map(|m| m.weight()).sum();
@@ -480,40 +500,12 @@ impl MeshHandler for Cluster {
             }
             BusFrame::Interest { subject, queue, count } => self.apply_interest(from, subject, queue, count),
             BusFrame::Msg { subject, reply, headers, payload, queue } => {
-                let span = self.bus.tracer().span(Stage::Deliver { from }, subject, headers, payload.len());
-                let headers = span.as_ref().map_or(headers, |s| Some(s.headers()));
-                let msg = Msg { subject, reply, headers, payload };
-                let target = match queue {
-                    Some(q) => Target::Queue(q),
-                    None => Target::Plain,
-                };
-                let publisher = self.peers.lock().get(&from).map(|p| p.publisher.clone());
-                let mut delivered = false;
-                if let Some(publisher) = publisher {
-                    let mut publisher = publisher.lock();
-                    delivered = self.bus.deliver_local(&mut publisher, &msg, target);
-                    if !delivered {
-                        if let Some(group) = queue {
-                            delivered = self.redirect(&mut publisher, &msg, group);
-                        }
-                    }
-                }
-                if let Some(span) = span {
-                    span.end(delivered);
-                }
+                let target = queue.map_or(Target::Plain, Target::Queue);
+                self.deliver_from_peer(from, Msg { subject, reply, headers, payload }, target, true);
             }
             BusFrame::Redirected { subject, reply, headers, payload, queue } => {
-                let span = self.bus.tracer().span(Stage::Deliver { from }, subject, headers, payload.len());
-                let headers = span.as_ref().map_or(headers, |s| Some(s.headers()));
                 let msg = Msg { subject, reply, headers, payload };
-                let publisher = self.peers.lock().get(&from).map(|p| p.publisher.clone());
-                let mut delivered = false;
-                if let Some(publisher) = publisher {
-                    delivered = self.bus.deliver_local(&mut publisher.lock(), &msg, Target::Queue(queue));
-                }
-                if let Some(span) = span {
-                    span.end(delivered);
-                }
+                self.deliver_from_peer(from, msg, Target::Queue(queue), false);
             }
         }
     }

@@ -244,13 +244,6 @@ impl Tracer {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        #[cfg(feature = "otel")]
-        return self.inner.is_some();
-        #[cfg(not(feature = "otel"))]
-        false
-    }
-
     /// A span for a message with header block `headers`, when tracing is on
     /// and the block carries a sampled `traceparent`.
     #[inline]

@@ -218,21 +218,51 @@ fn only_writes_that_set_absolute_values_are_idempotent() {
     assert!(Request::Batch(vec![q(1, "s", "g", 1), Request::NodeDown { node: 2 }]).is_idempotent());
 }
 
+/// Opens the store in `dir`, polling (5 s deadline) while sled reports the
+/// directory locked: a store dropped just before may still hold its lock
+/// for a moment.
+fn open_when_unlocked(
+    dir: &std::path::Path,
+) -> Result<(catga_storage::LogStore, catga_storage::StateMachine), sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match catga_storage::open(dir, &StorageConfig::default()) {
+            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The same for a raw sled handle on the directory.
+fn sled_when_unlocked(dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(dir) {
+            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            other => return other.expect("sled opens the data dir"),
+        }
+    }
+}
+
 /// A data dir of another storage format is refused at open with a clear
 /// error; one of this format reopens.
 #[tokio::test]
 async fn data_dir_of_another_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    drop(catga_storage::open(dir.path(), &StorageConfig::default()).unwrap());
-    drop(catga_storage::open(dir.path(), &StorageConfig::default()).unwrap());
+    drop(open_when_unlocked(dir.path()).unwrap());
+    drop(open_when_unlocked(dir.path()).unwrap());
     {
         // What a build before the marker leaves: data, no marker.
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled_when_unlocked(dir.path());
         db.remove(b"catga_format").unwrap();
         db.open_tree("raft_meta").unwrap().insert(b"vote", b"x").unwrap();
         db.flush().unwrap();
     }
-    let err = catga_storage::open(dir.path(), &StorageConfig::default()).err().expect("refused");
+    let err = open_when_unlocked(dir.path()).err().expect("refused");
     let text = err.to_string();
     assert!(text.contains("format 1") && text.contains("format 2"), "{text}");
 }
@@ -245,9 +275,9 @@ async fn entries_at_or_below_the_purge_point_are_never_read() {
     use openraft::storage::RaftLogStorage;
     use openraft::RaftLogReader;
     let dir = tempfile::tempdir().unwrap();
-    drop(catga_storage::open(dir.path(), &StorageConfig::default()).unwrap());
+    drop(open_when_unlocked(dir.path()).unwrap());
     let leftovers = |purged: u64| {
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled_when_unlocked(dir.path());
         let log = db.open_tree("raft_log").unwrap();
         for i in 1..=5u64 {
             log.insert(i.to_be_bytes(), postcard::to_stdvec(&entry(i, q(1, "s", "g", 1))).unwrap()).unwrap();
@@ -258,7 +288,7 @@ async fn entries_at_or_below_the_purge_point_are_never_read() {
     };
     leftovers(3);
     {
-        let (mut log, _sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
+        let (mut log, _sm) = open_when_unlocked(dir.path()).unwrap();
         let got: Vec<u64> = log.try_get_log_entries(0..10).await.unwrap().iter().map(|e| e.log_id.index).collect();
         assert_eq!(got, vec![4, 5]);
         let state = log.get_log_state().await.unwrap();
@@ -267,7 +297,7 @@ async fn entries_at_or_below_the_purge_point_are_never_read() {
     }
     // Purged past every entry on disk (a snapshot installed ahead of the log).
     leftovers(7);
-    let (mut log, _sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
+    let (mut log, _sm) = open_when_unlocked(dir.path()).unwrap();
     assert!(log.try_get_log_entries(0..10).await.unwrap().is_empty());
     assert_eq!(log.get_log_state().await.unwrap().last_log_id.map(|l| l.index), Some(7));
 }

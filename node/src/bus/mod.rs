@@ -157,6 +157,15 @@ pub async fn wait_for_drain(sink: &dyn Sink) {
     }
 }
 
+/// Counts a queue-group delivery (`Some(remote)`) in the publisher's
+/// (local, remote) tally; true when a member took the message.
+fn tally(queued: &mut [u64; 2], taken: Option<bool>) -> bool {
+    if let Some(remote) = taken {
+        queued[usize::from(remote)] += 1;
+    }
+    taken.is_some()
+}
+
 /// xorshift64: fast, good enough to spread queue picks.
 fn next_random(state: &mut u64) -> u64 {
     let mut x = *state;
@@ -350,10 +359,7 @@ impl Bus {
         }
         let scope = Scope { origin, echo, local_only: false };
         for (_, members) in &result.groups {
-            if let Some(remote) = self.deliver_to_group(woken, behind, rng, members, scope, msg) {
-                queued[usize::from(remote)] += 1;
-                delivered = true;
-            }
+            delivered |= tally(queued, self.deliver_to_group(woken, behind, rng, members, scope, msg));
         }
         delivered
     }
@@ -377,11 +383,7 @@ impl Bus {
                     return false;
                 };
                 let scope = Scope { origin: 0, echo: true, local_only: true };
-                let taken = self.deliver_to_group(woken, behind, rng, members, scope, msg);
-                if let Some(remote) = taken {
-                    queued[usize::from(remote)] += 1;
-                }
-                taken.is_some()
+                tally(queued, self.deliver_to_group(woken, behind, rng, members, scope, msg))
             }
         }
     }
