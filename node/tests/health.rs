@@ -285,3 +285,66 @@ async fn dashboard_and_docs_query_only_served_metrics() {
         assert!(names > 10, "{file}: only {names} metric references");
     }
 }
+
+/// Cluster, Raft and process metrics on a 3-node cluster: links up with
+/// measured RTTs and bytes, the term, indexes, voters and elections, and
+/// CPU time.
+#[tokio::test]
+async fn cluster_raft_and_process_metrics_are_served_with_values() {
+    let c = TestCluster::start(3).await;
+    c.wait_voters().await;
+    let addrs: Vec<String> = c.nodes.iter().map(http).collect();
+    let deadline = Instant::now() + T;
+    let scrapes = loop {
+        let mut scrapes = Vec::new();
+        for a in &addrs {
+            scrapes.push(scrape(a).await);
+        }
+        // RTTs appear once heartbeats have been answered.
+        let rtts_measured =
+            scrapes.iter().enumerate().all(|(i, m)| {
+                c.nodes.iter().enumerate().filter(|(j, _)| *j != i).all(|(_, peer)| {
+                    value(m, "catga_cluster_peer_rtt_seconds", &[("peer", peer.node.name.as_str())]) > 0.0
+                })
+            });
+        if rtts_measured {
+            break scrapes;
+        }
+        assert!(Instant::now() < deadline, "peer RTTs never measured");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for (i, m) in scrapes.iter().enumerate() {
+        assert_eq!(value(m, "catga_cluster_peers_up", &[]), 2.0);
+        for (j, peer) in c.nodes.iter().enumerate() {
+            if j != i {
+                let name = peer.node.name.as_str();
+                assert!(value(m, "catga_cluster_link_bytes_total", &[("peer", name), ("direction", "tx")]) > 0.0);
+                assert!(value(m, "catga_cluster_link_bytes_total", &[("peer", name), ("direction", "rx")]) > 0.0);
+            }
+        }
+        assert!(value(m, "catga_raft_term", &[]) >= 1.0);
+        assert_eq!(value(m, "catga_raft_voters", &[]), 3.0);
+        assert!(value(m, "catga_raft_last_log_index", &[]) >= 1.0);
+        assert!(value(m, "catga_raft_applied_index", &[]) >= 1.0);
+        assert!(value(m, "catga_process_cpu_seconds_total", &[]) > 0.0);
+    }
+    let leaders: f64 = scrapes.iter().map(|m| value(m, "catga_raft_is_leader", &[])).sum();
+    assert_eq!(leaders, 1.0);
+
+    // Cut the leader off: the other two elect, and count it.
+    let li = c.nodes.iter().position(|n| n.node.raft.leader() == Some(n.node.id)).unwrap();
+    c.partition(li);
+    let others: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+    let old = c.nodes[li].node.id;
+    common::eventually(T, "a new leader", || {
+        others.iter().any(|&i| c.nodes[i].node.raft.leader().is_some_and(|l| l != old))
+    })
+    .await;
+    let elections: f64 = others.iter().map(|&i| value(&scrapes[i], "catga_raft_elections_total", &[])).sum();
+    let mut after = 0.0;
+    for &i in &others {
+        after += value(&scrape(&addrs[i]).await, "catga_raft_elections_total", &[]);
+    }
+    assert!(after > elections, "elections counted: {elections} before, {after} after");
+    c.heal(li);
+}
