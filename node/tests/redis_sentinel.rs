@@ -138,4 +138,25 @@ async fn config_command_and_info_answer_what_clients_read() {
     assert_eq!(field(&info, "keyspace_misses").as_deref(), Some("1"));
     let only: String = redis::cmd("INFO").arg("keyspace").query_async(&mut r).await.unwrap();
     assert!(only.starts_with("# Keyspace\r\n") && !only.contains("# Server"), "{only}");
+
+    // Counts are kept per connection and added once per read batch; an
+    // INFO pipelined behind reads still reports them.
+    let before = field(&info, "total_commands_processed").and_then(|v| v.parse::<u64>().ok()).unwrap();
+    let (_, _, _, stats): (Option<String>, Option<String>, Option<String>, String) = redis::pipe()
+        .cmd("GET")
+        .arg("a")
+        .cmd("GET")
+        .arg("a")
+        .cmd("GET")
+        .arg("missing")
+        .cmd("INFO")
+        .arg("stats")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(field(&stats, "keyspace_hits").as_deref(), Some("3"));
+    assert_eq!(field(&stats, "keyspace_misses").as_deref(), Some("2"));
+    // INFO, INFO keyspace and the three GETs: as in Redis, an INFO does
+    // not count itself.
+    assert_eq!(field(&stats, "total_commands_processed"), Some((before + 5).to_string()));
 }

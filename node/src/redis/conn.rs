@@ -108,10 +108,65 @@ pub fn command_names() -> &'static [&'static str] {
     })
 }
 
-fn command_index(name: &str) -> usize {
-    static INDEX: std::sync::OnceLock<std::collections::HashMap<&'static str, usize>> = std::sync::OnceLock::new();
-    let index = INDEX.get_or_init(|| command_names().iter().enumerate().map(|(i, n)| (*n, i)).collect());
-    index.get(name).copied().unwrap_or(command_names().len())
+/// Longest command name looked up without allocating; no command is
+/// longer.
+const NAME_BYTES_MAX: usize = 32;
+
+/// The command `raw` names, in any case: its index in [`command_names`]
+/// and its lower-case name (one past the last index for an unknown one).
+pub fn resolve(raw: &[u8]) -> (usize, std::borrow::Cow<'static, str>) {
+    type Index = std::collections::HashMap<&'static [u8], usize, rustc_hash::FxBuildHasher>;
+    static INDEX: std::sync::OnceLock<Index> = std::sync::OnceLock::new();
+    let index = INDEX.get_or_init(|| command_names().iter().enumerate().map(|(i, n)| (n.as_bytes(), i)).collect());
+    if raw.len() <= NAME_BYTES_MAX {
+        let mut buf = [0u8; NAME_BYTES_MAX];
+        for (d, s) in buf.iter_mut().zip(raw) {
+            *d = s.to_ascii_lowercase();
+        }
+        if let Some(&i) = index.get(&buf[..raw.len()]) {
+            return (i, std::borrow::Cow::Borrowed(command_names()[i]));
+        }
+    }
+    (command_names().len(), std::borrow::Cow::Owned(String::from_utf8_lossy(raw).to_ascii_lowercase()))
+}
+
+/// A connection's counts not yet added to [`Stats`]: added once per read
+/// batch (and before a command that reports them), so pipelined commands
+/// do not each touch counters every connection shares.
+#[derive(Default)]
+pub struct Tally {
+    pub commands: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// The current run of one command: (index, calls).
+    run: Option<(usize, u64)>,
+}
+
+impl Tally {
+    fn count(&mut self, stats: &Stats, index: usize) {
+        self.commands += 1;
+        match &mut self.run {
+            Some((i, n)) if *i == index => *n += 1,
+            run => {
+                if let Some((i, n)) = run.replace((index, 1)) {
+                    stats.by_command[i].fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    pub fn flush(&mut self, stats: &Stats) {
+        for (counter, n) in
+            [(&stats.commands, &mut self.commands), (&stats.hits, &mut self.hits), (&stats.misses, &mut self.misses)]
+        {
+            if *n > 0 {
+                counter.fetch_add(std::mem::take(n), Ordering::Relaxed);
+            }
+        }
+        if let Some((i, n)) = self.run.take() {
+            stats.by_command[i].fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Shared {
@@ -177,6 +232,8 @@ pub struct Conn {
     pub last_command: usize,
     /// Commands executed, for sampling durations.
     executed: u64,
+    /// Counts not yet added to the shared [`Stats`].
+    pub tally: Tally,
 }
 
 /// A transaction being queued.
@@ -309,6 +366,7 @@ impl Conn {
             local_reads: false,
             last_command: 0,
             executed: 0,
+            tally: Tally::default(),
         }
     }
 
@@ -341,38 +399,43 @@ impl Conn {
     /// Runs one request; `argv` is not empty. Keyspace commands come
     /// back as [`Step::Store`] for the caller to run through Raft.
     pub fn execute(&mut self, argv: &[&[u8]]) -> Step {
-        self.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
-        let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
-        self.last_command = command_index(&name);
-        self.shared.stats.by_command[self.last_command].fetch_add(1, Ordering::Relaxed);
+        let (index, name) = resolve(argv[0]);
+        self.last_command = index;
+        let step = self.dispatch(&name, argv);
+        // Counted once run, as Redis does: INFO does not count itself.
+        self.tally.count(&self.shared.stats, index);
+        step
+    }
+
+    fn dispatch(&mut self, name: &str, argv: &[&[u8]]) -> Step {
         let subscribed = self.pubsub.as_ref().is_some_and(|p| p.count() > 0);
         if subscribed
             && self.proto() == 2
-            && !PUBSUB_COMMANDS.contains(&name.as_str())
-            && !matches!(name.as_str(), "ping" | "quit" | "reset")
+            && !PUBSUB_COMMANDS.contains(&name)
+            && !matches!(name, "ping" | "quit" | "reset")
         {
             return Step::Reply(Reply::err(format!(
                 "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
             )));
         }
-        if self.multi.is_some() && !matches!(name.as_str(), "exec" | "discard" | "multi" | "watch" | "quit" | "reset") {
-            return Step::Reply(self.queue(&name, argv));
+        if self.multi.is_some() && !matches!(name, "exec" | "discard" | "multi" | "watch" | "quit" | "reset") {
+            return Step::Reply(self.queue(name, argv));
         }
         // Redis's order: unknown command, arity, then authentication.
-        let spec = catga_raft::keyspace::spec(&name);
-        let Some(arity) = spec.map(|s| s.arity).or_else(|| other_arity(&name)) else {
+        let spec = catga_raft::keyspace::spec(name);
+        let Some(arity) = spec.map(|s| s.arity).or_else(|| other_arity(name)) else {
             return Step::Reply(unknown_command(argv));
         };
         if !arity_ok(arity, argv.len()) {
-            return Step::Reply(wrong_args(&name));
+            return Step::Reply(wrong_args(name));
         }
-        if !self.authenticated && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset") {
+        if !self.authenticated && !matches!(name, "auth" | "hello" | "quit" | "reset") {
             return Step::Reply(Reply::err("NOAUTH Authentication required."));
         }
         if let Some(spec) = spec {
             return Step::Store { write: spec.write };
         }
-        match name.as_str() {
+        match name {
             n if PUBSUB_COMMANDS.contains(&n) => Step::Replies(self.subscription(n, &argv[1..])),
             "save" | "bgsave" => Step::Save { background: name == "bgsave" },
             n if TX_COMMANDS.contains(&n) => self.transaction_command(n, argv),
@@ -548,6 +611,8 @@ impl Conn {
     /// A connection or server command; its arity and authentication were
     /// checked by [`Conn::execute`] (or when it was queued in MULTI).
     fn connection_command(&mut self, name: &str, argv: &[&[u8]]) -> Reply {
+        // INFO and the like report the counts up to this command.
+        self.tally.flush(&self.shared.stats);
         match name {
             // Subscribed, a RESP2 PING answers in the push shape.
             "ping" if self.proto() == 2 && self.pubsub.as_ref().is_some_and(|p| p.count() > 0) => {

@@ -4,8 +4,6 @@
 //! set becomes a flat array, a null `$-1` (or `*-1` for an array), a
 //! boolean an integer, a double a bulk string, a push an array.
 
-use std::io::Write;
-
 use catga_raft::keyspace::format_score;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,12 +49,10 @@ impl Reply {
         match self {
             Reply::Simple(s) => line(out, b'+', s.as_bytes()),
             Reply::Error(s) => line(out, b'-', s.as_bytes()),
-            Reply::Int(i) => {
-                let _ = write!(out, ":{i}\r\n");
-            }
+            Reply::Int(i) => header(out, b':', *i),
             Reply::Bulk(b) => bulk(out, b),
             Reply::Array(items) => {
-                let _ = write!(out, "*{}\r\n", items.len());
+                header(out, b'*', items.len() as i64);
                 for i in items {
                     i.encode(proto, out);
                 }
@@ -67,9 +63,9 @@ impl Reply {
             Reply::NullArray => out.extend_from_slice(b"*-1\r\n"),
             Reply::Map(pairs) => {
                 if resp3 {
-                    let _ = write!(out, "%{}\r\n", pairs.len());
+                    header(out, b'%', pairs.len() as i64);
                 } else {
-                    let _ = write!(out, "*{}\r\n", pairs.len() * 2);
+                    header(out, b'*', pairs.len() as i64 * 2);
                 }
                 for (k, v) in pairs {
                     k.encode(proto, out);
@@ -77,13 +73,13 @@ impl Reply {
                 }
             }
             Reply::Set(items) => {
-                let _ = write!(out, "{}{}\r\n", if resp3 { '~' } else { '*' }, items.len());
+                header(out, if resp3 { b'~' } else { b'*' }, items.len() as i64);
                 for i in items {
                     i.encode(proto, out);
                 }
             }
             Reply::Pairs(pairs) => {
-                let _ = write!(out, "*{}\r\n", if resp3 { pairs.len() } else { pairs.len() * 2 });
+                header(out, b'*', if resp3 { pairs.len() } else { pairs.len() * 2 } as i64);
                 for (k, v) in pairs {
                     if resp3 {
                         out.extend_from_slice(b"*2\r\n");
@@ -101,11 +97,9 @@ impl Reply {
                 }
             }
             Reply::Bool(b) if resp3 => out.extend_from_slice(if *b { b"#t\r\n" } else { b"#f\r\n" }),
-            Reply::Bool(b) => {
-                let _ = write!(out, ":{}\r\n", i64::from(*b));
-            }
+            Reply::Bool(b) => header(out, b':', i64::from(*b)),
             Reply::Push(items) => {
-                let _ = write!(out, "{}{}\r\n", if resp3 { '>' } else { '*' }, items.len());
+                header(out, if resp3 { b'>' } else { b'*' }, items.len() as i64);
                 for i in items {
                     i.encode(proto, out);
                 }
@@ -142,8 +136,15 @@ fn line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A type byte, a number, CRLF: `*3\r\n`, `:42\r\n`, `$5\r\n`.
+fn header(out: &mut Vec<u8>, kind: u8, n: i64) {
+    out.push(kind);
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 fn bulk(out: &mut Vec<u8>, b: &[u8]) {
-    let _ = write!(out, "${}\r\n", b.len());
+    header(out, b'$', b.len() as i64);
     out.extend_from_slice(b);
     out.extend_from_slice(b"\r\n");
 }

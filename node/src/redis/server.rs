@@ -104,6 +104,11 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
     let query_max = c.query_buffer_bytes_max;
     let mut conn = Conn::new(shared.clone(), addr.to_string(), laddr);
     let kill = conn.info.kill.clone();
+    // Made once: a cancellation future registers itself when first
+    // polled, and `stop` is shared by every connection.
+    let stopped = stop.cancelled();
+    let killed = kill.cancelled();
+    tokio::pin!(stopped, killed);
     let mut parser = Parser::new(limits);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = Vec::with_capacity(READ_CHUNK_BYTES);
@@ -121,6 +126,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
             }
         };
         let n = tokio::select! {
+            biased;
             r = rd.read_buf(&mut buf) => match r {
                 Ok(n) => n,
                 Err(_) => return,
@@ -138,8 +144,8 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                 }
                 continue;
             }
-            _ = stop.cancelled() => return,
-            _ = kill.cancelled() => return,
+            _ = &mut stopped => return,
+            _ = &mut killed => return,
         };
         if n == 0 {
             return;
@@ -153,11 +159,15 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
         let mut writes = Cmds::new();
         // Sampled writes (command index, start), timed until their commit.
         let mut timed: Vec<(usize, std::time::Instant)> = Vec::new();
+        // One clock reading serves consecutive reads: each arrived before
+        // it was taken. Anything that waits (a commit, a save) drops it,
+        // so a read after a wait never sees a key its TTL has ended.
+        let mut now = None;
         loop {
             match parser.parse(&buf, conn.authenticated) {
                 Ok(Some(req)) => {
                     if !req.is_empty() {
-                        let argv: Vec<&[u8]> = req.args(&buf).collect();
+                        let argv: smallvec::SmallVec<[&[u8]; 8]> = req.args(&buf).collect();
                         let started = conn.sample().then(std::time::Instant::now);
                         match conn.execute(&argv) {
                             // Consecutive writes of one read batch commit
@@ -170,6 +180,9 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                             }
                             step => {
                                 let command = conn.last_command;
+                                if !writes.is_empty() || !matches!(step, Step::Store { .. }) {
+                                    now = None;
+                                }
                                 commit(&shared, &conn, &mut writes, &mut out).await;
                                 observe(&shared, &mut timed);
                                 match step {
@@ -184,7 +197,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                     }
                                     Step::Store { .. } => emit(
                                         &shared,
-                                        &read(&shared, &conn, &argv, &mut fresh).await,
+                                        &read(&shared, &mut conn, &argv, &mut fresh, &mut now).await,
                                         conn.proto(),
                                         &mut out,
                                     ),
@@ -221,6 +234,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
         }
         commit(&shared, &conn, &mut writes, &mut out).await;
         observe(&shared, &mut timed);
+        conn.tally.flush(&shared.stats);
         if let Some(ps) = &conn.pubsub {
             out.extend_from_slice(&ps.sink.take());
         }
@@ -296,7 +310,7 @@ async fn commit(shared: &Shared, conn: &Conn, writes: &mut Cmds, out: &mut Vec<u
 /// A keyspace read: linearizable (read-index through the leader, unless
 /// `fresh` says this batch already had one), then served from this node's
 /// applied state by its own clock.
-async fn read(shared: &Shared, conn: &Conn, argv: &[&[u8]], fresh: &mut bool) -> Reply {
+async fn read(shared: &Shared, conn: &mut Conn, argv: &[&[u8]], fresh: &mut bool, now: &mut Option<u64>) -> Reply {
     let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
     if conn.local_reads || *fresh {
         // READONLY: this node's state as applied, no round trip.
@@ -306,19 +320,19 @@ async fn read(shared: &Shared, conn: &Conn, argv: &[&[u8]], fresh: &mut bool) ->
     } else {
         *fresh = true;
     }
+    let now = *now.get_or_insert_with(catga_raft::unix_ms);
     let view = raft.view();
     let v = view.read();
-    let now = catga_raft::unix_ms();
-    let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
-    if argv.len() >= 2 && !matches!(name.as_str(), "keys" | "scan" | "sintercard") {
-        let hit = if v.keyspace.get(conn.info.db, argv[1], now).is_some() {
-            &shared.stats.hits
+    // Resolved by `Conn::execute`: a keyspace command's static name.
+    let name = super::conn::command_names().get(conn.last_command).copied().unwrap_or_default();
+    if argv.len() >= 2 && !matches!(name, "keys" | "scan" | "sintercard") {
+        if v.keyspace.get(conn.info.db, argv[1], now).is_some() {
+            conn.tally.hits += 1;
         } else {
-            &shared.stats.misses
-        };
-        hit.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            conn.tally.misses += 1;
+        }
     }
-    match v.keyspace.read_named(&name, conn.info.db, now, argv) {
+    match v.keyspace.read_named(name, conn.info.db, now, argv) {
         Some(out) => Reply::from(out),
         None => Reply::err("ERR internal error: not a read command"),
     }
