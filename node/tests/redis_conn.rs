@@ -234,7 +234,18 @@ async fn writes_through_one_node_are_read_through_another() {
 /// acknowledged increment counts exactly once.
 #[tokio::test]
 async fn concurrent_writers_each_count_once() {
-    let n = TestNode::start().await;
+    writers_count_once(1).await;
+}
+
+/// The same with several entries committing at once
+/// (`redis.writes_in_flight_max`).
+#[tokio::test]
+async fn concurrent_writers_each_count_once_with_entries_in_flight() {
+    writers_count_once(4).await;
+}
+
+async fn writers_count_once(in_flight: usize) {
+    let n = TestNode::start_with(|c| c.redis.writes_in_flight_max = in_flight).await;
     let url = format!("redis://{}/", redis_addr(&n));
     let mut tasks = Vec::new();
     for _ in 0..20 {

@@ -36,7 +36,7 @@ pub struct LogStore {
     /// vote, committed, last_purged
     meta: sled::Tree,
     /// Appends waiting for the flush that makes them durable.
-    flusher: tokio::sync::mpsc::UnboundedSender<(sled::Db, LogFlushed<TypeConfig>)>,
+    flusher: std::sync::mpsc::Sender<(sled::Db, LogFlushed<TypeConfig>)>,
     /// First index not purged (0: nothing purged); reads start there.
     first_kept: Arc<AtomicU64>,
 }
@@ -45,15 +45,21 @@ pub struct LogStore {
 /// started, and their callbacks are completed in order after it. An
 /// append's entries are in sled (in memory) before its callback is
 /// queued, so the flush that completes it has them.
+///
+/// It runs on its own thread and calls sled's blocking `flush`: sled's
+/// `flush_async` hands the flush to sled's I/O pool, whose every job wakes
+/// all of its idle threads, and the flush itself queues one more job (the
+/// buffer write). One job per flush instead of two halves those wake-ups.
 /// (The database travels with each request, so an idle loop holds no
-/// handle on it and a closed store can be reopened at once.)
-async fn flush_loop(mut rx: tokio::sync::mpsc::UnboundedReceiver<(sled::Db, LogFlushed<TypeConfig>)>) {
-    while let Some((db, first)) = rx.recv().await {
+/// handle on it and a closed store can be reopened at once. The thread
+/// ends when the store and its clones are gone.)
+fn flush_loop(rx: std::sync::mpsc::Receiver<(sled::Db, LogFlushed<TypeConfig>)>) {
+    while let Ok((db, first)) = rx.recv() {
         let mut waiting = vec![first];
         while let Ok((_, cb)) = rx.try_recv() {
             waiting.push(cb);
         }
-        let result = db.flush_async().await.map(drop).map_err(|e| e.to_string());
+        let result = db.flush().map(drop).map_err(|e| e.to_string());
         drop(db);
         if let Err(e) = &result {
             tracing::error!(cause = %e, "raft log flush failed");
@@ -100,8 +106,11 @@ fn key(index: u64) -> [u8; 8] {
 
 impl LogStore {
     pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        let (flusher, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(rx));
+        let (flusher, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("catga-log-flush".into())
+            .spawn(move || flush_loop(rx))
+            .map_err(sled::Error::Io)?;
         let meta = db.open_tree("raft_meta")?;
         let purged: Option<LogId> = match meta.get(LAST_PURGED)? {
             Some(v) => dec::<Option<LogId>>(&v).map_err(|e| sled::Error::Unsupported(e.to_string()))?,
@@ -204,16 +213,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        // One insert per entry, in index order, not one sled batch: sled
+        // seals its I/O buffer before and after every batch, and each seal
+        // is a job for its I/O pool that wakes all its idle threads; a
+        // batch per append was most of the pool's work under write load.
+        // Atomicity is not needed here: sled 0.34's recovery replays its
+        // log in LSN order and stops at the first tear (its
+        // pagecache/iterator.rs), so a crash mid-append leaves a shorter
+        // log, never a hole; and openraft counts none of these entries
+        // before the flush below.
         for e in entries {
             let v = enc(&e).map_err(|err| StorageIOError::write_log_entry(e.log_id, err))?;
-            batch.insert(&key(e.log_id.index), v);
+            self.log.insert(key(e.log_id.index), v).map_err(|e| StorageIOError::write_logs(any(e)))?;
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(any(e)))?;
         // Durable before openraft counts it: the callback is completed by
         // the flush loop after a flush that covers this batch.
-        if let Err(tokio::sync::mpsc::error::SendError((_, cb))) = self.flusher.send((self.db.clone(), callback)) {
-            // The loop is gone (runtime shutting down): flush here.
+        if let Err(std::sync::mpsc::SendError((_, cb))) = self.flusher.send((self.db.clone(), callback)) {
+            // The loop is gone (its thread panicked): flush here.
             let r = self.db.flush_async().await.map(drop).map_err(|e| std::io::Error::other(e.to_string()));
             cb.log_io_completed(r);
         }

@@ -172,9 +172,9 @@ impl Tally {
 impl Shared {
     pub fn new(config: RedisConfig, bus: Arc<crate::bus::Bus>) -> Arc<Self> {
         Arc::new(Self {
+            coalescer: super::server::Coalescer::new(config.writes_in_flight_max),
             config,
             raft: std::sync::OnceLock::new(),
-            coalescer: Default::default(),
             reads: Default::default(),
             next_id: AtomicU64::new(0),
             clients: Default::default(),

@@ -68,6 +68,11 @@ pub struct RedisConfig {
     pub expiry_sweep_keys_max: usize,
     /// Largest backup file `POST /redis/restore` accepts.
     pub restore_bytes_max: usize,
+    /// Raft entries of this node's Redis writes being committed at once;
+    /// writes arriving meanwhile queue for the next entry (group commit).
+    /// More than one was slower on a 2-core machine running 3 nodes (more
+    /// entries, each with its own appends and fsyncs); see bench/RESULTS.md.
+    pub writes_in_flight_max: usize,
 }
 
 impl Default for RedisConfig {
@@ -91,6 +96,7 @@ impl Default for RedisConfig {
             expiry_sweep_ms: 100,
             expiry_sweep_keys_max: 1000,
             restore_bytes_max: 1 << 30,
+            writes_in_flight_max: 1,
         }
     }
 }

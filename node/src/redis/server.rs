@@ -518,13 +518,16 @@ fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> anyhow::
     Ok(())
 }
 
-/// Group commit across connections: writes queued while one Raft entry is
-/// being committed go together in the next entry (`Request::Batch`), so
-/// many clients cost one log append and one fsync instead of one each.
-/// Each connection still waits for its own reply, so its order holds.
-#[derive(Default)]
+/// Group commit across connections: writes queued while earlier entries
+/// are being committed go together in the next entry (`Request::Batch`),
+/// so many clients cost one log append and one fsync instead of one each.
+/// Up to `in_flight` entries are committed at once: a write that arrives
+/// while one entry is on its way does not wait for that entry's whole
+/// round before its own starts. Each connection still waits for its own
+/// reply, so its order holds.
 pub struct Coalescer {
     queue: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Queued>>>,
+    in_flight: usize,
 }
 
 type Queued = (Request, tokio::sync::oneshot::Sender<Result<Response, String>>);
@@ -533,13 +536,17 @@ type Queued = (Request, tokio::sync::oneshot::Sender<Result<Response, String>>);
 const BATCH_MAX: usize = 1024;
 
 impl Coalescer {
+    pub fn new(in_flight: usize) -> Self {
+        Self { queue: Default::default(), in_flight: in_flight.max(1) } // validated 1..=64
+    }
+
     pub async fn write(&self, raft: &Arc<RaftNode>, req: Request) -> anyhow::Result<Response> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         {
             let mut q = self.queue.lock();
             let sender = q.get_or_insert_with(|| {
                 let (s, r) = tokio::sync::mpsc::unbounded_channel();
-                tokio::spawn(coalesce(raft.clone(), r));
+                tokio::spawn(coalesce(raft.clone(), r, self.in_flight));
                 s
             });
             if sender.send((req, tx)).is_err() {
@@ -550,8 +557,11 @@ impl Coalescer {
     }
 }
 
-async fn coalesce(raft: Arc<RaftNode>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+async fn coalesce(raft: Arc<RaftNode>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>, in_flight: usize) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
     while let Some(first) = rx.recv().await {
+        // Waiting for a slot lets more writes queue up for this entry.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let mut batch = vec![first];
         while batch.len() < BATCH_MAX {
             match rx.try_recv() {
@@ -559,27 +569,36 @@ async fn coalesce(raft: Arc<RaftNode>, mut rx: tokio::sync::mpsc::UnboundedRecei
                 Err(_) => break,
             }
         }
-        if batch.len() == 1 {
-            let (req, tx) = batch.pop().expect("one");
-            let _ = tx.send(raft.write(req).await.map_err(|e| e.to_string()));
-            continue;
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit_batch(&raft, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Commits one entry of queued writes and hands each its reply.
+async fn commit_batch(raft: &RaftNode, mut batch: Vec<Queued>) {
+    if batch.len() == 1 {
+        let (req, tx) = batch.pop().expect("one");
+        let _ = tx.send(raft.write(req).await.map_err(|e| e.to_string()));
+        return;
+    }
+    let (reqs, txs): (Vec<Request>, Vec<_>) = batch.into_iter().unzip();
+    match raft.write(Request::Batch(reqs)).await {
+        Ok(Response::Batch(rs)) if rs.len() == txs.len() => {
+            for (r, tx) in rs.into_iter().zip(txs) {
+                let _ = tx.send(Ok(r));
+            }
         }
-        let (reqs, txs): (Vec<Request>, Vec<_>) = batch.into_iter().unzip();
-        match raft.write(Request::Batch(reqs)).await {
-            Ok(Response::Batch(rs)) if rs.len() == txs.len() => {
-                for (r, tx) in rs.into_iter().zip(txs) {
-                    let _ = tx.send(Ok(r));
-                }
+        Ok(other) => {
+            for tx in txs {
+                let _ = tx.send(Err(format!("unexpected reply {other:?}")));
             }
-            Ok(other) => {
-                for tx in txs {
-                    let _ = tx.send(Err(format!("unexpected reply {other:?}")));
-                }
-            }
-            Err(e) => {
-                for tx in txs {
-                    let _ = tx.send(Err(e.to_string()));
-                }
+        }
+        Err(e) => {
+            for tx in txs {
+                let _ = tx.send(Err(e.to_string()));
             }
         }
     }
