@@ -260,6 +260,10 @@ impl Sink for ClientShared {
 /// The write task: one `write_all` per wake-up with everything queued.
 async fn write_loop(client: Arc<ClientShared>, mut wr: OwnedWriteHalf, write_deadline: Duration) {
     let mut chunk: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    // Made once: a cancellation future registers itself when first polled.
+    let kill = client.kill.clone();
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
     loop {
         let closing;
         {
@@ -277,7 +281,7 @@ async fn write_loop(client: Arc<ClientShared>, mut wr: OwnedWriteHalf, write_dea
             }
             tokio::select! {
                 _ = client.wake.notified() => continue,
-                _ = client.kill.cancelled() => break,
+                _ = &mut killed => break,
             }
         }
         tokio::select! {
@@ -294,7 +298,7 @@ async fn write_loop(client: Arc<ClientShared>, mut wr: OwnedWriteHalf, write_dea
                     break;
                 }
             },
-            _ = client.kill.cancelled() => break,
+            _ = &mut killed => break,
         }
         if chunk.capacity() > SPARE_BUFFER_BYTES_MAX {
             chunk = Vec::with_capacity(READ_CHUNK_BYTES);
@@ -585,13 +589,17 @@ pub(crate) async fn serve(server: Arc<ServerShared>, client: Arc<ClientShared>, 
     ping_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let auth_deadline = cfg.auth_required().then(|| Instant::now() + Duration::from_millis(cfg.auth_timeout_ms));
 
+    // Made once: a cancellation future registers itself when first polled.
+    let kill = client.kill.clone();
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
     let reason = 'conn: loop {
         if rbuf.capacity() - rbuf.len() < READ_CHUNK_BYTES / 4 {
             rbuf.reserve(READ_CHUNK_BYTES);
         }
         tokio::select! {
             biased;
-            _ = client.kill.cancelled() => break 'conn None,
+            _ = &mut killed => break 'conn None,
             r = rd.read_buf(&mut rbuf) => match r {
                 Ok(0) => break 'conn Some(CloseReason::ClientClosed),
                 Ok(_) => {}
