@@ -357,5 +357,9 @@ mod tests {
         c.nats.pending_bytes_max = 10;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("pending_bytes_max"), "{e}");
+        let mut c = Config::default();
+        c.redis.writes_in_flight_max = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("writes_in_flight_max"), "{e}");
     }
 }

@@ -537,7 +537,8 @@ const BATCH_MAX: usize = 1024;
 
 impl Coalescer {
     pub fn new(in_flight: usize) -> Self {
-        Self { queue: Default::default(), in_flight: in_flight.max(1) } // validated 1..=64
+        // The config allows 1..=64; 0 would never commit anything.
+        Self { queue: Default::default(), in_flight: in_flight.max(1) }
     }
 
     pub async fn write(&self, raft: &Arc<RaftNode>, req: Request) -> anyhow::Result<Response> {
