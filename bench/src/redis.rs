@@ -178,11 +178,12 @@ async fn benchmark(port: u16, tests: &str, requests: u64, clients: u32, pipeline
 }
 
 /// Runs `tests` at each pipeline depth against one catga node, a 3-node
-/// catga cluster (through its leader and through a follower), redis-server
-/// without persistence and with appendfsync always, `runs` rounds (targets in rotating order); medians of rps and
-/// of latency percentiles, with ratios to redis-server without
-/// persistence (the reference: it neither replicates nor fsyncs)
-/// and to redis-server with appendfsync always.
+/// catga cluster (through its leader and through a follower), and
+/// redis-server without persistence and with appendfsync always, `runs`
+/// rounds (targets in rotating order); medians of rps and of latency
+/// percentiles, with ratios to redis-server without persistence (the
+/// issue's reference: it neither replicates nor fsyncs) and to
+/// redis-server with appendfsync always.
 pub async fn compare(
     catga: PathBuf,
     redis_server_bin: PathBuf,

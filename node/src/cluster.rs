@@ -299,9 +299,6 @@ impl Cluster {
         }
     }
 
-    /// A queue message whose member here is gone: one member on another
-    /// node takes it instead (weighted by member count), marked so that it
-    /// goes no further.
     /// Delivers a message from peer `from` to this node's clients (inside
     /// a `deliver` span when it carries a sampled `traceparent`); a queue
     /// message no local member takes is passed on once when `may_redirect`.
@@ -322,6 +319,9 @@ impl Cluster {
         }
     }
 
+    /// A queue message whose member here is gone: one member on another
+    /// node takes it instead (weighted by member count), marked so that it
+    /// goes no further.
     fn redirect(&self, publisher: &mut Publisher, msg: &Msg<'_>, group: &[u8]) -> bool {
         let (members, random) = self.bus.remote_members(publisher, msg.subject, group);
         let total: u64 = members.iter().map(|m| m.weight()).sum();

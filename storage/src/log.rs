@@ -1,6 +1,6 @@
 //! The Raft log, vote and committed index in sled.
 //!
-//! Write path: `append` writes the entries as one sled batch, then flushes
+//! Write path: `append` inserts the entries in index order, then flushes
 //! the database (fsync) and only then tells openraft the entries are
 //! durable, so an entry a leader counts toward a majority survives a power
 //! cut. The vote is flushed before `save_vote` returns (a node must never
@@ -49,7 +49,7 @@ pub struct LogStore {
 /// It runs on its own thread and calls sled's blocking `flush`: sled's
 /// `flush_async` hands the flush to sled's I/O pool, whose every job wakes
 /// all of its idle threads, and the flush itself queues one more job (the
-/// buffer write). One job per flush instead of two halves those wake-ups.
+/// buffer write); done here, a flush is that one job.
 /// (The database travels with each request, so an idle loop holds no
 /// handle on it and a closed store can be reopened at once. The thread
 /// ends when the store and its clones are gone.)

@@ -218,15 +218,13 @@ fn only_writes_that_set_absolute_values_are_idempotent() {
     assert!(Request::Batch(vec![q(1, "s", "g", 1), Request::NodeDown { node: 2 }]).is_idempotent());
 }
 
-/// Opens the store in `dir`, polling (5 s deadline) while sled reports the
-/// directory locked: a store dropped just before may still hold its lock
+/// Runs `open` until it does not fail on sled's lock on the directory
+/// (5 s deadline): a store dropped just before may still hold the lock
 /// for a moment.
-fn open_when_unlocked(
-    dir: &std::path::Path,
-) -> Result<(catga_storage::LogStore, catga_storage::StateMachine), sled::Error> {
+fn when_unlocked<T>(mut open: impl FnMut() -> Result<T, sled::Error>) -> Result<T, sled::Error> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match catga_storage::open(dir, &StorageConfig::default()) {
+        match open() {
             Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(5))
             }
@@ -235,17 +233,10 @@ fn open_when_unlocked(
     }
 }
 
-/// The same for a raw sled handle on the directory.
-fn sled_when_unlocked(dir: &std::path::Path) -> sled::Db {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match sled::open(dir) {
-            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(5))
-            }
-            other => return other.expect("sled opens the data dir"),
-        }
-    }
+fn open_when_unlocked(
+    dir: &std::path::Path,
+) -> Result<(catga_storage::LogStore, catga_storage::StateMachine), sled::Error> {
+    when_unlocked(|| catga_storage::open(dir, &StorageConfig::default()))
 }
 
 /// A data dir of another storage format is refused at open with a clear
@@ -257,7 +248,7 @@ async fn data_dir_of_another_format_is_refused() {
     drop(open_when_unlocked(dir.path()).unwrap());
     {
         // What a build before the marker leaves: data, no marker.
-        let db = sled_when_unlocked(dir.path());
+        let db = when_unlocked(|| sled::open(dir.path())).expect("sled opens the data dir");
         db.remove(b"catga_format").unwrap();
         db.open_tree("raft_meta").unwrap().insert(b"vote", b"x").unwrap();
         db.flush().unwrap();
@@ -277,7 +268,7 @@ async fn entries_at_or_below_the_purge_point_are_never_read() {
     let dir = tempfile::tempdir().unwrap();
     drop(open_when_unlocked(dir.path()).unwrap());
     let leftovers = |purged: u64| {
-        let db = sled_when_unlocked(dir.path());
+        let db = when_unlocked(|| sled::open(dir.path())).expect("sled opens the data dir");
         let log = db.open_tree("raft_log").unwrap();
         for i in 1..=5u64 {
             log.insert(i.to_be_bytes(), postcard::to_stdvec(&entry(i, q(1, "s", "g", 1))).unwrap()).unwrap();
