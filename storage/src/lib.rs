@@ -54,20 +54,32 @@ pub fn open(dir: &Path, cfg: &StorageConfig) -> Result<(LogStore, StateMachine),
         .flush_every_ms(None)
         .mode(sled::Mode::HighThroughput)
         .open()?;
-    check_format(&db)?;
+    let found = check_format(&db)?;
     let log = LogStore::open(&db)?;
+    // Opening the state machine rewrites format 2's list rows as chunks.
     let sm = StateMachine::open(&db)?;
+    if found != FORMAT_VERSION {
+        db.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
+        db.flush()?;
+        tracing::info!(from = found, to = FORMAT_VERSION, "upgraded the data dir's storage format");
+    }
     Ok((log, sm))
 }
 
 /// Version of what this build writes to sled (log entries, state rows,
-/// snapshots). 2: Redis commands packed as [`Cmds`]. A data dir written
-/// in another version is refused at open with a clear error instead of
-/// failing to decode entries later.
-pub const FORMAT_VERSION: u32 = 2;
+/// snapshots). 2: Redis commands packed as [`Cmds`]. 3: list items in
+/// chunk rows ([`keyspace::LIST_CHUNK`] positions a row) instead of one row
+/// each. A data dir of version 2 is upgraded at open; any other version
+/// is refused with a clear error instead of failing to decode entries
+/// later.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format [`open`] upgrades.
+const FORMAT_UPGRADABLE: u32 = 2;
 const FORMAT_KEY: &[u8] = b"catga_format";
 
-fn check_format(db: &sled::Db) -> Result<(), sled::Error> {
+/// The data dir's format version (a new one is marked with this build's);
+/// an error for one this build cannot read.
+fn check_format(db: &sled::Db) -> Result<u32, sled::Error> {
     let found = match db.get(FORMAT_KEY)? {
         Some(v) => v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0),
         // Written before the marker existed (version 1), or brand new.
@@ -85,13 +97,14 @@ fn check_format(db: &sled::Db) -> Result<(), sled::Error> {
             }
         }
     };
-    if found != FORMAT_VERSION {
+    if !(FORMAT_UPGRADABLE..=FORMAT_VERSION).contains(&found) {
         return Err(sled::Error::Unsupported(format!(
-            "this data dir holds Raft storage format {found}; this catga reads format {FORMAT_VERSION} \
+            "this data dir holds Raft storage format {found}; this catga reads formats \
+             {FORMAT_UPGRADABLE} to {FORMAT_VERSION} \
              (move the data dir away and let the node catch up from the cluster, or restore a backup)"
         )));
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Any error, as openraft's storage errors carry it.

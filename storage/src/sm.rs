@@ -11,7 +11,7 @@
 //! (so later applies cannot tear it), serialized with postcard and kept in
 //! the `snapshot` tree (flushed) until the next one replaces it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -279,7 +279,13 @@ fn apply_request(view: &mut View, tree: &sled::Tree, batch: &mut Writes, req: &R
 /// Writes the keyspace's recorded changes into `batch`, each resolved
 /// against the state now (after the whole entry).
 fn persist_redis(view: &mut View, tree: &sled::Tree, batch: &mut Writes) {
+    // Element rows already resolved since the last drop: a row changed
+    // many times in one entry (pushes into one list chunk) is read once.
+    let mut written = HashSet::new();
     for c in view.keyspace.take_changes() {
+        if matches!(c, Change::All | Change::Db(_) | Change::Drop(..)) {
+            written.clear();
+        }
         match c {
             Change::All => {
                 batch.remove_prefix(tree, b"r");
@@ -297,6 +303,10 @@ fn persist_redis(view: &mut View, tree: &sled::Tree, batch: &mut Writes) {
             },
             Change::Elem(db, key, sub) => {
                 let row = elem_key(db, &key, &sub);
+                if written.contains(&row) {
+                    continue;
+                }
+                written.insert(row.clone());
                 match view.keyspace.element(db, &key, &sub) {
                     Some(bytes) => batch.insert(row, bytes),
                     None => batch.remove(row),
@@ -380,13 +390,32 @@ fn load_view(tree: &sled::Tree) -> Result<View, sled::Error> {
             _ => tracing::warn!(key = ?k, "unknown key in the state tree"),
         }
     }
+    let mut rewrite = BTreeSet::new();
     for (k, v) in elems {
         match parse_elem_key(&k) {
-            Some((db, key, sub)) => view.keyspace.load_element(db, key, sub, &v),
+            Some((db, key, sub)) => {
+                if view.keyspace.load_element(db, key, sub, &v) {
+                    rewrite.insert((db, key.to_vec()));
+                }
+            }
             None => tracing::warn!(key = ?k, "malformed element row; skipped"),
         }
     }
     view.keyspace.take_changes();
+    if !rewrite.is_empty() {
+        // Rows of an earlier layout (lists stored one item per row): write
+        // those keys again in today's, atomically, before anything reads
+        // or changes them.
+        let mut batch = Writes::default();
+        for (db, key) in &rewrite {
+            batch.remove_prefix(tree, &elem_prefix(*db, key));
+            for (sub, bytes) in view.keyspace.elements(*db, key) {
+                batch.insert(elem_key(*db, key, &sub), bytes);
+            }
+        }
+        tree.apply_batch(batch.into_batch())?;
+        tracing::info!(keys = rewrite.len(), "rewrote keys stored in an earlier layout");
+    }
     Ok(view)
 }
 

@@ -205,6 +205,106 @@ async fn collections_stored_by_element_reopen_to_the_same_state() {
     assert!(v.keyspace.entries().count() > 4, "the workload leaves keys behind");
 }
 
+/// The element rows (key, value) of Redis key `key` in db 0, straight from
+/// the closed data dir's state tree.
+fn element_rows(dir: &std::path::Path, key: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = when_unlocked(|| sled::open(dir)).expect("sled opens the data dir");
+    let mut prefix = vec![b'e', 0, 0, 0, 0];
+    prefix.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    prefix.extend_from_slice(key);
+    let tree = db.open_tree("state").expect("the state tree");
+    tree.scan_prefix(&prefix)
+        .map(|kv| kv.map(|(k, v)| (k[prefix.len()..].to_vec(), v.to_vec())).expect("a readable row"))
+        .collect()
+}
+
+fn lrange_all(sm: &catga_storage::StateMachine, key: &str) -> catga_storage::keyspace::Out {
+    let view = sm.view();
+    let v = view.read();
+    v.keyspace.read(0, 1_700_000_000_000, &[b"LRANGE", key.as_bytes(), b"0", b"-1"]).expect("LRANGE is a read")
+}
+
+/// A list is stored in chunk rows of LIST_CHUNK positions: a long list
+/// grown at both ends and trimmed takes one row per chunk it spans (not
+/// one per item), and reopens to the same items in the same order.
+#[tokio::test]
+async fn lists_are_stored_in_chunk_rows_and_reopen_in_order() {
+    use catga_storage::keyspace::LIST_CHUNK;
+    let dir = tempfile::tempdir().unwrap();
+    let items = |from: usize, to: usize| (from..to).map(|i| i.to_string()).collect::<Vec<_>>().join(" ");
+    let before = {
+        let (_log, mut sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
+        let (l1, r1, l2) = (
+            format!("LPUSH l {}", items(0, 500)),
+            format!("RPUSH l {}", items(500, 900)),
+            format!("LPUSH l {}", items(900, 1000)),
+        );
+        sm.apply(vec![
+            entry(1, redis(0, &[&l1])),
+            entry(2, redis(0, &[&r1, "LPOP l 7", "RPOP l 3"])),
+            entry(3, redis(0, &[&l2, "LTRIM l 5 -6", "LSET l 100 changed"])),
+        ])
+        .await
+        .unwrap();
+        lrange_all(&sm, "l")
+    };
+    let catga_storage::keyspace::Out::Array(ref got) = before else { panic!("{before:?}") };
+    assert_eq!(got.len(), 1000 - 7 - 3 - 10);
+    let rows = element_rows(dir.path(), b"l");
+    let spans = (got.len() as i64 + 2 * LIST_CHUNK - 2) / LIST_CHUNK;
+    assert!(
+        rows.len() as i64 <= spans && rows.len() as i64 >= got.len() as i64 / LIST_CHUNK,
+        "{} rows for {} items",
+        rows.len(),
+        got.len()
+    );
+    assert!(rows.iter().all(|(sub, _)| sub.len() == 9 && sub[8] == b'c'), "chunk rows only");
+    let (_log, sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
+    assert_eq!(lrange_all(&sm, "l"), before, "reopened list differs");
+}
+
+/// A data dir of format 2 (list items one per row, keyed by bare
+/// position) is upgraded at open: the list reads back unchanged, its rows
+/// are rewritten as chunks, and the dir is marked format 3.
+#[tokio::test]
+async fn format_2_list_rows_are_upgraded_to_chunks_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        sm.apply(vec![entry(1, redis(0, &["RPUSH q a b c d", "LPUSH q z y", "HSET h f1 v1 f2 v2"]))]).await.unwrap();
+        lrange_all(&sm, "q")
+    };
+    let hash_rows = element_rows(dir.path(), b"h");
+    {
+        // Rewrite q's rows as format 2 left them: one row per item, its
+        // sub-key the item's position (i64, sign bit flipped, big-endian).
+        let db = when_unlocked(|| sled::open(dir.path())).unwrap();
+        let tree = db.open_tree("state").unwrap();
+        let prefix = vec![b'e', 0, 0, 0, 0, 0, 0, 0, 1, b'q'];
+        for k in tree.scan_prefix(&prefix).keys() {
+            tree.remove(k.unwrap()).unwrap();
+        }
+        for (i, item) in ["y", "z", "a", "b", "c", "d"].iter().enumerate() {
+            let pos = i as i64 - 2;
+            let mut k = prefix.clone();
+            k.extend_from_slice(&((pos as u64) ^ (1 << 63)).to_be_bytes());
+            tree.insert(k, item.as_bytes()).unwrap();
+        }
+        db.insert(b"catga_format", &2u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    {
+        let (_log, sm) = open_when_unlocked(dir.path()).unwrap();
+        assert_eq!(lrange_all(&sm, "q"), before, "the format 2 list reads back");
+    }
+    let rows = element_rows(dir.path(), b"q");
+    assert_eq!(rows.len(), 2, "positions -2..3 span two chunks: {rows:?}");
+    assert!(rows.iter().all(|(sub, _)| sub.len() == 9), "{rows:?}");
+    assert_eq!(element_rows(dir.path(), b"h"), hash_rows, "other keys' rows are left alone");
+    let db = when_unlocked(|| sled::open(dir.path())).unwrap();
+    assert_eq!(db.get(b"catga_format").unwrap().unwrap().as_ref(), &3u32.to_be_bytes());
+}
+
 /// Which writes may be retried after an attempt with an unknown outcome:
 /// queue and KV writes set absolute values; Redis commands (INCR, RPUSH)
 /// would apply twice.
@@ -255,7 +355,7 @@ async fn data_dir_of_another_format_is_refused() {
     }
     let err = open_when_unlocked(dir.path()).err().expect("refused");
     let text = err.to_string();
-    assert!(text.contains("format 1") && text.contains("format 2"), "{text}");
+    assert!(text.contains("format 1") && text.contains("formats 2 to 3"), "{text}");
 }
 
 /// Entries at or below the purge point (removed in the background after

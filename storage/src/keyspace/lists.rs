@@ -1,8 +1,9 @@
 //! Lists: LPUSH LRANGE and the rest of the family.
 //!
-//! Persistence keys each item by its position ([`List::base`] + index):
-//! pushes and pops at either end touch one row. Commands that move items
-//! in the middle (LREM, LINSERT) rewrite the list's rows.
+//! Persistence keeps items in chunk rows by position ([`List::base`] +
+//! index, [`LIST_CHUNK`] positions a row): pushes and pops at either end
+//! touch one row. Commands that move items in the middle (LREM, LINSERT)
+//! rewrite the list's rows.
 
 use super::zsets::rank_range;
 use super::*;
@@ -109,7 +110,7 @@ impl Keyspace {
                         let pos: Vec<i64> = argv[2..].iter().map(|v| l.push(at, v.to_vec())).collect();
                         let len = l.items.len();
                         for p in pos {
-                            self.note_elem(db, key, list_sub(p));
+                            self.note_elem(db, key, list_chunk_sub(p));
                         }
                         Out::Int(len as i64)
                     }
@@ -136,7 +137,7 @@ impl Keyspace {
                     }
                     Ok(Some(l)) => {
                         let popped: Vec<(Vec<u8>, i64)> = (0..count.unwrap_or(1)).map_while(|_| l.pop(at)).collect();
-                        let subs: Vec<Vec<u8>> = popped.iter().map(|(_, p)| list_sub(*p)).collect();
+                        let subs: Vec<Vec<u8>> = popped.iter().map(|(_, p)| list_chunk_sub(*p)).collect();
                         for s in subs {
                             self.note_elem(db, key, s);
                         }
@@ -158,7 +159,7 @@ impl Keyspace {
                         Some(i) => {
                             l.items[i] = argv[3].to_vec();
                             let pos = l.base + i as i64;
-                            self.note_elem(db, key, list_sub(pos));
+                            self.note_elem(db, key, list_chunk_sub(pos));
                             Out::ok()
                         }
                     },
@@ -185,7 +186,7 @@ impl Keyspace {
                             gone.extend(l.pop(End::Left).map(|(_, p)| p));
                         }
                         for p in gone {
-                            self.note_elem(db, key, list_sub(p));
+                            self.note_elem(db, key, list_chunk_sub(p));
                         }
                         Out::ok()
                     }
@@ -276,7 +277,7 @@ impl Keyspace {
             Ok(None) => return Out::Nil,
             Ok(Some(l)) => {
                 let (item, pos) = l.pop(from).expect("a stored list is never empty");
-                self.note_elem(db, src, list_sub(pos));
+                self.note_elem(db, src, list_chunk_sub(pos));
                 item
             }
         };
@@ -284,7 +285,7 @@ impl Keyspace {
         match self.coll_mut::<List>(db, dst, now_ms, true) {
             Ok(Some(l)) => {
                 let pos = l.push(to, item.clone());
-                self.note_elem(db, dst, list_sub(pos));
+                self.note_elem(db, dst, list_chunk_sub(pos));
             }
             _ => unreachable!("destination type checked above"),
         }

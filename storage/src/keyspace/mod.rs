@@ -34,9 +34,12 @@ use serde::{Deserialize, Serialize};
 pub use keys::glob_match;
 pub use zsets::{Score, ZSet};
 
-/// A list: its items, and the position of the first one. Positions are
-/// what persistence keys elements by: a push at the head takes
-/// `base - 1`, so no other element moves.
+/// A list: its items, and the position of the first one. A push at the
+/// head takes `base - 1`, so no other item moves. Persistence stores the
+/// items in chunks of [`LIST_CHUNK`] consecutive positions, one row each
+/// (see [`list_chunk_sub`]): a push or pop rewrites one small row, and a
+/// pipeline of pushes into the same chunk is one row write, not one per
+/// item.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct List {
     pub base: i64,
@@ -139,7 +142,7 @@ impl Value {
             Value::Str(_) => Vec::new(),
             Value::Hash(h) => h.iter().map(|(f, v)| (f.clone(), v.clone())).collect(),
             Value::List(l) => {
-                l.items.iter().enumerate().map(|(i, v)| (list_sub(l.base + i as i64), v.clone())).collect()
+                l.chunks().filter_map(|start| Some((list_chunk_sub(start), l.encode_chunk(start)?))).collect()
             }
             Value::Set(s) => s.iter().map(|m| (m.clone(), Vec::new())).collect(),
             Value::ZSet(z) => z.iter().map(|(m, s)| (m.to_vec(), s.to_be_bytes().to_vec())).collect(),
@@ -150,11 +153,7 @@ impl Value {
         match self {
             Value::Str(_) => None,
             Value::Hash(h) => h.get(sub).cloned(),
-            Value::List(l) => {
-                let pos = list_pos(sub)?;
-                let i = usize::try_from(pos.checked_sub(l.base)?).ok()?;
-                l.items.get(i).cloned()
-            }
+            Value::List(l) => l.encode_chunk(list_chunk_start(sub)?),
             Value::Set(s) => s.contains(sub).then(Vec::new),
             Value::ZSet(z) => z.score(sub).map(|s| s.to_be_bytes().to_vec()),
         }
@@ -171,21 +170,16 @@ impl Value {
         }
     }
 
-    /// Adds one persisted element back (loading from disk).
-    fn load_element(&mut self, sub: &[u8], bytes: &[u8]) {
+    /// Adds one persisted element back (loading from disk). True when the
+    /// row is in an earlier format and the value's rows should be
+    /// rewritten.
+    fn load_element(&mut self, sub: &[u8], bytes: &[u8]) -> bool {
         match self {
             Value::Str(_) => {}
             Value::Hash(h) => {
                 h.insert(sub.to_vec(), bytes.to_vec());
             }
-            Value::List(l) => {
-                if let Some(pos) = list_pos(sub) {
-                    if l.items.is_empty() {
-                        l.base = pos;
-                    }
-                    l.items.push_back(bytes.to_vec());
-                }
-            }
+            Value::List(l) => return l.load_chunk(sub, bytes),
             Value::Set(s) => {
                 s.insert(sub.to_vec());
             }
@@ -195,16 +189,110 @@ impl Value {
                 }
             }
         }
+        false
     }
 }
 
-/// A list position as an order-preserving sub-key.
-fn list_sub(pos: i64) -> Vec<u8> {
-    ((pos as u64) ^ (1 << 63)).to_be_bytes().to_vec()
+/// List positions per persisted chunk row. Part of the on-disk format:
+/// a chunk's row key is its first position, so changing this would need
+/// the rows rewritten.
+pub const LIST_CHUNK: i64 = 32;
+
+/// Marks a chunk row's sub-key, after the chunk's first position. Rows of
+/// the earlier format (one item per row) have the bare 8-byte position;
+/// loading still reads them, and the state machine rewrites such lists
+/// as chunks when it opens.
+const CHUNK_TAG: u8 = b'c';
+
+/// A list position as an order-preserving 8 bytes.
+fn list_pos_bytes(pos: i64) -> [u8; 8] {
+    ((pos as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn list_pos(sub: &[u8]) -> Option<i64> {
-    Some((u64::from_be_bytes(sub.try_into().ok()?) ^ (1 << 63)) as i64)
+fn list_pos(b: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(b.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+/// The sub-key of the chunk row holding position `pos`.
+pub(crate) fn list_chunk_sub(pos: i64) -> Vec<u8> {
+    let start = pos.div_euclid(LIST_CHUNK) * LIST_CHUNK;
+    let mut k = Vec::with_capacity(9);
+    k.extend_from_slice(&list_pos_bytes(start));
+    k.push(CHUNK_TAG);
+    k
+}
+
+/// The first position of a chunk row's sub-key.
+fn list_chunk_start(sub: &[u8]) -> Option<i64> {
+    match sub {
+        [pos @ .., CHUNK_TAG] => list_pos(pos),
+        _ => None,
+    }
+}
+
+impl List {
+    /// The first positions of the chunks the items occupy, in order.
+    fn chunks(&self) -> impl Iterator<Item = i64> {
+        let len = self.items.len() as i64;
+        let first = self.base.div_euclid(LIST_CHUNK);
+        let last = (self.base + len - 1).div_euclid(LIST_CHUNK);
+        (first..=last).filter(move |_| len > 0).map(|c| c * LIST_CHUNK)
+    }
+
+    /// The row of the chunk starting at `start`: the position of its first
+    /// item (i64 big-endian), then each item as length (u32 big-endian)
+    /// and bytes. `None` when no item lies in the chunk.
+    fn encode_chunk(&self, start: i64) -> Option<Vec<u8>> {
+        let from = start.max(self.base);
+        let to = (start + LIST_CHUNK).min(self.base + self.items.len() as i64);
+        if from >= to {
+            return None;
+        }
+        let range = (from - self.base) as usize..(to - self.base) as usize;
+        let size: usize = self.items.range(range.clone()).map(|v| 4 + v.len()).sum();
+        let mut row = Vec::with_capacity(8 + size);
+        row.extend_from_slice(&from.to_be_bytes());
+        for v in self.items.range(range) {
+            row.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            row.extend_from_slice(v);
+        }
+        Some(row)
+    }
+
+    /// Adds one persisted row's items at the tail (rows are read in
+    /// position order): a chunk row, or one item of the earlier format
+    /// (then it returns true).
+    fn load_chunk(&mut self, sub: &[u8], bytes: &[u8]) -> bool {
+        let (first, items) = match (list_chunk_start(sub), list_pos(sub)) {
+            (Some(_), _) => match decode_chunk(bytes) {
+                Some(chunk) => chunk,
+                None => {
+                    tracing::warn!("undecodable list chunk row; skipped");
+                    return false;
+                }
+            },
+            (None, Some(pos)) => (pos, vec![bytes.to_vec()]),
+            (None, None) => return false,
+        };
+        if self.items.is_empty() {
+            self.base = first;
+        }
+        self.items.extend(items);
+        list_chunk_start(sub).is_none()
+    }
+}
+
+/// Inverse of [`List::encode_chunk`].
+fn decode_chunk(mut row: &[u8]) -> Option<(i64, Vec<Vec<u8>>)> {
+    let first = i64::from_be_bytes(row.get(..8)?.try_into().ok()?);
+    row = &row[8..];
+    let mut items = Vec::new();
+    while !row.is_empty() {
+        let len = u32::from_be_bytes(row.get(..4)?.try_into().ok()?) as usize;
+        items.push(row.get(4..4 + len)?.to_vec());
+        row = &row[4 + len..];
+    }
+    Some((first, items))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -744,10 +832,13 @@ impl Keyspace {
         }
     }
 
-    /// Adds one persisted element to the (already loaded) key.
-    pub fn load_element(&mut self, db: u32, key: &[u8], sub: &[u8], bytes: &[u8]) {
-        if let Some(e) = self.dbs.get_mut(&db).and_then(|d| d.get_mut(key)) {
-            e.value.load_element(sub, bytes);
+    /// Adds one persisted element to the (already loaded) key. True when
+    /// the row is in an earlier format: the key's rows should be rewritten
+    /// (drop them, then write [`Keyspace::elements`]).
+    pub fn load_element(&mut self, db: u32, key: &[u8], sub: &[u8], bytes: &[u8]) -> bool {
+        match self.dbs.get_mut(&db).and_then(|d| d.get_mut(key)) {
+            Some(e) => e.value.load_element(sub, bytes),
+            None => false,
         }
     }
 
