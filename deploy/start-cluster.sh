@@ -81,4 +81,4 @@ for i in 1 2 3; do
     [[ -z "$SEED" ]] && SEED=$cluster
     echo "n$i pid=$(cat "$DIR/n$i.pid") nats=nats://$nats redis=redis://$redis sentinel=$sentinel cluster=$cluster http=http://$http log=$DIR/n$i.log"
 done
-echo "cluster up; connect any NATS client to a nats:// URL above (Redis: strings and keys so far); stop with deploy/stop-cluster.sh"
+echo "cluster up; connect any NATS client to a nats:// URL above and any Redis client to a redis:// one (Sentinel-aware clients: the sentinel addresses); stop with deploy/stop-cluster.sh"
