@@ -194,6 +194,14 @@ async fn sigkill_at_random_moments_under_write_load_loses_no_acknowledged_write(
     }
 }
 
+/// The list `log` as node `p` holds it, read linearizably: the read waits
+/// until this node has applied everything the leader had committed.
+async fn log_items(p: &Proc) -> Vec<u32> {
+    let mut r =
+        redis::Client::open(format!("redis://{}/", p.redis)).unwrap().get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("LRANGE").arg("log").arg(0).arg(-1).query_async(&mut r).await.unwrap()
+}
+
 /// Redis writes through Raft: clients on every node push onto one list
 /// while the leader (even rounds) or a random node is SIGKILLed and
 /// restarted; afterwards every node's list holds every acknowledged push.
@@ -243,14 +251,7 @@ async fn redis_leader_sigkill_under_write_load_loses_no_acknowledged_write() {
     eprintln!("acknowledged Redis pushes across 4 kills: {}", acked.len());
     assert!(acked.len() >= 50, "too few writes acknowledged to mean anything: {}", acked.len());
     for p in &c.procs {
-        let mut r = redis::Client::open(format!("redis://{}/", p.redis))
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        // A linearizable read: it waits until this node has applied
-        // everything the leader had committed.
-        let items: Vec<u32> = redis::cmd("LRANGE").arg("log").arg(0).arg(-1).query_async(&mut r).await.unwrap();
+        let items = log_items(p).await;
         let present: std::collections::HashSet<u32> = items.into_iter().collect();
         let lost: Vec<&u32> = acked.iter().filter(|i| !present.contains(i)).collect();
         assert!(
@@ -260,5 +261,80 @@ async fn redis_leader_sigkill_under_write_load_loses_no_acknowledged_write() {
             p.redis,
             &lost[..lost.len().min(10)]
         );
+    }
+}
+
+/// A write forwarded by a follower whose leader dies before answering has
+/// an unknown outcome: it may commit or not. The follower retries it on
+/// the new leader as the same `Request::Once`, so clients on followers
+/// see no error across leader SIGKILLs, and no push is applied twice.
+#[tokio::test]
+async fn redis_writes_forwarded_when_the_leader_dies_apply_exactly_once() {
+    let mut c = Cluster::start().await;
+    let acked = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    for _round in 0..3 {
+        let views = until_all(&c.https(), "a leader", |v| v.raft.leader.is_some()).await;
+        let leader = views.iter().position(|v| Some(v.raft.id) == v.raft.leader).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut writers = Vec::new();
+        for f in (0..3).filter(|i| *i != leader) {
+            for _ in 0..2 {
+                let addr = c.procs[f].redis;
+                let (acked, errors, next, stop) = (acked.clone(), errors.clone(), next.clone(), stop.clone());
+                writers.push(tokio::spawn(async move {
+                    let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(15)));
+                    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+                    let mut conn = client.get_multiplexed_async_connection_with_config(&cfg).await.unwrap();
+                    while !stop.is_cancelled() {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        match redis::cmd("RPUSH").arg("log").arg(i).query_async::<i64>(&mut conn).await {
+                            Ok(_) => acked.lock().push(i),
+                            Err(e) => errors.lock().push(format!("{addr}: {e}")),
+                        }
+                    }
+                }));
+            }
+        }
+        let wait_acked = |more: usize| {
+            let (acked, from) = (acked.clone(), acked.lock().len());
+            async move {
+                let deadline = Instant::now() + T;
+                while acked.lock().len() < from + more {
+                    assert!(Instant::now() < deadline, "writes stalled");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        wait_acked(50).await;
+        kill(&mut c.procs[leader]).await;
+        wait_acked(50).await;
+        stop.cancel();
+        for w in writers {
+            w.await.unwrap();
+        }
+        c.restart(leader).await;
+        until_all(&c.https(), "all three back with a leader", |v| {
+            v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.peers.len() == 2
+        })
+        .await;
+    }
+    let errors = errors.lock().clone();
+    assert!(
+        errors.is_empty(),
+        "{} writes through followers failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    let acked = acked.lock().clone();
+    for p in &c.procs {
+        let items = log_items(p).await;
+        let mut seen = std::collections::HashSet::new();
+        let twice: Vec<u32> = items.iter().copied().filter(|i| !seen.insert(*i)).collect();
+        assert!(twice.is_empty(), "pushes applied twice on {}: {:?}", p.redis, &twice[..twice.len().min(10)]);
+        let lost: Vec<&u32> = acked.iter().filter(|i| !seen.contains(i)).collect();
+        assert!(lost.is_empty(), "acknowledged pushes missing on {}: {:?}", p.redis, &lost[..lost.len().min(10)]);
+        assert_eq!(items.len(), acked.len(), "every push was answered OK and applied once");
     }
 }

@@ -130,6 +130,56 @@ pub struct RaftNode {
     write_observer: std::sync::OnceLock<WriteObserver>,
     apply_observer: Arc<std::sync::OnceLock<catga_storage::ApplyObserver>>,
     stop: CancellationToken,
+    /// This process's writes that must apply once (see [`Request::Once`]).
+    once: OnceWrites,
+}
+
+/// Numbers this process's [`Request::Once`] writes and tracks which are
+/// still in flight (the lowest of those is the `done_below` each carries).
+struct OnceWrites {
+    /// Random per process: a restarted node starts a new origin, so its
+    /// counter can start again at 0.
+    origin: u64,
+    next: AtomicU64,
+    in_flight: parking_lot::Mutex<BTreeSet<u64>>,
+}
+
+impl OnceWrites {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // std's RandomState is seeded from the OS per process; the clock
+        // is mixed in for good measure.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        Self { origin: h.finish(), next: AtomicU64::new(0), in_flight: parking_lot::Mutex::new(BTreeSet::new()) }
+    }
+
+    /// Wraps `req` with a new seq, in flight until the guard drops.
+    fn wrap(&self, req: Request) -> (Request, OnceGuard<'_>) {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let done_below = {
+            let mut f = self.in_flight.lock();
+            f.insert(seq);
+            *f.first().unwrap_or(&seq)
+        };
+        let sent_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let req = Request::Once { origin: self.origin, seq, done_below, sent_ms, req: Box::new(req) };
+        (req, OnceGuard { writes: self, seq })
+    }
+}
+
+/// A [`Request::Once`] write in flight; finished when dropped (answered,
+/// failed or cancelled).
+struct OnceGuard<'a> {
+    writes: &'a OnceWrites,
+    seq: u64,
+}
+
+impl Drop for OnceGuard<'_> {
+    fn drop(&mut self) {
+        self.writes.in_flight.lock().remove(&self.seq);
+    }
 }
 
 /// See [`RaftNode::set_write_observer`].
@@ -173,6 +223,7 @@ impl RaftNode {
             write_observer: std::sync::OnceLock::new(),
             apply_observer,
             stop: CancellationToken::new(),
+            once: OnceWrites::new(),
         });
         mesh.set_rpc_handler(Arc::new(Server { node: Arc::downgrade(&node) }));
         tokio::spawn(form(node.clone()));
@@ -241,6 +292,15 @@ impl RaftNode {
     /// Commits `req` through the leader, wherever it is.
     pub async fn write(&self, req: Request) -> anyhow::Result<Response> {
         let started = std::time::Instant::now();
+        // A write that must not apply twice goes as a Request::Once, so an
+        // attempt whose outcome is unknown can be retried.
+        let (req, _in_flight) = match req.is_idempotent() {
+            true => (req, None),
+            false => {
+                let (req, guard) = self.once.wrap(req);
+                (req, Some(guard))
+            }
+        };
         let reply = self.to_leader(Call::Write(req)).await;
         if let Some(observe) = self.write_observer.get() {
             observe(started.elapsed(), reply.is_ok());
@@ -305,6 +365,8 @@ impl RaftNode {
     /// timeout, except a write that is not idempotent once it may have
     /// reached a leader: its outcome is then unknown (it may commit), and
     /// a retry could apply it twice, so the error goes back to the client.
+    /// ([`RaftNode::write`] sends such writes as [`Request::Once`], which
+    /// is idempotent: they are retried.)
     async fn to_leader(&self, call: Call) -> anyhow::Result<Reply> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.forward_timeout_ms);
         let once = matches!(&call, Call::Write(r) if !r.is_idempotent());
@@ -639,6 +701,7 @@ fn stamp_time(req: &mut Request, now: u64) {
     match req {
         Request::Redis { now_ms, .. } | Request::RedisExec { now_ms, .. } => *now_ms = now,
         Request::Batch(reqs) => reqs.iter_mut().for_each(|r| stamp_time(r, now)),
+        Request::Once { req, .. } => stamp_time(req, now),
         _ => {}
     }
 }

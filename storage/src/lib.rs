@@ -69,7 +69,9 @@ pub fn open(dir: &Path, cfg: &StorageConfig) -> Result<(LogStore, StateMachine),
 /// Version of what this build writes to sled (log entries, state rows,
 /// snapshots). 2: Redis commands packed as [`Cmds`]. 3: list items in
 /// chunk rows ([`keyspace::LIST_CHUNK`] positions a row) instead of one row
-/// each. A data dir of version 2 is upgraded at open; any other version
+/// each; log entries may be [`Request::Once`], whose record the state
+/// rows and snapshots keep (a format 2 snapshot still reads, with an
+/// empty record). A data dir of version 2 is upgraded at open; any other version
 /// is refused with a clear error instead of failing to decode entries
 /// later.
 pub const FORMAT_VERSION: u32 = 3;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::keyspace::{Change, Entry, Keyspace};
 use crate::types::{
     Entry as LogEntry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    ONCE_ORIGIN_TTL_MS,
 };
 use crate::{any, enc};
 
@@ -46,6 +47,20 @@ pub struct View {
     pub kv: BTreeMap<Vec<u8>, Vec<u8>>,
     /// The Redis keyspace.
     pub keyspace: Keyspace,
+    /// What [`Request::Once`] writes remember, by origin.
+    pub once: BTreeMap<u64, OnceOrigin>,
+}
+
+/// One origin's [`Request::Once`] record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OnceOrigin {
+    /// The latest `sent_ms` seen.
+    pub last_ms: u64,
+    /// The highest `done_below` seen: seqs below it are finished.
+    pub done_below: u64,
+    /// Responses (postcard) of applied seqs at or above `done_below`:
+    /// kept encoded, as their rows hold them, since a repeat is rare.
+    pub done: BTreeMap<u64, Vec<u8>>,
 }
 
 impl View {
@@ -61,6 +76,25 @@ struct SnapshotBody {
     queues: Vec<(u64, Vec<u8>, Vec<u8>, u32)>,
     kv: Vec<(Vec<u8>, Vec<u8>)>,
     redis: Vec<(u32, Vec<u8>, Entry)>,
+    once: Vec<(u64, OnceOrigin)>,
+}
+
+/// A snapshot body as format 2 wrote it (before `once`): still read, so a
+/// snapshot kept or sent by an older node installs.
+#[derive(Deserialize)]
+struct SnapshotBodyV2 {
+    queues: Vec<(u64, Vec<u8>, Vec<u8>, u32)>,
+    kv: Vec<(Vec<u8>, Vec<u8>)>,
+    redis: Vec<(u32, Vec<u8>, Entry)>,
+}
+
+impl SnapshotBody {
+    fn decode(data: &[u8]) -> postcard::Result<Self> {
+        postcard::from_bytes(data).or_else(|e| match postcard::from_bytes::<SnapshotBodyV2>(data) {
+            Ok(v2) => Ok(SnapshotBody { queues: v2.queues, kv: v2.kv, redis: v2.redis, once: Vec::new() }),
+            Err(_) => Err(e),
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -259,6 +293,9 @@ fn apply_request(view: &mut View, tree: &sled::Tree, batch: &mut Writes, req: &R
             persist_redis(view, tree, batch);
             Response::Ok
         }
+        Request::Once { origin, seq, done_below, sent_ms, req } => {
+            apply_once(view, tree, batch, *origin, *seq, *done_below, *sent_ms, req)
+        }
         Request::RedisExec { now_ms, watch, cmds } => {
             if watch.iter().any(|(db, key, fp)| view.keyspace.fingerprint(*db, key, *now_ms) != *fp) {
                 return Response::RedisExec(None);
@@ -274,6 +311,89 @@ fn apply_request(view: &mut View, tree: &sled::Tree, batch: &mut Writes, req: &R
             Response::RedisExec(Some(out))
         }
     }
+}
+
+/// `o`, origin (u64 big-endian): an origin's [`OnceOrigin`] header
+/// (`last_ms`, `done_below`); with a seq (u64 big-endian) after it, one
+/// remembered response.
+fn once_key(origin: u64, seq: Option<u64>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(b'o');
+    k.extend_from_slice(&origin.to_be_bytes());
+    if let Some(seq) = seq {
+        k.extend_from_slice(&seq.to_be_bytes());
+    }
+    k
+}
+
+fn put_once_origin(batch: &mut Writes, origin: u64, r: &OnceOrigin) {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&r.last_ms.to_be_bytes());
+    v.extend_from_slice(&r.done_below.to_be_bytes());
+    batch.insert(once_key(origin, None), v);
+}
+
+/// Applies [`Request::Once`]: the remembered response for a repeat,
+/// nothing for a seq the origin has finished with, else `req` applied and
+/// its response remembered. Forgets what the origin says it is done with,
+/// and origins silent for [`ONCE_ORIGIN_TTL_MS`].
+#[allow(clippy::too_many_arguments)]
+fn apply_once(
+    view: &mut View,
+    tree: &sled::Tree,
+    batch: &mut Writes,
+    origin: u64,
+    seq: u64,
+    done_below: u64,
+    sent_ms: u64,
+    req: &Request,
+) -> Response {
+    let stale: Vec<u64> = view
+        .once
+        .iter()
+        .filter(|(o, r)| **o != origin && r.last_ms.saturating_add(ONCE_ORIGIN_TTL_MS) < sent_ms)
+        .map(|(o, _)| *o)
+        .collect();
+    for o in stale {
+        batch.remove_prefix(tree, &once_key(o, None));
+        view.once.remove(&o);
+    }
+    let record = view.once.entry(origin).or_default();
+    record.last_ms = record.last_ms.max(sent_ms);
+    record.done_below = record.done_below.max(done_below);
+    let finished: Vec<u64> = record.done.range(..record.done_below).map(|(s, _)| *s).collect();
+    for s in finished {
+        record.done.remove(&s);
+        batch.remove(once_key(origin, Some(s)));
+    }
+    put_once_origin(batch, origin, record);
+    if let Some(r) = record.done.get(&seq) {
+        return postcard::from_bytes(r).unwrap_or_else(|e| {
+            // Cannot happen: this build encoded it.
+            tracing::error!(cause = %e, "undecodable remembered response");
+            Response::Ok
+        });
+    }
+    if seq < record.done_below {
+        // The origin has finished with this seq: answered by another copy
+        // (this one was delayed on its way to a leader, and its record is
+        // forgotten), or given up on (the client was told the outcome is
+        // unknown). Either way nobody waits for this copy, and applying it
+        // could apply the write twice.
+        tracing::debug!(origin, seq, "late copy of a finished once write; not applied");
+        return Response::Ok;
+    }
+    let response = apply_request(view, tree, batch, req);
+    match postcard::to_stdvec(&response) {
+        Ok(bytes) => {
+            batch.insert(once_key(origin, Some(seq)), &bytes);
+            view.once.entry(origin).or_default().done.insert(seq, bytes);
+        }
+        // Cannot happen for these types; a retry of this write would then
+        // apply it again.
+        Err(e) => tracing::error!(cause = %e, "cannot encode a response to remember"),
+    }
+    response
 }
 
 /// Writes the keyspace's recorded changes into `batch`, each resolved
@@ -361,6 +481,11 @@ impl StateMachine {
     }
 }
 
+/// 8 bytes as a big-endian u64; `None` for any other length.
+fn be_u64(b: Option<&[u8]>) -> Option<u64> {
+    Some(u64::from_be_bytes(b?.try_into().ok()?))
+}
+
 fn load_view(tree: &sled::Tree) -> Result<View, sled::Error> {
     let mut view = View::default();
     // Element rows sort before the headers they belong to; they are
@@ -379,6 +504,18 @@ fn load_view(tree: &sled::Tree) -> Result<View, sled::Error> {
             Some(b'k') => {
                 view.kv.insert(k[1..].to_vec(), v.to_vec());
             }
+            Some(b'o') => match (be_u64(k.get(1..9)), be_u64(k.get(9..))) {
+                (Some(origin), None) if k.len() == 9 => {
+                    // The origin's header: last_ms, done_below.
+                    let record = view.once.entry(origin).or_default();
+                    record.last_ms = be_u64(v.get(..8)).unwrap_or(0);
+                    record.done_below = be_u64(v.get(8..)).unwrap_or(0);
+                }
+                (Some(origin), Some(seq)) => {
+                    view.once.entry(origin).or_default().done.insert(seq, v.to_vec());
+                }
+                _ => tracing::warn!(key = ?k, "malformed once row; skipped"),
+            },
             Some(b'e') => elems.push((k, v)),
             Some(b'r') if k.len() >= 5 => {
                 let db = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
@@ -436,6 +573,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .collect(),
             kv: v.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             redis: v.keyspace.entries().map(|(db, k, e)| (db, k.to_vec(), e.clone())).collect(),
+            once: v.once.iter().map(|(o, r)| (*o, r.clone())).collect(),
         };
         let data = enc(&body).map_err(|e| StorageIOError::write_snapshot(None, e))?;
         let snapshot_id = match v.applied {
@@ -512,8 +650,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let body: SnapshotBody =
-            postcard::from_bytes(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+        let body =
+            SnapshotBody::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
         let mut view = View {
             applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -534,6 +672,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for (db, k, e) in body.redis {
             view.keyspace.insert(db, k.clone(), e);
             put_redis_entry(&mut batch, &view.keyspace, db, &k)?;
+        }
+        for (origin, record) in body.once {
+            put_once_origin(&mut batch, origin, &record);
+            for (seq, r) in &record.done {
+                batch.insert(once_key(origin, Some(*seq)), r);
+            }
+            view.once.insert(origin, record);
         }
         put_meta(&view, &mut batch)?;
         self.tree.apply_batch(batch.into_batch()).map_err(|e| StorageIOError::write_state_machine(any(e)))?;

@@ -84,13 +84,36 @@ pub enum Request {
         flush: bool,
         entries: Vec<(u32, Vec<u8>, crate::keyspace::Entry)>,
     },
+    /// `req`, applied at most once however many of its copies commit: a
+    /// write forwarded again after an attempt whose outcome is unknown
+    /// (its leader died) carries the same (`origin`, `seq`), and the state
+    /// machine answers a repeat with the remembered response instead of
+    /// applying it again. `origin` is a node process's random id, `seq`
+    /// its counter. `done_below`: every seq of the origin below it has
+    /// finished (answered or given up), so its response is forgotten.
+    /// `sent_ms` (the origin's clock) lets an origin that is gone (its
+    /// process stopped) be forgotten [`ONCE_ORIGIN_TTL_MS`] after its last
+    /// write.
+    Once {
+        origin: u64,
+        seq: u64,
+        done_below: u64,
+        sent_ms: u64,
+        req: Box<Request>,
+    },
 }
+
+/// How long the state machine remembers an origin of [`Request::Once`]
+/// writes after its last one (by the origins' clocks, as the entries
+/// carry them): far longer than any write is retried. A constant, not a
+/// setting: every replica must forget at the same point of the log.
+pub const ONCE_ORIGIN_TTL_MS: u64 = 10 * 60 * 1000;
 
 impl Request {
     /// Whether applying it twice has the effect of applying it once: such
     /// a write may be retried after an attempt whose outcome is unknown.
-    /// Redis commands are not (INCR, RPUSH…), so they are never retried
-    /// once sent: the client gets an error and decides, as with Redis.
+    /// Redis commands are not (INCR, RPUSH…) unless wrapped in
+    /// [`Request::Once`], which is.
     pub fn is_idempotent(&self) -> bool {
         match self {
             Request::Redis { .. } | Request::RedisExec { .. } => false,

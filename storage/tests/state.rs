@@ -305,6 +305,84 @@ async fn format_2_list_rows_are_upgraded_to_chunks_at_open() {
     assert_eq!(db.get(b"catga_format").unwrap().unwrap().as_ref(), &3u32.to_be_bytes());
 }
 
+fn once(origin: u64, seq: u64, done_below: u64, sent_ms: u64, req: Request) -> Request {
+    Request::Once { origin, seq, done_below, sent_ms, req: Box::new(req) }
+}
+
+fn incr_reply(n: i64) -> Response {
+    Response::Redis(vec![catga_storage::keyspace::Out::Int(n)])
+}
+
+/// A `Request::Once` applies once: a repeat of (origin, seq) gets the
+/// first response back and changes nothing, after a reopen and through a
+/// snapshot too. What the origin is done with is forgotten, and a late
+/// copy of it is not applied; an origin silent for the TTL is forgotten.
+#[tokio::test]
+async fn once_writes_apply_once_and_are_remembered_until_done() {
+    use catga_storage::types::ONCE_ORIGIN_TTL_MS;
+    use openraft::{RaftSnapshotBuilder, StorageError};
+    let t0 = 1_700_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let incr = || redis(0, &["INCR n"]);
+    let snapshot = {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        let out = sm
+            .apply(vec![
+                entry(1, once(7, 0, 0, t0, incr())),
+                entry(2, once(7, 1, 0, t0, incr())),
+                entry(3, once(7, 0, 0, t0, incr())),
+                entry(4, once(9, 0, 0, t0, incr())),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![incr_reply(1), incr_reply(2), incr_reply(1), incr_reply(3)],
+            "the repeat of seq 0 answered as first"
+        );
+        let mut b = sm.get_snapshot_builder().await;
+        let snap: Result<_, StorageError<u64>> = b.build_snapshot().await;
+        snap.unwrap()
+    };
+    let get_n = |sm: &catga_storage::StateMachine| {
+        let view = sm.view();
+        let v = view.read();
+        v.keyspace.read(0, t0, &[b"GET", b"n"]).unwrap()
+    };
+    {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        let out =
+            sm.apply(vec![entry(5, once(7, 1, 0, t0, incr())), entry(6, once(9, 0, 0, t0, incr()))]).await.unwrap();
+        assert_eq!(out, vec![incr_reply(2), incr_reply(3)], "remembered across a reopen");
+        assert_eq!(get_n(&sm), catga_storage::keyspace::Out::Bulk(b"3".to_vec()));
+        // Origin 7 is done below seq 2: seqs 0 and 1 are forgotten, and a
+        // late copy of seq 1 is not applied.
+        let out =
+            sm.apply(vec![entry(7, once(7, 2, 2, t0, incr())), entry(8, once(7, 1, 0, t0, incr()))]).await.unwrap();
+        assert_eq!(out, vec![incr_reply(4), Response::Ok]);
+        assert_eq!(get_n(&sm), catga_storage::keyspace::Out::Bulk(b"4".to_vec()), "the late copy changed nothing");
+        assert_eq!(sm.view().read().once[&7].done.keys().copied().collect::<Vec<_>>(), vec![2]);
+        // Origin 9 falls silent; a write of origin 7 past the TTL forgets it.
+        sm.apply(vec![entry(9, once(7, 3, 3, t0 + ONCE_ORIGIN_TTL_MS + 1, incr()))]).await.unwrap();
+        assert!(!sm.view().read().once.contains_key(&9), "a silent origin is forgotten");
+    }
+    {
+        let (_log, sm) = open_when_unlocked(dir.path()).unwrap();
+        let v = sm.view();
+        let v = v.read();
+        assert!(!v.once.contains_key(&9), "forgotten on disk too");
+        assert_eq!(v.once[&7].done.keys().copied().collect::<Vec<_>>(), vec![3]);
+    }
+    // The snapshot (taken after entry 4) carries the record: a node that
+    // installs it answers a repeat without applying it.
+    let other = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open_when_unlocked(other.path()).unwrap();
+    sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    let out = sm.apply(vec![entry(5, once(7, 1, 0, t0, incr()))]).await.unwrap();
+    assert_eq!(out, vec![incr_reply(2)]);
+    assert_eq!(get_n(&sm), catga_storage::keyspace::Out::Bulk(b"3".to_vec()));
+}
+
 /// Which writes may be retried after an attempt with an unknown outcome:
 /// queue and KV writes set absolute values; Redis commands (INCR, RPUSH)
 /// would apply twice.
@@ -316,6 +394,7 @@ fn only_writes_that_set_absolute_values_are_idempotent() {
     assert!(!redis(0, &["INCR n"]).is_idempotent());
     assert!(!Request::Batch(vec![q(1, "s", "g", 1), redis(0, &["RPUSH l x"])]).is_idempotent());
     assert!(Request::Batch(vec![q(1, "s", "g", 1), Request::NodeDown { node: 2 }]).is_idempotent());
+    assert!(once(1, 0, 0, 0, redis(0, &["INCR n"])).is_idempotent(), "a Once write is");
 }
 
 /// Runs `open` until it does not fail on sled's lock on the directory

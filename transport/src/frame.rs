@@ -16,7 +16,8 @@ use serde::Serialize;
 
 /// Version of the frame envelope and of every body encoded in it.
 /// 2: Raft entries carry Redis commands packed (`catga_storage::Cmds`).
-pub const FRAME_VERSION: u8 = 2;
+/// 3: Raft entries may be `Request::Once`, and snapshots carry its record.
+pub const FRAME_VERSION: u8 = 3;
 /// Bytes before the body: length and version.
 pub const HEADER_BYTES: usize = 5;
 
