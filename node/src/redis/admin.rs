@@ -79,6 +79,7 @@ fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, S
         "clients" => {
             put("connected_clients", shared.clients.lock().len().to_string());
             put("maxclients", shared.config.maxclients.to_string());
+            put("blocked_clients", stats.blocked.load(Ordering::Relaxed).to_string());
         }
         "memory" => {
             let rss = crate::metrics::process_rss_bytes().unwrap_or(0);
@@ -232,7 +233,8 @@ fn table() -> Vec<CommandInfo> {
             "mset" | "msetnx" => (1, -1),
             "mget" | "del" | "unlink" | "exists" | "sinter" | "sunion" | "sdiff" | "sinterstore" | "sunionstore"
             | "sdiffstore" => (1, -1),
-            "rename" | "renamenx" | "smove" | "lmove" | "rpoplpush" | "zrangestore" => (1, 2),
+            "rename" | "renamenx" | "smove" | "lmove" | "rpoplpush" | "blmove" | "brpoplpush" | "zrangestore" => (1, 2),
+            "blpop" | "brpop" => (1, -2),
             _ => (1, 1),
         };
         let step = if matches!(*name, "mset" | "msetnx") { 2 } else { i64::from(first != 0) };

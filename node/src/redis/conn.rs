@@ -52,6 +52,8 @@ pub struct Stats {
     pub misses: AtomicU64,
     /// Requests answered with an error.
     pub errors: AtomicU64,
+    /// Connections waiting in a blocking command (INFO `blocked_clients`).
+    pub blocked: AtomicU64,
     /// Calls per command, indexed like [`command_names`]; unknown
     /// commands count in the last slot.
     pub by_command: Vec<AtomicU64>,
@@ -90,6 +92,7 @@ impl Default for Stats {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
             by_command: (0..=command_names().len()).map(|_| AtomicU64::new(0)).collect(),
             durations: (0..=command_names().len()).map(|_| std::sync::OnceLock::new()).collect(),
             family: std::sync::OnceLock::new(),
@@ -260,6 +263,10 @@ pub enum Step {
     Replies(Vec<Reply>),
     /// SAVE (wait for the file) or BGSAVE (in the background).
     Save { background: bool },
+    /// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH outside MULTI: the caller pops
+    /// through the log, and while there is nothing to pop waits for one of
+    /// the keys to fill (or the timeout).
+    Block,
 }
 
 /// Fixed arity: exactly n arguments (command name included), or at least
@@ -433,6 +440,9 @@ impl Conn {
             return Step::Reply(Reply::err("NOAUTH Authentication required."));
         }
         if let Some(spec) = spec {
+            if catga_raft::keyspace::BLOCKING.contains(&name) {
+                return Step::Block;
+            }
             return Step::Store { write: spec.write };
         }
         match name {

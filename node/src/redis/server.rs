@@ -111,6 +111,9 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
     tokio::pin!(stopped, killed);
     let mut parser = Parser::new(limits);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // Bytes that arrived while a blocking command waited (the client's
+    // next commands): parsed after it.
+    let mut arrived = BytesMut::new();
     let mut out = Vec::with_capacity(READ_CHUNK_BYTES);
     loop {
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
@@ -208,6 +211,24 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                         fresh = false;
                                         emit(&shared, &exec(&shared, &mut conn, cmds).await, conn.proto(), &mut out)
                                     }
+                                    Step::Block => {
+                                        fresh = false;
+                                        // Replies so far go out before the wait.
+                                        if !out.is_empty() {
+                                            if wr.write_all(&out).await.is_err() {
+                                                return;
+                                            }
+                                            out.clear();
+                                        }
+                                        let args: Vec<Vec<u8>> = argv.iter().map(|a| a.to_vec()).collect();
+                                        let input = Input { rd: &mut rd, arrived: &mut arrived, max: query_max };
+                                        let waits = Waits { stopped: stopped.as_mut(), killed: killed.as_mut() };
+                                        match block(&shared, &conn, &args, input, waits).await {
+                                            Some(reply) => emit(&shared, &reply, conn.proto(), &mut out),
+                                            // The client left, was killed, or the server stops.
+                                            None => return,
+                                        }
+                                    }
                                 }
                                 if let Some(t) = started {
                                     shared.stats.observe(command, t.elapsed());
@@ -216,6 +237,10 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                         }
                     }
                     buf.advance(req.consumed);
+                    if !arrived.is_empty() {
+                        buf.extend_from_slice(&arrived);
+                        arrived.clear();
+                    }
                     if conn.closing {
                         close = true;
                         break;
@@ -303,6 +328,128 @@ async fn commit(shared: &Shared, conn: &Conn, writes: &mut Cmds, out: &mut Vec<u
             for _ in 0..n {
                 emit(shared, &Reply::err(NOT_COMMITTED), conn.proto(), out);
             }
+        }
+    }
+}
+
+/// The client's side of a connection while it waits in a blocking
+/// command: its next commands are kept (up to `max` bytes), and its
+/// leaving ends the wait.
+struct Input<'a> {
+    rd: &'a mut tokio::net::tcp::OwnedReadHalf,
+    arrived: &'a mut BytesMut,
+    max: usize,
+}
+
+/// What else ends a connection's wait: server stop, CLIENT KILL.
+struct Waits<S, K> {
+    stopped: S,
+    killed: K,
+}
+
+/// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH: pops through the log (one entry, as
+/// a write). While there is nothing to pop, waits until one of the keys
+/// holds something on this node (checked after each change of Raft's
+/// state, which every applied entry is) and tries again, until the
+/// timeout: then the null array Redis answers. Several waiting clients
+/// may try for one item; the log orders them and the losers wait on.
+/// `None`: the client left (nothing was popped for it), was killed, or the
+/// server stops.
+async fn block<S, K>(
+    shared: &Shared,
+    conn: &Conn,
+    args: &[Vec<u8>],
+    input: Input<'_>,
+    mut waits: Waits<S, K>,
+) -> Option<Reply>
+where
+    S: std::future::Future<Output = ()> + Unpin,
+    K: std::future::Future<Output = ()> + Unpin,
+{
+    let Some(raft) = shared.raft.get() else { return Some(Reply::err(LOADING)) };
+    let argv: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+    let first = pop_once(shared, conn, raft, &argv).await;
+    if !matches!(first, Reply::Null | Reply::NullArray) {
+        return Some(first);
+    }
+    let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+    let (keys, timeout) = match name.as_str() {
+        "blpop" | "brpop" => (&argv[1..argv.len() - 1], argv[argv.len() - 1]),
+        _ => (&argv[1..2], argv[argv.len() - 1]),
+    };
+    // Valid: the keyspace checked it before answering "nothing yet".
+    let ms = catga_raft::keyspace::block_timeout_ms(timeout, catga_raft::unix_ms()).unwrap_or(0);
+    let deadline = async {
+        match ms {
+            0 => std::future::pending().await,
+            ms => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut changes = raft.raft.metrics();
+    shared.stats.blocked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _blocked = Unblock(&shared.stats);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut waits.stopped => return None,
+            _ = &mut waits.killed => return None,
+            r = input.rd.read_buf(input.arrived) => match r {
+                Ok(0) | Err(_) => return None,
+                Ok(_) if input.arrived.len() > input.max => {
+                    tracing::warn!(client = %conn.info.addr, "Redis query buffer over its limit while blocked; closing");
+                    return None;
+                }
+                Ok(_) => continue,
+            },
+            _ = &mut deadline => return Some(Reply::NullArray),
+            changed = changes.changed() => if changed.is_err() {
+                return Some(Reply::err(NOT_COMMITTED));
+            },
+        }
+        // As Redis: only a list with items wakes the wait (a key turned
+        // into another type does not end it with an error).
+        let ready = {
+            let view = raft.view();
+            let v = view.read();
+            let now = catga_raft::unix_ms();
+            keys.iter().any(|k| {
+                matches!(
+                    v.keyspace.read(conn.info.db, now, &[b"LLEN", k]),
+                    Some(catga_raft::keyspace::Out::Int(n)) if n > 0
+                )
+            })
+        };
+        if ready {
+            let reply = pop_once(shared, conn, raft, &argv).await;
+            if !matches!(reply, Reply::Null | Reply::NullArray) {
+                return Some(reply);
+            }
+        }
+    }
+}
+
+/// Takes one off [`Stats::blocked`] when a wait ends, however it ends.
+struct Unblock<'a>(&'a super::conn::Stats);
+
+impl Drop for Unblock<'_> {
+    fn drop(&mut self) {
+        self.0.blocked.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One try of a blocking command, as a write through the log.
+async fn pop_once(shared: &Shared, conn: &Conn, raft: &Arc<catga_raft::RaftNode>, argv: &[&[u8]]) -> Reply {
+    let cmds = std::iter::once(argv.to_vec()).collect();
+    match shared.coalescer.write(raft, Request::Redis { db: conn.info.db, now_ms: 0, cmds }).await {
+        Ok(Response::Redis(mut replies)) if replies.len() == 1 => Reply::from(replies.remove(0)),
+        Ok(other) => {
+            tracing::error!(reply = ?other, "unexpected reply to a Redis write");
+            Reply::err("ERR internal error")
+        }
+        Err(e) => {
+            tracing::debug!(cause = %e, "Redis write not committed");
+            Reply::err(NOT_COMMITTED)
         }
     }
 }

@@ -249,6 +249,39 @@ impl Keyspace {
                     },
                 }
             }
+            "blpop" | "brpop" => {
+                if let Err(e) = block_timeout_ms(argv[argv.len() - 1], now_ms) {
+                    return Some(Out::err(e));
+                }
+                let at = if name == "blpop" { End::Left } else { End::Right };
+                for &k in &argv[1..argv.len() - 1] {
+                    match self.coll_mut::<List>(db, k, now_ms, false) {
+                        Err(e) => return Some(e),
+                        Ok(None) => {}
+                        Ok(Some(l)) => {
+                            let (item, pos) = l.pop(at).expect("a stored list is never empty");
+                            self.note_elem(db, k, list_chunk_sub(pos));
+                            self.settle(db, k);
+                            return Some(Out::Array(vec![Out::Bulk(k.to_vec()), Out::Bulk(item)]));
+                        }
+                    }
+                }
+                return Some(Out::NilArray);
+            }
+            "blmove" | "brpoplpush" => {
+                let (from, to, timeout) = if name == "brpoplpush" {
+                    (End::Right, End::Left, argv[3])
+                } else {
+                    match (end(argv[3]), end(argv[4])) {
+                        (Some(f), Some(t)) => (f, t, argv[5]),
+                        _ => return Some(Out::err(SYNTAX)),
+                    }
+                };
+                if let Err(e) = block_timeout_ms(timeout, now_ms) {
+                    return Some(Out::err(e));
+                }
+                return Some(self.lmove(db, now_ms, argv[1], argv[2], from, to));
+            }
             "lmove" | "rpoplpush" => {
                 let (from, to) = if name == "rpoplpush" {
                     (End::Right, End::Left)

@@ -467,6 +467,10 @@ pub const NAMES: &[&str] = &[
     "linsert",
     "lmove",
     "rpoplpush",
+    "blpop",
+    "brpop",
+    "blmove",
+    "brpoplpush",
     "lpos",
     "sadd",
     "srem",
@@ -557,6 +561,9 @@ pub fn spec(name: &str) -> Option<Spec> {
         "lset" | "lrem" | "ltrim" => (4, true),
         "linsert" | "lmove" => (5, true),
         "rpoplpush" => (3, true),
+        "blpop" | "brpop" => (-3, true),
+        "blmove" => (6, true),
+        "brpoplpush" => (4, true),
         "lpos" => (-3, false),
         // sets
         "sadd" | "srem" => (-3, true),
@@ -611,6 +618,30 @@ pub fn string2ll(b: &[u8]) -> Option<i64> {
     } else {
         v.checked_neg()
     }
+}
+
+/// The commands that wait for a list to fill. The keyspace runs them
+/// without waiting (as Redis does inside MULTI): a pop, or an empty reply
+/// ([`Out::NilArray`] for BLPOP/BRPOP, [`Out::Nil`] for BLMOVE/BRPOPLPUSH);
+/// the Redis server waits and tries again.
+pub const BLOCKING: &[&str] = &["blpop", "brpop", "blmove", "brpoplpush"];
+
+/// A blocking command's timeout argument (seconds, a float) in ms, 0 for
+/// no timeout, read as Redis 7.0 reads it: the seconds times 1000,
+/// truncated; a value past i64 (`inf`, `1e400`) wraps negative there,
+/// so it is "negative" here too; a deadline past i64 from `now_ms` is out
+/// of range.
+pub fn block_timeout_ms(arg: &[u8], now_ms: u64) -> Result<u64, &'static str> {
+    let secs = float(arg).ok_or("ERR timeout is not a float or out of range")?;
+    let ms = (secs * 1000.0).trunc();
+    if !(0.0..9.223_372_036_854_775e18).contains(&ms) {
+        return Err("ERR timeout is negative");
+    }
+    let ms = ms as u64;
+    if ms > 0 && ms > i64::MAX as u64 - now_ms {
+        return Err("ERR timeout is out of range");
+    }
+    Ok(ms)
 }
 
 /// A float argument as Redis reads one (`strtold` with no trailing junk

@@ -1,0 +1,192 @@
+//! Blocking list commands (BLPOP, BRPOP, BLMOVE, BRPOPLPUSH) on real
+//! nodes: a client waits until a push on any node fills the list, gets
+//! Redis's null array at its timeout, keeps its pipelined commands for
+//! after the wait, and pops nothing once it has left.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{TestCluster, TestNode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const T: Duration = Duration::from_secs(10);
+
+fn addr(n: &TestNode) -> SocketAddr {
+    n.node.redis.local_addr()
+}
+
+async fn client(a: SocketAddr) -> redis::aio::MultiplexedConnection {
+    let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(T));
+    redis::Client::open(format!("redis://{a}/"))
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .unwrap()
+}
+
+/// INFO's `blocked_clients` on the node at `a`.
+async fn blocked(a: SocketAddr) -> u64 {
+    let info: String = redis::cmd("INFO").arg("clients").query_async(&mut client(a).await).await.unwrap();
+    info.lines().find_map(|l| l.strip_prefix("blocked_clients:")).unwrap().trim().parse().unwrap()
+}
+
+/// Polls until the node at `a` has `n` clients waiting (deadline `T`).
+async fn until_blocked(a: SocketAddr, n: u64) {
+    let deadline = Instant::now() + T;
+    while blocked(a).await != n {
+        assert!(Instant::now() < deadline, "never {n} blocked clients on {a}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads from `s` until exactly `want` has arrived (deadline `T`).
+async fn expect(s: &mut TcpStream, want: &str) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while got.len() < want.len() {
+        let n = tokio::time::timeout(T, s.read(&mut buf)).await.expect("reply in time").unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), want);
+}
+
+/// A client blocked on an empty list is served by a push made through
+/// another node, gets the key and the item, and INFO counts it as blocked
+/// meanwhile; BRPOP with several keys takes the first that fills.
+#[tokio::test]
+async fn a_push_on_any_node_wakes_a_client_blocked_on_another() {
+    let c = TestCluster::start(3).await;
+    c.wait_voters().await;
+    let (a, b) = (addr(&c.nodes[1]), addr(&c.nodes[2]));
+    let waiter = tokio::spawn(async move {
+        let mut w = client(a).await;
+        let got: (String, String) = redis::cmd("BLPOP").arg("jobs").arg(0).query_async(&mut w).await.unwrap();
+        let got2: (String, String) =
+            redis::cmd("BRPOP").arg("none").arg("jobs2").arg(5).query_async(&mut w).await.unwrap();
+        (got, got2)
+    });
+    until_blocked(a, 1).await;
+    let mut p = client(b).await;
+    let _: i64 = redis::cmd("RPUSH").arg("jobs").arg("j1").query_async(&mut p).await.unwrap();
+    until_blocked(a, 1).await;
+    let _: i64 = redis::cmd("RPUSH").arg("jobs2").arg("x").arg("y").query_async(&mut p).await.unwrap();
+    let (got, got2) = tokio::time::timeout(T, waiter).await.unwrap().unwrap();
+    assert_eq!(got, ("jobs".to_string(), "j1".to_string()));
+    assert_eq!(got2, ("jobs2".to_string(), "y".to_string()));
+    assert_eq!(blocked(a).await, 0);
+    let left: i64 = redis::cmd("LLEN").arg("jobs2").query_async(&mut p).await.unwrap();
+    assert_eq!(left, 1, "one item popped, one left");
+}
+
+/// Two clients on two nodes wait on one list: each push goes to exactly
+/// one of them, and BLMOVE moves its item into the destination.
+#[tokio::test]
+async fn each_item_goes_to_one_waiting_client() {
+    let c = TestCluster::start(3).await;
+    c.wait_voters().await;
+    let addrs: Vec<SocketAddr> = c.nodes.iter().map(addr).collect();
+    let mut waiters = Vec::new();
+    for &a in &addrs[..2] {
+        waiters.push(tokio::spawn(async move {
+            let mut w = client(a).await;
+            let v: String = redis::cmd("BLMOVE")
+                .arg("q")
+                .arg("taken")
+                .arg("LEFT")
+                .arg("RIGHT")
+                .arg(0)
+                .query_async(&mut w)
+                .await
+                .unwrap();
+            v
+        }));
+    }
+    until_blocked(addrs[0], 1).await;
+    until_blocked(addrs[1], 1).await;
+    let mut p = client(addrs[2]).await;
+    let _: i64 = redis::cmd("RPUSH").arg("q").arg("one").query_async(&mut p).await.unwrap();
+    // One waiter got it; the other is still waiting.
+    let deadline = Instant::now() + T;
+    while blocked(addrs[0]).await + blocked(addrs[1]).await != 1 {
+        assert!(Instant::now() < deadline, "the push woke no one or both");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _: i64 = redis::cmd("RPUSH").arg("q").arg("two").query_async(&mut p).await.unwrap();
+    let mut got = Vec::new();
+    for w in waiters {
+        got.push(tokio::time::timeout(T, w).await.unwrap().unwrap());
+    }
+    got.sort();
+    assert_eq!(got, ["one", "two"]);
+    let mut taken: Vec<String> = redis::cmd("LRANGE").arg("taken").arg(0).arg(-1).query_async(&mut p).await.unwrap();
+    taken.sort();
+    assert_eq!(taken, ["one", "two"]);
+    let q: i64 = redis::cmd("LLEN").arg("q").query_async(&mut p).await.unwrap();
+    assert_eq!(q, 0);
+}
+
+/// The timeout answers as redis-server 7.0.15 does: `*-1` in RESP2 and
+/// `_` in RESP3 for every blocking command; inside MULTI nothing waits
+/// (BLPOP `*-1`, BLMOVE `$-1`). Commands pipelined after a wait are
+/// answered after it, in order.
+#[tokio::test]
+async fn timeouts_and_transactions_answer_as_redis() {
+    let n = TestNode::start().await;
+    let a = addr(&n);
+    let mut s = TcpStream::connect(a).await.unwrap();
+    let started = Instant::now();
+    s.write_all(b"BLPOP l 0.2\r\nBLMOVE l m LEFT RIGHT 0.05\r\nBRPOPLPUSH l m 0.05\r\nPING\r\n").await.unwrap();
+    expect(&mut s, "*-1\r\n*-1\r\n*-1\r\n+PONG\r\n").await;
+    assert!(started.elapsed() >= Duration::from_millis(300), "the timeouts were waited for");
+    s.write_all(b"MULTI\r\nBLPOP l 1\r\nBLMOVE l m LEFT RIGHT 1\r\nBRPOP l 1\r\nEXEC\r\n").await.unwrap();
+    expect(&mut s, "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n*-1\r\n$-1\r\n*-1\r\n").await;
+    s.write_all(b"HELLO 3\r\n").await.unwrap();
+    let mut hello = [0u8; 1];
+    s.read_exact(&mut hello).await.unwrap();
+    assert_eq!(&hello, b"%");
+    // The rest of the HELLO map, then a timeout in RESP3.
+    s.write_all(b"BLPOP l 0.05\r\nBLMOVE l m LEFT RIGHT 0.05\r\nECHO done\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"_\r\n_\r\n$4\r\ndone\r\n") {
+        let k = tokio::time::timeout(T, s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(k > 0);
+        got.extend_from_slice(&buf[..k]);
+    }
+
+    // A wait's pipelined followers run after it is served.
+    let mut w = TcpStream::connect(a).await.unwrap();
+    w.write_all(b"BRPOP jobs 0\r\nLLEN jobs\r\nPING\r\n").await.unwrap();
+    until_blocked(a, 1).await;
+    let _: i64 = redis::cmd("RPUSH").arg("jobs").arg("a").arg("b").query_async(&mut client(a).await).await.unwrap();
+    expect(&mut w, "*2\r\n$4\r\njobs\r\n$1\r\nb\r\n:1\r\n+PONG\r\n").await;
+}
+
+/// A client that leaves (or is killed) while it waits pops nothing: the
+/// item pushed after it left stays in the list.
+#[tokio::test]
+async fn a_client_that_left_while_blocked_takes_nothing() {
+    let n = TestNode::start().await;
+    let a = addr(&n);
+    let mut s = TcpStream::connect(a).await.unwrap();
+    s.write_all(b"CLIENT SETNAME gone\r\nBLPOP work 0\r\n").await.unwrap();
+    expect(&mut s, "+OK\r\n").await;
+    until_blocked(a, 1).await;
+    drop(s);
+    until_blocked(a, 0).await;
+    let mut k = TcpStream::connect(a).await.unwrap();
+    k.write_all(b"BLPOP work 0\r\n").await.unwrap();
+    until_blocked(a, 1).await;
+    let mut p = client(a).await;
+    let _: () = redis::cmd("CLIENT").arg("KILL").arg("SKIPME").arg("yes").query_async(&mut p).await.unwrap_or(());
+    until_blocked(a, 0).await;
+    let _: i64 = redis::cmd("RPUSH").arg("work").arg("w1").query_async(&mut p).await.unwrap();
+    let len: i64 = redis::cmd("LLEN").arg("work").query_async(&mut p).await.unwrap();
+    assert_eq!(len, 1, "nobody popped for the clients that left");
+}
