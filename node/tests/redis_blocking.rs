@@ -190,3 +190,33 @@ async fn a_client_that_left_while_blocked_takes_nothing() {
     let len: i64 = redis::cmd("LLEN").arg("work").query_async(&mut p).await.unwrap();
     assert_eq!(len, 1, "nobody popped for the clients that left");
 }
+
+/// BZPOPMIN waits for a sorted set as BLPOP does for a list: woken by a
+/// ZADD through another node, it answers key, member and score (a bulk
+/// string in RESP2, a double in RESP3, as redis-server 7.0.15).
+#[tokio::test]
+async fn bzpopmin_waits_for_a_sorted_set_to_fill() {
+    let c = TestCluster::start(3).await;
+    c.wait_voters().await;
+    let (a, b) = (addr(&c.nodes[0]), addr(&c.nodes[1]));
+    let mut s2 = TcpStream::connect(a).await.unwrap();
+    s2.write_all(b"BZPOPMIN none tasks 0\r\n").await.unwrap();
+    until_blocked(a, 1).await;
+    let mut p = client(b).await;
+    let _: i64 =
+        redis::cmd("ZADD").arg("tasks").arg(2).arg("late").arg(1.5).arg("soon").query_async(&mut p).await.unwrap();
+    expect(&mut s2, "*3\r\n$5\r\ntasks\r\n$4\r\nsoon\r\n$3\r\n1.5\r\n").await;
+    let mut s3 = TcpStream::connect(a).await.unwrap();
+    s3.write_all(b"HELLO 3\r\n").await.unwrap();
+    let mut b1 = [0u8; 1];
+    s3.read_exact(&mut b1).await.unwrap();
+    let mut rest = Vec::new();
+    while !rest.ends_with(b"*0\r\n") {
+        let mut buf = [0u8; 512];
+        let k = tokio::time::timeout(T, s3.read(&mut buf)).await.unwrap().unwrap();
+        assert!(k > 0);
+        rest.extend_from_slice(&buf[..k]);
+    }
+    s3.write_all(b"BZPOPMAX tasks 0\r\nBZPOPMAX tasks 0.05\r\n").await.unwrap();
+    expect(&mut s3, "*3\r\n$5\r\ntasks\r\n$4\r\nlate\r\n,2\r\n_\r\n").await;
+}

@@ -234,7 +234,7 @@ fn table() -> Vec<CommandInfo> {
             "mget" | "del" | "unlink" | "exists" | "sinter" | "sunion" | "sdiff" | "sinterstore" | "sunionstore"
             | "sdiffstore" => (1, -1),
             "rename" | "renamenx" | "smove" | "lmove" | "rpoplpush" | "blmove" | "brpoplpush" | "zrangestore" => (1, 2),
-            "blpop" | "brpop" => (1, -2),
+            "blpop" | "brpop" | "bzpopmin" | "bzpopmax" => (1, -2),
             _ => (1, 1),
         };
         let step = if matches!(*name, "mset" | "msetnx") { 2 } else { i64::from(first != 0) };

@@ -347,7 +347,7 @@ struct Waits<S, K> {
     killed: K,
 }
 
-/// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH: pops through the log (one entry, as
+/// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX: pops through the log (one entry, as
 /// a write). While there is nothing to pop, waits until one of the keys
 /// holds something on this node (checked after each change of Raft's
 /// state, which every applied entry is) and tries again, until the
@@ -374,9 +374,10 @@ where
     }
     let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
     let (keys, timeout) = match name.as_str() {
-        "blpop" | "brpop" => (&argv[1..argv.len() - 1], argv[argv.len() - 1]),
-        _ => (&argv[1..2], argv[argv.len() - 1]),
+        "blmove" | "brpoplpush" => (&argv[1..2], argv[argv.len() - 1]),
+        _ => (&argv[1..argv.len() - 1], argv[argv.len() - 1]),
     };
+    let size: &[u8] = if name.starts_with("bz") { b"ZCARD" } else { b"LLEN" };
     // Valid: the keyspace checked it before answering "nothing yet".
     let ms = catga_raft::keyspace::block_timeout_ms(timeout, catga_raft::unix_ms()).unwrap_or(0);
     let deadline = async {
@@ -407,15 +408,15 @@ where
                 return Some(Reply::err(NOT_COMMITTED));
             },
         }
-        // As Redis: only a list with items wakes the wait (a key turned
-        // into another type does not end it with an error).
+        // As Redis: only a list (sorted set) with items wakes the wait (a
+        // key turned into another type does not end it with an error).
         let ready = {
             let view = raft.view();
             let v = view.read();
             let now = catga_raft::unix_ms();
             keys.iter().any(|k| {
                 matches!(
-                    v.keyspace.read(conn.info.db, now, &[b"LLEN", k]),
+                    v.keyspace.read(conn.info.db, now, &[size, k]),
                     Some(catga_raft::keyspace::Out::Int(n)) if n > 0
                 )
             })

@@ -471,6 +471,8 @@ pub const NAMES: &[&str] = &[
     "brpop",
     "blmove",
     "brpoplpush",
+    "bzpopmin",
+    "bzpopmax",
     "lpos",
     "sadd",
     "srem",
@@ -586,6 +588,7 @@ pub fn spec(name: &str) -> Option<Spec> {
         "zcount" | "zlexcount" => (4, false),
         "zrange" | "zrangebyscore" | "zrevrangebyscore" | "zrangebylex" | "zrevrangebylex" | "zrevrange" => (-4, false),
         "zpopmin" | "zpopmax" => (-2, true),
+        "bzpopmin" | "bzpopmax" => (-3, true),
         "zremrangebyscore" | "zremrangebyrank" | "zremrangebylex" => (4, true),
         "zrangestore" => (-5, true),
         "zrandmember" => (-2, false),
@@ -620,11 +623,11 @@ pub fn string2ll(b: &[u8]) -> Option<i64> {
     }
 }
 
-/// The commands that wait for a list to fill. The keyspace runs them
-/// without waiting (as Redis does inside MULTI): a pop, or an empty reply
-/// ([`Out::NilArray`] for BLPOP/BRPOP, [`Out::Nil`] for BLMOVE/BRPOPLPUSH);
+/// The commands that wait for a list or sorted set to fill. The keyspace
+/// runs them without waiting (as Redis does inside MULTI): a pop, or an
+/// empty reply ([`Out::NilArray`], [`Out::Nil`] for BLMOVE/BRPOPLPUSH);
 /// the Redis server waits and tries again.
-pub const BLOCKING: &[&str] = &["blpop", "brpop", "blmove", "brpoplpush"];
+pub const BLOCKING: &[&str] = &["blpop", "brpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax"];
 
 /// A blocking command's timeout argument (seconds, a float) in ms, 0 for
 /// no timeout, read as Redis 7.0 reads it: the seconds times 1000,

@@ -276,6 +276,26 @@ impl Keyspace {
                     Out::Int(n as i64)
                 }
             },
+            "bzpopmin" | "bzpopmax" => {
+                if let Err(e) = block_timeout_ms(argv[argv.len() - 1], now_ms) {
+                    return Some(Out::err(e));
+                }
+                for &k in &argv[1..argv.len() - 1] {
+                    match self.coll_mut::<ZSet>(db, k, now_ms, false) {
+                        Err(e) => return Some(e),
+                        Ok(None) => {}
+                        Ok(Some(z)) => {
+                            let first = if name == "bzpopmin" { z.iter().next() } else { z.iter().next_back() };
+                            let (m, score) = first.map(|(m, s)| (m.to_vec(), s)).expect("a stored zset is never empty");
+                            z.remove(&m);
+                            self.note_elem(db, k, m.clone());
+                            self.settle(db, k);
+                            return Some(Out::Array(vec![Out::Bulk(k.to_vec()), Out::Bulk(m), Out::Double(score)]));
+                        }
+                    }
+                }
+                return Some(Out::NilArray);
+            }
             "zpopmin" | "zpopmax" => {
                 let count = match argv.get(2).map(|c| string2ll(c)) {
                     None => None,
