@@ -303,6 +303,19 @@ async fn data_types_with_the_stock_client_over_resp2_and_resp3() {
         assert_eq!(ranked, [("b".to_string(), 0.5), ("a".to_string(), 1.5)]);
         let score: f64 = redis::cmd("ZINCRBY").arg(&["z", "1", "b"]).query_async(&mut c).await.unwrap();
         assert_eq!(score, 1.5);
+        let _: i64 = redis::cmd("ZADD").arg(&["z2", "2", "a", "7", "c"]).query_async(&mut c).await.unwrap();
+        let inter: Vec<(String, f64)> =
+            redis::cmd("ZINTER").arg(&["2", "z", "z2", "WITHSCORES"]).query_async(&mut c).await.unwrap();
+        assert_eq!(inter, [("a".to_string(), 3.5)]);
+        let n: i64 = redis::cmd("ZUNIONSTORE")
+            .arg(&["zu", "2", "z", "z2", "WEIGHTS", "1", "2"])
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        let union: Vec<(String, f64)> =
+            redis::cmd("ZRANGE").arg(&["zu", "0", "-1", "WITHSCORES"]).query_async(&mut c).await.unwrap();
+        assert_eq!(union, [("b".to_string(), 1.5), ("a".to_string(), 5.5), ("c".to_string(), 14.0)]);
 
         let err = redis::cmd("LPUSH").arg(&["h", "v"]).query_async::<()>(&mut c).await.unwrap_err();
         assert!(err.to_string().contains("WRONGTYPE"), "{err}");

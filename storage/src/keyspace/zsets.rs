@@ -175,6 +175,16 @@ struct RangeReq<'a> {
 
 /// Normalizes a rank range over `len` items like Redis: negative from the
 /// end, clamped; `None` when empty.
+/// Members with their scores.
+type Members = Vec<(Vec<u8>, f64)>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ZOp {
+    Union,
+    Inter,
+    Diff,
+}
+
 pub(super) fn rank_range(start: i64, stop: i64, len: usize) -> Option<(usize, usize)> {
     let len = len as i64;
     let start = if start < 0 { (start + len).max(0) } else { start };
@@ -186,7 +196,124 @@ pub(super) fn rank_range(start: i64, stop: i64, len: usize) -> Option<(usize, us
 }
 
 impl Keyspace {
+    /// ZUNION, ZINTER, ZDIFF and their STORE forms: the inputs (sorted
+    /// sets, or sets with every score 1) from `numkeys` at `argv[at]`,
+    /// parsed and checked in Redis 7.0's order (numkeys, WRONGTYPE, then
+    /// WEIGHTS / AGGREGATE / WITHSCORES), combined, and sorted by score then
+    /// member; and whether WITHSCORES was given.
+    fn zalgebra(&self, db: u32, now_ms: u64, name: &str, argv: &[&[u8]], at: usize) -> Result<(Members, bool), Out> {
+        let store = name.ends_with("store");
+        let op = if name.starts_with("zunion") {
+            ZOp::Union
+        } else if name.starts_with("zinter") {
+            ZOp::Inter
+        } else {
+            ZOp::Diff
+        };
+        let numkeys = string2ll(argv[at]).ok_or_else(|| Out::err(NOT_INTEGER))?;
+        if numkeys < 1 {
+            return Err(Out::Err(format!("ERR at least 1 input key is needed for '{name}' command")));
+        }
+        let keys_end = at + 1 + numkeys as usize;
+        if numkeys as usize > argv.len() - at - 1 {
+            return Err(Out::err(SYNTAX));
+        }
+        let mut inputs: Vec<Members> = Vec::with_capacity(numkeys as usize);
+        for k in &argv[at + 1..keys_end] {
+            inputs.push(match self.get(db, k, now_ms).map(|e| &e.value) {
+                None => Vec::new(),
+                Some(Value::ZSet(z)) => z.iter().map(|(m, s)| (m.to_vec(), s)).collect(),
+                Some(Value::Set(set)) => set.iter().map(|m| (m.clone(), 1.0)).collect(),
+                Some(_) => return Err(Out::err(WRONGTYPE)),
+            });
+        }
+        let mut weights = vec![1.0; inputs.len()];
+        let mut agg = "sum";
+        let mut withscores = false;
+        let mut j = keys_end;
+        while j < argv.len() {
+            let remaining = argv.len() - j;
+            let opt = upper(argv[j]);
+            if op != ZOp::Diff && remaining > inputs.len() && opt == "WEIGHTS" {
+                for (i, w) in argv[j + 1..j + 1 + inputs.len()].iter().enumerate() {
+                    weights[i] = float(w).ok_or_else(|| Out::err("ERR weight value is not a float"))?;
+                }
+                j += 1 + inputs.len();
+            } else if op != ZOp::Diff && remaining >= 2 && opt == "AGGREGATE" {
+                agg = match upper(argv[j + 1]).as_str() {
+                    "SUM" => "sum",
+                    "MIN" => "min",
+                    "MAX" => "max",
+                    _ => return Err(Out::err(SYNTAX)),
+                };
+                j += 2;
+            } else if !store && opt == "WITHSCORES" {
+                withscores = true;
+                j += 1;
+            } else {
+                return Err(Out::err(SYNTAX));
+            }
+        }
+        // inf × 0 and inf + -inf are NaN; Redis makes them 0.
+        let num = |x: f64| if x.is_nan() { 0.0 } else { x };
+        let fold = |acc: f64, x: f64| match agg {
+            "min" => acc.min(x),
+            "max" => acc.max(x),
+            _ => num(acc + x),
+        };
+        let mut out: BTreeMap<Vec<u8>, f64> = BTreeMap::new();
+        match op {
+            ZOp::Union => {
+                for (input, w) in inputs.iter().zip(&weights) {
+                    for (m, s) in input {
+                        let x = num(s * w);
+                        out.entry(m.clone()).and_modify(|acc| *acc = fold(*acc, x)).or_insert(x);
+                    }
+                }
+            }
+            ZOp::Inter => {
+                // Smallest input first, as Redis (its sum's rounding
+                // follows this order).
+                let mut order: Vec<usize> = (0..inputs.len()).collect();
+                order.sort_by_key(|&i| inputs[i].len());
+                let inputs: Vec<&Members> = order.iter().map(|&i| &inputs[i]).collect();
+                let weights: Vec<f64> = order.iter().map(|&i| weights[i]).collect();
+                let maps: Vec<BTreeMap<&[u8], f64>> =
+                    inputs.iter().map(|i| i.iter().map(|(m, s)| (m.as_slice(), *s)).collect()).collect();
+                for (m, s) in inputs[0] {
+                    let mut acc = num(s * weights[0]);
+                    let mut everywhere = true;
+                    for (map, w) in maps.iter().zip(&weights).skip(1) {
+                        match map.get(m.as_slice()) {
+                            Some(t) => acc = fold(acc, num(t * w)),
+                            None => {
+                                everywhere = false;
+                                break;
+                            }
+                        }
+                    }
+                    if everywhere {
+                        out.insert(m.clone(), acc);
+                    }
+                }
+            }
+            ZOp::Diff => {
+                let others: BTreeSet<&[u8]> = inputs[1..].iter().flatten().map(|(m, _)| m.as_slice()).collect();
+                out = inputs[0].iter().filter(|(m, _)| !others.contains(m.as_slice())).cloned().collect();
+            }
+        }
+        let mut items: Vec<(Vec<u8>, f64)> = out.into_iter().collect();
+        items.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        Ok((items, withscores))
+    }
+
     pub(super) fn zset_read(&self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
+        if matches!(name, "zunion" | "zinter" | "zdiff") {
+            return Some(match self.zalgebra(db, now_ms, name, argv, 1) {
+                Ok((items, withscores)) => range_reply(items, withscores),
+                Err(e) => e,
+            });
+        }
         let z = match self.coll::<ZSet>(db, argv[1], now_ms) {
             Ok(z) => z,
             Err(e) => return Some(e),
@@ -358,6 +485,17 @@ impl Keyspace {
                     },
                 }
             }
+            "zunionstore" | "zinterstore" | "zdiffstore" => match self.zalgebra(db, now_ms, name, argv, 2) {
+                Err(e) => e,
+                Ok((items, _)) => {
+                    let n = items.len();
+                    self.remove(db, key, now_ms);
+                    if n > 0 {
+                        self.put(db, key, Entry { value: Value::ZSet(items.into()), expire_at_ms: None });
+                    }
+                    Out::Int(n as i64)
+                }
+            },
             "zrangestore" => {
                 let req = match parse_range("zrange", &argv[1..], 4) {
                     Ok(r) => r,
