@@ -317,6 +317,18 @@ async fn data_types_with_the_stock_client_over_resp2_and_resp3() {
             redis::cmd("ZRANGE").arg(&["zu", "0", "-1", "WITHSCORES"]).query_async(&mut c).await.unwrap();
         assert_eq!(union, [("b".to_string(), 1.5), ("a".to_string(), 5.5), ("c".to_string(), 14.0)]);
 
+        let _: i64 = redis::cmd("SETBIT").arg(&["bits", "9", "1"]).query_async(&mut c).await.unwrap();
+        let was: i64 = redis::cmd("SETBIT").arg(&["bits", "9", "1"]).query_async(&mut c).await.unwrap();
+        let (count, pos): (i64, i64) = redis::pipe()
+            .cmd("BITCOUNT")
+            .arg("bits")
+            .cmd("BITPOS")
+            .arg(&["bits", "1"])
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!((was, count, pos), (1, 1, 9));
+
         let err = redis::cmd("LPUSH").arg(&["h", "v"]).query_async::<()>(&mut c).await.unwrap_err();
         assert!(err.to_string().contains("WRONGTYPE"), "{err}");
     }

@@ -96,6 +96,13 @@ impl Keyspace {
                     Out::Int(if name == "ttl" { (ms + 500) / 1000 } else { ms })
                 }
             },
+            "expiretime" | "pexpiretime" => match self.get(db, argv[1], now_ms) {
+                None => Out::Int(-2),
+                Some(Entry { expire_at_ms: None, .. }) => Out::Int(-1),
+                Some(Entry { expire_at_ms: Some(t), .. }) => {
+                    Out::Int(if name == "expiretime" { *t / 1000 } else { *t } as i64)
+                }
+            },
             "type" => Out::Simple(self.get(db, argv[1], now_ms).map_or("none", |e| e.value.type_name()).into()),
             "dbsize" => Out::Int(self.len(db, now_ms) as i64),
             "scan" => {

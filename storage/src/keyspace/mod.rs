@@ -16,9 +16,11 @@
 //! [`Keyspace::take_changes`] after each entry and writes only those rows,
 //! so a push onto a long list costs one row, not the list.
 //!
-//! The commands live by family: [`strings`], [`keys`] (generic key
-//! commands), [`hashes`], [`lists`], [`sets`], [`zsets`].
+//! The commands live by family: [`strings`], [`bits`] (bitmaps on
+//! strings), [`keys`] (generic key commands), [`hashes`], [`lists`],
+//! [`sets`], [`zsets`].
 
+mod bits;
 pub mod dump;
 mod hashes;
 mod keys;
@@ -473,6 +475,12 @@ pub const NAMES: &[&str] = &[
     "brpoplpush",
     "bzpopmin",
     "bzpopmax",
+    "setbit",
+    "getbit",
+    "bitcount",
+    "bitpos",
+    "expiretime",
+    "pexpiretime",
     "zunion",
     "zinter",
     "zdiff",
@@ -596,6 +604,12 @@ pub fn spec(name: &str) -> Option<Spec> {
         "zpopmin" | "zpopmax" => (-2, true),
         "bzpopmin" | "bzpopmax" => (-3, true),
         "zunion" | "zinter" | "zdiff" => (-3, false),
+        // bitmaps
+        "setbit" => (4, true),
+        "getbit" => (3, false),
+        "bitcount" => (-2, false),
+        "bitpos" => (-3, false),
+        "expiretime" | "pexpiretime" => (2, false),
         "zunionstore" | "zinterstore" | "zdiffstore" => (-4, true),
         "zremrangebyscore" | "zremrangebyrank" | "zremrangebylex" => (4, true),
         "zrangestore" => (-5, true),
@@ -1048,6 +1062,7 @@ impl Keyspace {
             return Some(Out::Err(format!("ERR wrong number of arguments for '{name}' command")));
         }
         self.string_read(name, db, now_ms, argv)
+            .or_else(|| self.bits_read(name, db, now_ms, argv))
             .or_else(|| self.key_read(name, db, now_ms, argv))
             .or_else(|| self.hash_read(name, db, now_ms, argv))
             .or_else(|| self.list_read(name, db, now_ms, argv))
@@ -1087,6 +1102,9 @@ impl Keyspace {
             return out;
         }
         if let Some(out) = self.zset_write(name, db, now_ms, argv) {
+            return out;
+        }
+        if let Some(out) = self.bits_write(name, db, now_ms, argv) {
             return out;
         }
         Out::Err(format!("ERR unknown command '{}'", String::from_utf8_lossy(argv[0])))

@@ -335,6 +335,11 @@ fn sorted_sets_as_redis() {
 }
 
 #[test]
+fn bitmaps_as_redis() {
+    replay(include_str!("../../tests/redis/bits.txt"));
+}
+
+#[test]
 fn types_as_redis() {
     replay(include_str!("../../tests/redis/types.txt"));
 }
@@ -346,7 +351,7 @@ fn the_name_list_is_the_command_table() {
         assert!(spec(n).is_some(), "{n} listed but unknown");
         assert!(seen.insert(*n), "{n} listed twice");
     }
-    assert_eq!(seen.len(), 124);
+    assert_eq!(seen.len(), 130);
 }
 
 /// The clock is an argument, so expiry is tested at exact instants (a
