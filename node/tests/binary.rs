@@ -124,15 +124,32 @@ async fn worker_threads_sets_the_runtime_threads() {
     assert_eq!(workers, 1);
 }
 
-/// Reads JSON log lines from `lines` until one whose message is `want`.
+/// The node's JSON log lines, read from its stderr by a task of their own
+/// as they come: a node logging at `debug` fills a pipe nobody reads in
+/// moments, and then blocks on its next log line.
+fn json_lines(stderr: tokio::process::ChildStderr) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Takes log lines from `lines` until one whose message is `want`.
 async fn next_json(
-    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
     want: &str,
 ) -> serde_json::Value {
     let read = async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let v: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        while let Some(v) = lines.recv().await {
             if v["fields"]["message"] == want {
                 return v;
             }
@@ -147,13 +164,12 @@ async fn next_json(
 /// which the default `info` leaves out.
 #[tokio::test]
 async fn json_logs_at_the_level_rust_log_sets() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_catga"));
     cmd.args(LOOPBACK_PORT_ZERO).args(["--log-format", "json", "--data-dir"]).arg(dir.path());
     cmd.env("RUST_LOG", "debug").stderr(std::process::Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = json_lines(child.stderr.take().unwrap());
     let listening = next_json(&mut lines, "catga node listening").await;
     assert_eq!(listening["level"], "INFO");
     let nats: std::net::SocketAddr = listening["fields"]["nats"].as_str().unwrap().parse().unwrap();
