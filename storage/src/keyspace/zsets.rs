@@ -308,6 +308,11 @@ impl Keyspace {
     }
 
     pub(super) fn zset_read(&self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
+        // Not ours: leave the key alone (its type is no business of this
+        // family's for another family's command).
+        if !name.starts_with('z') {
+            return None;
+        }
         if matches!(name, "zunion" | "zinter" | "zdiff") {
             return Some(match self.zalgebra(db, now_ms, name, argv, 1) {
                 Ok((items, withscores)) => range_reply(items, withscores),
