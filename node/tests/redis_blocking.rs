@@ -46,14 +46,7 @@ async fn until_blocked(a: SocketAddr, n: u64) {
 
 /// Reads from `s` until exactly `want` has arrived (deadline `T`).
 async fn expect(s: &mut TcpStream, want: &str) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while got.len() < want.len() {
-        let n = tokio::time::timeout(T, s.read(&mut buf)).await.expect("reply in time").unwrap();
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert_eq!(String::from_utf8_lossy(&got), want);
+    common::expect_bytes(s, want.as_bytes(), T).await;
 }
 
 /// A client blocked on an empty list is served by a push made through

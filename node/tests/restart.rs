@@ -338,3 +338,41 @@ async fn redis_writes_forwarded_when_the_leader_dies_apply_exactly_once() {
         assert_eq!(items.len(), acked.len(), "every push was answered OK and applied once");
     }
 }
+
+/// A client blocked in BLPOP on a follower keeps waiting through a leader
+/// SIGKILL (no error, no reconnect) and is served by a push made after the
+/// new leader took over.
+#[tokio::test]
+async fn a_client_blocked_on_a_follower_is_served_after_the_leader_dies() {
+    use tokio::io::AsyncWriteExt;
+    let mut c = Cluster::start().await;
+    let views = until_all(&c.https(), "a leader", |v| v.raft.leader.is_some()).await;
+    let leader = views.iter().position(|v| Some(v.raft.id) == v.raft.leader).unwrap();
+    let (f1, f2) = ((leader + 1) % 3, (leader + 2) % 3);
+    let mut waiter = tokio::net::TcpStream::connect(c.procs[f1].redis).await.unwrap();
+    waiter.write_all(b"BLPOP jobs 0\r\n").await.unwrap();
+    let blocked = |addr: std::net::SocketAddr| async move {
+        let mut r =
+            redis::Client::open(format!("redis://{addr}/")).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO").arg("clients").query_async(&mut r).await.unwrap();
+        info.lines().find_map(|l| l.strip_prefix("blocked_clients:")).unwrap().trim().to_string()
+    };
+    let deadline = Instant::now() + T;
+    while blocked(c.procs[f1].redis).await != "1" {
+        assert!(Instant::now() < deadline, "the client never blocked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    kill(&mut c.procs[leader]).await;
+    c.restart(leader).await;
+    until_all(&c.https(), "all three back with a leader", |v| {
+        v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.peers.len() == 2
+    })
+    .await;
+    let mut p = redis::Client::open(format!("redis://{}/", c.procs[f2].redis))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("RPUSH").arg("jobs").arg("after-failover").query_async(&mut p).await.unwrap();
+    common::expect_bytes(&mut waiter, b"*2\r\n$4\r\njobs\r\n$14\r\nafter-failover\r\n", T).await;
+}

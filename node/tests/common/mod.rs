@@ -236,3 +236,16 @@ impl Raw {
         }
     }
 }
+
+/// Reads from `s` until exactly `want` has arrived (within `within`), and
+/// checks it is `want`: a reply that comes after a wait.
+pub async fn expect_bytes(s: &mut TcpStream, want: &[u8], within: Duration) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while got.len() < want.len() {
+        let n = tokio::time::timeout(within, s.read(&mut buf)).await.expect("reply in time").unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+}
