@@ -49,6 +49,22 @@ async fn expect(s: &mut TcpStream, want: &str) {
     common::expect_bytes(s, want.as_bytes(), T).await;
 }
 
+/// A raw connection switched to RESP3, its HELLO reply read (the map ends
+/// with `modules`, an empty array).
+async fn resp3(a: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(a).await.unwrap();
+    s.write_all(b"HELLO 3\r\n").await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"$7\r\nmodules\r\n*0\r\n") {
+        let mut buf = [0u8; 512];
+        let k = tokio::time::timeout(T, s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(k > 0, "closed during HELLO");
+        got.extend_from_slice(&buf[..k]);
+    }
+    assert!(got.starts_with(b"%"), "{:?}", String::from_utf8_lossy(&got));
+    s
+}
+
 /// A client blocked on an empty list is served by a push made through
 /// another node, gets the key and the item, and INFO counts it as blocked
 /// meanwhile; BRPOP with several keys takes the first that fills.
@@ -199,17 +215,33 @@ async fn bzpopmin_waits_for_a_sorted_set_to_fill() {
     let _: i64 =
         redis::cmd("ZADD").arg("tasks").arg(2).arg("late").arg(1.5).arg("soon").query_async(&mut p).await.unwrap();
     expect(&mut s2, "*3\r\n$5\r\ntasks\r\n$4\r\nsoon\r\n$3\r\n1.5\r\n").await;
-    let mut s3 = TcpStream::connect(a).await.unwrap();
-    s3.write_all(b"HELLO 3\r\n").await.unwrap();
-    let mut b1 = [0u8; 1];
-    s3.read_exact(&mut b1).await.unwrap();
-    let mut rest = Vec::new();
-    while !rest.ends_with(b"*0\r\n") {
-        let mut buf = [0u8; 512];
-        let k = tokio::time::timeout(T, s3.read(&mut buf)).await.unwrap().unwrap();
-        assert!(k > 0);
-        rest.extend_from_slice(&buf[..k]);
-    }
+    let mut s3 = resp3(a).await;
     s3.write_all(b"BZPOPMAX tasks 0\r\nBZPOPMAX tasks 0.05\r\n").await.unwrap();
     expect(&mut s3, "*3\r\n$5\r\ntasks\r\n$4\r\nlate\r\n,2\r\n_\r\n").await;
+}
+
+/// BLMPOP and BZMPOP (timeout first, then numkeys and keys) wait like the
+/// others and answer as redis-server 7.0.15: the key, then the popped
+/// items (members with their scores: bulk strings in RESP2, doubles in
+/// RESP3); `*-1` at the timeout.
+#[tokio::test]
+async fn blmpop_and_bzmpop_wait_for_any_of_their_keys() {
+    let n = TestNode::start().await;
+    let a = addr(&n);
+    let mut w = TcpStream::connect(a).await.unwrap();
+    w.write_all(b"BLMPOP 0.05 1 none LEFT\r\nBLMPOP 0 2 q1 q2 RIGHT COUNT 2\r\n").await.unwrap();
+    expect(&mut w, "*-1\r\n").await;
+    until_blocked(a, 1).await;
+    let mut p = client(a).await;
+    let _: i64 = redis::cmd("RPUSH").arg("q2").arg(&["x", "y", "z"]).query_async(&mut p).await.unwrap();
+    expect(&mut w, "*2\r\n$2\r\nq2\r\n*2\r\n$1\r\nz\r\n$1\r\ny\r\n").await;
+
+    w.write_all(b"BZMPOP 0 1 zq MIN COUNT 2\r\n").await.unwrap();
+    until_blocked(a, 1).await;
+    let _: i64 = redis::cmd("ZADD").arg(&["zq", "2", "b", "1", "a", "3", "c"]).query_async(&mut p).await.unwrap();
+    expect(&mut w, "*2\r\n$2\r\nzq\r\n*2\r\n*2\r\n$1\r\na\r\n$1\r\n1\r\n*2\r\n$1\r\nb\r\n$1\r\n2\r\n").await;
+
+    let mut r3 = resp3(a).await;
+    r3.write_all(b"BZMPOP 0 1 zq MAX\r\n").await.unwrap();
+    expect(&mut r3, "*2\r\n$2\r\nzq\r\n*1\r\n*2\r\n$1\r\nc\r\n,3\r\n").await;
 }

@@ -228,7 +228,8 @@ fn table() -> Vec<CommandInfo> {
         let spec = catga_raft::keyspace::spec(name).expect("listed");
         let flag = if spec.write { "write" } else { "readonly" };
         let (first, last) = match *name {
-            "dbsize" | "randomkey" | "keys" | "scan" | "flushdb" | "flushall" | "zunion" | "zinter" | "zdiff" => (0, 0),
+            "dbsize" | "randomkey" | "keys" | "scan" | "flushdb" | "flushall" | "zunion" | "zinter" | "zdiff"
+            | "lmpop" | "blmpop" | "zmpop" | "bzmpop" => (0, 0),
             "sintercard" => (2, 2),
             "mset" | "msetnx" => (1, -1),
             "mget" | "del" | "unlink" | "exists" | "sinter" | "sunion" | "sdiff" | "sinterstore" | "sunionstore"

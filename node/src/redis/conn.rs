@@ -263,7 +263,8 @@ pub enum Step {
     Replies(Vec<Reply>),
     /// SAVE (wait for the file) or BGSAVE (in the background).
     Save { background: bool },
-    /// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX outside MULTI:
+    /// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX, BLMPOP, BZMPOP
+    /// outside MULTI:
     /// the caller pops through the log, and while there is nothing to pop
     /// waits for one of the keys to fill (or the timeout).
     Block,

@@ -347,7 +347,8 @@ struct Waits<S, K> {
     killed: K,
 }
 
-/// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX: pops through the log (one entry, as
+/// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX, BLMPOP, BZMPOP:
+/// pops through the log (one entry, as
 /// a write). While there is nothing to pop, waits until one of the keys
 /// holds something on this node (checked after each change of Raft's
 /// state, which every applied entry is) and tries again, until the
@@ -375,6 +376,12 @@ where
     let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
     let (keys, timeout) = match name.as_str() {
         "blmove" | "brpoplpush" => (&argv[1..2], argv[argv.len() - 1]),
+        // BLMPOP / BZMPOP timeout numkeys key...: the keyspace checked
+        // numkeys against the arguments before answering "nothing yet".
+        "blmpop" | "bzmpop" => {
+            let n = std::str::from_utf8(argv[2]).ok().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+            (&argv[3..(3 + n).min(argv.len())], argv[1])
+        }
         _ => (&argv[1..argv.len() - 1], argv[argv.len() - 1]),
     };
     let size: &[u8] = if name.starts_with("bz") { b"ZCARD" } else { b"LLEN" };

@@ -268,6 +268,32 @@ impl Keyspace {
                 }
                 return Some(Out::NilArray);
             }
+            "lmpop" | "blmpop" => {
+                let at = match mpop_numkeys_at(name, argv, now_ms) {
+                    Ok(at) => at,
+                    Err(e) => return Some(e),
+                };
+                let (keys, side, count) = match mpop_args(argv, at, end) {
+                    Ok(a) => a,
+                    Err(e) => return Some(e),
+                };
+                for k in keys {
+                    match self.coll_mut::<List>(db, k, now_ms, false) {
+                        Err(e) => return Some(e),
+                        Ok(None) => {}
+                        Ok(Some(l)) => {
+                            let popped: Vec<(Vec<u8>, i64)> = (0..count).map_while(|_| l.pop(side)).collect();
+                            for (_, p) in &popped {
+                                self.note_elem(db, k, list_chunk_sub(*p));
+                            }
+                            self.settle(db, k);
+                            let items = popped.into_iter().map(|(v, _)| Out::Bulk(v)).collect();
+                            return Some(Out::Array(vec![Out::Bulk(k.to_vec()), Out::Array(items)]));
+                        }
+                    }
+                }
+                return Some(Out::NilArray);
+            }
             "blmove" | "brpoplpush" => {
                 let (from, to, timeout) = if name == "brpoplpush" {
                     (End::Right, End::Left, argv[3])

@@ -475,6 +475,10 @@ pub const NAMES: &[&str] = &[
     "brpoplpush",
     "bzpopmin",
     "bzpopmax",
+    "lmpop",
+    "blmpop",
+    "zmpop",
+    "bzmpop",
     "setbit",
     "getbit",
     "bitcount",
@@ -604,6 +608,8 @@ pub fn spec(name: &str) -> Option<Spec> {
         "zpopmin" | "zpopmax" => (-2, true),
         "bzpopmin" | "bzpopmax" => (-3, true),
         "zunion" | "zinter" | "zdiff" => (-3, false),
+        "lmpop" | "zmpop" => (-4, true),
+        "blmpop" | "bzmpop" => (-5, true),
         // bitmaps
         "setbit" => (4, true),
         "getbit" => (3, false),
@@ -649,7 +655,7 @@ pub fn string2ll(b: &[u8]) -> Option<i64> {
 /// runs them without waiting (as Redis does inside MULTI): a pop, or an
 /// empty reply ([`Out::NilArray`], [`Out::Nil`] for BLMOVE/BRPOPLPUSH);
 /// the Redis server waits and tries again.
-pub const BLOCKING: &[&str] = &["blpop", "brpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax"];
+pub const BLOCKING: &[&str] = &["blpop", "brpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax", "blmpop", "bzmpop"];
 
 /// A blocking command's timeout argument (seconds, a float) in ms, 0 for
 /// no timeout, read as Redis 7.0 reads it: the seconds times 1000,
@@ -667,6 +673,42 @@ pub fn block_timeout_ms(arg: &[u8], now_ms: u64) -> Result<u64, &'static str> {
         return Err("ERR timeout is out of range");
     }
     Ok(ms)
+}
+
+/// Where numkeys is in LMPOP / ZMPOP (1) or, after the timeout (checked
+/// first, as Redis does), in BLMPOP / BZMPOP (2).
+fn mpop_numkeys_at(name: &str, argv: &[&[u8]], now_ms: u64) -> Result<usize, Out> {
+    if !name.starts_with('b') {
+        return Ok(1);
+    }
+    block_timeout_ms(argv[1], now_ms).map_err(Out::err)?;
+    Ok(2)
+}
+
+/// LMPOP / ZMPOP's arguments from `numkeys` at `argv[at]`: the keys, the
+/// side word (checked by `side`), and COUNT (1 if not given), checked in
+/// Redis 7.0's order with its error texts.
+fn mpop_args<'a, T>(
+    argv: &[&'a [u8]],
+    at: usize,
+    side: impl Fn(&[u8]) -> Option<T>,
+) -> Result<(Vec<&'a [u8]>, T, usize), Out> {
+    let numkeys = match string2ll(argv[at]) {
+        Some(n) if n >= 1 => n as usize,
+        _ => return Err(Out::err("ERR numkeys should be greater than 0")),
+    };
+    let side_at = at + 1 + numkeys;
+    let Some(word) = argv.get(side_at) else { return Err(Out::err(SYNTAX)) };
+    let side = side(word).ok_or_else(|| Out::err(SYNTAX))?;
+    let count = match &argv[side_at + 1..] {
+        [] => 1,
+        [opt, n] if upper(opt) == "COUNT" => match string2ll(n) {
+            Some(n) if n >= 1 => n as usize,
+            _ => return Err(Out::err("ERR count should be greater than 0")),
+        },
+        _ => return Err(Out::err(SYNTAX)),
+    };
+    Ok((argv[at + 1..side_at].to_vec(), side, count))
 }
 
 /// A float argument as Redis reads one (`strtold` with no trailing junk

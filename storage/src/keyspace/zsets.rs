@@ -83,6 +83,20 @@ impl ZSet {
     }
 
     /// Members in order, lowest score first.
+    /// Removes and returns up to `n` members from the low end (`min`) or
+    /// the high end, in that order.
+    pub fn pop(&mut self, min: bool, n: usize) -> Vec<(Vec<u8>, f64)> {
+        let picked: Vec<(Vec<u8>, f64)> = if min {
+            self.iter().take(n).map(|(m, s)| (m.to_vec(), s)).collect()
+        } else {
+            self.iter().rev().take(n).map(|(m, s)| (m.to_vec(), s)).collect()
+        };
+        for (m, _) in &picked {
+            self.remove(m);
+        }
+        picked
+    }
+
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&[u8], f64)> {
         self.order.iter().map(|(s, m)| (m.as_slice(), s.0))
     }
@@ -408,6 +422,40 @@ impl Keyspace {
                     Out::Int(n as i64)
                 }
             },
+            "zmpop" | "bzmpop" => {
+                let at = match mpop_numkeys_at(name, argv, now_ms) {
+                    Ok(at) => at,
+                    Err(e) => return Some(e),
+                };
+                let side = |w: &[u8]| match upper(w).as_str() {
+                    "MIN" => Some(true),
+                    "MAX" => Some(false),
+                    _ => None,
+                };
+                let (keys, min, count) = match mpop_args(argv, at, side) {
+                    Ok(a) => a,
+                    Err(e) => return Some(e),
+                };
+                for k in keys {
+                    match self.coll_mut::<ZSet>(db, k, now_ms, false) {
+                        Err(e) => return Some(e),
+                        Ok(None) => {}
+                        Ok(Some(z)) => {
+                            let picked = z.pop(min, count);
+                            for (m, _) in &picked {
+                                self.note_elem(db, k, m.clone());
+                            }
+                            self.settle(db, k);
+                            let items = picked
+                                .into_iter()
+                                .map(|(m, s)| Out::Array(vec![Out::Bulk(m), Out::Double(s)]))
+                                .collect();
+                            return Some(Out::Array(vec![Out::Bulk(k.to_vec()), Out::Array(items)]));
+                        }
+                    }
+                }
+                return Some(Out::NilArray);
+            }
             "bzpopmin" | "bzpopmax" => {
                 if let Err(e) = block_timeout_ms(argv[argv.len() - 1], now_ms) {
                     return Some(Out::err(e));
@@ -417,9 +465,7 @@ impl Keyspace {
                         Err(e) => return Some(e),
                         Ok(None) => {}
                         Ok(Some(z)) => {
-                            let first = if name == "bzpopmin" { z.iter().next() } else { z.iter().next_back() };
-                            let (m, score) = first.map(|(m, s)| (m.to_vec(), s)).expect("a stored zset is never empty");
-                            z.remove(&m);
+                            let (m, score) = z.pop(name == "bzpopmin", 1).pop().expect("a stored zset is never empty");
                             self.note_elem(db, k, m.clone());
                             self.settle(db, k);
                             return Some(Out::Array(vec![Out::Bulk(k.to_vec()), Out::Bulk(m), Out::Double(score)]));
@@ -441,15 +487,7 @@ impl Keyspace {
                     Err(e) => e,
                     Ok(None) => Out::Array(vec![]),
                     Ok(Some(z)) => {
-                        let n = count.unwrap_or(1).min(z.len());
-                        let picked: Vec<(Vec<u8>, f64)> = if name == "zpopmin" {
-                            z.iter().take(n).map(|(m, s)| (m.to_vec(), s)).collect()
-                        } else {
-                            z.iter().rev().take(n).map(|(m, s)| (m.to_vec(), s)).collect()
-                        };
-                        for (m, _) in &picked {
-                            z.remove(m);
-                        }
+                        let picked = z.pop(name == "zpopmin", count.unwrap_or(1));
                         for (m, _) in &picked {
                             self.note_elem(db, key, m.clone());
                         }
