@@ -362,39 +362,31 @@ impl RaftNode {
     /// Serves `call` here if this node leads, else forwards it to the leader.
     ///
     /// Failed attempts are retried (on the next leader) until the forward
-    /// timeout, except a write that is not idempotent once it may have
-    /// reached a leader: its outcome is then unknown (it may commit), and
-    /// a retry could apply it twice, so the error goes back to the client.
-    /// ([`RaftNode::write`] sends such writes as [`Request::Once`], which
-    /// is idempotent: they are retried.)
+    /// timeout, even when an attempt may have reached a leader: every
+    /// write that comes here is idempotent, because [`RaftNode::write`]
+    /// sends the others as [`Request::Once`].
     async fn to_leader(&self, call: Call) -> anyhow::Result<Reply> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.forward_timeout_ms);
-        let once = matches!(&call, Call::Write(r) if !r.is_idempotent());
         loop {
             let leader = self.leader();
-            // (error, whether the call may have reached a leader)
-            let attempt: Result<Reply, (String, bool)> = match leader {
-                Some(l) if l == self.id => self.serve_as_leader(&call).await.map_err(|e| (e, true)),
+            let attempt: Result<Reply, String> = match leader {
+                Some(l) if l == self.id => self.serve_as_leader(&call).await,
                 Some(l) => {
                     // Given up on as soon as this node sees another leader
                     // (the old one may be dead, and its link not yet timed
                     // out), and retried there.
                     let timeout = Duration::from_millis(self.cfg.forward_timeout_ms);
                     tokio::select! {
-                        r = network::call(&self.mesh, l, &call, timeout) => r.map_err(|e| {
-                            let sent = !matches!(e, catga_transport::mesh::RpcError::Unreachable(_));
-                            (e.to_string(), sent)
-                        }),
-                        _ = self.leader_other_than(l) => Err((format!("leader {l} was replaced"), true)),
+                        r = network::call(&self.mesh, l, &call, timeout) => r.map_err(|e| e.to_string()),
+                        _ = self.leader_other_than(l) => Err(format!("leader {l} was replaced")),
                     }
                 }
-                None => Err(("no leader".to_string(), false)),
+                None => Err("no leader".to_string()),
             };
             match attempt {
                 Ok(r) => return Ok(r),
-                Err((e, true)) if once => anyhow::bail!("outcome unknown, not retried: {e}"),
-                Err((e, _)) if tokio::time::Instant::now() >= deadline => anyhow::bail!("{e}"),
-                Err((e, _)) => {
+                Err(e) if tokio::time::Instant::now() >= deadline => anyhow::bail!("{e}"),
+                Err(e) => {
                     tracing::debug!(cause = %e, "leader call failed; retrying");
                     // Retry when a (new) leader is known, or after a heartbeat.
                     let pause = tokio::time::sleep(Duration::from_millis(self.cfg.heartbeat_ms));

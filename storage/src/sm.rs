@@ -424,10 +424,9 @@ fn persist_redis(view: &mut View, tree: &sled::Tree, batch: &mut Writes) {
             },
             Change::Elem(db, key, sub) => {
                 let row = elem_key(db, &key, &sub);
-                if written.contains(&row) {
+                if !written.insert(row.clone()) {
                     continue;
                 }
-                written.insert(row.clone());
                 match view.keyspace.element(db, &key, &sub) {
                     Some(bytes) => batch.insert(row, bytes),
                     None => batch.remove(row),

@@ -302,32 +302,26 @@ async fn commit(shared: &Shared, conn: &Conn, writes: &mut Cmds, out: &mut Vec<u
     if writes.is_empty() {
         return;
     }
-    let cmds = std::mem::take(writes);
+    for r in write_cmds(shared, conn.info.db, std::mem::take(writes)).await {
+        emit(shared, &r, conn.proto(), out);
+    }
+}
+
+/// Commits `cmds` (keyspace writes in database `db`) as one Raft entry:
+/// one reply per command, every one the error if the entry could not be
+/// committed.
+async fn write_cmds(shared: &Shared, db: u32, cmds: Cmds) -> Vec<Reply> {
     let n = cmds.len();
-    let Some(raft) = shared.raft.get() else {
-        for _ in 0..n {
-            emit(shared, &Reply::err(LOADING), conn.proto(), out);
-        }
-        return;
-    };
-    let req = Request::Redis { db: conn.info.db, now_ms: 0, cmds };
-    match shared.coalescer.write(raft, req).await {
-        Ok(Response::Redis(replies)) if replies.len() == n => {
-            for r in replies {
-                emit(shared, &Reply::from(r), conn.proto(), out);
-            }
-        }
+    let Some(raft) = shared.raft.get() else { return vec![Reply::err(LOADING); n] };
+    match shared.coalescer.write(raft, Request::Redis { db, now_ms: 0, cmds }).await {
+        Ok(Response::Redis(replies)) if replies.len() == n => replies.into_iter().map(Reply::from).collect(),
         Ok(other) => {
             tracing::error!(reply = ?other, "unexpected reply to a Redis write");
-            for _ in 0..n {
-                emit(shared, &Reply::err("ERR internal error"), conn.proto(), out);
-            }
+            vec![Reply::err("ERR internal error"); n]
         }
         Err(e) => {
             tracing::debug!(cause = %e, "Redis write not committed");
-            for _ in 0..n {
-                emit(shared, &Reply::err(NOT_COMMITTED), conn.proto(), out);
-            }
+            vec![Reply::err(NOT_COMMITTED); n]
         }
     }
 }
@@ -369,12 +363,13 @@ where
 {
     let Some(raft) = shared.raft.get() else { return Some(Reply::err(LOADING)) };
     let argv: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-    let first = pop_once(shared, conn, raft, &argv).await;
+    let first = pop_once(shared, conn, &argv).await;
     if !matches!(first, Reply::Null | Reply::NullArray) {
         return Some(first);
     }
-    let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
-    let (keys, timeout) = match name.as_str() {
+    // Resolved by `Conn::execute`: the command's static name.
+    let name = super::conn::command_names().get(conn.last_command).copied().unwrap_or_default();
+    let (keys, timeout) = match name {
         "blmove" | "brpoplpush" => (&argv[1..2], argv[argv.len() - 1]),
         // BLMPOP / BZMPOP timeout numkeys key...: the keyspace checked
         // numkeys against the arguments before answering "nothing yet".
@@ -429,7 +424,7 @@ where
             })
         };
         if ready {
-            let reply = pop_once(shared, conn, raft, &argv).await;
+            let reply = pop_once(shared, conn, &argv).await;
             if !matches!(reply, Reply::Null | Reply::NullArray) {
                 return Some(reply);
             }
@@ -447,19 +442,9 @@ impl Drop for Unblock<'_> {
 }
 
 /// One try of a blocking command, as a write through the log.
-async fn pop_once(shared: &Shared, conn: &Conn, raft: &Arc<catga_raft::RaftNode>, argv: &[&[u8]]) -> Reply {
+async fn pop_once(shared: &Shared, conn: &Conn, argv: &[&[u8]]) -> Reply {
     let cmds = std::iter::once(argv.to_vec()).collect();
-    match shared.coalescer.write(raft, Request::Redis { db: conn.info.db, now_ms: 0, cmds }).await {
-        Ok(Response::Redis(mut replies)) if replies.len() == 1 => Reply::from(replies.remove(0)),
-        Ok(other) => {
-            tracing::error!(reply = ?other, "unexpected reply to a Redis write");
-            Reply::err("ERR internal error")
-        }
-        Err(e) => {
-            tracing::debug!(cause = %e, "Redis write not committed");
-            Reply::err(NOT_COMMITTED)
-        }
-    }
+    write_cmds(shared, conn.info.db, cmds).await.pop().unwrap_or_else(|| Reply::err("ERR internal error"))
 }
 
 /// A keyspace read: linearizable (read-index through the leader, unless

@@ -18,6 +18,34 @@ fn bit_at(s: &[u8], i: usize) -> bool {
     s.get(i >> 3).is_some_and(|byte| byte & (0x80 >> (i & 7)) != 0)
 }
 
+/// The bits of byte `i` (of the span `first..=last`, in bits) that lie in
+/// the span: the first and last bytes keep only their part.
+fn span_mask(i: usize, first: usize, last: usize) -> u8 {
+    let mut mask = 0xff;
+    if i == first >> 3 {
+        mask &= 0xff >> (first & 7);
+    }
+    if i == last >> 3 {
+        mask &= 0xff << (7 - (last & 7));
+    }
+    mask
+}
+
+/// Set bits among positions `first..=last` of `s` (inside it), a byte at a
+/// time.
+fn count_bits(s: &[u8], first: usize, last: usize) -> usize {
+    (first >> 3..=last >> 3).map(|i| (s[i] & span_mask(i, first, last)).count_ones() as usize).sum()
+}
+
+/// The first position in `first..=last` of `s` (inside it) whose bit is
+/// `bit`, a byte at a time.
+fn find_bit(s: &[u8], first: usize, last: usize, bit: bool) -> Option<usize> {
+    (first >> 3..=last >> 3).find_map(|i| {
+        let b = if bit { s[i] } else { !s[i] } & span_mask(i, first, last);
+        (b != 0).then(|| i * 8 + b.leading_zeros() as usize)
+    })
+}
+
 /// BITCOUNT / BITPOS's optional range: `[start end]` in bytes, or in bits
 /// with `BIT`, negative from the end, clamped as Redis clamps it; `None`
 /// when it is empty. (first, last) in bits, inclusive.
@@ -74,7 +102,7 @@ impl Keyspace {
                     }
                     _ => return Some(Out::err(SYNTAX)),
                 };
-                Out::Int(range.map_or(0, |(a, b)| (a..=b).filter(|&i| bit_at(s, i)).count() as i64))
+                Out::Int(range.map_or(0, |(a, b)| count_bits(s, a, b) as i64))
             }
             "bitpos" => bitpos(self.string(db, argv[1], now_ms), argv),
             _ => return None,
@@ -148,7 +176,7 @@ fn bitpos(s: Result<Option<&Vec<u8>>, Out>, argv: &[&[u8]]) -> Out {
         _ => return Out::err(SYNTAX),
     };
     let Some((first, last)) = range else { return Out::Int(-1) };
-    match (first..=last).find(|&i| bit_at(s, i) == bit) {
+    match find_bit(s, first, last, bit) {
         Some(i) => Out::Int(i as i64),
         // Past the last byte of the range.
         None if !bit && !end_given => Out::Int(((last >> 3) as i64 + 1) * 8),

@@ -8,6 +8,9 @@
 use super::zsets::rank_range;
 use super::*;
 
+/// A key and the items popped from it.
+type Popped = (Vec<u8>, Vec<Vec<u8>>);
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum End {
     Left,
@@ -254,19 +257,13 @@ impl Keyspace {
                     return Some(Out::err(e));
                 }
                 let at = if name == "blpop" { End::Left } else { End::Right };
-                for &k in &argv[1..argv.len() - 1] {
-                    match self.coll_mut::<List>(db, k, now_ms, false) {
-                        Err(e) => return Some(e),
-                        Ok(None) => {}
-                        Ok(Some(l)) => {
-                            let (item, pos) = l.pop(at).expect("a stored list is never empty");
-                            self.note_elem(db, k, list_chunk_sub(pos));
-                            self.settle(db, k);
-                            return Some(Out::Array(vec![Out::Bulk(k.to_vec()), Out::Bulk(item)]));
-                        }
+                return Some(match self.pop_first(db, now_ms, &argv[1..argv.len() - 1], at, 1) {
+                    Err(e) => e,
+                    Ok(Some((k, mut items))) if !items.is_empty() => {
+                        Out::Array(vec![Out::Bulk(k), Out::Bulk(items.remove(0))])
                     }
-                }
-                return Some(Out::NilArray);
+                    Ok(_) => Out::NilArray,
+                });
             }
             "lmpop" | "blmpop" => {
                 let at = match mpop_numkeys_at(name, argv, now_ms) {
@@ -277,22 +274,13 @@ impl Keyspace {
                     Ok(a) => a,
                     Err(e) => return Some(e),
                 };
-                for k in keys {
-                    match self.coll_mut::<List>(db, k, now_ms, false) {
-                        Err(e) => return Some(e),
-                        Ok(None) => {}
-                        Ok(Some(l)) => {
-                            let popped: Vec<(Vec<u8>, i64)> = (0..count).map_while(|_| l.pop(side)).collect();
-                            for (_, p) in &popped {
-                                self.note_elem(db, k, list_chunk_sub(*p));
-                            }
-                            self.settle(db, k);
-                            let items = popped.into_iter().map(|(v, _)| Out::Bulk(v)).collect();
-                            return Some(Out::Array(vec![Out::Bulk(k.to_vec()), Out::Array(items)]));
-                        }
+                return Some(match self.pop_first(db, now_ms, &keys, side, count) {
+                    Err(e) => e,
+                    Ok(None) => Out::NilArray,
+                    Ok(Some((k, items))) => {
+                        Out::Array(vec![Out::Bulk(k), Out::Array(items.into_iter().map(Out::Bulk).collect())])
                     }
-                }
-                return Some(Out::NilArray);
+                });
             }
             "blmove" | "brpoplpush" => {
                 let (from, to, timeout) = if name == "brpoplpush" {
@@ -323,6 +311,29 @@ impl Keyspace {
         };
         self.settle(db, key);
         Some(out)
+    }
+
+    /// Pops up to `count` items at `side` of the first of `keys` that
+    /// holds a list: its key and the items; `None` when none does;
+    /// WRONGTYPE for a key of another type met first.
+    fn pop_first(
+        &mut self,
+        db: u32,
+        now_ms: u64,
+        keys: &[&[u8]],
+        side: End,
+        count: usize,
+    ) -> Result<Option<Popped>, Out> {
+        for &k in keys {
+            let Some(l) = self.coll_mut::<List>(db, k, now_ms, false)? else { continue };
+            let popped: Vec<(Vec<u8>, i64)> = (0..count).map_while(|_| l.pop(side)).collect();
+            for (_, p) in &popped {
+                self.note_elem(db, k, list_chunk_sub(*p));
+            }
+            self.settle(db, k);
+            return Ok(Some((k.to_vec(), popped.into_iter().map(|(v, _)| v).collect())));
+        }
+        Ok(None)
     }
 
     fn lmove(&mut self, db: u32, now_ms: u64, src: &[u8], dst: &[u8], from: End, to: End) -> Out {

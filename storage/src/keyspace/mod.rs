@@ -265,22 +265,22 @@ impl List {
     /// position order): a chunk row, or one item of the earlier format
     /// (then it returns true).
     fn load_chunk(&mut self, sub: &[u8], bytes: &[u8]) -> bool {
-        let (first, items) = match (list_chunk_start(sub), list_pos(sub)) {
+        let (first, items, legacy) = match (list_chunk_start(sub), list_pos(sub)) {
             (Some(_), _) => match decode_chunk(bytes) {
-                Some(chunk) => chunk,
+                Some((first, items)) => (first, items, false),
                 None => {
                     tracing::warn!("undecodable list chunk row; skipped");
                     return false;
                 }
             },
-            (None, Some(pos)) => (pos, vec![bytes.to_vec()]),
+            (None, Some(pos)) => (pos, vec![bytes.to_vec()], true),
             (None, None) => return false,
         };
         if self.items.is_empty() {
             self.base = first;
         }
         self.items.extend(items);
-        list_chunk_start(sub).is_none()
+        legacy
     }
 }
 
@@ -556,7 +556,7 @@ pub fn spec(name: &str) -> Option<Spec> {
         "del" | "unlink" => (-2, true),
         "exists" => (-2, false),
         "expire" | "pexpire" | "expireat" | "pexpireat" => (-3, true),
-        "ttl" | "pttl" | "type" => (2, false),
+        "ttl" | "pttl" | "type" | "expiretime" | "pexpiretime" => (2, false),
         "persist" => (2, true),
         "rename" | "renamenx" => (3, true),
         "dbsize" | "randomkey" => (1, false),
@@ -584,6 +584,8 @@ pub fn spec(name: &str) -> Option<Spec> {
         "blpop" | "brpop" => (-3, true),
         "blmove" => (6, true),
         "brpoplpush" => (4, true),
+        "lmpop" => (-4, true),
+        "blmpop" => (-5, true),
         "lpos" => (-3, false),
         // sets
         "sadd" | "srem" => (-3, true),
@@ -607,19 +609,18 @@ pub fn spec(name: &str) -> Option<Spec> {
         "zrange" | "zrangebyscore" | "zrevrangebyscore" | "zrangebylex" | "zrevrangebylex" | "zrevrange" => (-4, false),
         "zpopmin" | "zpopmax" => (-2, true),
         "bzpopmin" | "bzpopmax" => (-3, true),
+        "zmpop" => (-4, true),
+        "bzmpop" => (-5, true),
         "zunion" | "zinter" | "zdiff" => (-3, false),
-        "lmpop" | "zmpop" => (-4, true),
-        "blmpop" | "bzmpop" => (-5, true),
+        "zunionstore" | "zinterstore" | "zdiffstore" => (-4, true),
+        "zremrangebyscore" | "zremrangebyrank" | "zremrangebylex" => (4, true),
+        "zrangestore" => (-5, true),
+        "zrandmember" => (-2, false),
         // bitmaps
         "setbit" => (4, true),
         "getbit" => (3, false),
         "bitcount" => (-2, false),
         "bitpos" => (-3, false),
-        "expiretime" | "pexpiretime" => (2, false),
-        "zunionstore" | "zinterstore" | "zdiffstore" => (-4, true),
-        "zremrangebyscore" | "zremrangebyrank" | "zremrangebylex" => (4, true),
-        "zrangestore" => (-5, true),
-        "zrandmember" => (-2, false),
         _ => return None,
     };
     Some(Spec { arity, write })

@@ -82,7 +82,6 @@ impl ZSet {
         Some(s.0)
     }
 
-    /// Members in order, lowest score first.
     /// Removes and returns up to `n` members from the low end (`min`) or
     /// the high end, in that order.
     pub fn pop(&mut self, min: bool, n: usize) -> Vec<(Vec<u8>, f64)> {
@@ -97,6 +96,7 @@ impl ZSet {
         picked
     }
 
+    /// Members in order, lowest score first.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&[u8], f64)> {
         self.order.iter().map(|(s, m)| (m.as_slice(), s.0))
     }
@@ -187,11 +187,10 @@ struct RangeReq<'a> {
     b: &'a [u8],
 }
 
-/// Normalizes a rank range over `len` items like Redis: negative from the
-/// end, clamped; `None` when empty.
 /// Members with their scores.
 type Members = Vec<(Vec<u8>, f64)>;
 
+/// Which of ZUNION, ZINTER, ZDIFF (or their STORE forms).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ZOp {
     Union,
@@ -199,6 +198,8 @@ enum ZOp {
     Diff,
 }
 
+/// Normalizes a rank range over `len` items like Redis: negative from the
+/// end, clamped; `None` when empty.
 pub(super) fn rank_range(start: i64, stop: i64, len: usize) -> Option<(usize, usize)> {
     let len = len as i64;
     let start = if start < 0 { (start + len).max(0) } else { start };
@@ -436,43 +437,28 @@ impl Keyspace {
                     Ok(a) => a,
                     Err(e) => return Some(e),
                 };
-                for k in keys {
-                    match self.coll_mut::<ZSet>(db, k, now_ms, false) {
-                        Err(e) => return Some(e),
-                        Ok(None) => {}
-                        Ok(Some(z)) => {
-                            let picked = z.pop(min, count);
-                            for (m, _) in &picked {
-                                self.note_elem(db, k, m.clone());
-                            }
-                            self.settle(db, k);
-                            let items = picked
-                                .into_iter()
-                                .map(|(m, s)| Out::Array(vec![Out::Bulk(m), Out::Double(s)]))
-                                .collect();
-                            return Some(Out::Array(vec![Out::Bulk(k.to_vec()), Out::Array(items)]));
-                        }
+                return Some(match self.zpop_first(db, now_ms, &keys, min, count) {
+                    Err(e) => e,
+                    Ok(None) => Out::NilArray,
+                    Ok(Some((k, picked))) => {
+                        let items =
+                            picked.into_iter().map(|(m, s)| Out::Array(vec![Out::Bulk(m), Out::Double(s)])).collect();
+                        Out::Array(vec![Out::Bulk(k), Out::Array(items)])
                     }
-                }
-                return Some(Out::NilArray);
+                });
             }
             "bzpopmin" | "bzpopmax" => {
                 if let Err(e) = block_timeout_ms(argv[argv.len() - 1], now_ms) {
                     return Some(Out::err(e));
                 }
-                for &k in &argv[1..argv.len() - 1] {
-                    match self.coll_mut::<ZSet>(db, k, now_ms, false) {
-                        Err(e) => return Some(e),
-                        Ok(None) => {}
-                        Ok(Some(z)) => {
-                            let (m, score) = z.pop(name == "bzpopmin", 1).pop().expect("a stored zset is never empty");
-                            self.note_elem(db, k, m.clone());
-                            self.settle(db, k);
-                            return Some(Out::Array(vec![Out::Bulk(k.to_vec()), Out::Bulk(m), Out::Double(score)]));
-                        }
+                return Some(match self.zpop_first(db, now_ms, &argv[1..argv.len() - 1], name == "bzpopmin", 1) {
+                    Err(e) => e,
+                    Ok(Some((k, mut picked))) if !picked.is_empty() => {
+                        let (m, score) = picked.remove(0);
+                        Out::Array(vec![Out::Bulk(k), Out::Bulk(m), Out::Double(score)])
                     }
-                }
-                return Some(Out::NilArray);
+                    Ok(_) => Out::NilArray,
+                });
             }
             "zpopmin" | "zpopmax" => {
                 let count = match argv.get(2).map(|c| string2ll(c)) {
@@ -570,6 +556,30 @@ impl Keyspace {
         };
         self.settle(db, key);
         Some(out)
+    }
+
+    /// Pops up to `count` members from the low end (`min`) or the high end
+    /// of the first of `keys` that holds a sorted set: its key and the
+    /// members; `None` when none does; WRONGTYPE for a key of another type
+    /// met first.
+    fn zpop_first(
+        &mut self,
+        db: u32,
+        now_ms: u64,
+        keys: &[&[u8]],
+        min: bool,
+        count: usize,
+    ) -> Result<Option<(Vec<u8>, Members)>, Out> {
+        for &k in keys {
+            let Some(z) = self.coll_mut::<ZSet>(db, k, now_ms, false)? else { continue };
+            let picked = z.pop(min, count);
+            for (m, _) in &picked {
+                self.note_elem(db, k, m.clone());
+            }
+            self.settle(db, k);
+            return Ok(Some((k.to_vec(), picked)));
+        }
+        Ok(None)
     }
 
     fn zadd(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
