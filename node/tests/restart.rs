@@ -197,8 +197,14 @@ async fn sigkill_at_random_moments_under_write_load_loses_no_acknowledged_write(
 /// The list `log` as node `p` holds it, read linearizably: the read waits
 /// until this node has applied everything the leader had committed.
 async fn log_items(p: &Proc) -> Vec<u32> {
-    let mut r =
-        redis::Client::open(format!("redis://{}/", p.redis)).unwrap().get_multiplexed_async_connection().await.unwrap();
+    // A node restarted a moment ago may still be catching up, and CI runs
+    // fifteen such processes on two cores: the crate's 500 ms default
+    // response timeout measures the machine, not the answer.
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    let client = redis::Client::open(format!("redis://{}/", p.redis)).unwrap();
+    let mut r = client.get_multiplexed_async_connection_with_config(&cfg).await.unwrap();
     redis::cmd("LRANGE").arg("log").arg(0).arg(-1).query_async(&mut r).await.unwrap()
 }
 
