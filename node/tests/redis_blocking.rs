@@ -21,12 +21,7 @@ fn addr(n: &TestNode) -> SocketAddr {
 }
 
 async fn client(a: SocketAddr) -> redis::aio::MultiplexedConnection {
-    let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(T));
-    redis::Client::open(format!("redis://{a}/"))
-        .unwrap()
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-        .unwrap()
+    common::redis_client(a).await
 }
 
 /// INFO's `blocked_clients` on the node at `a`.

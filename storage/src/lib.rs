@@ -71,10 +71,12 @@ pub fn open(dir: &Path, cfg: &StorageConfig) -> Result<(LogStore, StateMachine),
 /// chunk rows ([`keyspace::LIST_CHUNK`] positions a row) instead of one row
 /// each; log entries may be [`Request::Once`], whose record the state
 /// rows and snapshots keep (a format 2 snapshot still reads, with an
-/// empty record). A data dir of version 2 is upgraded at open; any other version
+/// empty record). 4: the Lua script cache in `s` rows and in snapshots
+/// (a format 3 snapshot still reads, with no scripts). A data dir of
+/// version 2 or 3 is upgraded at open; any other version
 /// is refused with a clear error instead of failing to decode entries
 /// later.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format [`open`] upgrades.
 const FORMAT_UPGRADABLE: u32 = 2;
 const FORMAT_KEY: &[u8] = b"catga_format";

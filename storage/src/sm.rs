@@ -20,6 +20,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, Storag
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use crate::keyspace::script::Script;
 use crate::keyspace::{Change, Entry, Keyspace};
 use crate::types::{
     Entry as LogEntry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -77,6 +78,17 @@ struct SnapshotBody {
     kv: Vec<(Vec<u8>, Vec<u8>)>,
     redis: Vec<(u32, Vec<u8>, Entry)>,
     once: Vec<(u64, OnceOrigin)>,
+    scripts: Vec<(String, Script)>,
+}
+
+/// A snapshot body as format 3 wrote it (before `scripts`).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct SnapshotBodyV3 {
+    queues: Vec<(u64, Vec<u8>, Vec<u8>, u32)>,
+    kv: Vec<(Vec<u8>, Vec<u8>)>,
+    redis: Vec<(u32, Vec<u8>, Entry)>,
+    once: Vec<(u64, OnceOrigin)>,
 }
 
 /// A snapshot body as format 2 wrote it (before `once`): still read, so a
@@ -91,9 +103,24 @@ struct SnapshotBodyV2 {
 
 impl SnapshotBody {
     fn decode(data: &[u8]) -> postcard::Result<Self> {
-        postcard::from_bytes(data).or_else(|e| match postcard::from_bytes::<SnapshotBodyV2>(data) {
-            Ok(v2) => Ok(SnapshotBody { queues: v2.queues, kv: v2.kv, redis: v2.redis, once: Vec::new() }),
-            Err(_) => Err(e),
+        if let Ok(body) = postcard::from_bytes(data) {
+            return Ok(body);
+        }
+        if let Ok(v3) = postcard::from_bytes::<SnapshotBodyV3>(data) {
+            return Ok(SnapshotBody {
+                queues: v3.queues,
+                kv: v3.kv,
+                redis: v3.redis,
+                once: v3.once,
+                scripts: Vec::new(),
+            });
+        }
+        postcard::from_bytes::<SnapshotBodyV2>(data).map(|v2| SnapshotBody {
+            queues: v2.queues,
+            kv: v2.kv,
+            redis: v2.redis,
+            once: Vec::new(),
+            scripts: Vec::new(),
         })
     }
 }
@@ -208,6 +235,14 @@ fn parse_elem_key(k: &[u8]) -> Option<(u32, &[u8], &[u8])> {
     let len = u32::from_be_bytes(k.get(5..9)?.try_into().ok()?) as usize;
     let key = k.get(9..9 + len)?;
     Some((db, key, &k[9 + len..]))
+}
+
+/// `s`, the script's SHA1 (hex) → postcard([`Script`]).
+fn script_key(sha: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + sha.len());
+    k.push(b's');
+    k.extend_from_slice(sha.as_bytes());
+    k
 }
 
 fn kv_key(key: &[u8]) -> Vec<u8> {
@@ -422,6 +457,12 @@ fn persist_redis(view: &mut View, tree: &sled::Tree, batch: &mut Writes) {
                 Some(Err(e)) => tracing::error!(cause = %e, "cannot encode a keyspace entry"),
                 None => batch.remove(redis_key(db, &key)),
             },
+            Change::Scripts => batch.remove_prefix(tree, b"s"),
+            Change::Script(sha) => match view.keyspace.scripts().get(&sha).map(postcard::to_stdvec) {
+                Some(Ok(bytes)) => batch.insert(script_key(&sha), bytes),
+                Some(Err(e)) => tracing::error!(cause = %e, "cannot encode a script"),
+                None => batch.remove(script_key(&sha)),
+            },
             Change::Elem(db, key, sub) => {
                 let row = elem_key(db, &key, &sub);
                 if !written.insert(row.clone()) {
@@ -517,6 +558,10 @@ fn load_view(tree: &sled::Tree) -> Result<View, sled::Error> {
                 _ => tracing::warn!(key = ?k, "malformed once row; skipped"),
             },
             Some(b'e') => elems.push((k, v)),
+            Some(b's') => match (std::str::from_utf8(&k[1..]), postcard::from_bytes::<Script>(&v)) {
+                (Ok(sha), Ok(script)) => view.keyspace.insert_script(sha.to_string(), script),
+                _ => tracing::warn!(key = ?k, "undecodable script row; skipped"),
+            },
             Some(b'r') if k.len() >= 5 => {
                 let db = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
                 match postcard::from_bytes::<Entry>(&v) {
@@ -574,6 +619,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             kv: v.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             redis: v.keyspace.entries().map(|(db, k, e)| (db, k.to_vec(), e.clone())).collect(),
             once: v.once.iter().map(|(o, r)| (*o, r.clone())).collect(),
+            scripts: v.keyspace.scripts().iter().map(|(sha, s)| (sha.clone(), s.clone())).collect(),
         };
         let data = enc(&body).map_err(|e| StorageIOError::write_snapshot(None, e))?;
         let snapshot_id = match v.applied {
@@ -679,6 +725,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 batch.insert(once_key(origin, Some(*seq)), r);
             }
             view.once.insert(origin, record);
+        }
+        for (sha, script) in body.scripts {
+            let bytes = postcard::to_stdvec(&script).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+            batch.insert(script_key(&sha), bytes);
+            view.keyspace.insert_script(sha, script);
         }
         put_meta(&view, &mut batch)?;
         self.tree.apply_batch(batch.into_batch()).map_err(|e| StorageIOError::write_state_machine(any(e)))?;

@@ -302,7 +302,7 @@ async fn format_2_list_rows_are_upgraded_to_chunks_at_open() {
     assert!(rows.iter().all(|(sub, _)| sub.len() == 9), "{rows:?}");
     assert_eq!(element_rows(dir.path(), b"h"), hash_rows, "other keys' rows are left alone");
     let db = when_unlocked(|| sled::open(dir.path())).unwrap();
-    assert_eq!(db.get(b"catga_format").unwrap().unwrap().as_ref(), &3u32.to_be_bytes());
+    assert_eq!(db.get(b"catga_format").unwrap().unwrap().as_ref(), &catga_storage::FORMAT_VERSION.to_be_bytes());
 }
 
 fn once(origin: u64, seq: u64, done_below: u64, sent_ms: u64, req: Request) -> Request {
@@ -434,7 +434,8 @@ async fn data_dir_of_another_format_is_refused() {
     }
     let err = open_when_unlocked(dir.path()).err().expect("refused");
     let text = err.to_string();
-    assert!(text.contains("format 1") && text.contains("formats 2 to 3"), "{text}");
+    let range = format!("formats 2 to {}", catga_storage::FORMAT_VERSION);
+    assert!(text.contains("format 1") && text.contains(&range), "{text}");
 }
 
 /// Entries at or below the purge point (removed in the background after
@@ -470,4 +471,67 @@ async fn entries_at_or_below_the_purge_point_are_never_read() {
     let (mut log, _sm) = open_when_unlocked(dir.path()).unwrap();
     assert!(log.try_get_log_entries(0..10).await.unwrap().is_empty());
     assert_eq!(log.get_log_state().await.unwrap().last_log_id.map(|l| l.index), Some(7));
+}
+
+/// Redis commands with arguments that hold spaces (scripts).
+fn redis_argv(cmds: &[&[&str]]) -> Request {
+    Request::Redis { db: 0, now_ms: 1_700_000_000_000, cmds: cmds.iter().map(|c| c.to_vec()).collect() }
+}
+
+/// The script cache is replicated state: what SCRIPT LOAD and EVAL put in
+/// it is on disk after a reopen (EVALSHA still runs), travels in
+/// snapshots, and SCRIPT FLUSH empties it on disk too; FLUSHALL leaves it.
+#[tokio::test]
+async fn the_script_cache_survives_reopen_travels_in_snapshots_and_flushes() {
+    use catga_storage::keyspace::script::sha1_hex;
+    use catga_storage::keyspace::Out;
+    use openraft::{RaftSnapshotBuilder, StorageError};
+    let loaded = "return redis.call('incr', KEYS[1])";
+    let evaled = "return 'from eval'";
+    let (sha_l, sha_e) = (sha1_hex(loaded.as_bytes()), sha1_hex(evaled.as_bytes()));
+    let evalsha = |sha: &str| redis_argv(&[&["EVALSHA", sha, "1", "n"]]);
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        let out = sm
+            .apply(vec![
+                entry(1, redis_argv(&[&["SCRIPT", "LOAD", loaded], &["EVAL", evaled, "0"]])),
+                entry(2, redis_argv(&[&["FLUSHALL"]])),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            out[0],
+            Response::Redis(vec![Out::Bulk(sha_l.clone().into_bytes()), Out::Bulk(b"from eval".to_vec())])
+        );
+        let mut b = sm.get_snapshot_builder().await;
+        let snap: Result<_, StorageError<u64>> = b.build_snapshot().await;
+        snap.unwrap()
+    };
+    {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        let out = sm.apply(vec![entry(3, evalsha(&sha_l)), entry(4, evalsha(&sha_e))]).await.unwrap();
+        assert_eq!(
+            out,
+            vec![Response::Redis(vec![Out::Int(1)]), Response::Redis(vec![Out::Bulk(b"from eval".to_vec())])]
+        );
+        let out = sm.apply(vec![entry(5, redis_argv(&[&["SCRIPT", "FLUSH"]]))]).await.unwrap();
+        assert_eq!(out, vec![Response::Redis(vec![Out::Simple("OK".into())])]);
+    }
+    {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        assert!(sm.view().read().keyspace.scripts().is_empty(), "SCRIPT FLUSH reached disk");
+        let out = sm.apply(vec![entry(6, evalsha(&sha_l))]).await.unwrap();
+        assert_eq!(out, vec![Response::Redis(vec![Out::Err("NOSCRIPT No matching script. Please use EVAL.".into())])]);
+    }
+    // A node that installs the snapshot (taken before the flush) has both.
+    let other = tempfile::tempdir().unwrap();
+    {
+        let (_log, mut sm) = open_when_unlocked(other.path()).unwrap();
+        sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+        let out = sm.apply(vec![entry(3, evalsha(&sha_l))]).await.unwrap();
+        assert_eq!(out, vec![Response::Redis(vec![Out::Int(1)])]);
+    }
+    let (_log, sm) = open_when_unlocked(other.path()).unwrap();
+    assert_eq!(sm.view().read().keyspace.scripts().len(), 2, "the installed scripts are on disk");
 }

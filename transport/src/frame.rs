@@ -17,7 +17,9 @@ use serde::Serialize;
 /// Version of the frame envelope and of every body encoded in it.
 /// 2: Raft entries carry Redis commands packed (`catga_storage::Cmds`).
 /// 3: Raft entries may be `Request::Once`, and snapshots carry its record.
-pub const FRAME_VERSION: u8 = 3;
+/// 4: Raft entries may hold EVAL/SCRIPT (Lua run by every replica's
+/// apply), and snapshots carry the script cache.
+pub const FRAME_VERSION: u8 = 4;
 /// Bytes before the body: length and version.
 pub const HEADER_BYTES: usize = 5;
 

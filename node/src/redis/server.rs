@@ -465,7 +465,9 @@ async fn read(shared: &Shared, conn: &mut Conn, argv: &[&[u8]], fresh: &mut bool
     let v = view.read();
     // Resolved by `Conn::execute`: a keyspace command's static name.
     let name = super::conn::command_names().get(conn.last_command).copied().unwrap_or_default();
-    if argv.len() >= 2 && !matches!(name, "keys" | "scan" | "sintercard" | "zunion" | "zinter" | "zdiff") {
+    if argv.len() >= 2
+        && !matches!(name, "keys" | "scan" | "sintercard" | "zunion" | "zinter" | "zdiff" | "eval_ro" | "evalsha_ro")
+    {
         if v.keyspace.get(conn.info.db, argv[1], now).is_some() {
             conn.tally.hits += 1;
         } else {

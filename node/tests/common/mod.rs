@@ -13,6 +13,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+/// A stock `redis` crate connection to `a` with a 10 s response timeout
+/// (the crate's 500 ms default measures a busy CI machine, not Catga).
+pub async fn redis_client(a: SocketAddr) -> redis::aio::MultiplexedConnection {
+    let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    redis::Client::open(format!("redis://{a}/"))
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .unwrap()
+}
+
 pub struct TestNode {
     pub node: Node,
     _dir: tempfile::TempDir,

@@ -18,13 +18,14 @@
 //!
 //! The commands live by family: [`strings`], [`bits`] (bitmaps on
 //! strings), [`keys`] (generic key commands), [`hashes`], [`lists`],
-//! [`sets`], [`zsets`].
+//! [`sets`], [`zsets`]; Lua scripts in [`script`].
 
 mod bits;
 pub mod dump;
 mod hashes;
 mod keys;
 mod lists;
+pub mod script;
 mod sets;
 mod strings;
 mod zsets;
@@ -333,6 +334,11 @@ pub enum Change {
     Db(u32),
     /// Every row is gone.
     All,
+    /// The script cache's row for this SHA1: [`Keyspace::scripts`], or
+    /// gone.
+    Script(String),
+    /// Every script row is gone (SCRIPT FLUSH).
+    Scripts,
 }
 
 /// A reply, as the keyspace produces it (the protocol layer encodes it).
@@ -531,6 +537,11 @@ pub const NAMES: &[&str] = &[
     "zremrangebylex",
     "zrangestore",
     "zrandmember",
+    "eval",
+    "evalsha",
+    "eval_ro",
+    "evalsha_ro",
+    "script",
 ];
 
 /// The commands the keyspace runs, by lower-case name.
@@ -621,6 +632,11 @@ pub fn spec(name: &str) -> Option<Spec> {
         "getbit" => (3, false),
         "bitcount" => (-2, false),
         "bitpos" => (-3, false),
+        // scripts: SCRIPT goes through the log whole (LOAD and FLUSH
+        // change the replicated cache)
+        "eval" | "evalsha" => (-3, true),
+        "eval_ro" | "evalsha_ro" => (-3, false),
+        "script" => (-2, true),
         _ => return None,
     };
     Some(Spec { arity, write })
@@ -841,11 +857,16 @@ pub struct Keyspace {
     expiring: BTreeSet<(u64, u32, Vec<u8>)>,
     /// Keys removed because they expired (INFO expired_keys), on this node.
     pub expired: u64,
+    /// The script cache (EVALSHA), replicated like the data.
+    scripts: script::Scripts,
+    /// The last arrival number given to a script from EVAL (eviction
+    /// order; only the order matters, so a reload may renumber).
+    script_seq: u64,
 }
 
 impl PartialEq for Keyspace {
     fn eq(&self, other: &Self) -> bool {
-        self.dbs == other.dbs
+        self.dbs == other.dbs && self.scripts == other.scripts
     }
 }
 
@@ -1111,6 +1132,7 @@ impl Keyspace {
             .or_else(|| self.list_read(name, db, now_ms, argv))
             .or_else(|| self.set_read(name, db, now_ms, argv))
             .or_else(|| self.zset_read(name, db, now_ms, argv))
+            .or_else(|| self.script_read(name, db, now_ms, argv))
     }
 
     /// Runs any keyspace command at time `now_ms` (writes as the log
@@ -1148,6 +1170,9 @@ impl Keyspace {
             return out;
         }
         if let Some(out) = self.bits_write(name, db, now_ms, argv) {
+            return out;
+        }
+        if let Some(out) = self.script_write(name, db, now_ms, argv) {
             return out;
         }
         Out::Err(format!("ERR unknown command '{}'", String::from_utf8_lossy(argv[0])))

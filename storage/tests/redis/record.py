@@ -5,7 +5,8 @@ Each table line is `COMMAND ARG... => REPLY`; arguments are split on
 single spaces. The script runs every command of a table, in order, on a
 fresh redis-server database (RESP2) and rewrites the part after `=>` with
 what the server answered, in the short form the keyspace tests compare:
-`+simple`, `-error`, `:int`, `$bulk`, `nil`, `[a,b]`.
+`+simple`, `-error`, `:int`, `$bulk`, `nil`, `[a,b]`. Inside an argument,
+`\s` stands for a space and `\n` for a newline (Lua scripts).
 
     redis-server --port 7777 --save '' --appendonly no &
     storage/tests/redis/record.py 7777 storage/tests/redis/*.txt
@@ -78,7 +79,8 @@ def main():
                 out.append(line)
                 continue
             cmd = line.split(" => ")[0]
-            out.append(cmd + " => " + c.run(cmd.split(" ")))
+            args = [a.replace("\\s", " ").replace("\\n", "\n") for a in cmd.split(" ")]
+            out.append(cmd + " => " + c.run(args))
         open(path, "w").write("\n".join(out) + "\n")
 
 
