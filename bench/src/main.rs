@@ -83,6 +83,10 @@ enum Cmd {
         /// Pipeline depths (redis-benchmark -P), comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,16")]
         pipelines: Vec<u32>,
+        /// Instead of `--tests`: one command for redis-benchmark to repeat,
+        /// as its trailing arguments (e.g. `--command EVAL "return 1" 0`).
+        #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+        command: Vec<String>,
     },
     /// NATS workloads against any NATS server.
     Nats {
@@ -168,8 +172,9 @@ fn main() -> anyhow::Result<()> {
             Cmd::CompareNatsCluster { servers: Servers { catga, nats_server, runs }, only } => {
                 println!("{}", cluster::compare(catga, nats_server, runs, only).await?);
             }
-            Cmd::CompareRedis { catga, redis_server, runs, requests, tests, pipelines } => {
-                println!("{}", redis::compare(catga, redis_server, runs, requests, &tests, &pipelines).await?)
+            Cmd::CompareRedis { catga, redis_server, runs, requests, tests, pipelines, command } => {
+                let workload = redis::Workload { tests: &tests, command: &command };
+                println!("{}", redis::compare(catga, redis_server, runs, requests, workload, &pipelines).await?)
             }
             Cmd::RaftFailover { catga, kills } => println!("{}", raft::run(catga, kills).await?),
             Cmd::RedisLoadElections { catga, rounds, requests, tests } => {

@@ -154,14 +154,30 @@ struct Row {
     p99: f64,
 }
 
+/// What redis-benchmark runs: its `-t` tests, or one command it repeats.
+#[derive(Clone, Copy)]
+pub struct Workload<'a> {
+    pub tests: &'a str,
+    pub command: &'a [String],
+}
+
 /// One redis-benchmark run: a row per test.
-async fn benchmark(port: u16, tests: &str, requests: u64, clients: u32, pipeline: u32) -> anyhow::Result<Vec<Row>> {
-    let out = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", tests, "--csv", "-q"])
-        .args(["-n", &requests.to_string(), "-c", &clients.to_string(), "-P", &pipeline.to_string()])
-        .output()
-        .await
-        .context("redis-benchmark (Debian redis-tools) must be installed")?;
+async fn benchmark(port: u16, w: Workload<'_>, requests: u64, clients: u32, pipeline: u32) -> anyhow::Result<Vec<Row>> {
+    let mut cmd = Command::new("redis-benchmark");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "--csv", "-q"]).args([
+        "-n",
+        &requests.to_string(),
+        "-c",
+        &clients.to_string(),
+        "-P",
+        &pipeline.to_string(),
+    ]);
+    if w.command.is_empty() {
+        cmd.args(["-t", w.tests]);
+    } else {
+        cmd.args(w.command);
+    }
+    let out = cmd.output().await.context("redis-benchmark (Debian redis-tools) must be installed")?;
     anyhow::ensure!(out.status.success(), "redis-benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut rows = Vec::new();
@@ -189,7 +205,7 @@ pub async fn compare(
     redis_server_bin: PathBuf,
     runs: usize,
     requests: u64,
-    tests: &str,
+    workload: Workload<'_>,
     pipelines: &[u32],
 ) -> anyhow::Result<String> {
     let mut targets = vec![catga_one(&catga).await?];
@@ -204,7 +220,7 @@ pub async fn compare(
         for round in 0..runs {
             for k in 0..targets.len() {
                 let i = (k + round) % targets.len();
-                let r = benchmark(targets[i].port, tests, requests, 50, pipeline).await?;
+                let r = benchmark(targets[i].port, workload, requests, 50, pipeline).await?;
                 eprintln!("P{pipeline} round {round} {:<36} {r:?}", targets[i].name);
                 results[i].push(r);
             }
@@ -268,7 +284,7 @@ pub async fn load_elections(catga: PathBuf, rounds: usize, requests: u64, tests:
         let before = terms(&procs).await;
         let mut errors = Vec::new();
         for pipeline in [16, 1] {
-            if let Err(e) = benchmark(follower, tests, requests, 50, pipeline).await {
+            if let Err(e) = benchmark(follower, Workload { tests, command: &[] }, requests, 50, pipeline).await {
                 errors.push(format!("-P {pipeline}: {}", e.to_string().lines().next().unwrap_or("")));
             }
         }
