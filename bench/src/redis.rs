@@ -183,7 +183,9 @@ async fn benchmark(port: u16, w: Workload<'_>, requests: u64, clients: u32, pipe
     let mut rows = Vec::new();
     // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
     for line in text.lines().skip(1) {
-        let cols: Vec<&str> = line.split(',').map(|c| c.trim_matches('"')).collect();
+        // The name may hold commas (a --command): the 7 numbers are last.
+        let mut cols: Vec<&str> = line.rsplitn(8, ',').map(|c| c.trim_matches('"')).collect();
+        cols.reverse();
         if cols.len() >= 7 {
             let num = |i: usize| cols[i].parse::<f64>().with_context(|| format!("column {i} of {line}"));
             rows.push(Row { test: cols[0].to_string(), rps: num(1)?, p50: num(4)?, p99: num(6)? });
