@@ -365,6 +365,35 @@ async fn transactions_answer_byte_for_byte_as_redis() {
     );
 }
 
+/// COPY into another database, and its DB index checked against the
+/// node's `databases` (16) at once and, queued, at EXEC: bytes as
+/// redis-server 7.0.15 gave them.
+#[tokio::test]
+async fn copy_across_databases_answers_byte_for_byte_as_redis() {
+    let n = TestNode::start().await;
+    let got = exchange(
+        redis_addr(&n),
+        b"FLUSHALL\r\nSET s v\r\nCOPY s s DB 1\r\nSELECT 1\r\nGET s\r\nSELECT 0\r\nCOPY s x DB 16\r\nMULTI\r\nCOPY s y DB 99\r\nCOPY s y DB 2\r\nEXEC\r\nSELECT 2\r\nGET y\r\n",
+    )
+    .await;
+    assert_eq!(
+        got,
+        "+OK\r\n+OK\r\n:1\r\n+OK\r\n$1\r\nv\r\n+OK\r\n-ERR DB index is out of range\r\n+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n-ERR DB index is out of range\r\n:1\r\n+OK\r\n$1\r\nv\r\n"
+    );
+}
+
+/// Writes pipelined ahead of a HELLO 3 are answered in RESP2 (a null
+/// as `$-1`), as redis-server answers them: the protocol, like the
+/// database, is the one they were sent in, though they are committed
+/// after the HELLO has run.
+#[tokio::test]
+async fn pipelined_writes_answer_in_the_protocol_they_were_sent_in() {
+    let n = TestNode::start().await;
+    let got = exchange(redis_addr(&n), b"FLUSHALL\r\nSET a 1 GET\r\nHELLO 3\r\nSET a 2 GET\r\nSET b 1 GET\r\n").await;
+    assert!(got.starts_with("+OK\r\n$-1\r\n%7\r\n"), "{got}");
+    assert!(got.ends_with("$1\r\n1\r\n_\r\n"), "{got}");
+}
+
 /// WATCH across nodes: a write through another node after WATCH makes
 /// EXEC return nil and run nothing; without one, EXEC runs. Then clients
 /// on all three nodes increment one counter with the optimistic

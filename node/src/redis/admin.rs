@@ -236,7 +236,10 @@ fn table() -> Vec<CommandInfo> {
             "mset" | "msetnx" => (1, -1),
             "mget" | "del" | "unlink" | "exists" | "sinter" | "sunion" | "sdiff" | "sinterstore" | "sunionstore"
             | "sdiffstore" => (1, -1),
-            "rename" | "renamenx" | "smove" | "lmove" | "rpoplpush" | "blmove" | "brpoplpush" | "zrangestore" => (1, 2),
+            "rename" | "renamenx" | "smove" | "lmove" | "rpoplpush" | "blmove" | "brpoplpush" | "zrangestore"
+            | "copy" => (1, 2),
+            "touch" => (1, -1),
+            "object" => (2, 2),
             "blpop" | "brpop" | "bzpopmin" | "bzpopmax" => (1, -2),
             _ => (1, 1),
         };

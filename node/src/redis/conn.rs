@@ -444,6 +444,9 @@ impl Conn {
             if catga_raft::keyspace::BLOCKING.contains(&name) {
                 return Step::Block;
             }
+            if let Some(refusal) = self.db_out_of_range(name, argv) {
+                return Step::Reply(refusal);
+            }
             return Step::Store { write: spec.write };
         }
         match name {
@@ -452,6 +455,18 @@ impl Conn {
             n if TX_COMMANDS.contains(&n) => self.transaction_command(n, argv),
             n => Step::Reply(self.connection_command(n, argv)),
         }
+    }
+
+    /// COPY … DB n with n past `databases`: the keyspace does not know the
+    /// server's database count, so this is checked before the command is
+    /// logged (and at EXEC for a queued one, as Redis checks it then).
+    pub fn db_out_of_range(&self, name: &str, argv: &[&[u8]]) -> Option<Reply> {
+        if name != "copy" {
+            return None;
+        }
+        let databases = i64::from(self.shared.config.databases);
+        let db = argv.windows(2).skip(3).find(|w| w[0].eq_ignore_ascii_case(b"db")).and_then(|w| parse_i64(w[1]))?;
+        (db >= databases).then(|| Reply::err("ERR DB index is out of range"))
     }
 
     /// Inside MULTI: queues the command, or refuses it (and marks the

@@ -160,6 +160,10 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
         // the next read runs) needs a new round.
         let mut fresh = false;
         let mut writes = Cmds::new();
+        // The database and protocol the pending writes were sent in: a
+        // SELECT or HELLO after them in the same batch runs before they
+        // are committed.
+        let (mut writes_db, mut writes_proto) = (conn.info.db, conn.proto());
         // Sampled writes (command index, start), timed until their commit.
         let mut timed: Vec<(usize, std::time::Instant)> = Vec::new();
         // One clock reading serves consecutive reads: each arrived before
@@ -178,6 +182,9 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                             // so replies stay in request order.
                             Step::Store { write: true } => {
                                 fresh = false;
+                                if writes.is_empty() {
+                                    (writes_db, writes_proto) = (conn.info.db, conn.proto());
+                                }
                                 writes.push(&argv);
                                 timed.extend(started.map(|t| (conn.last_command, t)));
                             }
@@ -186,7 +193,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                 if !writes.is_empty() || !matches!(step, Step::Store { .. }) {
                                     now = None;
                                 }
-                                commit(&shared, &conn, &mut writes, &mut out).await;
+                                commit(&shared, writes_db, writes_proto, &mut writes, &mut out).await;
                                 observe(&shared, &mut timed);
                                 match step {
                                     Step::Reply(reply) => emit(&shared, &reply, conn.proto(), &mut out),
@@ -249,7 +256,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(client = %addr, cause = %e, "Redis protocol error");
-                    commit(&shared, &conn, &mut writes, &mut out).await;
+                    commit(&shared, writes_db, writes_proto, &mut writes, &mut out).await;
                     observe(&shared, &mut timed);
                     out.extend_from_slice(&e.reply());
                     close = true;
@@ -257,7 +264,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                 }
             }
         }
-        commit(&shared, &conn, &mut writes, &mut out).await;
+        commit(&shared, writes_db, writes_proto, &mut writes, &mut out).await;
         observe(&shared, &mut timed);
         conn.tally.flush(&shared.stats);
         if let Some(ps) = &conn.pubsub {
@@ -298,12 +305,12 @@ fn emit(shared: &Shared, reply: &Reply, proto: u8, out: &mut Vec<u8>) {
 /// Commits `writes` (one connection's consecutive keyspace writes) as one
 /// Raft entry and appends their replies; every one gets the error if the
 /// entry could not be committed.
-async fn commit(shared: &Shared, conn: &Conn, writes: &mut Cmds, out: &mut Vec<u8>) {
+async fn commit(shared: &Shared, db: u32, proto: u8, writes: &mut Cmds, out: &mut Vec<u8>) {
     if writes.is_empty() {
         return;
     }
-    for r in write_cmds(shared, conn.info.db, std::mem::take(writes)).await {
-        emit(shared, &r, conn.proto(), out);
+    for r in write_cmds(shared, db, std::mem::take(writes)).await {
+        emit(shared, &r, proto, out);
     }
 }
 
@@ -508,12 +515,16 @@ async fn exec(shared: &Shared, conn: &mut Conn, queued: Vec<Vec<Vec<u8>>>) -> Re
     let watch = std::mem::take(&mut conn.watched);
     let mut db = conn.info.db;
     let mut cmds = Vec::new();
-    // For each queued command: Some(i) = the i-th keyspace command.
+    // For each queued command: Ok(Some(i)) = the i-th keyspace command,
+    // Ok(None) a connection command, Err a refusal found now.
     let mut slots = Vec::with_capacity(queued.len());
     for argv in &queued {
         let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
-        if catga_raft::keyspace::spec(&name).is_some() {
-            slots.push(Some(cmds.len()));
+        let args: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+        if let Some(refusal) = conn.db_out_of_range(&name, &args) {
+            slots.push(Err(refusal));
+        } else if catga_raft::keyspace::spec(&name).is_some() {
+            slots.push(Ok(Some(cmds.len())));
             cmds.push((db, argv.clone()));
         } else {
             if name == "select" {
@@ -523,7 +534,7 @@ async fn exec(shared: &Shared, conn: &mut Conn, queued: Vec<Vec<Vec<u8>>>) -> Re
                     }
                 }
             }
-            slots.push(None);
+            slots.push(Ok(None));
         }
     }
     let mut results = if cmds.is_empty() && watch.is_empty() {
@@ -547,8 +558,9 @@ async fn exec(shared: &Shared, conn: &mut Conn, queued: Vec<Vec<Vec<u8>>>) -> Re
     let mut replies = Vec::with_capacity(queued.len());
     for (argv, slot) in queued.iter().zip(slots) {
         match slot {
-            Some(_) => replies.push(outs.next().map_or(Reply::err("ERR internal error"), Reply::from)),
-            None => {
+            Err(refusal) => replies.push(refusal),
+            Ok(Some(_)) => replies.push(outs.next().map_or(Reply::err("ERR internal error"), Reply::from)),
+            Ok(None) => {
                 let args: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
                 replies.push(conn.run_queued(&args));
             }

@@ -104,6 +104,8 @@ impl Keyspace {
                 }
             },
             "type" => Out::Simple(self.get(db, argv[1], now_ms).map_or("none", |e| e.value.type_name()).into()),
+            "touch" => Out::Int(argv[1..].iter().filter(|k| self.get(db, k, now_ms).is_some()).count() as i64),
+            "object" => self.object(db, now_ms, argv),
             "dbsize" => Out::Int(self.len(db, now_ms) as i64),
             "scan" => {
                 let opts = match scan_opts(argv, 1, true) {
@@ -156,6 +158,7 @@ impl Keyspace {
                 }
                 Out::Int(1)
             }
+            "copy" => self.copy(db, now_ms, argv),
             "rename" | "renamenx" => {
                 let Some(e) = self.get(db, argv[1], now_ms).cloned() else {
                     return Some(Out::err("ERR no such key"));
@@ -355,4 +358,121 @@ fn class(pattern: &[u8], p: usize, c: u8) -> Option<(bool, usize)> {
     }
     let next = if j < pattern.len() { j + 1 } else { j };
     Some((matched != negate, next))
+}
+
+/// OBJECT HELP, as Redis 7.0 prints it.
+const OBJECT_HELP: &[&str] = &[
+    "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "ENCODING <key>",
+    "    Return the kind of internal representation used in order to store the value",
+    "    associated with a <key>.",
+    "FREQ <key>",
+    "    Return the access frequency index of the <key>. The returned integer is",
+    "    proportional to the logarithm of the recent access frequency of the key.",
+    "IDLETIME <key>",
+    "    Return the idle time of the <key>, that is the approximated number of",
+    "    seconds elapsed since the last access to the key.",
+    "REFCOUNT <key>",
+    "    Return the number of references of the value associated with the specified",
+    "    <key>.",
+    "HELP",
+    "    Prints this help.",
+];
+
+/// Redis 7.0's small-encoding limits (its config defaults), for OBJECT
+/// ENCODING: entries, and bytes of a field, value or member.
+const LISTPACK_ENTRIES_MAX: usize = 128;
+const LISTPACK_VALUE_BYTES_MAX: usize = 64;
+const INTSET_ENTRIES_MAX: usize = 512;
+/// Longest string Redis keeps in one allocation with its header.
+const EMBSTR_BYTES_MAX: usize = 44;
+/// Integers Redis shares one object for (OBJECT REFCOUNT says so).
+const SHARED_INTEGERS: i64 = 10_000;
+
+impl Keyspace {
+    /// COPY source destination [DB n] [REPLACE]. The DB index is checked
+    /// against the server's `databases` by the server before the command
+    /// is logged; here only a negative one is refused.
+    fn copy(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let (mut to_db, mut replace) = (db, false);
+        let mut i = 3;
+        while i < argv.len() {
+            match upper(argv[i]).as_str() {
+                "REPLACE" => replace = true,
+                "DB" if i + 1 < argv.len() => {
+                    i += 1;
+                    match int_arg(argv[i]) {
+                        Ok(n) => match u32::try_from(n) {
+                            Ok(n) => to_db = n,
+                            Err(_) => return Out::err("ERR DB index is out of range"),
+                        },
+                        Err(e) => return e,
+                    }
+                }
+                _ => return Out::err(SYNTAX),
+            }
+            i += 1;
+        }
+        if to_db == db && argv[1] == argv[2] {
+            return Out::err("ERR source and destination objects are the same");
+        }
+        let Some(e) = self.get(db, argv[1], now_ms).cloned() else { return Out::Int(0) };
+        if self.get(to_db, argv[2], now_ms).is_some() && !replace {
+            return Out::Int(0);
+        }
+        self.expire_if_due(to_db, argv[2], now_ms);
+        self.put(to_db, argv[2], e);
+        Out::Int(1)
+    }
+
+    /// OBJECT ENCODING | REFCOUNT | IDLETIME | FREQ | HELP. The encoding
+    /// is the one Redis 7.0 would use for the value as it is now, by its
+    /// default limits (Redis keeps a big encoding after the value shrinks);
+    /// IDLETIME is 0: access times are not kept (reads do not go through
+    /// the log, so replicas could not agree on them).
+    fn object(&self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let sub = String::from_utf8_lossy(argv[1]).to_ascii_lowercase();
+        let want = if sub == "help" { 2 } else { 3 };
+        if matches!(sub.as_str(), "encoding" | "refcount" | "idletime" | "freq" | "help") && argv.len() != want {
+            return Out::Err(format!("ERR wrong number of arguments for 'object|{sub}' command"));
+        }
+        let entry = || self.get(db, argv[2], now_ms);
+        match sub.as_str() {
+            "help" => Out::Array(OBJECT_HELP.iter().map(|l| Out::Simple((*l).into())).collect()),
+            "encoding" => entry().map_or(Out::Nil, |e| Out::Bulk(encoding(&e.value).as_bytes().to_vec())),
+            "refcount" => entry().map_or(Out::Nil, |e| match &e.value {
+                Value::Str(s) if string2ll(s).is_some_and(|n| (0..SHARED_INTEGERS).contains(&n)) => {
+                    Out::Int(i64::from(i32::MAX))
+                }
+                _ => Out::Int(1),
+            }),
+            "idletime" => entry().map_or(Out::Nil, |_| Out::Int(0)),
+            "freq" => entry().map_or(Out::Nil, |_| {
+                Out::err(
+                    "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.",
+                )
+            }),
+            _ => Out::Err(format!(
+                "ERR unknown subcommand '{}'. Try OBJECT HELP.",
+                String::from_utf8_lossy(argv[1])
+            )),
+        }
+    }
+}
+
+/// The encoding Redis 7.0 would report for `v` as it is.
+fn encoding(v: &Value) -> &'static str {
+    let fits = |b: &[u8]| b.len() <= LISTPACK_VALUE_BYTES_MAX;
+    match v {
+        Value::Str(s) if s.len() <= 20 && string2ll(s).is_some() => "int",
+        Value::Str(s) if s.len() <= EMBSTR_BYTES_MAX => "embstr",
+        Value::Str(_) => "raw",
+        Value::List(_) => "quicklist",
+        Value::Hash(h) if h.len() <= LISTPACK_ENTRIES_MAX && h.iter().all(|(f, v)| fits(f) && fits(v)) => "listpack",
+        Value::Hash(_) => "hashtable",
+        Value::Set(m) if m.len() <= INTSET_ENTRIES_MAX && m.iter().all(|x| string2ll(x).is_some()) => "intset",
+        Value::Set(_) => "hashtable",
+        Value::ZSet(z) if z.len() <= LISTPACK_ENTRIES_MAX && z.iter().all(|(m, _)| fits(m)) => "listpack",
+        Value::ZSet(_) => "skiplist",
+    }
 }

@@ -542,6 +542,9 @@ pub const NAMES: &[&str] = &[
     "eval_ro",
     "evalsha_ro",
     "script",
+    "copy",
+    "touch",
+    "object",
 ];
 
 /// The commands the keyspace runs, by lower-case name.
@@ -569,6 +572,9 @@ pub fn spec(name: &str) -> Option<Spec> {
         "expire" | "pexpire" | "expireat" | "pexpireat" => (-3, true),
         "ttl" | "pttl" | "type" | "expiretime" | "pexpiretime" => (2, false),
         "persist" => (2, true),
+        "copy" => (-3, true),
+        "touch" => (-2, false),
+        "object" => (-2, false),
         "rename" | "renamenx" => (3, true),
         "dbsize" | "randomkey" => (1, false),
         "keys" => (2, false),

@@ -347,6 +347,11 @@ fn scripts_as_redis() {
 }
 
 #[test]
+fn copy_touch_object_as_redis() {
+    replay(include_str!("../../tests/redis/objects.txt"));
+}
+
+#[test]
 fn types_as_redis() {
     replay(include_str!("../../tests/redis/types.txt"));
 }
@@ -358,7 +363,7 @@ fn the_name_list_is_the_command_table() {
         assert!(spec(n).is_some(), "{n} listed but unknown");
         assert!(seen.insert(*n), "{n} listed twice");
     }
-    assert_eq!(seen.len(), 139);
+    assert_eq!(seen.len(), 142);
 }
 
 /// The clock is an argument, so expiry is tested at exact instants (a
