@@ -690,3 +690,43 @@ async fn a_cut_off_leader_never_serves_a_stale_read() {
     }
     c.heal(li);
 }
+
+/// WAIT: every acknowledged write is on a majority already, so WAIT 1
+/// answers 1 or more at once through the leader and through a follower;
+/// asking for more replicas than there are answers what there is; with a
+/// follower cut off, the leader counts the one left after the timeout.
+/// Argument errors as redis-server 7.0.15 gives them.
+#[tokio::test]
+async fn wait_counts_the_replicas_holding_every_acknowledged_write() {
+    let c = common::TestCluster::start(3).await;
+    c.wait_voters().await;
+    let li = c.nodes.iter().position(|n| n.node.raft.leader() == Some(n.node.id)).unwrap();
+    let fi = (li + 1) % 3;
+    let mut leader = common::redis_client(redis_addr(&c.nodes[li])).await;
+    let mut follower = common::redis_client(redis_addr(&c.nodes[fi])).await;
+    for conn in [&mut leader, &mut follower] {
+        let _: () = redis::cmd("SET").arg("k").arg("v").query_async(conn).await.unwrap();
+        let n: i64 = redis::cmd("WAIT").arg(1).arg(0).query_async(conn).await.unwrap();
+        assert!(n >= 1, "WAIT 1 0 gave {n}");
+        let n: i64 = redis::cmd("WAIT").arg(5).arg(0).query_async(conn).await.unwrap();
+        assert!((1..=2).contains(&n), "WAIT 5 0 gave {n}");
+    }
+    // The leader's own count comes from replication: both followers.
+    let n: i64 = redis::cmd("WAIT").arg(2).arg(2000).query_async(&mut leader).await.unwrap();
+    assert_eq!(n, 2);
+    // One follower cut off: a write still commits, and WAIT 2 counts 1
+    // once its timeout ends.
+    let cut = (li + 2) % 3;
+    c.partition(cut);
+    let _: () = redis::cmd("SET").arg("k").arg("w").query_async(&mut leader).await.unwrap();
+    let started = std::time::Instant::now();
+    let n: i64 = redis::cmd("WAIT").arg(2).arg(300).query_async(&mut leader).await.unwrap();
+    assert_eq!(n, 1);
+    assert!(started.elapsed() >= Duration::from_millis(300), "answered before its timeout");
+    c.heal(cut);
+    let got = exchange(redis_addr(&c.nodes[li]), b"WAIT x 0\r\nWAIT 1 -1\r\nWAIT 1\r\n").await;
+    assert_eq!(
+        got,
+        "-ERR value is not an integer or out of range\r\n-ERR timeout is negative\r\n-ERR wrong number of arguments for 'wait' command\r\n"
+    );
+}

@@ -86,6 +86,13 @@ fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, S
             put("used_memory", rss.to_string());
             put("used_memory_human", human_bytes(rss));
             put("used_memory_rss", rss.to_string());
+            if let Some(raft) = shared.raft.get() {
+                let view = raft.view();
+                let v = view.read();
+                let scripts = v.keyspace.scripts();
+                put("number_of_cached_scripts", scripts.len().to_string());
+                put("used_memory_scripts", scripts.values().map(|s| s.body.len()).sum::<usize>().to_string());
+            }
             put("maxmemory", "0".into());
             put("maxmemory_policy", "noeviction".into());
         }

@@ -263,6 +263,9 @@ pub enum Step {
     Replies(Vec<Reply>),
     /// SAVE (wait for the file) or BGSAVE (in the background).
     Save { background: bool },
+    /// WAIT numreplicas timeout: the caller waits (up to the timeout) for
+    /// that many replicas to hold every write acknowledged so far.
+    Wait { replicas: i64, timeout_ms: u64 },
     /// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX, BLMPOP, BZMPOP
     /// outside MULTI:
     /// the caller pops through the log, and while there is nothing to pop
@@ -299,6 +302,7 @@ pub const OTHER_COMMANDS: &[(&str, i32)] = &[
     ("save", 1),
     ("bgsave", -1),
     ("lastsave", 1),
+    ("wait", 3),
     ("readonly", 1),
     ("readwrite", 1),
     ("multi", 1),
@@ -339,6 +343,37 @@ pub fn unknown_command(argv: &[&[u8]]) -> Reply {
         args.push_str(&format!("'{}' ", String::from_utf8_lossy(&a[..a.len().min(room)])));
     }
     Reply::err(format!("ERR unknown command '{name}', with args beginning with: {args}"))
+}
+
+/// WAIT's numreplicas and timeout (ms), checked as Redis 7.0 checks them.
+fn wait_args(argv: &[&[u8]]) -> Result<(i64, u64), Reply> {
+    let replicas = parse_i64(argv[1]).ok_or_else(not_integer)?;
+    let timeout = parse_i64(argv[2]).ok_or_else(not_integer)?;
+    if timeout < 0 {
+        return Err(Reply::err("ERR timeout is negative"));
+    }
+    Ok((replicas, timeout as u64))
+}
+
+/// How many replicas (nodes other than the leader) are known to hold
+/// every write acknowledged so far, and how many there are. On the leader:
+/// the followers whose log matches up to what it has applied (every
+/// acknowledged write was applied there first). Elsewhere: what commit
+/// guarantees, a majority with the leader, so half the voters.
+pub fn replicas_holding(raft: &catga_raft::RaftNode) -> (i64, i64) {
+    let m = raft.raft.metrics().borrow().clone();
+    let voters = m.membership_config.membership().voter_ids().count() as i64;
+    if m.current_leader != Some(m.id) {
+        return (voters / 2, voters - 1);
+    }
+    let target = m.last_applied.map(|l| l.index);
+    let holding = m
+        .replication
+        .iter()
+        .flatten()
+        .filter(|(id, matched)| **id != m.id && matched.map(|l| l.index) >= target)
+        .count() as i64;
+    (holding, voters - 1)
 }
 
 fn not_integer() -> Reply {
@@ -452,6 +487,10 @@ impl Conn {
         match name {
             n if PUBSUB_COMMANDS.contains(&n) => Step::Replies(self.subscription(n, &argv[1..])),
             "save" | "bgsave" => Step::Save { background: name == "bgsave" },
+            "wait" => match wait_args(argv) {
+                Ok((replicas, timeout_ms)) => Step::Wait { replicas, timeout_ms },
+                Err(e) => Step::Reply(e),
+            },
             n if TX_COMMANDS.contains(&n) => self.transaction_command(n, argv),
             n => Step::Reply(self.connection_command(n, argv)),
         }
@@ -678,6 +717,11 @@ impl Conn {
             "role" => super::admin::role_reply(&self.shared),
             "publish" => self.publish(argv[1], argv[2]),
             "lastsave" => Reply::Int(self.shared.last_save.load(Ordering::Relaxed) as i64),
+            // Queued in MULTI: no waiting, as in Redis.
+            "wait" => match wait_args(argv) {
+                Ok(_) => Reply::Int(self.shared.raft.get().map_or(0, |r| replicas_holding(r).0)),
+                Err(e) => e,
+            },
             // Redis Cluster's replica-read switch, here the per-connection
             // opt-in for local reads (see docs/redis.md).
             "readonly" => {

@@ -200,6 +200,12 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                     Step::Save { background } => {
                                         emit(&shared, &save(&shared, background).await, conn.proto(), &mut out)
                                     }
+                                    Step::Wait { replicas, timeout_ms } => emit(
+                                        &shared,
+                                        &wait(&shared, replicas, timeout_ms).await,
+                                        conn.proto(),
+                                        &mut out,
+                                    ),
                                     Step::Replies(replies) => {
                                         for r in replies {
                                             emit(&shared, &r, conn.proto(), &mut out);
@@ -447,6 +453,33 @@ impl Drop for Unblock<'_> {
         self.0.blocked.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// WAIT: the replicas holding every write acknowledged before it,
+/// waiting for Raft's view to show `replicas` of them until the timeout.
+/// Every acknowledged write is on a majority already, so `WAIT 1 0` on 3
+/// nodes answers at once; a count more than the replicas there are is
+/// answered at once with what there is, and timeout 0 waits at most
+/// [`WAIT_FOREVER_MS`], not forever: a wait no Raft change can end
+/// would hold the connection with nothing to show for it.
+async fn wait(shared: &Shared, replicas: i64, timeout_ms: u64) -> Reply {
+    let Some(raft) = shared.raft.get() else { return Reply::Int(0) };
+    let timeout = if timeout_ms == 0 { WAIT_FOREVER_MS } else { timeout_ms };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(timeout);
+    let mut changes = raft.raft.metrics();
+    loop {
+        let (holding, there) = super::conn::replicas_holding(raft);
+        if holding >= replicas || replicas > there {
+            return Reply::Int(holding);
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return Reply::Int(super::conn::replicas_holding(raft).0),
+        }
+    }
+}
+
+/// The longest a `WAIT n 0` waits.
+const WAIT_FOREVER_MS: u64 = 10_000;
 
 /// One try of a blocking command, as a write through the log.
 async fn pop_once(shared: &Shared, conn: &Conn, argv: &[&[u8]]) -> Reply {
