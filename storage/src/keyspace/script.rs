@@ -106,6 +106,7 @@ pub fn sha1_hex(body: &[u8]) -> String {
 }
 
 /// One script call.
+#[derive(Clone, Copy)]
 pub(crate) struct Call<'a> {
     pub body: &'a [u8],
     pub sha: &'a str,
@@ -146,7 +147,44 @@ fn compile(lua: &Lua, body: &[u8]) -> Result<Function, Out> {
 
 /// Checks that `body` compiles (SCRIPT LOAD).
 pub(crate) fn check(body: &[u8]) -> Result<(), Out> {
-    with_engine(|e| e.compiled(body, &sha1_hex(body)).map(drop))
+    let (_, code) = shebang(body)?;
+    with_engine(|e| e.compiled(code, &sha1_hex(body)).map(drop))
+}
+
+/// Flags a Redis 7 script may declare in its shebang; only `no-writes`
+/// changes anything here (the others concern memory, stale replicas and
+/// Redis Cluster).
+const SHEBANG_FLAGS: &[&str] = &["no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys"];
+
+/// A Redis 7 shebang (`#!lua flags=no-writes,...` as the first line):
+/// `Some(no_writes)` when there is one, and the code to compile, the
+/// shebang line blanked so line numbers stay.
+fn shebang(body: &[u8]) -> Result<(Option<bool>, &[u8]), Out> {
+    if !body.starts_with(b"#!") {
+        return Ok((None, body));
+    }
+    let Some(nl) = body.iter().position(|&b| b == b'\n') else {
+        return Err(Out::err("ERR Invalid script shebang"));
+    };
+    let line = String::from_utf8_lossy(&body[..nl]);
+    let mut parts = line.split_whitespace();
+    let engine = parts.next().unwrap_or_default();
+    if engine != "#!lua" {
+        return Err(Out::Err(format!("ERR Unexpected engine in script shebang: {engine}")));
+    }
+    let mut no_writes = false;
+    for part in parts {
+        let Some(flags) = part.strip_prefix("flags=") else {
+            return Err(Out::Err(format!("ERR Unknown lua shebang option: {part}")));
+        };
+        for flag in flags.split(',').filter(|f| !f.is_empty()) {
+            if !SHEBANG_FLAGS.contains(&flag) {
+                return Err(Out::Err(format!("ERR Unexpected flag in script shebang: {flag}")));
+            }
+            no_writes |= flag == "no-writes";
+        }
+    }
+    Ok((Some(no_writes), &body[nl..]))
 }
 
 /// Error replies are one line.
@@ -158,9 +196,15 @@ fn one_line(s: &str) -> String {
 /// checked to be a keyspace command the script may call). `Err` when the
 /// script does not compile.
 pub(crate) fn run(call: &Call<'_>, exec: &mut dyn FnMut(&[&[u8]]) -> Out) -> Result<Out, Out> {
+    let (declared, code) = shebang(call.body)?;
+    if call.read_only && declared == Some(false) {
+        return Err(Out::err("ERR Can not execute a script with write flag using *_ro command."));
+    }
+    let read_only = call.read_only || declared == Some(true);
     with_engine(|e| {
-        let f = e.compiled(call.body, call.sha)?;
-        Ok(e.run(f, call, exec).unwrap_or_else(|err| Out::Err(one_line(&format!("ERR Error running script: {err}")))))
+        let f = e.compiled(code, call.sha)?;
+        let call = Call { read_only, ..*call };
+        Ok(e.run(f, &call, exec).unwrap_or_else(|err| Out::Err(one_line(&format!("ERR Error running script: {err}")))))
     })
 }
 
