@@ -134,7 +134,14 @@ async fn scripts_from_clients_on_every_node_are_atomic() {
 async fn an_endless_script_is_stopped_with_an_error_and_the_cluster_goes_on() {
     let c = TestCluster::start(3).await;
     c.wait_voters().await;
-    let mut conn = client(addr(&c.nodes[1])).await;
+    // The budget is 200M Lua instructions, every replica runs them, and
+    // this is a debug build on a shared machine: a patient client.
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(Some(std::time::Duration::from_secs(60)));
+    let mut conn = redis::Client::open(format!("redis://{}/", addr(&c.nodes[1])))
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&patient)
+        .await
+        .unwrap();
     let err = redis::cmd("EVAL")
         .arg("redis.call('set', KEYS[1], 'before') while true do end")
         .arg(1)
