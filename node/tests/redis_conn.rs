@@ -329,6 +329,15 @@ async fn data_types_with_the_stock_client_over_resp2_and_resp3() {
             .unwrap();
         assert_eq!((was, count, pos), (1, 1, 9));
 
+        let visitors: Vec<String> = (0..5000).map(|i| format!("user:{i}")).collect();
+        let _: i64 = redis::cmd("PFADD").arg("day1").arg(&visitors[..3000]).query_async(&mut c).await.unwrap();
+        let _: i64 = redis::cmd("PFADD").arg("day2").arg(&visitors[2000..]).query_async(&mut c).await.unwrap();
+        let one: i64 = redis::cmd("PFCOUNT").arg("day1").query_async(&mut c).await.unwrap();
+        let both: i64 = redis::cmd("PFCOUNT").arg(&["day1", "day2"]).query_async(&mut c).await.unwrap();
+        // HyperLogLog's standard error is 0.81%: within 3% of the truth.
+        assert!((2910..=3090).contains(&one), "{one}");
+        assert!((4850..=5150).contains(&both), "{both}");
+
         let err = redis::cmd("LPUSH").arg(&["h", "v"]).query_async::<()>(&mut c).await.unwrap_err();
         assert!(err.to_string().contains("WRONGTYPE"), "{err}");
     }

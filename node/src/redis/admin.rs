@@ -245,7 +245,7 @@ fn table() -> Vec<CommandInfo> {
             | "sdiffstore" => (1, -1),
             "rename" | "renamenx" | "smove" | "lmove" | "rpoplpush" | "blmove" | "brpoplpush" | "zrangestore"
             | "copy" => (1, 2),
-            "touch" => (1, -1),
+            "touch" | "pfcount" | "pfmerge" => (1, -1),
             "object" => (2, 2),
             "blpop" | "brpop" | "bzpopmin" | "bzpopmax" => (1, -2),
             _ => (1, 1),

@@ -18,11 +18,13 @@
 //!
 //! The commands live by family: [`strings`], [`bits`] (bitmaps on
 //! strings), [`keys`] (generic key commands), [`hashes`], [`lists`],
-//! [`sets`], [`zsets`]; Lua scripts in [`script`].
+//! [`sets`], [`zsets`], [`hll`] (HyperLogLog on strings); Lua scripts in
+//! [`script`].
 
 mod bits;
 pub mod dump;
 mod hashes;
+mod hll;
 mod keys;
 mod lists;
 pub mod script;
@@ -545,6 +547,9 @@ pub const NAMES: &[&str] = &[
     "copy",
     "touch",
     "object",
+    "pfadd",
+    "pfcount",
+    "pfmerge",
 ];
 
 /// The commands the keyspace runs, by lower-case name.
@@ -636,6 +641,9 @@ pub fn spec(name: &str) -> Option<Spec> {
         // bitmaps
         "setbit" => (4, true),
         "getbit" => (3, false),
+        // HyperLogLog
+        "pfadd" | "pfmerge" => (-2, true),
+        "pfcount" => (-2, false),
         "bitcount" => (-2, false),
         "bitpos" => (-3, false),
         // scripts: SCRIPT goes through the log whole (LOAD and FLUSH
@@ -1138,6 +1146,7 @@ impl Keyspace {
             .or_else(|| self.list_read(name, db, now_ms, argv))
             .or_else(|| self.set_read(name, db, now_ms, argv))
             .or_else(|| self.zset_read(name, db, now_ms, argv))
+            .or_else(|| self.hll_read(name, db, now_ms, argv))
             .or_else(|| self.script_read(name, db, now_ms, argv))
     }
 
@@ -1176,6 +1185,9 @@ impl Keyspace {
             return out;
         }
         if let Some(out) = self.bits_write(name, db, now_ms, argv) {
+            return out;
+        }
+        if let Some(out) = self.hll_write(name, db, now_ms, argv) {
             return out;
         }
         if let Some(out) = self.script_write(name, db, now_ms, argv) {

@@ -5,7 +5,8 @@ Each table line is `COMMAND ARG... => REPLY`; arguments are split on
 single spaces. The script runs every command of a table, in order, on a
 fresh redis-server database (RESP2) and rewrites the part after `=>` with
 what the server answered, in the short form the keyspace tests compare:
-`+simple`, `-error`, `:int`, `$bulk`, `nil`, `[a,b]`. Inside an argument,
+`+simple`, `-error`, `:int`, `$bulk` (`$hex:...` when not UTF-8), `nil`,
+`[a,b]`. Inside an argument,
 `\s` stands for a space and `\n` for a newline (Lua scripts).
 
     redis-server --port 7777 --save '' --appendonly no &
@@ -54,7 +55,13 @@ class Conn:
             return ":" + rest
         if kind == b"$":
             n = int(rest)
-            return "nil" if n < 0 else "$" + self.exact(n).decode()
+            if n < 0:
+                return "nil"
+            data = self.exact(n)
+            try:
+                return "$" + data.decode()
+            except UnicodeDecodeError:
+                return "$hex:" + data.hex()
         if kind == b"*":
             n = int(rest)
             if n < 0:
