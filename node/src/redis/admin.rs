@@ -246,6 +246,7 @@ fn table() -> Vec<CommandInfo> {
             "rename" | "renamenx" | "smove" | "lmove" | "rpoplpush" | "blmove" | "brpoplpush" | "zrangestore"
             | "copy" => (1, 2),
             "touch" | "pfcount" | "pfmerge" => (1, -1),
+            "bitop" => (2, -1),
             "object" => (2, 2),
             "blpop" | "brpop" | "bzpopmin" | "bzpopmax" => (1, -2),
             _ => (1, 1),

@@ -550,6 +550,9 @@ pub const NAMES: &[&str] = &[
     "pfadd",
     "pfcount",
     "pfmerge",
+    "bitop",
+    "bitfield",
+    "bitfield_ro",
 ];
 
 /// The commands the keyspace runs, by lower-case name.
@@ -641,6 +644,9 @@ pub fn spec(name: &str) -> Option<Spec> {
         // bitmaps
         "setbit" => (4, true),
         "getbit" => (3, false),
+        "bitop" => (-4, true),
+        "bitfield" => (-2, true),
+        "bitfield_ro" => (-2, false),
         // HyperLogLog
         "pfadd" | "pfmerge" => (-2, true),
         "pfcount" => (-2, false),

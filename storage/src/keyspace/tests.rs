@@ -360,6 +360,11 @@ fn hyperloglogs_as_redis() {
 }
 
 #[test]
+fn bitop_and_bitfield_as_redis() {
+    replay(include_str!("../../tests/redis/bitops.txt"));
+}
+
+#[test]
 fn types_as_redis() {
     replay(include_str!("../../tests/redis/types.txt"));
 }
@@ -371,7 +376,7 @@ fn the_name_list_is_the_command_table() {
         assert!(spec(n).is_some(), "{n} listed but unknown");
         assert!(seen.insert(*n), "{n} listed twice");
     }
-    assert_eq!(seen.len(), 145);
+    assert_eq!(seen.len(), 148);
 }
 
 /// The clock is an argument, so expiry is tested at exact instants (a
