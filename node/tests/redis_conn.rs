@@ -374,7 +374,7 @@ async fn transactions_answer_byte_for_byte_as_redis() {
     );
 }
 
-/// COPY into another database, and its DB index checked against the
+/// COPY and MOVE into another database, the DB index checked against the
 /// node's `databases` (16) at once and, queued, at EXEC: bytes as
 /// redis-server 7.0.15 gave them.
 #[tokio::test]
@@ -382,12 +382,12 @@ async fn copy_across_databases_answers_byte_for_byte_as_redis() {
     let n = TestNode::start().await;
     let got = exchange(
         redis_addr(&n),
-        b"FLUSHALL\r\nSET s v\r\nCOPY s s DB 1\r\nSELECT 1\r\nGET s\r\nSELECT 0\r\nCOPY s x DB 16\r\nMULTI\r\nCOPY s y DB 99\r\nCOPY s y DB 2\r\nEXEC\r\nSELECT 2\r\nGET y\r\n",
+        b"FLUSHALL\r\nSET s v\r\nCOPY s s DB 1\r\nSELECT 1\r\nGET s\r\nSELECT 0\r\nCOPY s x DB 16\r\nMULTI\r\nCOPY s y DB 99\r\nCOPY s y DB 2\r\nEXEC\r\nSELECT 2\r\nGET y\r\nSET t 1 EX 100\r\nMOVE t 16\r\nMOVE t 3\r\nSELECT 3\r\nTTL t\r\n",
     )
     .await;
     assert_eq!(
         got,
-        "+OK\r\n+OK\r\n:1\r\n+OK\r\n$1\r\nv\r\n+OK\r\n-ERR DB index is out of range\r\n+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n-ERR DB index is out of range\r\n:1\r\n+OK\r\n$1\r\nv\r\n"
+        "+OK\r\n+OK\r\n:1\r\n+OK\r\n$1\r\nv\r\n+OK\r\n-ERR DB index is out of range\r\n+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n-ERR DB index is out of range\r\n:1\r\n+OK\r\n$1\r\nv\r\n+OK\r\n-ERR DB index is out of range\r\n:1\r\n+OK\r\n:100\r\n"
     );
 }
 

@@ -496,15 +496,18 @@ impl Conn {
         }
     }
 
-    /// COPY … DB n with n past `databases`: the keyspace does not know the
+    /// COPY … DB n or MOVE key n with n past `databases`: the keyspace does not know the
     /// server's database count, so this is checked before the command is
     /// logged (and at EXEC for a queued one, as Redis checks it then).
     pub fn db_out_of_range(&self, name: &str, argv: &[&[u8]]) -> Option<Reply> {
-        if name != "copy" {
-            return None;
-        }
         let databases = i64::from(self.shared.config.databases);
-        let db = argv.windows(2).skip(3).find(|w| w[0].eq_ignore_ascii_case(b"db")).and_then(|w| parse_i64(w[1]))?;
+        let db = match name {
+            "copy" => {
+                argv.windows(2).skip(3).find(|w| w[0].eq_ignore_ascii_case(b"db")).and_then(|w| parse_i64(w[1]))?
+            }
+            "move" => parse_i64(argv[2])?,
+            _ => return None,
+        };
         (db >= databases).then(|| Reply::err("ERR DB index is out of range"))
     }
 

@@ -159,6 +159,7 @@ impl Keyspace {
                 Out::Int(1)
             }
             "copy" => self.copy(db, now_ms, argv),
+            "move" => self.move_key(db, now_ms, argv),
             "rename" | "renamenx" => {
                 let Some(e) = self.get(db, argv[1], now_ms).cloned() else {
                     return Some(Out::err("ERR no such key"));
@@ -422,6 +423,29 @@ impl Keyspace {
         }
         self.expire_if_due(to_db, argv[2], now_ms);
         self.put(to_db, argv[2], e);
+        Out::Int(1)
+    }
+
+    /// MOVE key db: the key (with its TTL) to another database, unless it
+    /// is there already. The DB index's upper bound is the server's check.
+    fn move_key(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let to = match int_arg(argv[2]) {
+            Ok(n) => match u32::try_from(n) {
+                Ok(n) => n,
+                Err(_) => return Out::err("ERR DB index is out of range"),
+            },
+            Err(e) => return e,
+        };
+        if to == db {
+            return Out::err("ERR source and destination objects are the same");
+        }
+        let Some(e) = self.get(db, argv[1], now_ms).cloned() else { return Out::Int(0) };
+        if self.get(to, argv[1], now_ms).is_some() {
+            return Out::Int(0);
+        }
+        self.remove(db, argv[1], now_ms);
+        self.expire_if_due(to, argv[1], now_ms);
+        self.put(to, argv[1], e);
         Out::Int(1)
     }
 

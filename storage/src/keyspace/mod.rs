@@ -553,6 +553,7 @@ pub const NAMES: &[&str] = &[
     "bitop",
     "bitfield",
     "bitfield_ro",
+    "move",
 ];
 
 /// The commands the keyspace runs, by lower-case name.
@@ -581,6 +582,7 @@ pub fn spec(name: &str) -> Option<Spec> {
         "ttl" | "pttl" | "type" | "expiretime" | "pexpiretime" => (2, false),
         "persist" => (2, true),
         "copy" => (-3, true),
+        "move" => (3, true),
         "touch" => (-2, false),
         "object" => (-2, false),
         "rename" | "renamenx" => (3, true),
