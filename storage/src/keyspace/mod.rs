@@ -29,6 +29,7 @@ mod keys;
 mod lists;
 pub mod script;
 mod sets;
+mod sort;
 mod strings;
 mod zsets;
 
@@ -554,6 +555,8 @@ pub const NAMES: &[&str] = &[
     "bitfield",
     "bitfield_ro",
     "move",
+    "sort",
+    "sort_ro",
 ];
 
 /// The commands the keyspace runs, by lower-case name.
@@ -583,6 +586,9 @@ pub fn spec(name: &str) -> Option<Spec> {
         "persist" => (2, true),
         "copy" => (-3, true),
         "move" => (3, true),
+        // SORT may STORE, so it goes through the log; SORT_RO is a read.
+        "sort" => (-2, true),
+        "sort_ro" => (-2, false),
         "touch" => (-2, false),
         "object" => (-2, false),
         "rename" | "renamenx" => (3, true),
@@ -1155,6 +1161,7 @@ impl Keyspace {
             .or_else(|| self.set_read(name, db, now_ms, argv))
             .or_else(|| self.zset_read(name, db, now_ms, argv))
             .or_else(|| self.hll_read(name, db, now_ms, argv))
+            .or_else(|| self.sort_read(name, db, now_ms, argv))
             .or_else(|| self.script_read(name, db, now_ms, argv))
     }
 
@@ -1193,6 +1200,9 @@ impl Keyspace {
             return out;
         }
         if let Some(out) = self.bits_write(name, db, now_ms, argv) {
+            return out;
+        }
+        if let Some(out) = self.sort_write(name, db, now_ms, argv) {
             return out;
         }
         if let Some(out) = self.hll_write(name, db, now_ms, argv) {

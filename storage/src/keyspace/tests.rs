@@ -365,6 +365,11 @@ fn bitop_and_bitfield_as_redis() {
 }
 
 #[test]
+fn sort_as_redis() {
+    replay(include_str!("../../tests/redis/sort.txt"));
+}
+
+#[test]
 fn types_as_redis() {
     replay(include_str!("../../tests/redis/types.txt"));
 }
@@ -376,7 +381,7 @@ fn the_name_list_is_the_command_table() {
         assert!(spec(n).is_some(), "{n} listed but unknown");
         assert!(seen.insert(*n), "{n} listed twice");
     }
-    assert_eq!(seen.len(), 149);
+    assert_eq!(seen.len(), 151);
 }
 
 /// The clock is an argument, so expiry is tested at exact instants (a
