@@ -338,6 +338,18 @@ async fn data_types_with_the_stock_client_over_resp2_and_resp3() {
         assert!((2910..=3090).contains(&one), "{one}");
         assert!((4850..=5150).contains(&both), "{both}");
 
+        let _: i64 = redis::cmd("RPUSH").arg(&["ids", "1", "2", "3"]).query_async(&mut c).await.unwrap();
+        let _: () = redis::cmd("MSET").arg(&["w_1", "30", "w_2", "10", "w_3", "20"]).query_async(&mut c).await.unwrap();
+        let by_weight: Vec<String> =
+            redis::cmd("SORT").arg(&["ids", "BY", "w_*", "DESC"]).query_async(&mut c).await.unwrap();
+        assert_eq!(by_weight, ["1", "3", "2"]);
+        let fields: Vec<Option<i64>> = redis::cmd("BITFIELD")
+            .arg(&["bf", "SET", "u8", "0", "200", "OVERFLOW", "FAIL", "INCRBY", "u8", "0", "100", "GET", "u8", "0"])
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(fields, [Some(0), None, Some(200)]);
+
         let err = redis::cmd("LPUSH").arg(&["h", "v"]).query_async::<()>(&mut c).await.unwrap_err();
         assert!(err.to_string().contains("WRONGTYPE"), "{err}");
     }
