@@ -247,7 +247,7 @@ fn table() -> Vec<CommandInfo> {
             | "copy" => (1, 2),
             "touch" | "pfcount" | "pfmerge" => (1, -1),
             "bitop" => (2, -1),
-            "object" => (2, 2),
+            "object" | "memory" => (2, 2),
             "blpop" | "brpop" | "bzpopmin" | "bzpopmax" => (1, -2),
             _ => (1, 1),
         };

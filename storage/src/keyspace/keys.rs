@@ -106,6 +106,7 @@ impl Keyspace {
             "type" => Out::Simple(self.get(db, argv[1], now_ms).map_or("none", |e| e.value.type_name()).into()),
             "touch" => Out::Int(argv[1..].iter().filter(|k| self.get(db, k, now_ms).is_some()).count() as i64),
             "object" => self.object(db, now_ms, argv),
+            "memory" => self.memory(db, now_ms, argv),
             "dbsize" => Out::Int(self.len(db, now_ms) as i64),
             "scan" => {
                 let opts = match scan_opts(argv, 1, true) {
@@ -380,6 +381,30 @@ const OBJECT_HELP: &[&str] = &[
     "    Prints this help.",
 ];
 
+/// MEMORY HELP, as Redis 7.0 prints it.
+const MEMORY_HELP: &[&str] = &[
+    "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "DOCTOR",
+    "    Return memory problems reports.",
+    "MALLOC-STATS",
+    "    Return internal statistics report from the memory allocator.",
+    "PURGE",
+    "    Attempt to purge dirty pages for reclamation by the allocator.",
+    "STATS",
+    "    Return information about the memory usage of the server.",
+    "USAGE <key> [SAMPLES <count>]",
+    "    Return memory in bytes used by <key> and its value. Nested values are",
+    "    sampled up to <count> times (default: 5, 0 means sample all).",
+    "HELP",
+    "    Prints this help.",
+];
+
+/// Bytes MEMORY USAGE adds for a key's own bookkeeping, and for each
+/// element of a collection (Redis's dict entries and object headers,
+/// roughly).
+const KEY_OVERHEAD_BYTES: usize = 48;
+const ELEMENT_OVERHEAD_BYTES: usize = 16;
+
 /// Redis 7.0's small-encoding limits (its config defaults), for OBJECT
 /// ENCODING: entries, and bytes of a field, value or member.
 const LISTPACK_ENTRIES_MAX: usize = 128;
@@ -447,6 +472,37 @@ impl Keyspace {
         self.expire_if_due(to, argv[1], now_ms);
         self.put(to, argv[1], e);
         Out::Int(1)
+    }
+
+    /// MEMORY USAGE key [SAMPLES n] (an estimate: the key, the value's
+    /// bytes, and a fixed overhead per key and per element; it counts
+    /// every element, as SAMPLES 0 does), HELP, and PURGE (nothing to do).
+    fn memory(&self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let sub = String::from_utf8_lossy(argv[1]).to_ascii_lowercase();
+        match sub.as_str() {
+            "usage" if argv.len() < 3 => Out::err("ERR wrong number of arguments for 'memory|usage' command"),
+            "usage" => {
+                match &argv[3..] {
+                    [] => {}
+                    [opt, n] if upper(opt) == "SAMPLES" => {
+                        if let Err(e) = int_arg(n) {
+                            return e;
+                        }
+                    }
+                    _ => return Out::err(SYNTAX),
+                }
+                let Some(e) = self.get(db, argv[2], now_ms) else { return Out::Nil };
+                let value = match &e.value {
+                    Value::Str(s) => s.len(),
+                    v => v.elements().iter().map(|(k, b)| k.len() + b.len() + ELEMENT_OVERHEAD_BYTES).sum(),
+                };
+                Out::Int((KEY_OVERHEAD_BYTES + argv[2].len() + value) as i64)
+            }
+            "help" if argv.len() == 2 => Out::Array(MEMORY_HELP.iter().map(|l| Out::Simple((*l).into())).collect()),
+            "purge" if argv.len() == 2 => Out::ok(),
+            "help" | "purge" => Out::Err(format!("ERR wrong number of arguments for 'memory|{sub}' command")),
+            _ => Out::Err(format!("ERR unknown subcommand '{}'. Try MEMORY HELP.", String::from_utf8_lossy(argv[1]))),
+        }
     }
 
     /// OBJECT ENCODING | REFCOUNT | IDLETIME | FREQ | HELP. The encoding

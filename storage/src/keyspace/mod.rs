@@ -557,6 +557,7 @@ pub const NAMES: &[&str] = &[
     "move",
     "sort",
     "sort_ro",
+    "memory",
 ];
 
 /// The commands the keyspace runs, by lower-case name.
@@ -590,7 +591,7 @@ pub fn spec(name: &str) -> Option<Spec> {
         "sort" => (-2, true),
         "sort_ro" => (-2, false),
         "touch" => (-2, false),
-        "object" => (-2, false),
+        "object" | "memory" => (-2, false),
         "rename" | "renamenx" => (3, true),
         "dbsize" | "randomkey" => (1, false),
         "keys" => (2, false),
