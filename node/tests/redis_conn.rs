@@ -751,3 +751,24 @@ async fn wait_counts_the_replicas_holding_every_acknowledged_write() {
         "-ERR value is not an integer or out of range\r\n-ERR timeout is negative\r\n-ERR wrong number of arguments for 'wait' command\r\n"
     );
 }
+
+/// CLIENT INFO is this connection's CLIENT LIST line; CLIENT NO-EVICT is
+/// accepted (nothing is evicted); errors as redis-server 7.0.15 gives them.
+#[tokio::test]
+async fn client_info_and_no_evict_as_redis() {
+    let n = TestNode::start().await;
+    let got = exchange(
+        redis_addr(&n),
+        b"CLIENT SETNAME me\r\nCLIENT ID\r\nCLIENT INFO\r\nCLIENT NO-EVICT on\r\nCLIENT NO-EVICT bogus\r\nCLIENT NO-EVICT\r\nCLIENT INFO x\r\n",
+    )
+    .await;
+    let lines: Vec<&str> = got.split("\r\n").collect();
+    assert_eq!(lines[0], "+OK");
+    let id = lines[1].strip_prefix(':').unwrap();
+    assert!(lines[2].starts_with('$'), "{got}");
+    assert!(lines[3].starts_with(&format!("id={id} addr=")) && lines[3].contains(" name=me "), "{got}");
+    assert_eq!(
+        lines[4..].join("\r\n"),
+        "+OK\r\n-ERR syntax error\r\n-ERR wrong number of arguments for 'client|no-evict' command\r\n-ERR wrong number of arguments for 'client|info' command\r\n"
+    );
+}

@@ -902,6 +902,8 @@ impl Conn {
             "getname" => 2,
             "setinfo" => 4,
             "list" => -2,
+            "info" => 2,
+            "no-evict" => 3,
             "kill" => -3,
             _ => {
                 return Reply::err(format!(
@@ -942,16 +944,19 @@ impl Conn {
             "kill" => self.client_kill(&argv[2..]),
             "list" => {
                 let clients = self.shared.clients.lock();
-                let mut text = String::new();
-                for (id, c) in clients.iter() {
-                    let age = c.since.map_or(0, |s| s.elapsed().as_secs());
-                    text.push_str(&format!(
-                        "id={id} addr={} laddr={} name={} age={age} db={} resp={} lib-name={} lib-ver={}\n",
-                        c.addr, c.laddr, c.name, c.db, c.resp, c.lib_name, c.lib_ver
-                    ));
-                }
+                let text: String = clients.iter().map(|(id, c)| client_line(*id, c)).collect();
                 Reply::Bulk(text.into_bytes())
             }
+            "info" => {
+                let clients = self.shared.clients.lock();
+                let line = clients.get(&self.id).map(|c| client_line(self.id, c)).unwrap_or_default();
+                Reply::Bulk(line.into_bytes())
+            }
+            // Catga never evicts clients: nothing to switch.
+            "no-evict" => match String::from_utf8_lossy(argv[2]).to_ascii_lowercase().as_str() {
+                "on" | "off" => Reply::ok(),
+                _ => Reply::err("ERR syntax error"),
+            },
             _ => unknown_command(argv),
         }
     }
@@ -964,4 +969,13 @@ impl Drop for Conn {
         }
         self.shared.clients.lock().remove(&self.id);
     }
+}
+
+/// One connection as CLIENT LIST and CLIENT INFO show it.
+fn client_line(id: u64, c: &ClientInfo) -> String {
+    let age = c.since.map_or(0, |s| s.elapsed().as_secs());
+    format!(
+        "id={id} addr={} laddr={} name={} age={age} db={} resp={} lib-name={} lib-ver={}\n",
+        c.addr, c.laddr, c.name, c.db, c.resp, c.lib_name, c.lib_ver
+    )
 }
