@@ -772,3 +772,33 @@ async fn client_info_and_no_evict_as_redis() {
         "+OK\r\n-ERR syntax error\r\n-ERR wrong number of arguments for 'client|no-evict' command\r\n-ERR wrong number of arguments for 'client|info' command\r\n"
     );
 }
+
+/// INFO commandstats counts every call of each command (exactly) and its
+/// time (from the timed sample); it is left out of plain INFO and given
+/// by INFO all and INFO commandstats, as in Redis.
+#[tokio::test]
+async fn info_commandstats_counts_each_command() {
+    let n = TestNode::start().await;
+    let mut c = common::redis_client(redis_addr(&n)).await;
+    for i in 0..40 {
+        let _: () = redis::cmd("SET").arg("k").arg(i).query_async(&mut c).await.unwrap();
+        let _: String = redis::cmd("GET").arg("k").query_async(&mut c).await.unwrap();
+    }
+    let info = |section: Option<&'static str>| {
+        let mut cmd = redis::cmd("INFO");
+        if let Some(s) = section {
+            cmd.arg(s);
+        }
+        cmd
+    };
+    let stats: String = info(Some("commandstats")).query_async(&mut c).await.unwrap();
+    let line = |name: &str| stats.lines().find(|l| l.starts_with(&format!("cmdstat_{name}:"))).map(str::to_string);
+    let get = line("get").expect("a get line");
+    assert!(get.starts_with("cmdstat_get:calls=40,usec="), "{get}");
+    assert!(line("set").unwrap().starts_with("cmdstat_set:calls=40,usec="), "{stats}");
+    assert!(line("lpush").is_none(), "commands never called are left out: {stats}");
+    let plain: String = info(None).query_async(&mut c).await.unwrap();
+    assert!(!plain.contains("# Commandstats"));
+    let everything: String = info(Some("all")).query_async(&mut c).await.unwrap();
+    assert!(everything.contains("# Commandstats\r\ncmdstat_"), "{everything}");
+}

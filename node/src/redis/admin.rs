@@ -37,13 +37,18 @@ pub fn role(shared: &Shared) -> Role {
 /// The INFO sections, in Redis's order; `default` and `all` give them all.
 const SECTIONS: &[&str] = &["server", "clients", "memory", "stats", "replication", "keyspace"];
 
+/// Sections INFO gives only when named, or for `all` / `everything`.
+const EXTRA_SECTIONS: &[&str] = &["commandstats"];
+
 pub fn info(conn: &Conn, argv: &[&[u8]]) -> Reply {
     let wanted: Vec<String> = argv[1..].iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect();
     let all = wanted.is_empty() || wanted.iter().any(|w| matches!(w.as_str(), "default" | "all" | "everything"));
+    let extra = wanted.iter().any(|w| matches!(w.as_str(), "all" | "everything"));
     let shared = &conn.shared;
     let mut text = String::new();
-    for section in SECTIONS {
-        if !all && !wanted.iter().any(|w| w == section) {
+    for section in SECTIONS.iter().chain(EXTRA_SECTIONS) {
+        let default = SECTIONS.contains(section);
+        if !(default && all || !default && extra || wanted.iter().any(|w| w == section)) {
             continue;
         }
         if !text.is_empty() {
@@ -126,6 +131,25 @@ fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, S
                 let st = raft.status();
                 put("master_repl_offset", st.applied_index.unwrap_or(0).to_string());
                 put("raft_term", st.term.to_string());
+            }
+        }
+        "commandstats" => {
+            // Calls are counted exactly; time is the mean of the timed
+            // sample (one call in `DURATION_SAMPLE` a connection) times
+            // the calls, so `usec` is an estimate.
+            for (i, name) in super::conn::command_names().iter().enumerate() {
+                let calls = stats.by_command[i].load(Ordering::Relaxed);
+                if calls == 0 {
+                    continue;
+                }
+                let per_call = stats.mean_usec(i).unwrap_or(0.0);
+                put(
+                    &format!("cmdstat_{name}"),
+                    format!(
+                        "calls={calls},usec={},usec_per_call={per_call:.2},rejected_calls=0,failed_calls=0",
+                        (per_call * calls as f64).round() as u64
+                    ),
+                );
             }
         }
         "keyspace" => {

@@ -61,6 +61,9 @@ pub struct Stats {
     /// command index, made on first use from the family the node set.
     durations: Vec<std::sync::OnceLock<Histogram>>,
     family: std::sync::OnceLock<crate::nats::server::DurationFamily>,
+    /// Timed calls and their total µs, per command index (INFO
+    /// commandstats).
+    timed: Vec<(AtomicU64, AtomicU64)>,
 }
 
 /// One Redis command in this many is timed, per connection.
@@ -75,12 +78,24 @@ impl Stats {
 
     /// Records that command `index` took `took`.
     pub fn observe(&self, index: usize, took: std::time::Duration) {
+        if let Some((calls, usec)) = self.timed.get(index) {
+            calls.fetch_add(1, Ordering::Relaxed);
+            usec.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        }
         let (Some(family), Some(slot)) = (self.family.get(), self.durations.get(index)) else { return };
         let h = slot.get_or_init(|| {
             let op = command_names().get(index).copied().unwrap_or("unknown");
             family.get_or_create(&vec![("protocol", "redis".to_string()), ("op", op.to_string())]).clone()
         });
         h.observe(took.as_secs_f64());
+    }
+
+    /// Mean duration of command `index` in µs, from the timed sample;
+    /// `None` if none of its calls was timed.
+    pub fn mean_usec(&self, index: usize) -> Option<f64> {
+        let (calls, usec) = self.timed.get(index)?;
+        let calls = calls.load(Ordering::Relaxed);
+        (calls > 0).then(|| usec.load(Ordering::Relaxed) as f64 / calls as f64)
     }
 }
 
@@ -96,6 +111,7 @@ impl Default for Stats {
             by_command: (0..=command_names().len()).map(|_| AtomicU64::new(0)).collect(),
             durations: (0..=command_names().len()).map(|_| std::sync::OnceLock::new()).collect(),
             family: std::sync::OnceLock::new(),
+            timed: (0..=command_names().len()).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect(),
         }
     }
 }
