@@ -558,6 +558,8 @@ pub const NAMES: &[&str] = &[
     "sort",
     "sort_ro",
     "memory",
+    "zintercard",
+    "substr",
 ];
 
 /// The commands the keyspace runs, by lower-case name.
@@ -575,7 +577,7 @@ pub fn spec(name: &str) -> Option<Spec> {
         "getex" => (-2, true),
         "append" => (3, true),
         "strlen" => (2, false),
-        "getrange" => (4, false),
+        "getrange" | "substr" => (4, false),
         "setrange" => (4, true),
         "incr" | "decr" => (2, true),
         "incrby" | "decrby" | "incrbyfloat" => (3, true),
@@ -645,7 +647,7 @@ pub fn spec(name: &str) -> Option<Spec> {
         "bzpopmin" | "bzpopmax" => (-3, true),
         "zmpop" => (-4, true),
         "bzmpop" => (-5, true),
-        "zunion" | "zinter" | "zdiff" => (-3, false),
+        "zunion" | "zinter" | "zdiff" | "zintercard" => (-3, false),
         "zunionstore" | "zinterstore" | "zdiffstore" => (-4, true),
         "zremrangebyscore" | "zremrangebyrank" | "zremrangebylex" => (4, true),
         "zrangestore" => (-5, true),
@@ -755,6 +757,25 @@ fn mpop_args<'a, T>(
         _ => return Err(Out::err(SYNTAX)),
     };
     Ok((argv[at + 1..side_at].to_vec(), side, count))
+}
+
+/// SINTERCARD / ZINTERCARD's options after the keys (from `argv[at]`):
+/// `LIMIT n`, 0 meaning none.
+fn card_limit(argv: &[&[u8]], at: usize) -> Result<usize, Out> {
+    let mut limit = 0usize;
+    let mut i = at;
+    while i < argv.len() {
+        match (upper(argv[i]).as_str(), argv.get(i + 1)) {
+            ("LIMIT", Some(n)) => match string2ll(n) {
+                Some(n) if n >= 0 => limit = n as usize,
+                // Redis says so for a LIMIT that is not a number too.
+                _ => return Err(Out::err("ERR LIMIT can't be negative")),
+            },
+            _ => return Err(Out::err(SYNTAX)),
+        }
+        i += 2;
+    }
+    Ok(limit)
 }
 
 /// A float argument as Redis reads one (`strtold` with no trailing junk

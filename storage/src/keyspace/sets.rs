@@ -109,19 +109,10 @@ impl Keyspace {
         if numkeys > argv.len() - 2 {
             return Out::err("ERR Number of keys can't be greater than number of args");
         }
-        let mut limit = 0usize;
-        let mut i = 2 + numkeys;
-        while i < argv.len() {
-            match (upper(argv[i]).as_str(), argv.get(i + 1)) {
-                ("LIMIT", Some(n)) => match string2ll(n) {
-                    Some(n) if n >= 0 => limit = n as usize,
-                    Some(_) => return Out::err("ERR LIMIT can't be negative"),
-                    None => return Out::err(NOT_INTEGER),
-                },
-                _ => return Out::err(SYNTAX),
-            }
-            i += 2;
-        }
+        let limit = match card_limit(argv, 2 + numkeys) {
+            Ok(l) => l,
+            Err(e) => return e,
+        };
         match self.algebra(db, now_ms, &argv[2..2 + numkeys], Algebra::Inter) {
             Ok(s) => Out::Int(if limit == 0 { s.len() } else { s.len().min(limit) } as i64),
             Err(e) => e,

@@ -23,7 +23,7 @@ impl Keyspace {
                 Ok(s) => Out::Int(s.map_or(0, |s| s.len() as i64)),
                 Err(e) => e,
             },
-            "getrange" => {
+            "getrange" | "substr" => {
                 let (Some(start), Some(end)) = (string2ll(argv[2]), string2ll(argv[3])) else {
                     return Some(Out::err(NOT_INTEGER));
                 };

@@ -211,6 +211,38 @@ pub(super) fn rank_range(start: i64, stop: i64, len: usize) -> Option<(usize, us
 }
 
 impl Keyspace {
+    /// ZINTERCARD numkeys key... [LIMIT n]: how many members every input
+    /// (sorted sets, or sets) holds, counting stops at n (0: no limit).
+    fn zintercard(&self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let numkeys = match string2ll(argv[1]) {
+            Some(n) if n >= 1 => n as usize,
+            Some(_) => return Out::err("ERR at least 1 input key is needed for 'zintercard' command"),
+            None => return Out::err(NOT_INTEGER),
+        };
+        if numkeys > argv.len() - 2 {
+            return Out::err(SYNTAX);
+        }
+        let limit = match card_limit(argv, 2 + numkeys) {
+            Ok(l) => l,
+            Err(e) => return e,
+        };
+        let mut inputs: Vec<Vec<&[u8]>> = Vec::with_capacity(numkeys);
+        for k in &argv[2..2 + numkeys] {
+            inputs.push(match self.get(db, k, now_ms).map(|e| &e.value) {
+                None => Vec::new(),
+                Some(Value::ZSet(z)) => z.iter().map(|(m, _)| m).collect(),
+                Some(Value::Set(set)) => set.iter().map(Vec::as_slice).collect(),
+                Some(_) => return Out::err(WRONGTYPE),
+            });
+        }
+        inputs.sort_by_key(Vec::len);
+        let others: Vec<std::collections::BTreeSet<&[u8]>> =
+            inputs[1..].iter().map(|i| i.iter().copied().collect()).collect();
+        let common = inputs[0].iter().filter(|m| others.iter().all(|o| o.contains(*m)));
+        let n = if limit == 0 { common.count() } else { common.take(limit).count() };
+        Out::Int(n as i64)
+    }
+
     /// ZUNION, ZINTER, ZDIFF and their STORE forms: the inputs (sorted
     /// sets, or sets with every score 1) from `numkeys` at `argv[at]`,
     /// parsed and checked in Redis 7.0's order (numkeys, WRONGTYPE, then
@@ -327,6 +359,9 @@ impl Keyspace {
         // family's for another family's command).
         if !name.starts_with('z') {
             return None;
+        }
+        if name == "zintercard" {
+            return Some(self.zintercard(db, now_ms, argv));
         }
         if matches!(name, "zunion" | "zinter" | "zdiff") {
             return Some(match self.zalgebra(db, now_ms, name, argv, 1) {
