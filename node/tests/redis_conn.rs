@@ -802,3 +802,66 @@ async fn info_commandstats_counts_each_command() {
     let everything: String = info(Some("all")).query_async(&mut c).await.unwrap();
     assert!(everything.contains("# Commandstats\r\ncmdstat_"), "{everything}");
 }
+
+/// Reads from `m` into `got` until it holds `lines` newlines (10 s).
+async fn read_lines(m: &mut TcpStream, got: &mut Vec<u8>, lines: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.iter().filter(|&&b| b == b'\n').count() < lines {
+        let mut buf = [0u8; 4096];
+        let k = tokio::time::timeout_at(deadline, m.read(&mut buf)).await.expect("monitor lines in time").unwrap();
+        assert!(k > 0, "monitor closed: {}", String::from_utf8_lossy(got));
+        got.extend_from_slice(&buf[..k]);
+    }
+}
+
+/// MONITOR shows every command the node runs, quoted and escaped as
+/// redis-server 7.0.15 does, with the database after the command and
+/// passwords redacted; the monitor may PING (and sees it), other commands
+/// are refused, QUIT ends it.
+#[tokio::test]
+async fn monitor_shows_each_command_as_redis() {
+    let n = TestNode::start().await;
+    let a = redis_addr(&n);
+    let mut m = TcpStream::connect(a).await.unwrap();
+    m.write_all(b"MONITOR\r\n").await.unwrap();
+    let mut got = Vec::new();
+    read_lines(&mut m, &mut got, 1).await;
+    assert_eq!(got, b"+OK\r\n");
+    got.clear();
+    let mut c = TcpStream::connect(a).await.unwrap();
+    c.write_all(
+        b"*3\r\n$3\r\nSET\r\n$5\r\na b\"c\r\n$6\r\nx\n\xff\ty\\\r\nSELECT 2\r\nGET k\r\nAUTH x\r\nHELLO 3 AUTH u p\r\n",
+    )
+    .await
+    .unwrap();
+    read_lines(&mut m, &mut got, 5).await;
+    let port = c.local_addr().unwrap().port();
+    let masked = String::from_utf8_lossy(&got)
+        .lines()
+        .map(|l| {
+            let (ts, rest) = l.split_once(' ').unwrap();
+            let secs_micros = ts.trim_start_matches('+');
+            assert!(secs_micros.len() > 7 && secs_micros.as_bytes()[secs_micros.len() - 7] == b'.', "{l}");
+            format!("+TS {}", rest.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:P"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        masked,
+        "+TS [0 127.0.0.1:P] \"SET\" \"a b\\\"c\" \"x\\n\\xff\\ty\\\\\"\n\
+         +TS [2 127.0.0.1:P] \"SELECT\" \"2\"\n\
+         +TS [2 127.0.0.1:P] \"GET\" \"k\"\n\
+         +TS [2 127.0.0.1:P] \"AUTH\" \"(redacted)\"\n\
+         +TS [2 127.0.0.1:P] \"HELLO\" \"3\" \"AUTH\" \"(redacted)\" \"(redacted)\""
+    );
+    got.clear();
+    m.write_all(b"PING\r\nGET a\r\nQUIT\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), m.read_to_end(&mut rest)).await.unwrap().unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("+PONG\r\n"), "{rest}");
+    assert!(rest.contains("-ERR Replica can't interact with the keyspace\r\n"), "{rest}");
+    assert!(rest.ends_with("+OK\r\n"), "{rest}");
+    let queued = exchange(a, b"MULTI\r\nMONITOR\r\nEXEC\r\n").await;
+    assert_eq!(queued, "+OK\r\n+QUEUED\r\n*1\r\n-ERR MONITOR isn't allowed for DENY BLOCKING client\r\n");
+}

@@ -39,6 +39,9 @@ pub struct Shared {
     pub backup_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// Unix seconds of the last successful save (LASTSAVE).
     pub last_save: AtomicU64,
+    /// MONITOR: every command this node runs, as a line, to the
+    /// connections in monitor mode (none: nothing is formatted).
+    pub monitor: tokio::sync::broadcast::Sender<Arc<Vec<u8>>>,
     /// A BGSAVE is running.
     pub saving: std::sync::atomic::AtomicBool,
 }
@@ -190,6 +193,7 @@ impl Tally {
 
 impl Shared {
     pub fn new(config: RedisConfig, bus: Arc<crate::bus::Bus>) -> Arc<Self> {
+        let monitor_lines = config.monitor_lines_max.max(1);
         Arc::new(Self {
             coalescer: super::server::Coalescer::new(config.writes_in_flight_max),
             config,
@@ -205,6 +209,7 @@ impl Shared {
             backup_dir: std::sync::OnceLock::new(),
             last_save: AtomicU64::new(0),
             saving: Default::default(),
+            monitor: tokio::sync::broadcast::Sender::new(monitor_lines),
         })
     }
 
@@ -279,6 +284,8 @@ pub enum Step {
     Replies(Vec<Reply>),
     /// SAVE (wait for the file) or BGSAVE (in the background).
     Save { background: bool },
+    /// MONITOR: the connection turns into a monitor.
+    Monitor,
     /// WAIT numreplicas timeout: the caller waits (up to the timeout) for
     /// that many replicas to hold every write acknowledged so far.
     Wait { replicas: i64, timeout_ms: u64 },
@@ -319,6 +326,7 @@ pub const OTHER_COMMANDS: &[(&str, i32)] = &[
     ("bgsave", -1),
     ("lastsave", 1),
     ("wait", 3),
+    ("monitor", 1),
     ("readonly", 1),
     ("readwrite", 1),
     ("multi", 1),
@@ -503,6 +511,7 @@ impl Conn {
         match name {
             n if PUBSUB_COMMANDS.contains(&n) => Step::Replies(self.subscription(n, &argv[1..])),
             "save" | "bgsave" => Step::Save { background: name == "bgsave" },
+            "monitor" => Step::Monitor,
             "wait" => match wait_args(argv) {
                 Ok((replicas, timeout_ms)) => Step::Wait { replicas, timeout_ms },
                 Err(e) => Step::Reply(e),
@@ -736,6 +745,8 @@ impl Conn {
             "role" => super::admin::role_reply(&self.shared),
             "publish" => self.publish(argv[1], argv[2]),
             "lastsave" => Reply::Int(self.shared.last_save.load(Ordering::Relaxed) as i64),
+            // Queued in MULTI: EXEC cannot turn into a monitor.
+            "monitor" => Reply::err("ERR MONITOR isn't allowed for DENY BLOCKING client"),
             // Queued in MULTI: no waiting, as in Redis.
             "wait" => match wait_args(argv) {
                 Ok(_) => Reply::Int(self.shared.raft.get().map_or(0, |r| replicas_holding(r).0)),
@@ -994,4 +1005,45 @@ fn client_line(id: u64, c: &ClientInfo) -> String {
         "id={id} addr={} laddr={} name={} age={age} db={} resp={} lib-name={} lib-ver={}\n",
         c.addr, c.laddr, c.name, c.db, c.resp, c.lib_name, c.lib_ver
     )
+}
+
+/// One command as MONITOR shows it: `+secs.micros [db addr] "arg" ...`,
+/// each argument quoted and escaped as Redis does, passwords (AUTH, HELLO
+/// … AUTH user pass) shown as `(redacted)`.
+pub fn monitor_line(db: u32, addr: &str, argv: &[&[u8]]) -> Vec<u8> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut line = format!("+{}.{:06} [{db} {addr}]", now.as_secs(), now.subsec_micros()).into_bytes();
+    let name = argv.first().map(|a| a.to_ascii_lowercase()).unwrap_or_default();
+    let mut redact_from = usize::MAX;
+    let mut redact_to = 0;
+    if name == b"auth" {
+        (redact_from, redact_to) = (1, argv.len());
+    } else if name == b"hello" {
+        if let Some(at) = argv.iter().position(|a| a.eq_ignore_ascii_case(b"auth")) {
+            (redact_from, redact_to) = (at + 1, at + 3);
+        }
+    }
+    for (i, a) in argv.iter().enumerate() {
+        line.extend_from_slice(b" \"");
+        if (redact_from..redact_to).contains(&i) {
+            line.extend_from_slice(b"(redacted)");
+        } else {
+            for &b in *a {
+                match b {
+                    b'\\' => line.extend_from_slice(b"\\\\"),
+                    b'"' => line.extend_from_slice(b"\\\""),
+                    b'\n' => line.extend_from_slice(b"\\n"),
+                    b'\r' => line.extend_from_slice(b"\\r"),
+                    b'\t' => line.extend_from_slice(b"\\t"),
+                    0x07 => line.extend_from_slice(b"\\a"),
+                    0x08 => line.extend_from_slice(b"\\b"),
+                    0x20..=0x7e => line.push(b),
+                    _ => line.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+                }
+            }
+        }
+        line.push(b'"');
+    }
+    line.extend_from_slice(b"\r\n");
+    line
 }

@@ -73,6 +73,9 @@ pub struct RedisConfig {
     /// More than one was slower on a 2-core machine running 3 nodes (more
     /// entries, each with its own appends and fsyncs); see bench/RESULTS.md.
     pub writes_in_flight_max: usize,
+    /// Command lines a MONITOR client may fall behind by; past it the
+    /// monitor is disconnected (its output has no other bound).
+    pub monitor_lines_max: usize,
 }
 
 impl Default for RedisConfig {
@@ -97,6 +100,7 @@ impl Default for RedisConfig {
             expiry_sweep_keys_max: 1000,
             restore_bytes_max: 1 << 30,
             writes_in_flight_max: 1,
+            monitor_lines_max: 65_536,
         }
     }
 }

@@ -176,7 +176,12 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                     if !req.is_empty() {
                         let argv: smallvec::SmallVec<[&[u8]; 8]> = req.args(&buf).collect();
                         let started = conn.sample().then(std::time::Instant::now);
-                        match conn.execute(&argv) {
+                        let step = conn.execute(&argv);
+                        if shared.monitor.receiver_count() > 0 && !matches!(step, Step::Monitor) {
+                            let line = super::conn::monitor_line(conn.info.db, &conn.info.addr, &argv);
+                            let _ = shared.monitor.send(Arc::new(line));
+                        }
+                        match step {
                             // Consecutive writes of one read batch commit
                             // as one entry; anything else flushes them first
                             // so replies stay in request order.
@@ -199,6 +204,23 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                     Step::Reply(reply) => emit(&shared, &reply, conn.proto(), &mut out),
                                     Step::Save { background } => {
                                         emit(&shared, &save(&shared, background).await, conn.proto(), &mut out)
+                                    }
+                                    Step::Monitor => {
+                                        drop(argv);
+                                        // Subscribed before the +OK, so every
+                                        // command after it is seen.
+                                        let lines = shared.monitor.subscribe();
+                                        out.extend_from_slice(b"+OK\r\n");
+                                        if wr.write_all(&out).await.is_err() {
+                                            return;
+                                        }
+                                        out.clear();
+                                        buf.advance(req.consumed);
+                                        let io =
+                                            MonitorIo { rd: &mut rd, wr: &mut wr, buf: &mut buf, parser: &mut parser };
+                                        let waits = Waits { stopped: stopped.as_mut(), killed: killed.as_mut() };
+                                        monitor(&shared, &conn, io, waits, lines).await;
+                                        return;
                                     }
                                     Step::Wait { replicas, timeout_ms } => emit(
                                         &shared,
@@ -451,6 +473,80 @@ struct Unblock<'a>(&'a super::conn::Stats);
 impl Drop for Unblock<'_> {
     fn drop(&mut self) {
         self.0.blocked.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A monitor connection's socket halves, unparsed input and parser.
+struct MonitorIo<'a> {
+    rd: &'a mut tokio::net::tcp::OwnedReadHalf,
+    wr: &'a mut tokio::net::tcp::OwnedWriteHalf,
+    buf: &'a mut BytesMut,
+    parser: &'a mut Parser,
+}
+
+/// MONITOR: writes every command this node runs (as `monitor_line`
+/// formats it) until the client leaves, sends QUIT, is killed, the server
+/// stops, or it falls more than `monitor_lines_max` lines behind (then it
+/// is closed: a monitor's output has no other bound). As in Redis, the
+/// monitor may still PING; any other command gets Redis's refusal.
+async fn monitor<S, K>(
+    shared: &Arc<Shared>,
+    conn: &Conn,
+    io: MonitorIo<'_>,
+    waits: Waits<S, K>,
+    mut lines: tokio::sync::broadcast::Receiver<Arc<Vec<u8>>>,
+) where
+    S: std::future::Future<Output = ()> + Unpin,
+    K: std::future::Future<Output = ()> + Unpin,
+{
+    let MonitorIo { rd, wr, buf, parser } = io;
+    let Waits { mut stopped, mut killed } = waits;
+    loop {
+        let mut out = Vec::new();
+        let mut quit = false;
+        while let Ok(Some(req)) = parser.parse(buf, true) {
+            if !req.is_empty() {
+                let argv: Vec<&[u8]> = req.args(buf).collect();
+                let line = super::conn::monitor_line(conn.info.db, &conn.info.addr, &argv);
+                let _ = shared.monitor.send(Arc::new(line));
+                match argv[0].to_ascii_lowercase().as_slice() {
+                    b"ping" => out.extend_from_slice(b"+PONG\r\n"),
+                    b"quit" => {
+                        out.extend_from_slice(b"+OK\r\n");
+                        quit = true;
+                    }
+                    _ => out.extend_from_slice(b"-ERR Replica can't interact with the keyspace\r\n"),
+                }
+            }
+            buf.advance(req.consumed);
+            if quit {
+                break;
+            }
+        }
+        if (!out.is_empty() && wr.write_all(&out).await.is_err()) || quit {
+            return;
+        }
+        tokio::select! {
+            r = rd.read_buf(buf) => {
+                if !matches!(r, Ok(n) if n > 0) {
+                    return;
+                }
+            }
+            line = lines.recv() => match line {
+                Ok(line) => {
+                    if wr.write_all(&line).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(client = %conn.info.addr, behind = n, "MONITOR client over redis.monitor_lines_max; closing");
+                    return;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = &mut stopped => return,
+            _ = &mut killed => return,
+        }
     }
 }
 
