@@ -57,6 +57,9 @@ pub struct Stats {
     pub errors: AtomicU64,
     /// Connections waiting in a blocking command (INFO `blocked_clients`).
     pub blocked: AtomicU64,
+    /// Connections in MONITOR mode: while 0, no command is formatted for
+    /// them (one atomic load a command).
+    pub monitors: AtomicU64,
     /// Calls per command, indexed like [`command_names`]; unknown
     /// commands count in the last slot.
     pub by_command: Vec<AtomicU64>,
@@ -111,6 +114,7 @@ impl Default for Stats {
             misses: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
+            monitors: AtomicU64::new(0),
             by_command: (0..=command_names().len()).map(|_| AtomicU64::new(0)).collect(),
             durations: (0..=command_names().len()).map(|_| std::sync::OnceLock::new()).collect(),
             family: std::sync::OnceLock::new(),

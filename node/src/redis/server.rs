@@ -177,9 +177,8 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                         let argv: smallvec::SmallVec<[&[u8]; 8]> = req.args(&buf).collect();
                         let started = conn.sample().then(std::time::Instant::now);
                         let step = conn.execute(&argv);
-                        if shared.monitor.receiver_count() > 0 && !matches!(step, Step::Monitor) {
-                            let line = super::conn::monitor_line(conn.info.db, &conn.info.addr, &argv);
-                            let _ = shared.monitor.send(Arc::new(line));
+                        if !matches!(step, Step::Monitor) {
+                            feed_monitors(&shared, &conn, &argv);
                         }
                         match step {
                             // Consecutive writes of one read batch commit
@@ -210,6 +209,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                         // Subscribed before the +OK, so every
                                         // command after it is seen.
                                         let lines = shared.monitor.subscribe();
+                                        let _monitoring = Counted::new(&shared.stats.monitors);
                                         out.extend_from_slice(b"+OK\r\n");
                                         if wr.write_all(&out).await.is_err() {
                                             return;
@@ -425,8 +425,7 @@ where
     };
     tokio::pin!(deadline);
     let mut changes = raft.raft.metrics();
-    shared.stats.blocked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _blocked = Unblock(&shared.stats);
+    let _blocked = Counted::new(&shared.stats.blocked);
     loop {
         tokio::select! {
             biased;
@@ -467,12 +466,28 @@ where
     }
 }
 
-/// Takes one off [`Stats::blocked`] when a wait ends, however it ends.
-struct Unblock<'a>(&'a super::conn::Stats);
+/// One in a count of connections (waiting in a blocking command, in
+/// MONITOR mode) for as long as it lives, however it ends.
+struct Counted<'a>(&'a std::sync::atomic::AtomicU64);
 
-impl Drop for Unblock<'_> {
+impl<'a> Counted<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicU64) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.blocked.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Sends the command to the MONITOR connections, if there are any.
+fn feed_monitors(shared: &Shared, conn: &Conn, argv: &[&[u8]]) {
+    if shared.stats.monitors.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        let line = super::conn::monitor_line(conn.info.db, &conn.info.addr, argv);
+        let _ = shared.monitor.send(Arc::new(line));
     }
 }
 
@@ -507,8 +522,7 @@ async fn monitor<S, K>(
         while let Ok(Some(req)) = parser.parse(buf, true) {
             if !req.is_empty() {
                 let argv: Vec<&[u8]> = req.args(buf).collect();
-                let line = super::conn::monitor_line(conn.info.db, &conn.info.addr, &argv);
-                let _ = shared.monitor.send(Arc::new(line));
+                feed_monitors(shared, conn, &argv);
                 match argv[0].to_ascii_lowercase().as_slice() {
                     b"ping" => out.extend_from_slice(b"+PONG\r\n"),
                     b"quit" => {

@@ -294,26 +294,26 @@ impl Keyspace {
         match name {
             "pfadd" => {
                 let key = argv[1];
-                let dense = match self.string(db, key, now_ms) {
-                    Ok(Some(s)) => s.len() == DENSE_BYTES && s.starts_with(b"HYLL") && s[4] == DENSE,
-                    Ok(None) => false,
+                // A dense value is updated in place, a register at a time,
+                // as Redis does: no decoding of the 16384 registers per call.
+                // The registers the elements would raise, each hashed once.
+                let raised: Option<Vec<(usize, u8)>> = match self.string(db, key, now_ms) {
+                    Ok(Some(s)) if s.len() == DENSE_BYTES && s.starts_with(b"HYLL") && s[4] == DENSE => Some(
+                        argv[2..]
+                            .iter()
+                            .map(|e| register_of(e))
+                            .filter(|&(i, v)| v > dense_get(&s[HEADER..], i))
+                            .collect(),
+                    ),
+                    Ok(_) => None,
                     Err(e) => return Some(e),
                 };
-                if dense {
-                    // In place, a register at a time, as Redis does: no
-                    // decoding of the 16384 registers per call.
-                    let raises = |s: &[u8]| {
-                        argv[2..].iter().any(|e| {
-                            let (i, v) = register_of(e);
-                            v > dense_get(&s[HEADER..], i)
-                        })
-                    };
-                    if !matches!(self.string(db, key, now_ms), Ok(Some(s)) if raises(s)) {
+                if let Some(raised) = raised {
+                    if raised.is_empty() {
                         return Some(Out::Int(0));
                     }
                     if let Some(Entry { value: Value::Str(s), .. }) = self.live_mut(db, key, now_ms) {
-                        for e in &argv[2..] {
-                            let (i, v) = register_of(e);
+                        for (i, v) in raised {
                             if v > dense_get(&s[HEADER..], i) {
                                 dense_set(&mut s[HEADER..], i, v);
                             }

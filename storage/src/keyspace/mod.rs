@@ -1203,37 +1203,17 @@ impl Keyspace {
         if name == EXPIRED {
             return self.key_write(name, db, now_ms, argv).unwrap_or(Out::Int(0));
         }
-        if let Some(out) = self.string_write(name, db, now_ms, argv) {
-            return out;
-        }
-        if let Some(out) = self.key_write(name, db, now_ms, argv) {
-            return out;
-        }
-        if let Some(out) = self.hash_write(name, db, now_ms, argv) {
-            return out;
-        }
-        if let Some(out) = self.list_write(name, db, now_ms, argv) {
-            return out;
-        }
-        if let Some(out) = self.set_write(name, db, now_ms, argv) {
-            return out;
-        }
-        if let Some(out) = self.zset_write(name, db, now_ms, argv) {
-            return out;
-        }
-        if let Some(out) = self.bits_write(name, db, now_ms, argv) {
-            return out;
-        }
-        if let Some(out) = self.sort_write(name, db, now_ms, argv) {
-            return out;
-        }
-        if let Some(out) = self.hll_write(name, db, now_ms, argv) {
-            return out;
-        }
-        if let Some(out) = self.script_write(name, db, now_ms, argv) {
-            return out;
-        }
-        Out::Err(format!("ERR unknown command '{}'", String::from_utf8_lossy(argv[0])))
+        self.string_write(name, db, now_ms, argv)
+            .or_else(|| self.key_write(name, db, now_ms, argv))
+            .or_else(|| self.hash_write(name, db, now_ms, argv))
+            .or_else(|| self.list_write(name, db, now_ms, argv))
+            .or_else(|| self.set_write(name, db, now_ms, argv))
+            .or_else(|| self.zset_write(name, db, now_ms, argv))
+            .or_else(|| self.bits_write(name, db, now_ms, argv))
+            .or_else(|| self.sort_write(name, db, now_ms, argv))
+            .or_else(|| self.hll_write(name, db, now_ms, argv))
+            .or_else(|| self.script_write(name, db, now_ms, argv))
+            .unwrap_or_else(|| Out::Err(format!("ERR unknown command '{}'", String::from_utf8_lossy(argv[0]))))
     }
 }
 
