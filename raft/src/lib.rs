@@ -65,6 +65,13 @@ pub struct RaftConfig {
     /// after the leader's last append, and start elections later still)
     /// minus the one-way network delay. 0 disables it.
     pub read_lease_ms: u64,
+    /// Applied state reaches disk write-behind: a checkpoint writes what
+    /// applies changed once it is this old or this large, and before
+    /// every snapshot. Writes are durable in the log before they are
+    /// acknowledged either way; after a crash the log replays what came
+    /// after the last checkpoint.
+    pub state_write_behind_ms: u64,
+    pub state_write_behind_bytes: usize,
 }
 
 impl Default for RaftConfig {
@@ -85,6 +92,8 @@ impl Default for RaftConfig {
             forward_timeout_ms: 5_000,
             node_down_ms: 500,
             read_lease_ms: 50,
+            state_write_behind_ms: StorageConfig::default().state_write_behind_ms,
+            state_write_behind_bytes: StorageConfig::default().state_write_behind_bytes,
         }
     }
 }
@@ -190,7 +199,12 @@ impl RaftNode {
     /// and addresses are this Raft member's), serves Raft RPCs and starts
     /// forming (or rejoining) the cluster.
     pub async fn start(dir: &Path, mesh: Mesh, cfg: RaftConfig) -> anyhow::Result<Arc<Self>> {
-        let (log, sm) = catga_storage::open(dir, &StorageConfig::default())
+        let storage = StorageConfig {
+            state_write_behind_ms: cfg.state_write_behind_ms,
+            state_write_behind_bytes: cfg.state_write_behind_bytes,
+            ..StorageConfig::default()
+        };
+        let (log, sm) = catga_storage::open(dir, &storage)
             .map_err(|e| anyhow::anyhow!("cannot open raft storage in {}: {e}", dir.display()))?;
         let view = sm.view();
         let queue_changes = sm.queue_changes();

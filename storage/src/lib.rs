@@ -35,11 +35,16 @@ pub use types::{Cmds, Member, Request, Response, TypeConfig};
 pub struct StorageConfig {
     /// Page cache size. Raft log tails and the state machine are small.
     pub cache_bytes: u64,
+    /// Applied state reaches sled write-behind (see [`sm`]): a checkpoint
+    /// follows the apply that finds the pending rows this old...
+    pub state_write_behind_ms: u64,
+    /// ...or this large (keys and values written since the last one).
+    pub state_write_behind_bytes: usize,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { cache_bytes: 64 << 20 }
+        Self { cache_bytes: 64 << 20, state_write_behind_ms: 100, state_write_behind_bytes: 16 << 20 }
     }
 }
 
@@ -57,7 +62,7 @@ pub fn open(dir: &Path, cfg: &StorageConfig) -> Result<(LogStore, StateMachine),
     let found = check_format(&db)?;
     let log = LogStore::open(&db)?;
     // Opening the state machine rewrites format 2's list rows as chunks.
-    let sm = StateMachine::open(&db)?;
+    let sm = StateMachine::open(&db, cfg)?;
     if found != FORMAT_VERSION {
         db.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
         db.flush()?;

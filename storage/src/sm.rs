@@ -1,11 +1,23 @@
 //! The replicated state machine in sled, mirrored in memory.
 //!
-//! Every `apply` call writes its entries' effects and the new last-applied
-//! log id as one atomic sled batch, without a flush of its own: the log is
-//! the durable record, and after a crash the state machine is at some
-//! earlier applied point with matching state, from which openraft replays
-//! the log. The in-memory [`View`] mirrors the tree exactly and is what the
-//! node reads (queue groups, keys); it is rebuilt from sled at open.
+//! Applies change the in-memory [`View`] (what the node reads: queue
+//! groups, keys) at once, and reach the `state` tree write-behind: the
+//! rows an apply changes, resolved against the state after it, collect in
+//! one pending set (a later write of a row replaces an earlier one), and a
+//! checkpoint writes the whole set and the last-applied log id as one
+//! atomic sled batch, without a flush of its own. A checkpoint follows the
+//! apply that finds the set older than [`StorageConfig::state_write_behind_ms`]
+//! or larger than [`StorageConfig::state_write_behind_bytes`], and comes
+//! before every snapshot and when the state machine is dropped. A sled
+//! batch rolls sled's I/O buffer twice (two jobs for its I/O pool, each
+//! waking all its idle threads): per apply that was most of a follower's
+//! CPU under write load.
+//!
+//! The log is the durable record: after a crash the tree is at the last
+//! checkpoint that reached disk, with matching state, and openraft replays
+//! the log from there. The log is never purged past it: openraft purges
+//! only entries a snapshot covers, and a snapshot is saved (and the
+//! database flushed) after the checkpoint that precedes it.
 //!
 //! A snapshot is the whole view, taken when openraft asks for a builder
 //! (so later applies cannot tear it), serialized with postcard and kept in
@@ -26,7 +38,7 @@ use crate::types::{
     Entry as LogEntry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
     ONCE_ORIGIN_TTL_MS,
 };
-use crate::{any, enc};
+use crate::{any, enc, StorageConfig};
 
 const APPLIED: &[u8] = b"\0applied";
 const MEMBERSHIP: &[u8] = b"\0membership";
@@ -125,11 +137,16 @@ impl SnapshotBody {
     }
 }
 
-#[derive(Clone)]
 pub struct StateMachine {
     db: sled::Db,
     tree: sled::Tree,
     snap: sled::Tree,
+    /// Rows applied but not yet in `tree` (write-behind, see the module
+    /// docs), and when the first of them was written.
+    pending: Writes,
+    pending_since: Option<std::time::Instant>,
+    write_behind: std::time::Duration,
+    write_behind_bytes: usize,
     view: Arc<RwLock<View>>,
     /// The view's `queues_gen` after the last apply or install.
     queues: Arc<tokio::sync::watch::Sender<u64>>,
@@ -158,33 +175,42 @@ fn parse_queue_key(k: &[u8]) -> Option<(u64, Vec<u8>, Vec<u8>)> {
     Some((node, subject, group))
 }
 
-/// The writes of one `apply`, made atomic as one sled batch at its end.
+/// Rows waiting for a checkpoint, made atomic as one sled batch there.
 /// Unlike a sled batch it can drop a whole key range (FLUSHDB), covering
-/// both the tree and writes made earlier in the same apply.
+/// both the tree and writes still pending.
 #[derive(Default)]
-struct Writes(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
+struct Writes {
+    rows: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Bytes of keys and values written since the last checkpoint
+    /// (replaced rows included): what [`StorageConfig::state_write_behind_bytes`] bounds.
+    bytes: usize,
+}
 
 impl Writes {
     fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) {
-        self.0.insert(k.as_ref().to_vec(), Some(v.as_ref().to_vec()));
+        let (k, v) = (k.as_ref(), v.as_ref());
+        self.bytes += k.len() + v.len();
+        self.rows.insert(k.to_vec(), Some(v.to_vec()));
     }
 
     fn remove(&mut self, k: impl AsRef<[u8]>) {
-        self.0.insert(k.as_ref().to_vec(), None);
+        self.bytes += k.as_ref().len();
+        self.rows.insert(k.as_ref().to_vec(), None);
     }
 
     fn remove_prefix(&mut self, tree: &sled::Tree, prefix: &[u8]) {
-        for (_, v) in self.0.range_mut(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+        for (_, v) in self.rows.range_mut(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
             *v = None;
         }
         for k in tree.scan_prefix(prefix).keys().flatten() {
-            self.0.insert(k.to_vec(), None);
+            self.bytes += k.len();
+            self.rows.insert(k.to_vec(), None);
         }
     }
 
     fn into_batch(self) -> sled::Batch {
         let mut b = sled::Batch::default();
-        for (k, v) in self.0 {
+        for (k, v) in self.rows {
             match v {
                 Some(v) => b.insert(k, v),
                 None => b.remove(k),
@@ -490,13 +516,34 @@ fn put_redis_entry(batch: &mut Writes, ks: &Keyspace, db: u32, key: &[u8]) -> Re
 }
 
 impl StateMachine {
-    pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub(crate) fn open(db: &sled::Db, cfg: &StorageConfig) -> Result<Self, sled::Error> {
         let tree = db.open_tree("state")?;
         let snap = db.open_tree("snapshot")?;
         let view = load_view(&tree)?;
         let queues = Arc::new(tokio::sync::watch::Sender::new(view.queues_gen));
         let applied = Arc::default();
-        Ok(Self { db: db.clone(), tree, snap, view: Arc::new(RwLock::new(view)), queues, applied })
+        Ok(Self {
+            db: db.clone(),
+            tree,
+            snap,
+            pending: Writes::default(),
+            pending_since: None,
+            write_behind: std::time::Duration::from_millis(cfg.state_write_behind_ms),
+            write_behind_bytes: cfg.state_write_behind_bytes,
+            view: Arc::new(RwLock::new(view)),
+            queues,
+            applied,
+        })
+    }
+
+    /// Writes the pending rows, and the last-applied id they lead up to,
+    /// into the tree as one atomic sled batch (not flushed: see the module
+    /// docs).
+    fn checkpoint(&mut self) -> Result<(), sled::Error> {
+        if self.pending_since.take().is_none() {
+            return Ok(());
+        }
+        self.tree.apply_batch(std::mem::take(&mut self.pending).into_batch())
     }
 
     /// Where to set the observer of applies (once; for metrics): the time
@@ -605,10 +652,16 @@ pub struct SnapshotBuilder {
     db: sled::Db,
     snap: sled::Tree,
     view: View,
+    /// Whether the tree holds `view` (see `get_snapshot_builder`).
+    checkpoint: Result<(), String>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        if let Err(e) = &self.checkpoint {
+            let e = std::io::Error::other(format!("state checkpoint before the snapshot failed: {e}"));
+            return Err(StorageIOError::write_snapshot(None, any(e)).into());
+        }
         let v = &self.view;
         let body = SnapshotBody {
             queues: v
@@ -656,7 +709,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
-        let mut batch = Writes::default();
+        let batch = &mut self.pending;
         let mut out = Vec::new();
         let gen = {
             let mut view = self.view.write();
@@ -664,17 +717,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 view.applied = Some(e.log_id);
                 match &e.payload {
                     EntryPayload::Blank => out.push(Response::Ok),
-                    EntryPayload::Normal(req) => out.push(apply_request(&mut view, &self.tree, &mut batch, req)),
+                    EntryPayload::Normal(req) => out.push(apply_request(&mut view, &self.tree, batch, req)),
                     EntryPayload::Membership(m) => {
                         view.membership = StoredMembership::new(Some(e.log_id), m.clone());
                         out.push(Response::Ok);
                     }
                 }
             }
-            put_meta(&view, &mut batch)?;
+            put_meta(&view, batch)?;
             view.queues_gen
         };
-        self.tree.apply_batch(batch.into_batch()).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        let since = *self.pending_since.get_or_insert(started);
+        if since.elapsed() >= self.write_behind || self.pending.bytes >= self.write_behind_bytes {
+            self.checkpoint().map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        }
         self.publish_queues(gen);
         if let Some(observe) = self.applied.get() {
             observe(started.elapsed(), out.len());
@@ -683,7 +739,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), snap: self.snap.clone(), view: self.view.read().clone() }
+        // The tree must hold the state the snapshot describes before the
+        // snapshot is saved (its flush then covers both): openraft purges
+        // the log up to a saved snapshot, and a restart replays the log
+        // from the tree's last-applied id. A failed checkpoint fails the
+        // snapshot, so nothing is purged.
+        let checkpoint = self.checkpoint().map_err(|e| e.to_string());
+        SnapshotBuilder { db: self.db.clone(), snap: self.snap.clone(), view: self.view.read().clone(), checkpoint }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -704,6 +766,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             queues_gen: self.view.read().queues_gen + 1,
             ..View::default()
         };
+        // Everything pending described the state this snapshot replaces.
+        self.pending = Writes::default();
+        self.pending_since = None;
         let mut batch = Writes::default();
         for k in self.tree.iter().keys() {
             batch.remove(k.map_err(|e| StorageIOError::write_state_machine(any(e)))?);
@@ -745,6 +810,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (Some(m), Some(d)) = (read(SNAP_META)?, read(SNAP_DATA)?) else { return Ok(None) };
         let meta: SnapshotMeta = postcard::from_bytes(&m).map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(d.to_vec())) }))
+    }
+}
+
+impl Drop for StateMachine {
+    /// A clean stop leaves nothing for a restart to replay (sled flushes
+    /// when its last handle goes).
+    fn drop(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            tracing::error!(cause = %e, "state checkpoint at close failed; a restart replays the log");
+        }
     }
 }
 
