@@ -262,6 +262,7 @@ impl Config {
             "raft timeouts must satisfy heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms"
         );
         anyhow::ensure!(r.snapshot_after_logs >= 1, "raft.snapshot_after_logs must be at least 1");
+        anyhow::ensure!(r.log_segment_bytes >= 4096, "raft.log_segment_bytes must be at least 4096");
         anyhow::ensure!(
             r.read_lease_ms <= r.election_timeout_min_ms / 2,
             "raft.read_lease_ms must be at most half of raft.election_timeout_min_ms (a lease must end well before another leader can exist)"

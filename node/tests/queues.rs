@@ -208,9 +208,19 @@ async fn node_cut_off_past_the_kept_log_catches_up_by_snapshot() {
     .await;
     let st = lagging.node.raft.status();
     assert!(st.snapshot_index.unwrap_or(0) > behind, "caught up without a snapshot: {st:?}");
+    // Its log now goes on after the snapshot, past the end of what it
+    // held before (its segments start again there).
+    for i in 300..320u32 {
+        let req = Request::KvSet { key: format!("k{i}").into_bytes(), value: i.to_be_bytes().to_vec() };
+        raft.write(req).await.unwrap();
+    }
+    eventually(T, "lagging node applied the writes after the snapshot", || {
+        lagging.node.raft.status().applied_index >= raft.status().applied_index
+    })
+    .await;
     let view = lagging.node.raft.view();
     let v = view.read();
-    for i in 0..300u32 {
+    for i in 0..320u32 {
         assert_eq!(v.kv.get(format!("k{i}").as_bytes()), Some(&i.to_be_bytes().to_vec()), "k{i}");
     }
 }

@@ -72,6 +72,9 @@ pub struct RaftConfig {
     /// after the last checkpoint.
     pub state_write_behind_ms: u64,
     pub state_write_behind_bytes: usize,
+    /// A Raft log segment file past this size is closed and the next one
+    /// started; a purge deletes whole segments.
+    pub log_segment_bytes: u64,
 }
 
 impl Default for RaftConfig {
@@ -94,6 +97,7 @@ impl Default for RaftConfig {
             read_lease_ms: 50,
             state_write_behind_ms: StorageConfig::default().state_write_behind_ms,
             state_write_behind_bytes: StorageConfig::default().state_write_behind_bytes,
+            log_segment_bytes: StorageConfig::default().log_segment_bytes,
         }
     }
 }
@@ -202,6 +206,7 @@ impl RaftNode {
         let storage = StorageConfig {
             state_write_behind_ms: cfg.state_write_behind_ms,
             state_write_behind_bytes: cfg.state_write_behind_bytes,
+            log_segment_bytes: cfg.log_segment_bytes,
             ..StorageConfig::default()
         };
         let (log, sm) = catga_storage::open(dir, &storage)

@@ -1,15 +1,18 @@
-//! catga-storage: everything Catga keeps on disk, in sled. The only crate
+//! catga-storage: everything Catga keeps on disk: the Raft log in segment
+//! files, the rest in sled. The only crate
 //! that imports sled.
 //!
 //! - [`types`]: the Raft type configuration shared by storage and the Raft
 //!   crate: what a log entry carries ([`Request`]) and who a member is
 //!   ([`Member`]).
-//! - [`log`]: [`LogStore`], openraft's `RaftLogStorage` over sled. An
-//!   append is flushed (fsync) before openraft is told it is durable.
+//! - [`log`]: [`LogStore`], openraft's `RaftLogStorage`: entries in
+//!   segment files ([`wal`]), vote and purge point in sled. An append is
+//!   synced (fdatasync) before openraft is told it is durable.
 //! - [`sm`]: [`StateMachine`], openraft's `RaftStateMachine` over sled, and
 //!   the in-memory view nodes read (queue groups).
 //!
-//! One sled database per node (`DATA_DIR/raft`), opened by [`open`].
+//! One sled database per node (`DATA_DIR/raft`), with the log's segments
+//! in `DATA_DIR/raft/catga-log`, opened by [`open`].
 
 // openraft's StorageError is large and its traits return it; boxing it
 // here would only add conversions at every call.
@@ -19,6 +22,7 @@ pub mod keyspace;
 pub mod log;
 pub mod sm;
 pub mod types;
+pub mod wal;
 
 use std::path::Path;
 
@@ -35,6 +39,9 @@ pub use types::{Cmds, Member, Request, Response, TypeConfig};
 pub struct StorageConfig {
     /// Page cache size. Raft log tails and the state machine are small.
     pub cache_bytes: u64,
+    /// A Raft log segment file past this size is closed and the next one
+    /// started; purges delete whole segments.
+    pub log_segment_bytes: u64,
     /// Applied state reaches sled write-behind (see [`sm`]): a checkpoint
     /// follows the apply that finds the pending rows this old...
     pub state_write_behind_ms: u64,
@@ -44,7 +51,12 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { cache_bytes: 64 << 20, state_write_behind_ms: 100, state_write_behind_bytes: 16 << 20 }
+        Self {
+            cache_bytes: 64 << 20,
+            log_segment_bytes: 64 << 20,
+            state_write_behind_ms: 100,
+            state_write_behind_bytes: 16 << 20,
+        }
     }
 }
 
@@ -60,7 +72,7 @@ pub fn open(dir: &Path, cfg: &StorageConfig) -> Result<(LogStore, StateMachine),
         .mode(sled::Mode::HighThroughput)
         .open()?;
     let found = check_format(&db)?;
-    let log = LogStore::open(&db)?;
+    let log = LogStore::open(&db, dir, cfg.log_segment_bytes)?;
     // Opening the state machine rewrites format 2's list rows as chunks.
     let sm = StateMachine::open(&db, cfg)?;
     if found != FORMAT_VERSION {
@@ -77,11 +89,13 @@ pub fn open(dir: &Path, cfg: &StorageConfig) -> Result<(LogStore, StateMachine),
 /// each; log entries may be [`Request::Once`], whose record the state
 /// rows and snapshots keep (a format 2 snapshot still reads, with an
 /// empty record). 4: the Lua script cache in `s` rows and in snapshots
-/// (a format 3 snapshot still reads, with no scripts). A data dir of
-/// version 2 or 3 is upgraded at open; any other version
+/// (a format 3 snapshot still reads, with no scripts). 5: the Raft log's
+/// entries in segment files ([`wal`]) instead of sled's `raft_log` tree
+/// (moved there at open). A data dir of version 2 to 4 is upgraded at
+/// open; any other version
 /// is refused with a clear error instead of failing to decode entries
 /// later.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest format [`open`] upgrades.
 const FORMAT_UPGRADABLE: u32 = 2;
 const FORMAT_KEY: &[u8] = b"catga_format";

@@ -1,111 +1,133 @@
-//! The Raft log, vote and committed index in sled.
+//! The Raft log: entries in segment files ([`crate::wal`]), the vote,
+//! committed index and purge point in sled's `raft_meta` tree.
 //!
-//! Write path: `append` inserts the entries in index order, then flushes
-//! the database (fsync) and only then tells openraft the entries are
-//! durable, so an entry a leader counts toward a majority survives a power
-//! cut. The vote is flushed before `save_vote` returns (a node must never
-//! vote twice in a term). Truncation flushes too. Purge records the new
-//! `last_purged` and returns; a blocking thread flushes it and only then
-//! removes the entries, a small batch at a time: openraft's core (which
-//! sends the heartbeats) waits for `purge`, and under load a purge of
-//! ~9,000 entries done inline held it long enough for elections. Reads never return an entry at or below
-//! `last_purged`, so entries not yet removed (or left by a crash) are
-//! invisible, and there is never a hole.
+//! Write path: `append` writes the entries at the end of the last segment,
+//! then a flush thread syncs the segment (fdatasync) and only then tells
+//! openraft the entries are durable, so an entry a leader counts toward a
+//! majority survives a power cut. One sync covers every append queued
+//! before it (group commit). The vote is flushed before `save_vote`
+//! returns (a node must never vote twice in a term). Truncation syncs too.
+//! Purge records the new `last_purged` and returns; a blocking thread
+//! flushes it and only then deletes whole segments: openraft's core (which
+//! sends the heartbeats) waits for `purge`. Reads never return an entry at
+//! or below `last_purged`, so entries not yet deleted are invisible, and
+//! there is never a hole.
+//!
+//! Until storage format 5 the entries were rows of sled's `raft_log` tree:
+//! every sled flush was a job for sled's I/O pool, which wakes all of its
+//! idle threads, and under write load that was a third of a follower's
+//! CPU. Opening such a data dir moves the rows into segments first.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::wal::Wal;
 use crate::{any, dec, enc};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
+/// The segments' directory, inside the sled database's.
+const WAL_DIR: &str = "catga-log";
 
 #[derive(Clone)]
 pub struct LogStore {
     db: sled::Db,
-    /// index (u64 big-endian) → postcard(Entry)
-    log: sled::Tree,
     /// vote, committed, last_purged
     meta: sled::Tree,
-    /// Appends waiting for the flush that makes them durable.
-    flusher: std::sync::mpsc::Sender<(sled::Db, LogFlushed<TypeConfig>)>,
+    wal: Arc<Mutex<Wal>>,
+    /// Appends waiting for the sync that makes them durable.
+    flusher: std::sync::mpsc::Sender<(Option<Arc<File>>, LogFlushed<TypeConfig>)>,
     /// First index not purged (0: nothing purged); reads start there.
     first_kept: Arc<AtomicU64>,
 }
 
-/// Group commit: one flush (fsync) covers every append queued before it
-/// started, and their callbacks are completed in order after it. An
-/// append's entries are in sled (in memory) before its callback is
-/// queued, so the flush that completes it has them.
-///
-/// It runs on its own thread and calls sled's blocking `flush`: sled's
-/// `flush_async` hands the flush to sled's I/O pool, whose every job wakes
-/// all of its idle threads, and the flush itself queues one more job (the
-/// buffer write); done here, a flush is that one job.
-/// (The database travels with each request, so an idle loop holds no
-/// handle on it and a closed store can be reopened at once. The thread
-/// ends when the store and its clones are gone.)
-fn flush_loop(rx: std::sync::mpsc::Receiver<(sled::Db, LogFlushed<TypeConfig>)>) {
-    while let Ok((db, first)) = rx.recv() {
+/// Group commit: one sync covers every append queued before it started,
+/// and their callbacks are completed in order after it. An append's
+/// records are written before its callback is queued, so the sync that
+/// completes it has them. Each distinct segment file queued is synced
+/// (an append that started a new segment synced the old one itself).
+/// Runs on its own thread; it ends when the store and its clones are gone.
+fn flush_loop(rx: std::sync::mpsc::Receiver<(Option<Arc<File>>, LogFlushed<TypeConfig>)>) {
+    while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
-        while let Ok((_, cb)) = rx.try_recv() {
-            waiting.push(cb);
+        while let Ok(next) = rx.try_recv() {
+            waiting.push(next);
         }
-        let result = db.flush().map(drop).map_err(|e| e.to_string());
-        drop(db);
+        let mut files: Vec<Arc<File>> = Vec::new();
+        for f in waiting.iter().filter_map(|(f, _)| f.as_ref()) {
+            if !files.iter().any(|g| Arc::ptr_eq(f, g)) {
+                files.push(f.clone());
+            }
+        }
+        let result = files.iter().try_for_each(|f| f.sync_data()).map_err(|e| e.to_string());
+        drop(files);
         if let Err(e) = &result {
-            tracing::error!(cause = %e, "raft log flush failed");
+            tracing::error!(cause = %e, "raft log sync failed");
         }
-        for cb in waiting {
+        for (_, cb) in waiting {
             cb.log_io_completed(result.clone().map_err(std::io::Error::other));
         }
     }
 }
 
-/// Entries removed per sled batch when purging.
-const PURGE_CHUNK: usize = 128;
-
-/// Removes the entries up to `upto` (a purge's tail work), a small batch
-/// at a time with a pause between batches, so appends and their flushes
-/// running meanwhile are not held up behind thousands of removals.
-fn remove_purged(log: &sled::Tree, upto: [u8; 8]) {
-    loop {
-        let keys: Vec<_> = match log.range(..=upto).keys().take(PURGE_CHUNK).collect::<Result<_, _>>() {
-            Ok(keys) => keys,
-            Err(e) => {
-                tracing::warn!(cause = %e, "reading purged log entries; they stay until the next purge");
-                return;
-            }
-        };
-        if keys.is_empty() {
-            return;
-        }
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k);
-        }
-        if let Err(e) = log.apply_batch(batch) {
-            tracing::warn!(cause = %e, "removing purged log entries; they stay until the next purge");
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+fn unsupported(e: impl std::fmt::Display) -> sled::Error {
+    sled::Error::Unsupported(e.to_string())
 }
 
-fn key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+/// Moves the entries of a data dir older than format 5 from sled's
+/// `raft_log` tree into segments: written into a temporary directory,
+/// synced, renamed into place, and only then removed from sled. A crash
+/// before the rename leaves the tree as it was (the move starts over); a
+/// crash after it leaves rows the next open removes.
+fn move_sled_rows(db: &sled::Db, dir: &Path, wal_dir: &Path, segment_bytes: u64) -> Result<(), sled::Error> {
+    let old = db.open_tree("raft_log")?;
+    if old.is_empty() {
+        return Ok(());
+    }
+    if !wal_dir.exists() {
+        let tmp = dir.join(format!("{WAL_DIR}.tmp"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        let mut wal = Wal::open(&tmp, segment_bytes)?;
+        let mut moved = 0u64;
+        for kv in old.iter() {
+            let (k, v) = kv?;
+            let index = <[u8; 8]>::try_from(&k[..]).map(u64::from_be_bytes).map_err(unsupported)?;
+            wal.append(index, [&v[..]]).map_err(unsupported)?;
+            moved += 1;
+        }
+        if let Some(f) = wal.sync_handle() {
+            f.sync_data()?;
+        }
+        drop(wal);
+        std::fs::rename(&tmp, wal_dir)?;
+        File::open(dir)?.sync_all()?;
+        tracing::info!(entries = moved, "moved the raft log from sled into segment files");
+    }
+    old.clear()?;
+    db.flush()?;
+    Ok(())
 }
 
 impl LogStore {
-    pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    /// Opens the log of the database `db` at `dir` (its segments in
+    /// `dir/catga-log`), moving an older format's entries out of sled.
+    pub(crate) fn open(db: &sled::Db, dir: &Path, segment_bytes: u64) -> Result<Self, sled::Error> {
+        let wal_dir = dir.join(WAL_DIR);
+        move_sled_rows(db, dir, &wal_dir, segment_bytes)?;
+        let wal = Wal::open(&wal_dir, segment_bytes)?;
         let (flusher, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("catga-log-flush".into())
@@ -113,11 +135,11 @@ impl LogStore {
             .map_err(sled::Error::Io)?;
         let meta = db.open_tree("raft_meta")?;
         let purged: Option<LogId> = match meta.get(LAST_PURGED)? {
-            Some(v) => dec::<Option<LogId>>(&v).map_err(|e| sled::Error::Unsupported(e.to_string()))?,
+            Some(v) => dec::<Option<LogId>>(&v).map_err(unsupported)?,
             None => None,
         };
         let first_kept = Arc::new(AtomicU64::new(purged.map_or(0, |l| l.index + 1)));
-        Ok(Self { db: db.clone(), log: db.open_tree("raft_log")?, meta, flusher, first_kept })
+        Ok(Self { db: db.clone(), meta, wal: Arc::new(Mutex::new(wal)), flusher, first_kept })
     }
 
     async fn flush(&self) -> Result<(), AnyError> {
@@ -142,24 +164,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         // Entries at or below the last purged one may still be on disk
-        // (removed in the background, or left by a crash): never read them.
+        // (deleted in the background): never read them.
         let first = self.first_kept.load(Ordering::Acquire);
-        let start = match range.start_bound() {
-            Bound::Included(i) if *i >= first => Bound::Included(key(*i)),
-            Bound::Excluded(i) if *i >= first => Bound::Excluded(key(*i)),
-            _ => Bound::Included(key(first)),
-        };
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let mut out = Vec::new();
-        for kv in self.log.range::<[u8; 8], _>((start, end)) {
-            let (_, v) = kv.map_err(|e| StorageIOError::read_logs(any(e)))?;
-            out.push(dec(&v).map_err(StorageIOError::read_logs)?);
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
         }
-        Ok(out)
+        .max(first);
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        let records = self.wal.lock().read(from, to).map_err(|e| StorageIOError::read_logs(any(e)))?;
+        records.iter().map(|(_, bytes)| dec(bytes).map_err(|e| StorageIOError::read_logs(e).into())).collect()
     }
 }
 
@@ -168,12 +187,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.last_purged()?;
-        let last = match self.log.last().map_err(|e| StorageIOError::read_logs(any(e)))? {
-            Some((_, v)) => Some(dec::<Entry>(&v).map_err(StorageIOError::read_logs)?.log_id),
+        let last = {
+            let wal = self.wal.lock();
+            match wal.next().filter(|_| wal.first().is_some()) {
+                Some(next) => wal.read(next - 1, next).map_err(|e| StorageIOError::read_logs(any(e)))?.pop(),
+                None => None,
+            }
+        };
+        let last = match last {
+            Some((_, bytes)) => Some(dec::<Entry>(&bytes).map_err(StorageIOError::read_logs)?.log_id),
             None => None,
         };
         // An entry at or below the last purged one is on its way out (or
-        // left by a crash): the log then ends at the purge point.
+        // not yet deleted): the log then ends at the purge point.
         let last_log_id = match (last, last_purged_log_id) {
             (Some(l), Some(p)) if l.index <= p.index => Some(p),
             (l, p) => l.or(p),
@@ -213,36 +239,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // One insert per entry, in index order, not one sled batch: sled
-        // seals its I/O buffer before and after every batch, and each seal
-        // is a job for its I/O pool that wakes all its idle threads; a
-        // batch per append was most of the pool's work under write load.
-        // Atomicity is not needed here: sled 0.34's recovery replays its
-        // log in LSN order and stops at the first tear (its
-        // pagecache/iterator.rs), so a crash mid-append leaves a shorter
-        // log, never a hole; and openraft counts none of these entries
-        // before the flush below.
+        let mut payloads = Vec::new();
+        let mut first = None;
         for e in entries {
-            let v = enc(&e).map_err(|err| StorageIOError::write_log_entry(e.log_id, err))?;
-            self.log.insert(key(e.log_id.index), v).map_err(|e| StorageIOError::write_logs(any(e)))?;
+            first.get_or_insert(e.log_id.index);
+            payloads.push(enc(&e).map_err(|err| StorageIOError::write_log_entry(e.log_id, err))?);
         }
+        let file = {
+            let mut wal = self.wal.lock();
+            if let Some(first) = first {
+                if wal.next().is_some_and(|next| first > next) && self.first_kept.load(Ordering::Acquire) >= first {
+                    // A follower that installed a snapshot past its log's
+                    // end: everything it holds is purged, and the log goes
+                    // on after the snapshot. The purge point must be on
+                    // disk before the entries go.
+                    self.db.flush().map_err(|e| StorageIOError::write_logs(any(e)))?;
+                    wal.clear().map_err(|e| StorageIOError::write_logs(any(e)))?;
+                }
+                wal.append(first, payloads.iter().map(Vec::as_slice))
+                    .map_err(|e| StorageIOError::write_logs(any(e)))?;
+            }
+            wal.sync_handle()
+        };
         // Durable before openraft counts it: the callback is completed by
-        // the flush loop after a flush that covers this batch.
-        if let Err(std::sync::mpsc::SendError((_, cb))) = self.flusher.send((self.db.clone(), callback)) {
-            // The loop is gone (its thread panicked): flush here.
-            let r = self.db.flush_async().await.map(drop).map_err(|e| std::io::Error::other(e.to_string()));
-            cb.log_io_completed(r);
+        // the flush loop after a sync that covers these records.
+        if let Err(std::sync::mpsc::SendError((file, cb))) = self.flusher.send((file, callback)) {
+            // The loop is gone (its thread panicked): sync here.
+            cb.log_io_completed(file.map_or(Ok(()), |f| f.sync_data()));
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for k in self.log.range(key(log_id.index)..).keys() {
-            batch.remove(k.map_err(|e| StorageIOError::write_logs(any(e)))?);
-        }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(any(e)))?;
-        self.flush().await.map_err(StorageIOError::write_logs)?;
+        self.wal.lock().truncate(log_id.index).map_err(|e| StorageIOError::write_logs(any(e)))?;
         Ok(())
     }
 
@@ -253,12 +282,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The rest is not needed for correctness (reads skip the purged
         // entries from here on), only for space, and must not hold up
         // openraft's core: on a blocking thread, make `last_purged`
-        // durable, and only then remove entries (so a crash can leave
+        // durable, and only then delete segments (so a crash can leave
         // extra entries, never a hole).
-        let (db, log) = (self.db.clone(), self.log.clone());
-        let upto = key(log_id.index);
+        let (db, wal) = (self.db.clone(), self.wal.clone());
         tokio::task::spawn_blocking(move || match db.flush() {
-            Ok(_) => remove_purged(&log, upto),
+            Ok(_) => {
+                if let Err(e) = wal.lock().purge(log_id.index) {
+                    tracing::warn!(cause = %e, "deleting purged log segments; they stay until the next purge");
+                }
+            }
             Err(e) => tracing::warn!(cause = %e, "flushing the purge point; purged entries stay until the next purge"),
         });
         Ok(())

@@ -438,9 +438,11 @@ async fn data_dir_of_another_format_is_refused() {
     assert!(text.contains("format 1") && text.contains(&range), "{text}");
 }
 
-/// Entries at or below the purge point (removed in the background after
-/// `purge`, or left on disk by a crash before their removal) are never
-/// read, and the log never seems to end before the purge point.
+/// A format 4 data dir (entries in sled's `raft_log` tree) has its entries
+/// moved into segment files at open, once. Entries at or below the purge
+/// point (deleted in the background after `purge`, or left on disk by a
+/// crash before that) are never read, and the log never seems to end
+/// before the purge point.
 #[tokio::test]
 async fn entries_at_or_below_the_purge_point_are_never_read() {
     use openraft::storage::RaftLogStorage;
@@ -455,16 +457,25 @@ async fn entries_at_or_below_the_purge_point_are_never_read() {
         }
         let purged = Some(LogId::new(CommittedLeaderId::new(1, 1), purged));
         db.open_tree("raft_meta").unwrap().insert(b"last_purged", postcard::to_stdvec(&purged).unwrap()).unwrap();
+        db.insert(b"catga_format", &4u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
+        // Format 4 kept no segment files.
+        std::fs::remove_dir_all(dir.path().join("catga-log")).unwrap();
     };
     leftovers(3);
-    {
+    for _reopen in 0..2 {
         let (mut log, _sm) = open_when_unlocked(dir.path()).unwrap();
         let got: Vec<u64> = log.try_get_log_entries(0..10).await.unwrap().iter().map(|e| e.log_id.index).collect();
         assert_eq!(got, vec![4, 5]);
+        assert_eq!(log.try_get_log_entries(5..=5).await.unwrap()[0], entry(5, q(1, "s", "g", 1)));
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(3));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
+    }
+    {
+        let db = when_unlocked(|| sled::open(dir.path())).unwrap();
+        assert!(db.open_tree("raft_log").unwrap().is_empty(), "the moved rows left sled");
+        assert_eq!(db.get(b"catga_format").unwrap().unwrap().as_ref(), &catga_storage::FORMAT_VERSION.to_be_bytes());
     }
     // Purged past every entry on disk (a snapshot installed ahead of the log).
     leftovers(7);
