@@ -315,7 +315,7 @@ impl Wal {
     /// except the last segment.
     pub fn purge(&mut self, index: u64) -> io::Result<()> {
         let mut removed = false;
-        while self.segments.len() > 1 && self.segments[0].next() <= index + 1 {
+        while self.segments.len() > 1 && self.segments[0].next() <= index.saturating_add(1) {
             let s = self.segments.remove(0);
             std::fs::remove_file(&s.path)?;
             removed = true;
