@@ -135,7 +135,14 @@ impl Wal {
     /// Opens (creating it if needed) the log in `dir`; see the module docs
     /// for what is checked and repaired.
     pub fn open(dir: &Path, segment_bytes_max: u64) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir)?;
+            // The directory's own entry must be durable before any record
+            // in it is acknowledged.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let mut firsts = Vec::new();
         for e in std::fs::read_dir(dir)? {
             let name = e?.file_name();
