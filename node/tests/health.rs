@@ -199,6 +199,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert_eq!(value(&after, "catga_queue_deliveries_total", &[("target", "local")]), 50.0);
     assert_eq!(value(&after, "catga_queue_deliveries_total", &[("target", "remote")]), 0.0);
     assert!(value(&after, "catga_raft_apply_duration_seconds_count", &[]) >= 1.0);
+    assert!(value(&after, "catga_raft_log_sync_duration_seconds_count", &[]) >= 1.0, "the PUT was synced");
     assert!(value(&after, "catga_raft_applied_entries_total", &[]) >= 2.0, "the leader's blank entry and the PUT");
     assert!(value(&after, "catga_requests_total", &[("protocol", "nats"), ("op", "pub")]) >= pubs + 100.0);
     assert!(value(&after, "catga_bus_messages_total", &[("direction", "in")]) >= msgs_in + 100.0);

@@ -336,6 +336,12 @@ impl RaftNode {
         let _ = self.write_observer.set(observe);
     }
 
+    /// Called with the duration of every Raft log sync (fdatasync) and the
+    /// appends it made durable (set once, for metrics).
+    pub fn set_log_sync_observer(&self, observe: catga_storage::SyncObserver) {
+        let _ = self.log.sync_observer().set(observe);
+    }
+
     /// Called with the duration and size of every state-machine apply
     /// (set once, for metrics).
     pub fn set_apply_observer(&self, observe: catga_storage::ApplyObserver) {

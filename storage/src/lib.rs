@@ -30,7 +30,7 @@ use openraft::AnyError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use log::LogStore;
+pub use log::{LogStore, SyncObserver};
 pub use sm::{ApplyObserver, StateMachine, View};
 pub use types::{Cmds, Member, Request, Response, TypeConfig};
 

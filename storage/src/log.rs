@@ -50,7 +50,12 @@ pub struct LogStore {
     flusher: std::sync::mpsc::Sender<(Option<Arc<File>>, LogFlushed<TypeConfig>)>,
     /// First index not purged (0: nothing purged); reads start there.
     first_kept: Arc<AtomicU64>,
+    /// Told how long each sync took and how many appends it covered.
+    synced: Arc<std::sync::OnceLock<SyncObserver>>,
 }
+
+/// See [`LogStore::sync_observer`].
+pub type SyncObserver = Box<dyn Fn(std::time::Duration, usize) + Send + Sync>;
 
 /// Group commit: one sync covers every append queued before it started,
 /// and their callbacks are completed in order after it. An append's
@@ -58,7 +63,10 @@ pub struct LogStore {
 /// completes it has them. Each distinct segment file queued is synced
 /// (an append that started a new segment synced the old one itself).
 /// Runs on its own thread; it ends when the store and its clones are gone.
-fn flush_loop(rx: std::sync::mpsc::Receiver<(Option<Arc<File>>, LogFlushed<TypeConfig>)>) {
+fn flush_loop(
+    rx: std::sync::mpsc::Receiver<(Option<Arc<File>>, LogFlushed<TypeConfig>)>,
+    synced: Arc<std::sync::OnceLock<SyncObserver>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         while let Ok(next) = rx.try_recv() {
@@ -70,8 +78,12 @@ fn flush_loop(rx: std::sync::mpsc::Receiver<(Option<Arc<File>>, LogFlushed<TypeC
                 files.push(f.clone());
             }
         }
+        let started = std::time::Instant::now();
         let result = files.iter().try_for_each(|f| f.sync_data()).map_err(|e| e.to_string());
         drop(files);
+        if let Some(observe) = synced.get() {
+            observe(started.elapsed(), waiting.len());
+        }
         if let Err(e) = &result {
             tracing::error!(cause = %e, "raft log sync failed");
         }
@@ -129,9 +141,11 @@ impl LogStore {
         move_sled_rows(db, dir, &wal_dir, segment_bytes)?;
         let wal = Wal::open(&wal_dir, segment_bytes)?;
         let (flusher, rx) = std::sync::mpsc::channel();
+        let synced = Arc::new(std::sync::OnceLock::new());
+        let observer = synced.clone();
         std::thread::Builder::new()
             .name("catga-log-flush".into())
-            .spawn(move || flush_loop(rx))
+            .spawn(move || flush_loop(rx, observer))
             .map_err(sled::Error::Io)?;
         let meta = db.open_tree("raft_meta")?;
         let purged: Option<LogId> = match meta.get(LAST_PURGED)? {
@@ -139,7 +153,13 @@ impl LogStore {
             None => None,
         };
         let first_kept = Arc::new(AtomicU64::new(purged.map_or(0, |l| l.index + 1)));
-        Ok(Self { db: db.clone(), meta, wal: Arc::new(Mutex::new(wal)), flusher, first_kept })
+        Ok(Self { db: db.clone(), meta, wal: Arc::new(Mutex::new(wal)), flusher, first_kept, synced })
+    }
+
+    /// Where to set the observer of log syncs (once; for metrics): how
+    /// long each fdatasync took and how many appends it made durable.
+    pub fn sync_observer(&self) -> Arc<std::sync::OnceLock<SyncObserver>> {
+        self.synced.clone()
     }
 
     async fn flush(&self) -> Result<(), AnyError> {
