@@ -75,6 +75,11 @@ pub struct RaftConfig {
     /// A Raft log segment file past this size is closed and the next one
     /// started; a purge deletes whole segments.
     pub log_segment_bytes: u64,
+    /// Most entries in one AppendEntries RPC. openraft gives an RPC
+    /// `heartbeat_ms` to complete, so a follower catching up must get its
+    /// entries in pieces that fit (a Redis entry under pipelined load
+    /// holds up to 1,024 commands).
+    pub append_entries_max: u64,
 }
 
 impl Default for RaftConfig {
@@ -98,6 +103,7 @@ impl Default for RaftConfig {
             state_write_behind_ms: StorageConfig::default().state_write_behind_ms,
             state_write_behind_bytes: StorageConfig::default().state_write_behind_bytes,
             log_segment_bytes: StorageConfig::default().log_segment_bytes,
+            append_entries_max: 300,
         }
     }
 }
@@ -221,6 +227,7 @@ impl RaftNode {
             election_timeout_max: cfg.election_timeout_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_after_logs),
             max_in_snapshot_log_to_keep: cfg.logs_kept_after_snapshot,
+            max_payload_entries: cfg.append_entries_max,
             ..Default::default()
         }
         .validate()?;

@@ -60,17 +60,33 @@ impl Default for StorageConfig {
     }
 }
 
+/// How long [`open`] waits for sled's lock on the directory.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Opens (or creates) the node's database and its log store and state
 /// machine.
 pub fn open(dir: &Path, cfg: &StorageConfig) -> Result<(LogStore, StateMachine), sled::Error> {
-    let db = sled::Config::new()
+    let config = sled::Config::new()
         .path(dir)
         .cache_capacity(cfg.cache_bytes)
-        // Durability is ours to decide: the log store flushes before it
+        // Durability is ours to decide: the log store syncs before it
         // acknowledges; no background timer is needed for correctness.
         .flush_every_ms(None)
-        .mode(sled::Mode::HighThroughput)
-        .open()?;
+        .mode(sled::Mode::HighThroughput);
+    // A store of this process closed a moment ago can still hold sled's
+    // lock on the directory: the state machine's last checkpoint, written
+    // as it closes, leaves sled one buffer write to finish on its I/O pool.
+    // Wait that out (bounded); another process holding the lock still gets
+    // sled's error.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let db = loop {
+        match config.open() {
+            Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => break other?,
+        }
+    };
     let found = check_format(&db)?;
     let log = LogStore::open(&db, dir, cfg.log_segment_bytes)?;
     // Opening the state machine rewrites format 2's list rows as chunks.
