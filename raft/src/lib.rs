@@ -84,6 +84,7 @@ pub struct RaftConfig {
 
 impl Default for RaftConfig {
     fn default() -> Self {
+        let storage = StorageConfig::default();
         Self {
             heartbeat_ms: 50,
             // openraft 0.9 waits out a leader lease (= the max) before a
@@ -100,9 +101,9 @@ impl Default for RaftConfig {
             forward_timeout_ms: 5_000,
             node_down_ms: 500,
             read_lease_ms: 50,
-            state_write_behind_ms: StorageConfig::default().state_write_behind_ms,
-            state_write_behind_bytes: StorageConfig::default().state_write_behind_bytes,
-            log_segment_bytes: StorageConfig::default().log_segment_bytes,
+            state_write_behind_ms: storage.state_write_behind_ms,
+            state_write_behind_bytes: storage.state_write_behind_bytes,
+            log_segment_bytes: storage.log_segment_bytes,
             append_entries_max: 300,
         }
     }

@@ -207,15 +207,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.last_purged()?;
-        let last = {
-            let wal = self.wal.lock();
-            match wal.next().filter(|_| wal.first().is_some()) {
-                Some(next) => wal.read(next - 1, next).map_err(|e| StorageIOError::read_logs(any(e)))?.pop(),
-                None => None,
-            }
-        };
-        let last = match last {
-            Some((_, bytes)) => Some(dec::<Entry>(&bytes).map_err(StorageIOError::read_logs)?.log_id),
+        let last = match self.wal.lock().last().map_err(|e| StorageIOError::read_logs(any(e)))? {
+            Some(bytes) => Some(dec::<Entry>(&bytes).map_err(StorageIOError::read_logs)?.log_id),
             None => None,
         };
         // An entry at or below the last purged one is on its way out (or

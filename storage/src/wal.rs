@@ -205,6 +205,14 @@ impl Wal {
         self.segments.last().map(Segment::next)
     }
 
+    /// The last record's payload, if the log holds any.
+    pub fn last(&self) -> io::Result<Option<Vec<u8>>> {
+        match self.first().and(self.next()) {
+            Some(next) => Ok(self.read(next - 1, next)?.pop().map(|(_, p)| p)),
+            None => Ok(None),
+        }
+    }
+
     /// The segment file the last append wrote to: sync it to make every
     /// append so far durable.
     pub fn sync_handle(&self) -> Option<Arc<File>> {

@@ -412,10 +412,12 @@ fn when_unlocked<T>(mut open: impl FnMut() -> Result<T, sled::Error>) -> Result<
     }
 }
 
+/// `catga_storage::open` (which itself waits out the lock a store of
+/// this process just closed left).
 fn open_when_unlocked(
     dir: &std::path::Path,
 ) -> Result<(catga_storage::LogStore, catga_storage::StateMachine), sled::Error> {
-    when_unlocked(|| catga_storage::open(dir, &StorageConfig::default()))
+    catga_storage::open(dir, &StorageConfig::default())
 }
 
 /// A data dir of another storage format is refused at open with a clear

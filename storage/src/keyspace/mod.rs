@@ -1175,6 +1175,11 @@ impl Keyspace {
         if !arity_ok(s.arity, argv.len()) {
             return Some(Out::Err(format!("ERR wrong number of arguments for '{name}' command")));
         }
+        self.dispatch_read(name, db, now_ms, argv)
+    }
+
+    /// The read families, for a read command whose arity is checked.
+    fn dispatch_read(&self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
         self.string_read(name, db, now_ms, argv)
             .or_else(|| self.bits_read(name, db, now_ms, argv))
             .or_else(|| self.key_read(name, db, now_ms, argv))
@@ -1191,15 +1196,17 @@ impl Keyspace {
     /// applies them; reads too, for MULTI/EXEC).
     pub fn exec(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
         let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
-        if let Some(s) = spec(&name) {
+        let name = name.as_str();
+        if let Some(s) = spec(name) {
             if !arity_ok(s.arity, argv.len()) {
                 return Out::Err(format!("ERR wrong number of arguments for '{name}' command"));
             }
+            if !s.write {
+                if let Some(out) = self.dispatch_read(name, db, now_ms, argv) {
+                    return out;
+                }
+            }
         }
-        if let Some(out) = self.read_named(&name, db, now_ms, argv) {
-            return out;
-        }
-        let name = name.as_str();
         if name == EXPIRED {
             return self.key_write(name, db, now_ms, argv).unwrap_or(Out::Int(0));
         }
