@@ -69,6 +69,10 @@ pub struct PeerView {
     pub name: String,
     pub cluster_addr: String,
     pub rtt_us: u64,
+    /// Largest UDP payload the link's path carries, as discovered.
+    pub path_mtu: u16,
+    pub lost_packets: u64,
+    pub black_holes: u64,
 }
 
 #[derive(Clone)]
@@ -135,7 +139,15 @@ pub fn cluster_view(raft: &RaftNode, mesh: &Mesh, nats: &ServerShared) -> Cluste
         peers: mesh
             .peers()
             .into_iter()
-            .map(|p| PeerView { id: p.info.id, name: p.info.name, cluster_addr: p.info.cluster_addr, rtt_us: p.rtt_us })
+            .map(|p| PeerView {
+                id: p.info.id,
+                name: p.info.name,
+                cluster_addr: p.info.cluster_addr,
+                rtt_us: p.rtt_us,
+                path_mtu: p.path_mtu,
+                lost_packets: p.lost_packets,
+                black_holes: p.black_holes,
+            })
             .collect(),
         queues: raft
             .view()

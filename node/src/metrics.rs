@@ -62,6 +62,9 @@ pub struct Metrics {
     peers_up: Gauge,
     peer_rtt: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     peer_bytes: Family<Labels, Counter>,
+    peer_mtu: Family<Labels, Gauge>,
+    peer_lost: Family<Labels, Counter>,
+    peer_black_holes: Family<Labels, Counter>,
     rss: Gauge,
     cpu: Counter<f64, std::sync::atomic::AtomicU64>,
     fds: Gauge,
@@ -191,6 +194,20 @@ impl Metrics {
         r.register("cluster_peer_rtt_seconds", "Round-trip time to each peer", peer_rtt.clone());
         let peer_bytes = Family::<Labels, Counter>::default();
         r.register("cluster_link_bytes", "UDP payload bytes on each peer link (direction tx|rx)", peer_bytes.clone());
+        let peer_mtu = Family::<Labels, Gauge>::default();
+        r.register(
+            "cluster_link_path_mtu_bytes",
+            "Largest UDP payload the link's path carries, as discovered",
+            peer_mtu.clone(),
+        );
+        let peer_lost = Family::<Labels, Counter>::default();
+        r.register("cluster_link_lost_packets", "Packets QUIC declared lost on each peer link", peer_lost.clone());
+        let peer_black_holes = Family::<Labels, Counter>::default();
+        r.register(
+            "cluster_link_mtu_black_holes",
+            "Times QUIC judged a peer link's path an MTU black hole and fell back to 1200-byte packets",
+            peer_black_holes.clone(),
+        );
         let rss = Gauge::default();
         r.register("process_resident_memory_bytes", "Resident memory", rss.clone());
         let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
@@ -230,6 +247,9 @@ impl Metrics {
             peers_up,
             peer_rtt,
             peer_bytes,
+            peer_mtu,
+            peer_lost,
+            peer_black_holes,
             rss,
             cpu,
             fds,
@@ -314,6 +334,10 @@ impl Metrics {
             // old count); good enough for rates, never negative.
             mirror(&self.peer_bytes.get_or_create(&labels(&[("peer", &p.info.name), ("direction", "tx")])), p.tx_bytes);
             mirror(&self.peer_bytes.get_or_create(&labels(&[("peer", &p.info.name), ("direction", "rx")])), p.rx_bytes);
+            let peer = labels(&[("peer", &p.info.name)]);
+            self.peer_mtu.get_or_create(&peer).set(i64::from(p.path_mtu));
+            mirror(&self.peer_lost.get_or_create(&peer), p.lost_packets);
+            mirror(&self.peer_black_holes.get_or_create(&peer), p.black_holes);
         }
 
         let proc = process_stats();

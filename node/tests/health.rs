@@ -321,6 +321,12 @@ async fn cluster_raft_and_process_metrics_are_served_with_values() {
                 let name = peer.node.name.as_str();
                 assert!(value(m, "catga_cluster_link_bytes_total", &[("peer", name), ("direction", "tx")]) > 0.0);
                 assert!(value(m, "catga_cluster_link_bytes_total", &[("peer", name), ("direction", "rx")]) > 0.0);
+                // Loopback carries jumbo packets, and nothing is lost to a
+                // black hole while the cluster idles.
+                assert!(value(m, "catga_cluster_link_path_mtu_bytes", &[("peer", name)]) >= 1200.0);
+                assert_eq!(value(m, "catga_cluster_link_mtu_black_holes_total", &[("peer", name)]), 0.0);
+                // Exported (value() panics on a missing series).
+                value(m, "catga_cluster_link_lost_packets_total", &[("peer", name)]);
             }
         }
         assert!(value(m, "catga_raft_term", &[]) >= 1.0);

@@ -15,5 +15,6 @@ pub mod frame;
 pub mod lane;
 pub mod mesh;
 pub mod tls;
+mod udp;
 
 pub use mesh::{Mesh, MeshConfig, MeshHandler, NodeId, NodeInfo, PeerStatus, RpcError, RpcHandler, RpcReply, Sender};

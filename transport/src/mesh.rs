@@ -178,6 +178,10 @@ pub struct PeerStatus {
     pub dropped_frames: u64,
     /// The path MTU quinn has discovered (UDP payload bytes).
     pub path_mtu: u16,
+    /// Packets quinn declared lost on this link, and how many times it
+    /// judged the path an MTU black hole (and fell back to 1200 bytes).
+    pub lost_packets: u64,
+    pub black_holes: u64,
     /// UDP payload bytes sent to and received from the peer on this link.
     pub tx_bytes: u64,
     pub rx_bytes: u64,
@@ -295,7 +299,9 @@ fn bind_udp(listen: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net
     Ok(socket.into())
 }
 
-/// The largest UDP payload over IPv4 (65535 minus IP and UDP headers).
+/// The largest UDP payload QUIC allows (IPv6's; over IPv4 the kernel
+/// refuses more than [`crate::udp::SEND_BYTES_MAX`], so MTU discovery stops
+/// just under that).
 const MAX_UDP_PAYLOAD: u16 = 65_527;
 
 fn quic_transport(cfg: &MeshConfig) -> anyhow::Result<quinn::TransportConfig> {
@@ -350,7 +356,9 @@ impl Mesh {
         // quinn's default advertises 1472, which caps every path at that.
         endpoint_config.max_udp_payload_size(MAX_UDP_PAYLOAD)?;
         let runtime = quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime for quinn"))?;
-        let mut endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)?;
+        let socket = crate::udp::capped(runtime.wrap_udp_socket(socket)?);
+        let mut endpoint =
+            quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server_config), socket, runtime)?;
         endpoint.set_default_client_config(client_config);
         let local_addr = endpoint.local_addr()?;
         let mut node = cfg.node.clone();
@@ -438,6 +446,8 @@ impl Mesh {
                     dialed_by: l.dialer,
                     dropped_frames: l.lane.refused(),
                     path_mtu: stats.path.current_mtu,
+                    lost_packets: stats.path.lost_packets,
+                    black_holes: stats.path.black_holes_detected,
                     tx_bytes: stats.udp_tx.bytes,
                     rx_bytes: stats.udp_rx.bytes,
                 }

@@ -113,6 +113,39 @@ async fn frames_arrive_in_send_order() {
     }
 }
 
+/// quinn sends up to ten packets of the path MTU in one GSO `sendmsg`; at
+/// loopback's 64 KiB MTU such a batch is over what the kernel accepts, and
+/// quinn-udp drops a refused batch silently. Before the endpoint's socket
+/// cut batches to size, bulk traffic lost whole batches, quinn judged the
+/// path a black hole within the first megabytes and fell back to 1200-byte
+/// packets for a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_traffic_keeps_the_jumbo_path() {
+    let ca = Ca::generate("test CA").unwrap();
+    let (a, _) = start(1, &ca, vec![]).await;
+    let (b, rec_b) = start(2, &ca, vec![a.node().cluster_addr.clone()]).await;
+    eventually("link", || a.is_up(2) && b.is_up(1)).await;
+    let to_b = || a.peers().into_iter().find(|p| p.info.id == 2).unwrap();
+    eventually("jumbo path mtu", || to_b().path_mtu > 8952).await;
+    let body = catga_transport::frame::frame_body(&vec![7u8; 32 << 10]);
+    let frames = 1024; // 32 MiB
+    for _ in 0..frames {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while a.send(2, &body).is_none() {
+            assert!(Instant::now() < deadline, "queue never drained");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rec_b.msgs.lock().len() < frames {
+        assert!(Instant::now() < deadline, "only {} of {frames} frames arrived", rec_b.msgs.lock().len());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let link = to_b();
+    assert_eq!(link.black_holes, 0, "quinn judged loopback a black hole; {} packets lost", link.lost_packets);
+    assert!(link.path_mtu > 8952, "path mtu fell to {}", link.path_mtu);
+}
+
 #[tokio::test]
 async fn other_cluster_name_is_refused() {
     let ca = Ca::generate("test CA").unwrap();
