@@ -156,13 +156,29 @@ async fn failover(mut c: Cluster) -> anyhow::Result<Duration> {
         async_nats::ConnectOptions::new().request_timeout(Some(Duration::from_millis(250))).connect(&c.urls[0]).await?;
     let deadline = Instant::now() + Duration::from_secs(20);
     // Until the cluster knows every node (INFO connect_urls) and routes work.
-    while requester.server_info().connect_urls.len() < 3
-        || requester.request("bench.failover", "x".into()).await.is_err()
-    {
+    loop {
+        let urls = requester.server_info().connect_urls.len();
+        let answer = requester.request("bench.failover", "x".into()).await;
+        if urls >= 3 && answer.is_ok() {
+            break;
+        }
         if Instant::now() > deadline {
-            bail!("failover setup: no route");
+            bail!("failover setup: {urls} connect_urls, request: {:?}", answer.err());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every node must route to the responder before the kill, or this
+    // would time how fast a fresh cluster finishes forming its mesh (the
+    // requester moves to node 2 or 3), not a failover.
+    for url in &c.urls[1..] {
+        let probe =
+            async_nats::ConnectOptions::new().request_timeout(Some(Duration::from_millis(250))).connect(url).await?;
+        while probe.request("bench.failover", "x".into()).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("failover setup: no route from {url}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     c.procs[0].start_kill()?;
     let killed = Instant::now();
