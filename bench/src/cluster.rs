@@ -155,11 +155,14 @@ async fn failover(mut c: Cluster) -> anyhow::Result<Duration> {
     let requester =
         async_nats::ConnectOptions::new().request_timeout(Some(Duration::from_millis(250))).connect(&c.urls[0]).await?;
     let deadline = Instant::now() + Duration::from_secs(20);
-    // Until the cluster knows every node (INFO connect_urls) and routes work.
+    // Until the client knows another node (INFO connect_urls) and routes work.
     loop {
         let urls = requester.server_info().connect_urls.len();
         let answer = requester.request("bench.failover", "x".into()).await;
-        if urls >= 3 && answer.is_ok() {
+        // At least one other node to move to (nats-server at times lists only
+        // two of its three servers for the whole 20 s; the probes below
+        // check that the other nodes route).
+        if urls >= 2 && answer.is_ok() {
             break;
         }
         if Instant::now() > deadline {

@@ -748,13 +748,16 @@ fn register(
         inner.handler.peer_down(&Mesh { inner: inner.clone() }, &old.peer);
     }
     tracing::info!(peer = %peer.name, id = peer.id, addr = %peer.cluster_addr, rtt_us = link.rtt_us.load(Ordering::Relaxed), "peer link up");
-    // Start the tasks before telling the handler, so that what it sends in
-    // peer_up goes out on this link.
+    // Tell the handler before any task reads from the link: the first
+    // frames a peer sends (the bus's interest snapshot) must find the
+    // handler's state for this link, or they are dropped and never resent.
+    // What the handler sends in peer_up waits in the link's lane for the
+    // writer started below.
+    inner.handler.peer_up(&Mesh { inner: inner.clone() }, &peer);
     tokio::spawn(data_writer(inner.clone(), link.clone()));
     tokio::spawn(data_acceptor(inner.clone(), link.clone()));
     tokio::spawn(rpc_acceptor(inner.clone(), link.clone()));
     tokio::spawn(control_loop(inner.clone(), link.clone(), ctrl_send, ctrl_recv, ctrl_buf, ctrl_rx));
-    inner.handler.peer_up(&Mesh { inner: inner.clone() }, &peer);
     // Tell everyone about the new peer's address.
     let addrs = known_addrs(inner);
     for l in inner.links.lock().values() {
@@ -984,7 +987,13 @@ async fn data_reader(inner: Arc<Inner>, link: Arc<Link>, mut stream: quinn::Recv
             Ok(None) | Err(_) => return,
         };
         link.last_rx_ms.store(inner.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let any = match frames.feed(&chunk, |body| inner.handler.message(&mesh, peer, body)) {
+        // A replaced link's last frames must not reach the handler's state
+        // for the link that replaced it.
+        let any = match frames.feed(&chunk, |body| {
+            if !link.closed.is_cancelled() {
+                inner.handler.message(&mesh, peer, body);
+            }
+        }) {
             Ok(n) => n > 0,
             Err(e) => {
                 tracing::warn!(peer, cause = %e, "bad data frame; closing link");

@@ -146,6 +146,54 @@ async fn bulk_traffic_keeps_the_jumbo_path() {
     assert!(link.path_mtu > 8952, "path mtu fell to {}", link.path_mtu);
 }
 
+/// Records frames that arrive from a peer the handler has not been told
+/// about yet. Its peer_up announces itself at once (as the cluster bus
+/// sends its interest snapshot) and is slow to finish.
+#[derive(Default)]
+struct SlowUp {
+    up: Mutex<Vec<NodeId>>,
+    early: Mutex<Vec<NodeId>>,
+    got: Mutex<Vec<NodeId>>,
+}
+
+impl MeshHandler for SlowUp {
+    fn peer_up(&self, mesh: &Mesh, peer: &NodeInfo) {
+        let _ = mesh.send(peer.id, &catga_transport::frame::frame_body(b"snapshot"));
+        // Not a wait for a condition: a handler that takes a while, so the
+        // peer's own first frame arrives while this one is still running.
+        std::thread::sleep(Duration::from_millis(100));
+        self.up.lock().push(peer.id);
+    }
+    fn peer_down(&self, _mesh: &Mesh, peer: &NodeInfo) {
+        self.up.lock().retain(|p| *p != peer.id);
+    }
+    fn message(&self, _mesh: &Mesh, from: NodeId, _body: &[u8]) {
+        if !self.up.lock().contains(&from) {
+            self.early.lock().push(from);
+        }
+        self.got.lock().push(from);
+    }
+}
+
+/// A peer's first frames reach the handler only after its peer_up for that
+/// link returned. Before, the link's reader started first, and a frame that
+/// came in meanwhile met no state for the peer: the cluster bus dropped the
+/// peer's interest snapshot, and that node never routed to the peer's
+/// subscribers (seen as a 20 s "no responders" in the failover bench).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frames_reach_the_handler_only_after_peer_up() {
+    let ca = Ca::generate("test CA").unwrap();
+    let (ha, hb) = (Arc::new(SlowUp::default()), Arc::new(SlowUp::default()));
+    let a = Mesh::start(config(1, "test", ca.material("n1").unwrap(), vec![]), ha.clone()).await.unwrap();
+    let seed = a.node().cluster_addr.clone();
+    let b = Mesh::start(config(2, "test", ca.material("n2").unwrap(), vec![seed]), hb.clone()).await.unwrap();
+    eventually("each side got the other's first frame", || !ha.got.lock().is_empty() && !hb.got.lock().is_empty())
+        .await;
+    assert!(a.is_up(2) && b.is_up(1));
+    assert_eq!(*ha.early.lock(), Vec::<NodeId>::new(), "n1 got a frame before its peer_up for n2 returned");
+    assert_eq!(*hb.early.lock(), Vec::<NodeId>::new(), "n2 got a frame before its peer_up for n1 returned");
+}
+
 #[tokio::test]
 async fn other_cluster_name_is_refused() {
     let ca = Ca::generate("test CA").unwrap();
