@@ -25,8 +25,10 @@ pub struct Dump {
 impl Dump {
     /// The live entries of `ks` at `now_ms`.
     pub fn of(ks: &Keyspace, now_ms: u64, applied_index: u64) -> Self {
-        let entries =
+        let mut entries: Vec<(u32, Vec<u8>, Entry)> =
             ks.entries().filter(|(_, _, e)| e.live(now_ms)).map(|(db, k, e)| (db, k.to_vec(), e.clone())).collect();
+        // By key, so the same data makes the same file on every node.
+        entries.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         Dump { version: VERSION, created_ms: now_ms, applied_index, entries }
     }
 

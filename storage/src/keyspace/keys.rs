@@ -122,23 +122,33 @@ impl Keyspace {
                     .collect();
                 scan_reply(next, keys)
             }
-            "keys" => Out::Array(
-                self.dbs
+            "keys" => {
+                let mut keys: Vec<&Vec<u8>> = self
+                    .dbs
                     .get(&db)
                     .into_iter()
                     .flatten()
                     .filter(|(k, e)| e.live(now_ms) && glob_match(argv[1], k))
-                    .map(|(k, _)| Out::Bulk(k.clone()))
-                    .collect(),
-            ),
+                    .map(|(k, _)| k)
+                    .collect();
+                // Sorted: the same on every node (a script may act on it).
+                keys.sort_unstable();
+                Out::Array(keys.into_iter().map(|k| Out::Bulk(k.clone())).collect())
+            }
             "randomkey" => {
-                let live: Vec<&Vec<u8>> =
-                    self.dbs.get(&db).into_iter().flatten().filter(|(_, e)| e.live(now_ms)).map(|(k, _)| k).collect();
-                if live.is_empty() {
-                    Out::Nil
-                } else {
-                    Out::Bulk(live[read_rng(now_ms, argv).below(live.len())].clone())
-                }
+                // The first live key at or after a random point of the key
+                // hash ring (ties by key): the choice does not depend on
+                // the order this node's map holds the keys in.
+                let point = read_rng(now_ms, argv).next();
+                let pick = self
+                    .dbs
+                    .get(&db)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, e)| e.live(now_ms))
+                    .map(|(k, _)| (scan_hash(k).wrapping_sub(point), k))
+                    .min();
+                pick.map_or(Out::Nil, |(_, k)| Out::Bulk(k.clone()))
             }
             _ => return None,
         })

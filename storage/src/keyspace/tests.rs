@@ -443,3 +443,33 @@ fn expiry_at_exact_instants_and_the_sweep() {
     // A client cannot send the internal command.
     assert_eq!(spec(EXPIRED), None);
 }
+
+/// Keys live in a hash map whose order differs between nodes (and after a
+/// restart). KEYS answers in key order, so two replicas that applied the
+/// same keys in different orders answer alike (a script may act on it), and
+/// RANDOMKEY only ever picks a live key of the database.
+#[test]
+fn keys_and_randomkey_do_not_depend_on_map_order() {
+    let names: Vec<String> = (0..200).map(|i| format!("k{:03}", (i * 37) % 200)).collect();
+    let mut a = Keyspace::default();
+    let mut b = Keyspace::default();
+    for n in &names {
+        run(&mut a, NOW, &[&format!("SET {n} v")]);
+    }
+    for n in names.iter().rev() {
+        run(&mut b, NOW, &[&format!("SET {n} v")]);
+    }
+    run(&mut a, NOW, &["SET gone v PX 5", "SET other v"]);
+    run(&mut b, NOW, &["SET gone v PX 5", "SET other v"]);
+    let later = NOW + 10;
+    let keys_a = run(&mut a, later, &["KEYS *"]);
+    assert_eq!(keys_a, run(&mut b, later, &["KEYS *"]));
+    let mut sorted: Vec<String> = names.iter().map(|n| format!("${n}")).chain(["$other".to_string()]).collect();
+    sorted.sort();
+    assert_eq!(keys_a[0], format!("[{}]", sorted.join(",")));
+    for _ in 0..50 {
+        let picked = run(&mut a, later, &["RANDOMKEY"]).remove(0);
+        assert!(sorted.contains(&picked), "RANDOMKEY gave {picked}, not a live key");
+    }
+    assert_eq!(show(&a.exec(1, later, &[b"RANDOMKEY"])), "nil", "database 1 is empty");
+}
