@@ -53,6 +53,11 @@ const NO_AUTH_TABLE: &[(&str, &str)] = &[
     ("SELECT -1\r\n", "-ERR DB index is out of range\r\n"),
     ("SELECT x\r\n", "-ERR value is not an integer or out of range\r\n"),
     ("SELECT 1\r\n", "+OK\r\n"),
+    // GET's own path: a hit, a miss, a key of another type, arity.
+    (
+        "SET gs v\r\nGET gs\r\nGET nokey\r\nRPUSH gl a\r\nGET gl\r\nGET\r\nGET a b\r\n",
+        "+OK\r\n$1\r\nv\r\n$-1\r\n:1\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n-ERR wrong number of arguments for 'get' command\r\n-ERR wrong number of arguments for 'get' command\r\n",
+    ),
     (
         "AUTH pw\r\n",
         "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
@@ -401,6 +406,15 @@ async fn copy_across_databases_answers_byte_for_byte_as_redis() {
         got,
         "+OK\r\n+OK\r\n:1\r\n+OK\r\n$1\r\nv\r\n+OK\r\n-ERR DB index is out of range\r\n+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n-ERR DB index is out of range\r\n:1\r\n+OK\r\n$1\r\nv\r\n+OK\r\n-ERR DB index is out of range\r\n:1\r\n+OK\r\n:100\r\n"
     );
+}
+
+/// GET over RESP3: a miss is `_`, a hit a bulk string (as redis-server).
+#[tokio::test]
+async fn get_answers_in_resp3() {
+    let n = TestNode::start().await;
+    let got = exchange(redis_addr(&n), b"HELLO 3\r\nGET r3\r\nSET r3 v\r\nGET r3\r\n").await;
+    assert!(got.starts_with("%7\r\n"), "{got}");
+    assert!(got.ends_with("_\r\n+OK\r\n$1\r\nv\r\n"), "{got}");
 }
 
 /// Writes pipelined ahead of a HELLO 3 are answered in RESP2 (a null

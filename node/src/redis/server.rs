@@ -233,12 +233,9 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                             emit(&shared, &r, conn.proto(), &mut out);
                                         }
                                     }
-                                    Step::Store { .. } => emit(
-                                        &shared,
-                                        &read(&shared, &mut conn, &argv, &mut fresh, &mut now).await,
-                                        conn.proto(),
-                                        &mut out,
-                                    ),
+                                    Step::Store { .. } => {
+                                        read(&shared, &mut conn, &argv, &mut fresh, &mut now, &mut out).await
+                                    }
                                     Step::Watch(keys) => {
                                         emit(&shared, &watch(&shared, &mut conn, keys).await, conn.proto(), &mut out)
                                     }
@@ -599,14 +596,21 @@ async fn pop_once(shared: &Shared, conn: &Conn, argv: &[&[u8]]) -> Reply {
 
 /// A keyspace read: linearizable (read-index through the leader, unless
 /// `fresh` says this batch already had one), then served from this node's
-/// applied state by its own clock.
-async fn read(shared: &Shared, conn: &mut Conn, argv: &[&[u8]], fresh: &mut bool, now: &mut Option<u64>) -> Reply {
-    let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
+/// applied state by its own clock; its reply is appended to `out`.
+async fn read(
+    shared: &Shared,
+    conn: &mut Conn,
+    argv: &[&[u8]],
+    fresh: &mut bool,
+    now: &mut Option<u64>,
+    out: &mut Vec<u8>,
+) {
+    let Some(raft) = shared.raft.get() else { return emit(shared, &Reply::err(LOADING), conn.proto(), out) };
     if conn.local_reads || *fresh {
         // READONLY: this node's state as applied, no round trip.
     } else if let Err(e) = shared.reads.linearize(raft).await {
         tracing::debug!(cause = %e, "no linearizable read");
-        return Reply::err(NO_LEADER);
+        return emit(shared, &Reply::err(NO_LEADER), conn.proto(), out);
     } else {
         *fresh = true;
     }
@@ -615,6 +619,28 @@ async fn read(shared: &Shared, conn: &mut Conn, argv: &[&[u8]], fresh: &mut bool
     let v = view.read();
     // Resolved by `Conn::execute`: a keyspace command's static name.
     let name = super::conn::command_names().get(conn.last_command).copied().unwrap_or_default();
+    if name == "get" && argv.len() == 2 {
+        // The most common command: one lookup serves the reply and the
+        // hit/miss count, and the value is encoded from the map, not
+        // copied into a reply first. A key of another type takes the
+        // general path (its WRONGTYPE error).
+        match v.keyspace.get(conn.info.db, argv[1], now) {
+            None => {
+                conn.tally.misses += 1;
+                return Reply::Null.encode(conn.proto(), out);
+            }
+            Some(catga_raft::keyspace::Entry { value: catga_raft::keyspace::Value::Str(s), .. }) => {
+                conn.tally.hits += 1;
+                return super::reply::encode_bulk(out, s);
+            }
+            Some(_) => {}
+        }
+    }
+    emit(shared, &read_reply(conn, &v, name, argv, now), conn.proto(), out);
+}
+
+/// The general read: the hit/miss count for its key, then its reply.
+fn read_reply(conn: &mut Conn, v: &catga_raft::View, name: &str, argv: &[&[u8]], now: u64) -> Reply {
     if argv.len() >= 2
         && !matches!(name, "keys" | "scan" | "sintercard" | "zunion" | "zinter" | "zdiff" | "eval_ro" | "evalsha_ro")
     {
