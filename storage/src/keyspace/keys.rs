@@ -6,13 +6,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::*;
 
 /// Mixed into the seed of read-side random picks (RANDOMKEY,
-/// SRANDMEMBER…), so two calls in one millisecond differ. Reads change
-/// nothing, so replicas need not agree on them.
+/// SRANDMEMBER…), so two calls in one millisecond differ. A client's read
+/// changes nothing, so replicas need not agree on it.
 static READ_DRAWS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// While a write script runs on this thread: the number of random
+    /// reads it has made. Its picks then depend only on the entry and their
+    /// order in it, so every replica picks alike and writes alike.
+    static SCRIPT_DRAWS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
 
 /// A generator for a read that picks at random.
 pub(super) fn read_rng(now_ms: u64, argv: &[&[u8]]) -> Rng {
-    Rng::for_command(now_ms, argv, READ_DRAWS.fetch_add(1, Ordering::Relaxed))
+    let salt = SCRIPT_DRAWS.with(|d| d.get().inspect(|n| d.set(Some(n + 1))));
+    Rng::for_command(now_ms, argv, salt.unwrap_or_else(|| READ_DRAWS.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Runs `f` (a write script) with its random reads drawn from its own
+/// sequence (see [`read_rng`]).
+pub(super) fn with_script_draws<T>(f: impl FnOnce() -> T) -> T {
+    let before = SCRIPT_DRAWS.with(|d| d.replace(Some(0)));
+    let out = f();
+    SCRIPT_DRAWS.with(|d| d.set(before));
+    out
 }
 
 /// The options of SCAN, HSCAN, SSCAN and ZSCAN.

@@ -345,7 +345,9 @@ impl Keyspace {
             Ok(p) => p,
             Err(e) => return Some(e),
         };
-        let out = run(&p.call(now_ms, false), &mut |a: &[&[u8]]| self.exec(db, now_ms, a));
+        // Random reads it makes (RANDOMKEY…) pick alike on every replica.
+        let out =
+            super::keys::with_script_draws(|| run(&p.call(now_ms, false), &mut |a: &[&[u8]]| self.exec(db, now_ms, a)));
         if out.is_ok() && name == "eval" {
             self.cache_script(&p.sha, &p.body, true);
         }
@@ -1130,6 +1132,43 @@ mod tests {
         // Another entry (another time) draws other numbers.
         let later = b.exec(0, NOW + 1, &[b"EVAL", body.as_bytes(), b"0"]);
         assert_ne!(first, later);
+    }
+
+    /// A script that writes what a random read picked (RANDOMKEY,
+    /// SRANDMEMBER, HRANDFIELD, ZRANDMEMBER) writes the same on every
+    /// replica, whatever other reads each node served meanwhile; two picks
+    /// in one script still differ.
+    #[test]
+    fn random_reads_in_a_write_script_pick_alike_on_every_replica() {
+        let setup: Vec<String> = (0..50)
+            .flat_map(|i| {
+                [format!("SET k{i} v"), format!("SADD s m{i}"), format!("HSET h f{i} v"), format!("ZADD z {i} m{i}")]
+            })
+            .collect();
+        let body = "local a = redis.call('RANDOMKEY') local b = redis.call('RANDOMKEY') \
+                    local s = redis.call('SRANDMEMBER', 's') local h = redis.call('HRANDFIELD', 'h') \
+                    local z = redis.call('ZRANDMEMBER', 'z') \
+                    redis.call('SET', 'picked', a .. ' ' .. b .. ' ' .. s .. ' ' .. h .. ' ' .. z) return 1";
+        let picked = |ks: &mut Keyspace| {
+            for line in &setup {
+                let argv: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+                ks.exec(0, NOW, &argv);
+            }
+            eval(ks, &[body, "0"]);
+            ks.exec(0, NOW, &[b"GET", b"picked"])
+        };
+        let mut a = Keyspace::default();
+        let first = picked(&mut a);
+        // Client reads on this node in between move the process's own draws.
+        for _ in 0..7 {
+            a.read(0, NOW, &[b"RANDOMKEY"]);
+        }
+        let mut b = Keyspace::default();
+        assert_eq!(first, picked(&mut b));
+        let Out::Bulk(text) = first else { panic!("{first:?}") };
+        let text = String::from_utf8(text).unwrap();
+        let keys: Vec<&str> = text.split(' ').take(2).collect();
+        assert_ne!(keys[0], keys[1], "two picks in one script differ: {text}");
     }
 
     #[test]
