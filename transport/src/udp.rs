@@ -12,7 +12,6 @@
 //! 1200-byte packets. Here a batch over the limit goes out as several
 //! `sendmsg`s, each holding as many whole packets as fit.
 
-use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -32,14 +31,9 @@ pub fn capped(inner: Arc<dyn AsyncUdpSocket>) -> Arc<dyn AsyncUdpSocket> {
     Arc::new(Capped { inner })
 }
 
+#[derive(Debug)]
 struct Capped {
     inner: Arc<dyn AsyncUdpSocket>,
-}
-
-impl fmt::Debug for Capped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Capped").field("inner", &self.inner).finish()
-    }
 }
 
 /// The pieces `transmit` goes out in: (bytes, GSO segment size), in order.

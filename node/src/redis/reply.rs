@@ -144,11 +144,7 @@ fn header(out: &mut Vec<u8>, kind: u8, n: i64) {
 }
 
 /// Appends `b` as a bulk string (the same in RESP2 and RESP3).
-pub fn encode_bulk(out: &mut Vec<u8>, b: &[u8]) {
-    bulk(out, b);
-}
-
-fn bulk(out: &mut Vec<u8>, b: &[u8]) {
+pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
     header(out, b'$', b.len() as i64);
     out.extend_from_slice(b);
     out.extend_from_slice(b"\r\n");

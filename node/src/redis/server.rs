@@ -631,7 +631,7 @@ async fn read(
             }
             Some(catga_raft::keyspace::Entry { value: catga_raft::keyspace::Value::Str(s), .. }) => {
                 conn.tally.hits += 1;
-                return super::reply::encode_bulk(out, s);
+                return super::reply::bulk(out, s);
             }
             Some(_) => {}
         }
