@@ -214,6 +214,10 @@ impl RaftNode {
             state_write_behind_ms: cfg.state_write_behind_ms,
             state_write_behind_bytes: cfg.state_write_behind_bytes,
             log_segment_bytes: cfg.log_segment_bytes,
+            // Blocking a worker for the sync is fine while another one
+            // runs the node's other tasks; a one-worker runtime keeps the
+            // flush thread.
+            log_sync_inline: tokio::runtime::Handle::current().metrics().num_workers() > 1,
             ..StorageConfig::default()
         };
         let (log, sm) = catga_storage::open(dir, &storage)

@@ -47,6 +47,13 @@ pub struct StorageConfig {
     pub state_write_behind_ms: u64,
     /// ...or this large (keys and values written since the last one).
     pub state_write_behind_bytes: usize,
+    /// Sync an append's records inside `append` (on the task that called
+    /// it) instead of on the log's flush thread. openraft 0.9's core waits
+    /// for every append to be durable before it does anything else, so the
+    /// flush thread can never group two appends: it only adds two thread
+    /// wake-ups per write. Inline needs a runtime with another worker to
+    /// run other tasks meanwhile (the caller picks; see `catga_raft`).
+    pub log_sync_inline: bool,
 }
 
 impl Default for StorageConfig {
@@ -56,6 +63,7 @@ impl Default for StorageConfig {
             log_segment_bytes: 64 << 20,
             state_write_behind_ms: 100,
             state_write_behind_bytes: 16 << 20,
+            log_sync_inline: false,
         }
     }
 }
@@ -88,7 +96,7 @@ pub fn open(dir: &Path, cfg: &StorageConfig) -> Result<(LogStore, StateMachine),
         }
     };
     let found = check_format(&db)?;
-    let log = LogStore::open(&db, dir, cfg.log_segment_bytes)?;
+    let log = LogStore::open(&db, dir, cfg.log_segment_bytes, cfg.log_sync_inline)?;
     // Opening the state machine rewrites format 2's list rows as chunks.
     let sm = StateMachine::open(&db, cfg)?;
     if found != FORMAT_VERSION {

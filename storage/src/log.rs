@@ -2,10 +2,12 @@
 //! committed index and purge point in sled's `raft_meta` tree.
 //!
 //! Write path: `append` writes the entries at the end of the last segment,
-//! then a flush thread syncs the segment (fdatasync) and only then tells
-//! openraft the entries are durable, so an entry a leader counts toward a
-//! majority survives a power cut. One sync covers every append queued
-//! before it (group commit). The vote is flushed before `save_vote`
+//! then syncs the segment (fdatasync) and only then tells openraft the
+//! entries are durable, so an entry a leader counts toward a majority
+//! survives a power cut. The sync runs inside `append` when the runtime has
+//! a worker to spare (openraft 0.9's core waits for it either way: a hand-off
+//! would only add two thread wake-ups per write), else on a flush thread,
+//! where one sync covers every append queued before it (group commit). The vote is flushed before `save_vote`
 //! returns (a node must never vote twice in a term). Truncation syncs too.
 //! Purge records the new `last_purged` and returns; a blocking thread
 //! flushes it and only then deletes whole segments: openraft's core (which
@@ -46,13 +48,18 @@ pub struct LogStore {
     /// vote, committed, last_purged
     meta: sled::Tree,
     wal: Arc<Mutex<Wal>>,
-    /// Appends waiting for the sync that makes them durable.
-    flusher: std::sync::mpsc::Sender<(Option<Arc<File>>, LogFlushed<TypeConfig>)>,
+    /// Appends waiting for the sync that makes them durable; `None`: each
+    /// append syncs its own records before it returns.
+    flusher: Option<std::sync::mpsc::Sender<PendingSync>>,
     /// First index not purged (0: nothing purged); reads start there.
     first_kept: Arc<AtomicU64>,
     /// Told how long each sync took and how many appends it covered.
     synced: Arc<std::sync::OnceLock<SyncObserver>>,
 }
+
+/// An append waiting for the flush thread: the segment to sync (none if
+/// the append wrote nothing) and openraft's callback.
+type PendingSync = (Option<Arc<File>>, LogFlushed<TypeConfig>);
 
 /// See [`LogStore::sync_observer`].
 pub type SyncObserver = Box<dyn Fn(std::time::Duration, usize) + Send + Sync>;
@@ -63,10 +70,7 @@ pub type SyncObserver = Box<dyn Fn(std::time::Duration, usize) + Send + Sync>;
 /// completes it has them. Each distinct segment file queued is synced
 /// (an append that started a new segment synced the old one itself).
 /// Runs on its own thread; it ends when the store and its clones are gone.
-fn flush_loop(
-    rx: std::sync::mpsc::Receiver<(Option<Arc<File>>, LogFlushed<TypeConfig>)>,
-    synced: Arc<std::sync::OnceLock<SyncObserver>>,
-) {
+fn flush_loop(rx: std::sync::mpsc::Receiver<PendingSync>, synced: Arc<std::sync::OnceLock<SyncObserver>>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         while let Ok(next) = rx.try_recv() {
@@ -136,17 +140,22 @@ fn move_sled_rows(db: &sled::Db, dir: &Path, wal_dir: &Path, segment_bytes: u64)
 impl LogStore {
     /// Opens the log of the database `db` at `dir` (its segments in
     /// `dir/catga-log`), moving an older format's entries out of sled.
-    pub(crate) fn open(db: &sled::Db, dir: &Path, segment_bytes: u64) -> Result<Self, sled::Error> {
+    pub(crate) fn open(db: &sled::Db, dir: &Path, segment_bytes: u64, sync_inline: bool) -> Result<Self, sled::Error> {
         let wal_dir = dir.join(WAL_DIR);
         move_sled_rows(db, dir, &wal_dir, segment_bytes)?;
         let wal = Wal::open(&wal_dir, segment_bytes)?;
-        let (flusher, rx) = std::sync::mpsc::channel();
         let synced = Arc::new(std::sync::OnceLock::new());
-        let observer = synced.clone();
-        std::thread::Builder::new()
-            .name("catga-log-flush".into())
-            .spawn(move || flush_loop(rx, observer))
-            .map_err(sled::Error::Io)?;
+        let flusher = if sync_inline {
+            None
+        } else {
+            let (flusher, rx) = std::sync::mpsc::channel();
+            let observer = synced.clone();
+            std::thread::Builder::new()
+                .name("catga-log-flush".into())
+                .spawn(move || flush_loop(rx, observer))
+                .map_err(sled::Error::Io)?;
+            Some(flusher)
+        };
         let meta = db.open_tree("raft_meta")?;
         let purged: Option<LogId> = match meta.get(LAST_PURGED)? {
             Some(v) => dec::<Option<LogId>>(&v).map_err(unsupported)?,
@@ -274,9 +283,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             wal.sync_handle()
         };
-        // Durable before openraft counts it: the callback is completed by
-        // the flush loop after a sync that covers these records.
-        if let Err(std::sync::mpsc::SendError((file, cb))) = self.flusher.send((file, callback)) {
+        // Durable before openraft counts it: the callback is completed
+        // after a sync that covers these records.
+        let Some(flusher) = &self.flusher else {
+            let started = std::time::Instant::now();
+            let result = file.map_or(Ok(()), |f| f.sync_data());
+            if let Some(observe) = self.synced.get() {
+                observe(started.elapsed(), 1);
+            }
+            if let Err(e) = &result {
+                tracing::error!(cause = %e, "raft log sync failed");
+            }
+            callback.log_io_completed(result);
+            return Ok(());
+        };
+        if let Err(std::sync::mpsc::SendError((file, cb))) = flusher.send((file, callback)) {
             // The loop is gone (its thread panicked): sync here.
             cb.log_io_completed(file.map_or(Ok(()), |f| f.sync_data()));
         }
