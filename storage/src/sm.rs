@@ -461,8 +461,12 @@ fn apply_once(
 /// Writes the keyspace's recorded changes into `batch`, each resolved
 /// against the state now (after the whole entry).
 fn persist_redis(view: &mut View, tree: &sled::Tree, batch: &mut Writes) {
-    // Element rows already resolved since the last drop: a row changed
-    // many times in one entry (pushes into one list chunk) is read once.
+    // Rows already resolved since the last drop: a row changed many times
+    // in one entry (a pipeline of SETs to one key, pushes into one list
+    // chunk) is read and encoded once. A row is written as the view holds
+    // it after the whole entry, so resolving it at its first change gives
+    // the same rows as at its last; a drop (which removes rows) clears the
+    // set, so a row changed after one is written again after it.
     let mut written = HashSet::new();
     for c in view.keyspace.take_changes() {
         if matches!(c, Change::All | Change::Db(_) | Change::Drop(..)) {
@@ -478,11 +482,17 @@ fn persist_redis(view: &mut View, tree: &sled::Tree, batch: &mut Writes) {
                 batch.remove_prefix(tree, &db_elem_prefix(db));
             }
             Change::Drop(db, key) => batch.remove_prefix(tree, &elem_prefix(db, &key)),
-            Change::Key(db, key) => match view.keyspace.header(db, &key).map(|h| postcard::to_stdvec(&h)) {
-                Some(Ok(bytes)) => batch.insert(redis_key(db, &key), bytes),
-                Some(Err(e)) => tracing::error!(cause = %e, "cannot encode a keyspace entry"),
-                None => batch.remove(redis_key(db, &key)),
-            },
+            Change::Key(db, key) => {
+                let row = redis_key(db, &key);
+                if !written.insert(row.clone()) {
+                    continue;
+                }
+                match view.keyspace.header(db, &key).map(|h| postcard::to_stdvec(&h)) {
+                    Some(Ok(bytes)) => batch.insert(row, bytes),
+                    Some(Err(e)) => tracing::error!(cause = %e, "cannot encode a keyspace entry"),
+                    None => batch.remove(row),
+                }
+            }
             Change::Scripts => batch.remove_prefix(tree, b"s"),
             Change::Script(sha) => match view.keyspace.scripts().get(&sha).map(postcard::to_stdvec) {
                 Some(Ok(bytes)) => batch.insert(script_key(&sha), bytes),
@@ -612,7 +622,9 @@ fn load_view(tree: &sled::Tree) -> Result<View, sled::Error> {
             Some(b'r') if k.len() >= 5 => {
                 let db = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
                 match postcard::from_bytes::<Entry>(&v) {
-                    Ok(e) => view.keyspace.insert(db, k[5..].to_vec(), e),
+                    Ok(e) => {
+                        view.keyspace.insert(db, k[5..].to_vec(), e);
+                    }
                     Err(e) => tracing::warn!(cause = %e, "undecodable keyspace entry; skipped"),
                 }
             }

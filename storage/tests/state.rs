@@ -548,3 +548,32 @@ async fn the_script_cache_survives_reopen_travels_in_snapshots_and_flushes() {
     let (_log, sm) = open_when_unlocked(other.path()).unwrap();
     assert_eq!(sm.view().read().keyspace.scripts().len(), 2, "the installed scripts are on disk");
 }
+
+/// One entry that changes the same keys many times, with deletes and a
+/// FLUSHDB between the changes, leaves on disk what the view holds after
+/// the whole entry (each row is written once per entry, as it ends up).
+#[tokio::test]
+async fn many_changes_to_one_key_in_one_entry_reach_disk_as_they_end() {
+    use catga_storage::keyspace::Out;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_log, mut sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
+        sm.apply(vec![
+            entry(1, redis(0, &["SET k a", "SET k b", "DEL k", "SET k c", "SET gone 1", "SET gone 2", "DEL gone"])),
+            entry(2, redis(1, &["SET x 1", "SET x 2", "FLUSHDB", "SET x 3", "SET y 1", "FLUSHDB", "SET x 4"])),
+            entry(3, redis(2, &["SET z 1", "FLUSHDB", "SET z 2", "SET z 3", "FLUSHDB"])),
+        ])
+        .await
+        .unwrap();
+    }
+    let (_log, sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
+    let view = sm.view();
+    let v = view.read();
+    let now = 1_700_000_000_000;
+    let get = |db: u32, k: &str| v.keyspace.read(db, now, &[b"GET", k.as_bytes()]).unwrap();
+    assert_eq!(get(0, "k"), Out::Bulk(b"c".to_vec()));
+    assert_eq!(get(0, "gone"), Out::Nil);
+    assert_eq!(get(1, "x"), Out::Bulk(b"4".to_vec()));
+    assert_eq!(get(1, "y"), Out::Nil);
+    assert_eq!(get(2, "z"), Out::Nil);
+}

@@ -968,11 +968,12 @@ impl Keyspace {
 
     /// Puts an entry in place without recording a change (loading from
     /// disk or a snapshot).
-    pub fn insert(&mut self, db: u32, key: Vec<u8>, entry: Entry) {
+    /// Stores `entry` at (db, key) and returns the entry it replaced.
+    pub fn insert(&mut self, db: u32, key: Vec<u8>, entry: Entry) -> Option<Entry> {
         if let Some(at) = entry.expire_at_ms {
             self.track_expiry(db, &key, at);
         }
-        self.dbs.entry(db).or_default().insert(key, entry);
+        self.dbs.entry(db).or_default().insert(key, entry)
     }
 
     fn track_expiry(&mut self, db: u32, key: &[u8], at: u64) {
@@ -1071,12 +1072,16 @@ impl Keyspace {
 
     /// Replaces the entry at (db, key), recording a whole rewrite.
     fn put(&mut self, db: u32, key: &[u8], entry: Entry) {
-        self.note_drop(db, key);
+        let subs: Vec<Vec<u8>> = entry.value.elements().into_iter().map(|(sub, _)| sub).collect();
+        // One lookup: the replaced entry comes back from the insert.
+        let old = self.insert(db, key.to_vec(), entry);
+        if old.is_some_and(|e| e.value.kind().is_some()) {
+            self.note(Change::Drop(db, key.to_vec()));
+        }
         self.note(Change::Key(db, key.to_vec()));
-        for (sub, _) in entry.value.elements() {
+        for sub in subs {
             self.note_elem(db, key, sub);
         }
-        self.insert(db, key.to_vec(), entry);
     }
 
     /// The entry at (db, key), for a change of its header (expiry, a

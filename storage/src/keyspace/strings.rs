@@ -159,18 +159,21 @@ impl Keyspace {
                 None => return Out::err("ERR invalid expire time in 'set' command"),
             },
         };
-        // SET replaces a value of any type; only GET needs a string.
-        let old = match self.string(db, argv[1], now_ms) {
-            Ok(old) => old.cloned(),
-            Err(e) if get => return e,
-            Err(_) => None,
+        // SET replaces a value of any type; only GET needs a string (and
+        // only GET copies the old value).
+        let old = match get.then(|| self.string(db, argv[1], now_ms)) {
+            Some(Ok(old)) => old.cloned(),
+            Some(Err(e)) => return e,
+            None => None,
         };
-        let exists = self.get(db, argv[1], now_ms).is_some();
+        let live = self.get(db, argv[1], now_ms);
+        let exists = live.is_some();
+        let kept_at = live.and_then(|e| e.expire_at_ms);
         let reply_old = || if get { old.clone().map_or(Out::Nil, Out::Bulk) } else { Out::Nil };
         if (nx && exists) || (xx && !exists) {
             return reply_old();
         }
-        let at = if keep { self.get(db, argv[1], now_ms).and_then(|e| e.expire_at_ms) } else { at };
+        let at = if keep { kept_at } else { at };
         self.set_str(db, argv[1], argv[2].to_vec(), at);
         if get {
             reply_old()
