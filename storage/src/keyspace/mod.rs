@@ -1207,8 +1207,22 @@ impl Keyspace {
     /// Runs any keyspace command at time `now_ms` (writes as the log
     /// applies them; reads too, for MULTI/EXEC).
     pub fn exec(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
-        let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
-        let name = name.as_str();
+        // Lower-cased on the stack: every replica runs this for every
+        // command of every entry.
+        let mut stack = [0u8; 32];
+        let owned: String;
+        let name: &str = match std::str::from_utf8(argv[0]) {
+            Ok(raw) if raw.len() <= stack.len() => {
+                let lower = &mut stack[..raw.len()];
+                lower.copy_from_slice(raw.as_bytes());
+                lower.make_ascii_lowercase();
+                std::str::from_utf8(lower).expect("ASCII lower-casing keeps UTF-8 valid")
+            }
+            _ => {
+                owned = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+                &owned
+            }
+        };
         if let Some(s) = spec(name) {
             if !arity_ok(s.arity, argv.len()) {
                 return Out::Err(format!("ERR wrong number of arguments for '{name}' command"));
