@@ -247,6 +247,11 @@ impl Config {
         anyhow::ensure!((1..=1024).contains(&rd.databases), "redis.databases must be 1..=1024");
         anyhow::ensure!(rd.maxclients >= 1, "redis.maxclients must be at least 1");
         anyhow::ensure!((1..=64).contains(&rd.writes_in_flight_max), "redis.writes_in_flight_max must be 1..=64");
+        anyhow::ensure!(
+            rd.slowlog_max_len <= crate::redis::slowlog::LEN_MAX,
+            "redis.slowlog_max_len must be at most {}",
+            crate::redis::slowlog::LEN_MAX
+        );
         anyhow::ensure!(rd.proto_max_bulk_len >= 1024, "redis.proto_max_bulk_len must be at least 1024");
         anyhow::ensure!(rd.multibulk_len_max >= 16, "redis.multibulk_len_max must be at least 16");
         anyhow::ensure!(rd.inline_bytes_max >= 1024, "redis.inline_bytes_max must be at least 1024");

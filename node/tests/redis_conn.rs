@@ -77,6 +77,26 @@ const NO_AUTH_TABLE: &[(&str, &str)] = &[
     ("*2\r\nx\r\n", "-ERR Protocol error: expected '$', got 'x'\r\n<closed>"),
     ("\"unbalanced\r\n", "-ERR Protocol error: unbalanced quotes in request\r\n<closed>"),
     (
+        "SLOWLOG HELP\r\n",
+        "*12\r\n+SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:\r\n+GET [<count>]\r\n\
++    Return top <count> entries from the slowlog (default: 10, -1 mean all).\r\n+    Entries are made of:\r\n\
++    id, timestamp, time in microseconds, arguments array, client IP and port,\r\n+    client name\r\n+LEN\r\n\
++    Return the length of the slowlog.\r\n+RESET\r\n+    Reset the slowlog.\r\n+HELP\r\n+    Prints this help.\r\n",
+    ),
+    ("SLOWLOG\r\n", "-ERR wrong number of arguments for 'slowlog' command\r\n"),
+    ("SLOWLOG FOO\r\n", "-ERR unknown subcommand 'FOO'. Try SLOWLOG HELP.\r\n"),
+    ("SLOWLOG GET -2\r\n", "-ERR count should be greater than or equal to -1\r\n"),
+    ("SLOWLOG GET x\r\n", "-ERR count should be greater than or equal to -1\r\n"),
+    ("SLOWLOG GET 1 2\r\n", "-ERR unknown subcommand or wrong number of arguments for 'GET'. Try SLOWLOG HELP.\r\n"),
+    ("SLOWLOG LEN x\r\n", "-ERR wrong number of arguments for 'slowlog|len' command\r\n"),
+    ("SLOWLOG RESET x\r\n", "-ERR wrong number of arguments for 'slowlog|reset' command\r\n"),
+    ("SLOWLOG HELP x\r\n", "-ERR wrong number of arguments for 'slowlog|help' command\r\n"),
+    ("SLOWLOG GET 0\r\n", "*0\r\n"),
+    (
+        "CONFIG SET slowlog-log-slower-than x\r\n",
+        "-ERR CONFIG SET failed (possibly related to argument 'slowlog-log-slower-than') - argument couldn't be parsed into an integer\r\n",
+    ),
+    (
         "HELLO 2\r\n",
         "*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:2\r\n$2\r\nid\r\n:ID\r\n\
 $4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n",
@@ -876,4 +896,84 @@ async fn monitor_shows_each_command_as_redis() {
     assert!(rest.ends_with("+OK\r\n"), "{rest}");
     let queued = exchange(a, b"MULTI\r\nMONITOR\r\nEXEC\r\n").await;
     assert_eq!(queued, "+OK\r\n+QUEUED\r\n*1\r\n-ERR MONITOR isn't allowed for DENY BLOCKING client\r\n");
+}
+
+/// One SLOWLOG entry: id, unix seconds, microseconds, arguments, client
+/// address, client name.
+type SlowEntry = (i64, i64, i64, Vec<Vec<u8>>, String, String);
+
+/// SLOWLOG as Redis 7.0 keeps it: commands that ran (not refused ones,
+/// not EXEC itself), newest first with consecutive ids, the client's name,
+/// long commands and arguments cut, passwords redacted; CONFIG SET
+/// changes the threshold and length at run time.
+#[tokio::test]
+async fn slowlog_keeps_the_commands_that_ran_as_redis() {
+    let n = TestNode::start().await;
+    let url = format!("redis://{}/", redis_addr(&n));
+    let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let q = |args: &[&[u8]]| {
+        let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd
+    };
+    let slower: Vec<String> =
+        redis::cmd("CONFIG").arg("GET").arg("slowlog-log-slower-than").query_async(&mut c).await.unwrap();
+    assert_eq!(slower, ["slowlog-log-slower-than", "10000"]);
+    let _: () = q(&[b"CONFIG", b"SET", b"slowlog-log-slower-than", b"0"]).query_async(&mut c).await.unwrap();
+    let _: () = q(&[b"SLOWLOG", b"RESET"]).query_async(&mut c).await.unwrap();
+    let _: () = q(&[b"CLIENT", b"SETNAME", b"me"]).query_async(&mut c).await.unwrap();
+    let _: () = q(&[b"SET", b"k", b"v"]).query_async(&mut c).await.unwrap();
+    let many: Vec<String> = (3..=33).map(|i| i.to_string()).collect();
+    let mut sadd = redis::cmd("SADD");
+    sadd.arg("s").arg(&many);
+    let _: i64 = sadd.query_async(&mut c).await.unwrap();
+    let long = "A".repeat(129);
+    let _: i64 = q(&[b"SADD", b"s", b"foo", long.as_bytes()]).query_async(&mut c).await.unwrap();
+    assert!(q(&[b"AUTH", b"secret"]).query_async::<()>(&mut c).await.is_err());
+    assert!(q(&[b"NOSUCH", b"x"]).query_async::<()>(&mut c).await.is_err(), "refused: not logged");
+    assert!(q(&[b"GET"]).query_async::<()>(&mut c).await.is_err(), "wrong arity: not logged");
+    let got: (String, String) =
+        redis::pipe().atomic().cmd("SET").arg("a").arg("1").cmd("GET").arg("a").query_async(&mut c).await.unwrap();
+    assert_eq!(got, ("OK".to_string(), "1".to_string()));
+
+    let log: Vec<SlowEntry> = q(&[b"SLOWLOG", b"GET", b"-1"]).query_async(&mut c).await.unwrap();
+    let args: Vec<Vec<String>> =
+        log.iter().map(|e| e.3.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect()).collect();
+    let mut cut = vec!["SADD".to_string(), "s".to_string()];
+    cut.extend((3..=31).map(|i| i.to_string()));
+    cut.push("... (2 more arguments)".into());
+    let want: Vec<Vec<String>> = vec![
+        vec!["GET".into(), "a".into()],
+        vec!["SET".into(), "a".into(), "1".into()],
+        vec!["MULTI".into()],
+        vec!["AUTH".into(), "(redacted)".into()],
+        vec!["SADD".into(), "s".into(), "foo".into(), format!("{}... (1 more bytes)", "A".repeat(128))],
+        cut,
+        vec!["SET".into(), "k".into(), "v".into()],
+        vec!["CLIENT".into(), "SETNAME".into(), "me".into()],
+        vec!["SLOWLOG".into(), "RESET".into()],
+    ];
+    assert_eq!(args, want);
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e.0, log[0].0 - i as i64, "ids count down from the newest");
+        assert!(e.1 > 1_700_000_000 && e.2 >= 0, "{e:?}");
+        assert!(e.4.starts_with("127.0.0.1:"), "{e:?}");
+        assert_eq!(e.5, if i + 1 < log.len() { "me" } else { "" }, "the name when it was logged");
+    }
+    let len: i64 = q(&[b"SLOWLOG", b"LEN"]).query_async(&mut c).await.unwrap();
+    assert_eq!(len, log.len() as i64 + 1, "SLOWLOG GET logged itself");
+
+    // Shorter: only the newest are kept; off: nothing more is logged.
+    let _: () = q(&[b"CONFIG", b"SET", b"slowlog-max-len", b"2"]).query_async(&mut c).await.unwrap();
+    let len: i64 = q(&[b"SLOWLOG", b"LEN"]).query_async(&mut c).await.unwrap();
+    assert_eq!(len, 2);
+    let err = q(&[b"CONFIG", b"SET", b"slowlog-max-len", b"-1"]).query_async::<()>(&mut c).await.unwrap_err();
+    assert!(err.to_string().contains("argument must be between 0 and 1000000 inclusive"), "{err}");
+    let _: () = q(&[b"CONFIG", b"SET", b"slowlog-log-slower-than", b"-1"]).query_async(&mut c).await.unwrap();
+    let _: () = q(&[b"SLOWLOG", b"RESET"]).query_async(&mut c).await.unwrap();
+    let _: () = q(&[b"SET", b"k", b"w"]).query_async(&mut c).await.unwrap();
+    let len: i64 = q(&[b"SLOWLOG", b"LEN"]).query_async(&mut c).await.unwrap();
+    assert_eq!(len, 0);
 }

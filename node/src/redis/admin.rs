@@ -194,6 +194,33 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
             }
             Reply::Map(out)
         }
+        "set" if argv.len() >= 4 && argv.len() % 2 == 0 && argv[2..].chunks(2).all(|p| slowlog_param(p[0])) => {
+            // The SLOWLOG settings are this node's own: they change at once
+            // (all or none), until the node restarts.
+            let mut changes = Vec::new();
+            for p in argv[2..].chunks(2) {
+                let name = String::from_utf8_lossy(p[0]).to_ascii_lowercase();
+                let failed = |why: &str| {
+                    Reply::err(format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"))
+                };
+                let Some(v) = std::str::from_utf8(p[1]).ok().and_then(|v| v.parse::<i64>().ok()) else {
+                    return failed("argument couldn't be parsed into an integer");
+                };
+                let max = super::slowlog::LEN_MAX as i64;
+                if name == "slowlog-max-len" && !(0..=max).contains(&v) {
+                    return failed(&format!("argument must be between 0 and {max} inclusive"));
+                }
+                changes.push((name, v));
+            }
+            let log = &conn.shared.slowlog;
+            for (name, v) in changes {
+                match name.as_str() {
+                    "slowlog-max-len" => log.set_max_len(v as usize),
+                    _ => log.set_slower_than(v),
+                }
+            }
+            Reply::ok()
+        }
         "set" if argv.len() >= 4 && argv.len() % 2 == 0 => {
             let name = String::from_utf8_lossy(argv[2]).to_ascii_lowercase();
             if parameters(&conn.shared).iter().any(|(n, _)| *n == name) {
@@ -223,6 +250,11 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
     }
 }
 
+/// The parameters CONFIG SET changes at run time.
+fn slowlog_param(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"slowlog-log-slower-than") || name.eq_ignore_ascii_case(b"slowlog-max-len")
+}
+
 /// The parameters CONFIG GET shows, with the values in force.
 fn parameters(shared: &Shared) -> Vec<(&'static str, String)> {
     let c = &shared.config;
@@ -244,6 +276,8 @@ fn parameters(shared: &Shared) -> Vec<(&'static str, String)> {
         ("replica-read-only", "yes".into()),
         ("requirepass", c.requirepass.clone().unwrap_or_default()),
         ("save", String::new()),
+        ("slowlog-log-slower-than", shared.slowlog.slower_than().to_string()),
+        ("slowlog-max-len", shared.slowlog.max_len().to_string()),
         ("timeout", "0".into()),
     ]
 }

@@ -44,6 +44,8 @@ pub struct Shared {
     pub monitor: tokio::sync::broadcast::Sender<Arc<Vec<u8>>>,
     /// A BGSAVE is running.
     pub saving: std::sync::atomic::AtomicBool,
+    /// SLOWLOG.
+    pub slowlog: super::slowlog::SlowLog,
 }
 
 /// Server-wide counters (INFO stats, /metrics).
@@ -198,6 +200,7 @@ impl Tally {
 impl Shared {
     pub fn new(config: RedisConfig, bus: Arc<crate::bus::Bus>) -> Arc<Self> {
         let monitor_lines = config.monitor_lines_max.max(1);
+        let slowlog = super::slowlog::SlowLog::new(config.slowlog_log_slower_than, config.slowlog_max_len);
         Arc::new(Self {
             coalescer: super::server::Coalescer::new(config.writes_in_flight_max),
             config,
@@ -213,6 +216,7 @@ impl Shared {
             backup_dir: std::sync::OnceLock::new(),
             last_save: AtomicU64::new(0),
             saving: Default::default(),
+            slowlog,
             monitor: tokio::sync::broadcast::Sender::new(monitor_lines),
         })
     }
@@ -258,6 +262,9 @@ pub struct Conn {
     pub local_reads: bool,
     /// Index (in [`command_names`]) of the command last executed.
     pub last_command: usize,
+    /// The last command ran (it was not refused as unknown, by arity or
+    /// authentication, nor queued in MULTI): SLOWLOG logs only those.
+    pub ran: bool,
     /// Commands executed, for sampling durations.
     executed: u64,
     /// Counts not yet added to the shared [`Stats`].
@@ -344,6 +351,7 @@ pub const OTHER_COMMANDS: &[(&str, i32)] = &[
     ("punsubscribe", -1),
     ("publish", 3),
     ("pubsub", -2),
+    ("slowlog", -2),
 ];
 
 const PUBSUB_COMMANDS: &[&str] = &["subscribe", "unsubscribe", "psubscribe", "punsubscribe"];
@@ -436,6 +444,7 @@ impl Conn {
             publisher: None,
             local_reads: false,
             last_command: 0,
+            ran: false,
             executed: 0,
             tally: Tally::default(),
         }
@@ -479,6 +488,7 @@ impl Conn {
     }
 
     fn dispatch(&mut self, name: &str, argv: &[&[u8]]) -> Step {
+        self.ran = false;
         let subscribed = self.pubsub.as_ref().is_some_and(|p| p.count() > 0);
         if subscribed
             && self.proto() == 2
@@ -503,6 +513,7 @@ impl Conn {
         if !self.authenticated && !matches!(name, "auth" | "hello" | "quit" | "reset") {
             return Step::Reply(Reply::err("NOAUTH Authentication required."));
         }
+        self.ran = true;
         if let Some(spec) = spec {
             if catga_raft::keyspace::BLOCKING.contains(&name) {
                 return Step::Block;
@@ -745,6 +756,7 @@ impl Conn {
             "client" => self.client(argv),
             "info" => super::admin::info(self, argv),
             "config" => super::admin::config(self, argv),
+            "slowlog" => super::slowlog::command(&self.shared.slowlog, argv),
             "command" => super::admin::command(argv),
             "role" => super::admin::role_reply(&self.shared),
             "publish" => self.publish(argv[1], argv[2]),

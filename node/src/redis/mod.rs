@@ -16,6 +16,7 @@ pub mod pubsub;
 pub mod reply;
 pub mod sentinel;
 pub mod server;
+pub mod slowlog;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +77,12 @@ pub struct RedisConfig {
     /// Command lines a MONITOR client may fall behind by; past it the
     /// monitor is disconnected (its output has no other bound).
     pub monitor_lines_max: usize,
+    /// SLOWLOG: commands that take at least this many microseconds are
+    /// logged (0: all; negative: none). CONFIG SET changes it until the
+    /// node restarts.
+    pub slowlog_log_slower_than: i64,
+    /// SLOWLOG entries kept (newest; at most 1,000,000).
+    pub slowlog_max_len: usize,
 }
 
 impl Default for RedisConfig {
@@ -101,6 +108,8 @@ impl Default for RedisConfig {
             restore_bytes_max: 1 << 30,
             writes_in_flight_max: 1,
             monitor_lines_max: 65_536,
+            slowlog_log_slower_than: 10_000,
+            slowlog_max_len: 128,
         }
     }
 }

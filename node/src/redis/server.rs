@@ -166,6 +166,13 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
         let (mut writes_db, mut writes_proto) = (conn.info.db, conn.proto());
         // Sampled writes (command index, start), timed until their commit.
         let mut timed: Vec<(usize, std::time::Instant)> = Vec::new();
+        // SLOWLOG: every command is timed while it is on (one setting for
+        // the batch); the pending writes' starts, one per write.
+        let slow = shared.slowlog.on();
+        let mut write_starts: Vec<std::time::Instant> = Vec::new();
+        // When the command before ended: the next one starts then (one
+        // clock reading per command in a pipeline).
+        let mut ended: Option<std::time::Instant> = None;
         // One clock reading serves consecutive reads: each arrived before
         // it was taken. Anything that waits (a commit, a save) drops it,
         // so a read after a wait never sees a key its TTL has ended.
@@ -175,8 +182,15 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                 Ok(Some(req)) => {
                     if !req.is_empty() {
                         let argv: smallvec::SmallVec<[&[u8]; 8]> = req.args(&buf).collect();
-                        let started = conn.sample().then(std::time::Instant::now);
+                        let sampled = conn.sample();
+                        let t0 = (slow || sampled).then(|| ended.take().unwrap_or_else(std::time::Instant::now));
+                        let started = t0.filter(|_| sampled);
                         let step = conn.execute(&argv);
+                        // Blocking commands wait by design; EXEC logs the
+                        // commands it ran instead of itself.
+                        let log_self = slow
+                            && conn.ran
+                            && !matches!(step, Step::Block | Step::Wait { .. } | Step::Monitor | Step::Exec(_));
                         if !matches!(step, Step::Monitor) {
                             feed_monitors(&shared, &conn, &argv);
                         }
@@ -190,6 +204,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                     (writes_db, writes_proto) = (conn.info.db, conn.proto());
                                 }
                                 writes.push(&argv);
+                                write_starts.extend(t0.filter(|_| slow));
                                 timed.extend(started.map(|t| (conn.last_command, t)));
                             }
                             step => {
@@ -197,7 +212,16 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                 if !writes.is_empty() || !matches!(step, Step::Store { .. }) {
                                     now = None;
                                 }
-                                commit(&shared, writes_db, writes_proto, &mut writes, &mut out).await;
+                                commit(
+                                    &shared,
+                                    &conn.info,
+                                    writes_db,
+                                    writes_proto,
+                                    &mut writes,
+                                    &mut write_starts,
+                                    &mut out,
+                                )
+                                .await;
                                 observe(&shared, &mut timed);
                                 match step {
                                     Step::Reply(reply) => emit(&shared, &reply, conn.proto(), &mut out),
@@ -241,7 +265,17 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                     }
                                     Step::Exec(cmds) => {
                                         fresh = false;
-                                        emit(&shared, &exec(&shared, &mut conn, cmds).await, conn.proto(), &mut out)
+                                        let queued = (slow && conn.ran).then(|| cmds.clone());
+                                        let reply = exec(&shared, &mut conn, cmds).await;
+                                        // Logged only if the transaction ran.
+                                        if let (Some(queued), Some(t), Reply::Array(_)) = (queued, t0, &reply) {
+                                            let took = t.elapsed();
+                                            for cmd in &queued {
+                                                let argv: Vec<&[u8]> = cmd.iter().map(Vec::as_slice).collect();
+                                                shared.slowlog.record(&argv, took, &conn.info.addr, &conn.info.name);
+                                            }
+                                        }
+                                        emit(&shared, &reply, conn.proto(), &mut out)
                                     }
                                     Step::Block => {
                                         fresh = false;
@@ -265,6 +299,16 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                 if let Some(t) = started {
                                     shared.stats.observe(command, t.elapsed());
                                 }
+                                if let Some(t) = t0.filter(|_| log_self) {
+                                    let end = std::time::Instant::now();
+                                    shared.slowlog.record(
+                                        &argv,
+                                        end.duration_since(t),
+                                        &conn.info.addr,
+                                        &conn.info.name,
+                                    );
+                                    ended = Some(end);
+                                }
                             }
                         }
                     }
@@ -281,7 +325,8 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(client = %addr, cause = %e, "Redis protocol error");
-                    commit(&shared, writes_db, writes_proto, &mut writes, &mut out).await;
+                    commit(&shared, &conn.info, writes_db, writes_proto, &mut writes, &mut write_starts, &mut out)
+                        .await;
                     observe(&shared, &mut timed);
                     out.extend_from_slice(&e.reply());
                     close = true;
@@ -289,7 +334,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                 }
             }
         }
-        commit(&shared, writes_db, writes_proto, &mut writes, &mut out).await;
+        commit(&shared, &conn.info, writes_db, writes_proto, &mut writes, &mut write_starts, &mut out).await;
         observe(&shared, &mut timed);
         conn.tally.flush(&shared.stats);
         if let Some(ps) = &conn.pubsub {
@@ -329,14 +374,34 @@ fn emit(shared: &Shared, reply: &Reply, proto: u8, out: &mut Vec<u8>) {
 
 /// Commits `writes` (one connection's consecutive keyspace writes) as one
 /// Raft entry and appends their replies; every one gets the error if the
-/// entry could not be committed.
-async fn commit(shared: &Shared, db: u32, proto: u8, writes: &mut Cmds, out: &mut Vec<u8>) {
+/// entry could not be committed. With `starts` (one per write, when
+/// SLOWLOG is on) each write is logged with its time up to the commit.
+async fn commit(
+    shared: &Shared,
+    who: &super::conn::ClientInfo,
+    db: u32,
+    proto: u8,
+    writes: &mut Cmds,
+    starts: &mut Vec<std::time::Instant>,
+    out: &mut Vec<u8>,
+) {
     if writes.is_empty() {
         return;
     }
+    let logged = (!starts.is_empty()).then(|| writes.clone());
     for r in write_cmds(shared, db, std::mem::take(writes)).await {
         emit(shared, &r, proto, out);
     }
+    if let Some(cmds) = logged {
+        let end = std::time::Instant::now();
+        let mut at = starts.iter();
+        cmds.for_each(|argv| {
+            if let Some(t) = at.next() {
+                shared.slowlog.record(argv, end.duration_since(*t), &who.addr, &who.name);
+            }
+        });
+    }
+    starts.clear();
 }
 
 /// Commits `cmds` (keyspace writes in database `db`) as one Raft entry:
