@@ -971,6 +971,15 @@ async fn slowlog_keeps_the_commands_that_ran_as_redis() {
     assert_eq!(len, 2);
     let err = q(&[b"CONFIG", b"SET", b"slowlog-max-len", b"-1"]).query_async::<()>(&mut c).await.unwrap_err();
     assert!(err.to_string().contains("argument must be between 0 and 1000000 inclusive"), "{err}");
+    // With a parameter that cannot change, nothing changes, and the error
+    // names that one.
+    let err = q(&[b"CONFIG", b"SET", b"slowlog-max-len", b"5", b"maxclients", b"10"])
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("'maxclients'"), "{err}");
+    let max: Vec<String> = q(&[b"CONFIG", b"GET", b"slowlog-max-len"]).query_async(&mut c).await.unwrap();
+    assert_eq!(max, ["slowlog-max-len", "2"]);
     let _: () = q(&[b"CONFIG", b"SET", b"slowlog-log-slower-than", b"-1"]).query_async(&mut c).await.unwrap();
     let _: () = q(&[b"SLOWLOG", b"RESET"]).query_async(&mut c).await.unwrap();
     let _: () = q(&[b"SET", b"k", b"w"]).query_async(&mut c).await.unwrap();

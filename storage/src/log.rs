@@ -5,10 +5,10 @@
 //! then syncs the segment (fdatasync) and only then tells openraft the
 //! entries are durable, so an entry a leader counts toward a majority
 //! survives a power cut. The sync runs inside `append` when the runtime has
-//! a worker to spare (openraft 0.9's core waits for it either way: a hand-off
-//! would only add two thread wake-ups per write), else on a flush thread,
-//! where one sync covers every append queued before it (group commit). The vote is flushed before `save_vote`
-//! returns (a node must never vote twice in a term). Truncation syncs too.
+//! a worker to spare (openraft 0.9's core waits for it either way: a
+//! hand-off would only add two thread wake-ups per write), else on a flush
+//! thread, where one sync covers every append queued before it (group
+//! commit). The vote is flushed before `save_vote` returns (a node must never vote twice in a term). Truncation syncs too.
 //! Purge records the new `last_purged` and returns; a blocking thread
 //! flushes it and only then deletes whole segments: openraft's core (which
 //! sends the heartbeats) waits for `purge`. Reads never return an entry at

@@ -222,7 +222,9 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
             Reply::ok()
         }
         "set" if argv.len() >= 4 && argv.len() % 2 == 0 => {
-            let name = String::from_utf8_lossy(argv[2]).to_ascii_lowercase();
+            // The first parameter of the request that cannot be set.
+            let fixed = argv[2..].chunks(2).map(|p| p[0]).find(|n| !slowlog_param(n)).unwrap_or(argv[2]);
+            let name = String::from_utf8_lossy(fixed).to_ascii_lowercase();
             if parameters(&conn.shared).iter().any(|(n, _)| *n == name) {
                 Reply::err(format!(
                     "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config \
@@ -231,7 +233,7 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
             } else {
                 Reply::err(format!(
                     "ERR Unknown option or number of arguments for CONFIG SET - '{}'",
-                    String::from_utf8_lossy(argv[2])
+                    String::from_utf8_lossy(fixed)
                 ))
             }
         }

@@ -967,8 +967,8 @@ impl Keyspace {
     }
 
     /// Puts an entry in place without recording a change (loading from
-    /// disk or a snapshot).
-    /// Stores `entry` at (db, key) and returns the entry it replaced.
+    /// disk or a snapshot; `put` records its own) and returns the entry it
+    /// replaced.
     pub fn insert(&mut self, db: u32, key: Vec<u8>, entry: Entry) -> Option<Entry> {
         if let Some(at) = entry.expire_at_ms {
             self.track_expiry(db, &key, at);
