@@ -82,19 +82,30 @@ fn flush_loop(rx: std::sync::mpsc::Receiver<PendingSync>, synced: Arc<std::sync:
                 files.push(f.clone());
             }
         }
-        let started = std::time::Instant::now();
-        let result = files.iter().try_for_each(|f| f.sync_data()).map_err(|e| e.to_string());
+        let result = sync_files(&files, waiting.len(), &synced);
         drop(files);
-        if let Some(observe) = synced.get() {
-            observe(started.elapsed(), waiting.len());
-        }
-        if let Err(e) = &result {
-            tracing::error!(cause = %e, "raft log sync failed");
-        }
         for (_, cb) in waiting {
             cb.log_io_completed(result.clone().map_err(std::io::Error::other));
         }
     }
+}
+
+/// Syncs `files` (fdatasync), tells the observer how long that took for
+/// how many `appends`, and logs a failure.
+fn sync_files<'a>(
+    files: impl IntoIterator<Item = &'a Arc<File>>,
+    appends: usize,
+    synced: &std::sync::OnceLock<SyncObserver>,
+) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let result = files.into_iter().try_for_each(|f| f.sync_data()).map_err(|e| e.to_string());
+    if let Some(observe) = synced.get() {
+        observe(started.elapsed(), appends);
+    }
+    if let Err(e) = &result {
+        tracing::error!(cause = %e, "raft log sync failed");
+    }
+    result
 }
 
 fn unsupported(e: impl std::fmt::Display) -> sled::Error {
@@ -285,22 +296,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         // Durable before openraft counts it: the callback is completed
         // after a sync that covers these records.
-        let Some(flusher) = &self.flusher else {
-            let started = std::time::Instant::now();
-            let result = file.map_or(Ok(()), |f| f.sync_data());
-            if let Some(observe) = self.synced.get() {
-                observe(started.elapsed(), 1);
-            }
-            if let Err(e) = &result {
-                tracing::error!(cause = %e, "raft log sync failed");
-            }
-            callback.log_io_completed(result);
-            return Ok(());
+        let (file, callback) = match &self.flusher {
+            None => (file, callback),
+            Some(flusher) => match flusher.send((file, callback)) {
+                Ok(()) => return Ok(()),
+                // The loop is gone (its thread panicked): sync here.
+                Err(std::sync::mpsc::SendError(back)) => back,
+            },
         };
-        if let Err(std::sync::mpsc::SendError((file, cb))) = flusher.send((file, callback)) {
-            // The loop is gone (its thread panicked): sync here.
-            cb.log_io_completed(file.map_or(Ok(()), |f| f.sync_data()));
-        }
+        callback.log_io_completed(sync_files(&file, 1, &self.synced).map_err(std::io::Error::other));
         Ok(())
     }
 

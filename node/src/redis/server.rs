@@ -159,17 +159,10 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
         // before any of them. A write of this batch (committed before
         // the next read runs) needs a new round.
         let mut fresh = false;
-        let mut writes = Cmds::new();
-        // The database and protocol the pending writes were sent in: a
-        // SELECT or HELLO after them in the same batch runs before they
-        // are committed.
-        let (mut writes_db, mut writes_proto) = (conn.info.db, conn.proto());
-        // Sampled writes (command index, start), timed until their commit.
-        let mut timed: Vec<(usize, std::time::Instant)> = Vec::new();
+        let mut writes = Pending::default();
         // SLOWLOG: every command is timed while it is on (one setting for
-        // the batch); the pending writes' starts, one per write.
+        // the batch).
         let slow = shared.slowlog.on();
-        let mut write_starts: Vec<std::time::Instant> = Vec::new();
         // When the command before ended: the next one starts then (one
         // clock reading per command in a pipeline).
         let mut ended: Option<std::time::Instant> = None;
@@ -200,29 +193,14 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                             // so replies stay in request order.
                             Step::Store { write: true } => {
                                 fresh = false;
-                                if writes.is_empty() {
-                                    (writes_db, writes_proto) = (conn.info.db, conn.proto());
-                                }
-                                writes.push(&argv);
-                                write_starts.extend(t0.filter(|_| slow));
-                                timed.extend(started.map(|t| (conn.last_command, t)));
+                                writes.push(&conn, &argv, started, t0.filter(|_| slow));
                             }
                             step => {
                                 let command = conn.last_command;
-                                if !writes.is_empty() || !matches!(step, Step::Store { .. }) {
+                                if !writes.cmds.is_empty() || !matches!(step, Step::Store { .. }) {
                                     now = None;
                                 }
-                                commit(
-                                    &shared,
-                                    &conn.info,
-                                    writes_db,
-                                    writes_proto,
-                                    &mut writes,
-                                    &mut write_starts,
-                                    &mut out,
-                                )
-                                .await;
-                                observe(&shared, &mut timed);
+                                writes.commit(&shared, &conn.info, &mut out).await;
                                 match step {
                                     Step::Reply(reply) => emit(&shared, &reply, conn.proto(), &mut out),
                                     Step::Save { background } => {
@@ -325,17 +303,14 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(client = %addr, cause = %e, "Redis protocol error");
-                    commit(&shared, &conn.info, writes_db, writes_proto, &mut writes, &mut write_starts, &mut out)
-                        .await;
-                    observe(&shared, &mut timed);
+                    writes.commit(&shared, &conn.info, &mut out).await;
                     out.extend_from_slice(&e.reply());
                     close = true;
                     break;
                 }
             }
         }
-        commit(&shared, &conn.info, writes_db, writes_proto, &mut writes, &mut write_starts, &mut out).await;
-        observe(&shared, &mut timed);
+        writes.commit(&shared, &conn.info, &mut out).await;
         conn.tally.flush(&shared.stats);
         if let Some(ps) = &conn.pubsub {
             out.extend_from_slice(&ps.sink.take());
@@ -357,13 +332,6 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
     }
 }
 
-/// Records the durations of sampled writes whose commit just ended.
-fn observe(shared: &Shared, timed: &mut Vec<(usize, std::time::Instant)>) {
-    for (command, started) in timed.drain(..) {
-        shared.stats.observe(command, started.elapsed());
-    }
-}
-
 /// Encodes a reply, counting errors for the metrics.
 fn emit(shared: &Shared, reply: &Reply, proto: u8, out: &mut Vec<u8>) {
     if matches!(reply, Reply::Error(_)) {
@@ -372,36 +340,64 @@ fn emit(shared: &Shared, reply: &Reply, proto: u8, out: &mut Vec<u8>) {
     reply.encode(proto, out);
 }
 
-/// Commits `writes` (one connection's consecutive keyspace writes) as one
-/// Raft entry and appends their replies; every one gets the error if the
-/// entry could not be committed. With `starts` (one per write, when
-/// SLOWLOG is on) each write is logged with its time up to the commit.
-async fn commit(
-    shared: &Shared,
-    who: &super::conn::ClientInfo,
+/// One connection's consecutive keyspace writes of a read batch, waiting
+/// to be committed as one Raft entry, with the starts their timing needs.
+#[derive(Default)]
+struct Pending {
+    cmds: Cmds,
+    /// The database and protocol the writes were sent in: a SELECT or
+    /// HELLO after them in the same batch runs before they are committed.
     db: u32,
     proto: u8,
-    writes: &mut Cmds,
-    starts: &mut Vec<std::time::Instant>,
-    out: &mut Vec<u8>,
-) {
-    if writes.is_empty() {
-        return;
+    /// Sampled writes (command index, start), for the duration metrics.
+    timed: Vec<(usize, std::time::Instant)>,
+    /// Each write's start while SLOWLOG is on (one per write).
+    starts: Vec<std::time::Instant>,
+}
+
+impl Pending {
+    /// Adds a write; `sampled` and `slow` are its start when it is timed
+    /// for the metrics and for SLOWLOG.
+    fn push(
+        &mut self,
+        conn: &Conn,
+        argv: &[&[u8]],
+        sampled: Option<std::time::Instant>,
+        slow: Option<std::time::Instant>,
+    ) {
+        if self.cmds.is_empty() {
+            (self.db, self.proto) = (conn.info.db, conn.proto());
+        }
+        self.cmds.push(argv);
+        self.timed.extend(sampled.map(|t| (conn.last_command, t)));
+        self.starts.extend(slow);
     }
-    let logged = (!starts.is_empty()).then(|| writes.clone());
-    for r in write_cmds(shared, db, std::mem::take(writes)).await {
-        emit(shared, &r, proto, out);
-    }
-    if let Some(cmds) = logged {
+
+    /// Commits the writes and appends their replies (every one the error
+    /// if the entry could not be committed); then each timed write's
+    /// duration up to the commit goes to the metrics and to SLOWLOG.
+    async fn commit(&mut self, shared: &Shared, who: &super::conn::ClientInfo, out: &mut Vec<u8>) {
+        if self.cmds.is_empty() {
+            return;
+        }
+        let logged = (!self.starts.is_empty()).then(|| self.cmds.clone());
+        for r in write_cmds(shared, self.db, std::mem::take(&mut self.cmds)).await {
+            emit(shared, &r, self.proto, out);
+        }
         let end = std::time::Instant::now();
-        let mut at = starts.iter();
-        cmds.for_each(|argv| {
-            if let Some(t) = at.next() {
-                shared.slowlog.record(argv, end.duration_since(*t), &who.addr, &who.name);
-            }
-        });
+        for (command, started) in self.timed.drain(..) {
+            shared.stats.observe(command, end.duration_since(started));
+        }
+        if let Some(cmds) = logged {
+            let mut at = self.starts.iter();
+            cmds.for_each(|argv| {
+                if let Some(t) = at.next() {
+                    shared.slowlog.record(argv, end.duration_since(*t), &who.addr, &who.name);
+                }
+            });
+        }
+        self.starts.clear();
     }
-    starts.clear();
 }
 
 /// Commits `cmds` (keyspace writes in database `db`) as one Raft entry:

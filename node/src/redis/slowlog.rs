@@ -29,14 +29,14 @@ pub const LEN_MAX: usize = 1_000_000;
 
 /// One logged command.
 #[derive(Debug, Clone)]
-pub struct Entry {
-    pub id: u64,
+struct Entry {
+    id: u64,
     /// Unix seconds when it was logged.
-    pub at: u64,
-    pub micros: u64,
-    pub args: Vec<Vec<u8>>,
-    pub addr: String,
-    pub name: String,
+    at: u64,
+    micros: u64,
+    args: Vec<Vec<u8>>,
+    addr: String,
+    name: String,
 }
 
 pub struct SlowLog {
@@ -104,20 +104,16 @@ impl SlowLog {
     }
 
     /// The newest `count` entries (all for `None`).
-    pub fn newest(&self, count: Option<usize>) -> Vec<Entry> {
+    fn newest(&self, count: Option<usize>) -> Vec<Entry> {
         let inner = self.inner.lock();
         inner.entries.iter().take(count.unwrap_or(usize::MAX)).cloned().collect()
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.inner.lock().entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.inner.lock().entries.is_empty()
-    }
-
-    pub fn reset(&self) {
+    fn reset(&self) {
         self.inner.lock().entries.clear();
     }
 }
@@ -186,13 +182,6 @@ const HELP: &[&str] = &[
 /// SLOWLOG GET/LEN/RESET/HELP, with Redis 7.0's replies and error texts.
 pub fn command(log: &SlowLog, argv: &[&[u8]]) -> Reply {
     let sub = String::from_utf8_lossy(argv[1]).to_ascii_lowercase();
-    let fixed = |n: usize, reply: &dyn Fn() -> Reply| {
-        if argv.len() == n {
-            reply()
-        } else {
-            Reply::err(format!("ERR wrong number of arguments for 'slowlog|{sub}' command"))
-        }
-    };
     match sub.as_str() {
         "get" if argv.len() <= 3 => {
             let count = match argv.get(2) {
@@ -209,12 +198,15 @@ pub fn command(log: &SlowLog, argv: &[&[u8]]) -> Reply {
             "ERR unknown subcommand or wrong number of arguments for '{}'. Try SLOWLOG HELP.",
             String::from_utf8_lossy(argv[1])
         )),
-        "len" => fixed(2, &|| Reply::Int(log.len() as i64)),
-        "reset" => fixed(2, &|| {
+        "len" | "reset" | "help" if argv.len() != 2 => {
+            Reply::err(format!("ERR wrong number of arguments for 'slowlog|{sub}' command"))
+        }
+        "len" => Reply::Int(log.len() as i64),
+        "reset" => {
             log.reset();
             Reply::ok()
-        }),
-        "help" => fixed(2, &|| Reply::Array(HELP.iter().map(|l| Reply::Simple((*l).into())).collect())),
+        }
+        "help" => Reply::Array(HELP.iter().map(|l| Reply::Simple((*l).into())).collect()),
         _ => Reply::err(format!("ERR unknown subcommand '{}'. Try SLOWLOG HELP.", String::from_utf8_lossy(argv[1]))),
     }
 }
