@@ -269,7 +269,8 @@ async fn member_removal(p: &mut Procs, round: usize) -> anyhow::Result<Duration>
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let victim = if round % 2 == 0 { Procs::leader_index(&views) } else { (Procs::leader_index(&views) + 1) % 3 };
+    let victim =
+        if round.is_multiple_of(2) { Procs::leader_index(&views) } else { (Procs::leader_index(&views) + 1) % 3 };
     let victim_id = views[victim]["raft"]["id"].as_u64().context("id")?;
     let survivors: Vec<String> = (0..3).filter(|i| *i != victim).map(|i| p.nodes[i].http.clone()).collect();
     // The victim's client must not come back as a member elsewhere.

@@ -9,6 +9,7 @@
 //!
 //! [`Stats`]: crate::nats::server::Stats
 
+use catga_raft::WatchReceiver as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -448,7 +449,7 @@ pub fn health(nats: &ServerShared, redis: &RedisShared, raft: &RaftNode, mesh: &
     };
     check("Redis_Connection", redis_state.0, Some(redis_state.1));
     let st = raft.status();
-    let m = raft.raft.metrics().borrow().clone();
+    let m = raft.raft.metrics().borrow_watched().clone();
     let (raft_state, raft_reason) = raft_check(raft, &st, &m);
     check("Raft", raft_state, raft_reason);
     let missing: Vec<String> =
@@ -484,7 +485,7 @@ fn raft_check(raft: &RaftNode, st: &Status, m: &RaftMetrics) -> (HealthState, Op
         (HealthState::Unhealthy, Some("no Raft leader: quorum lost or election in progress".to_string()))
     } else if st.leader == Some(st.id)
         && st.voters.len() > 1
-        && m.millis_since_quorum_ack.is_none_or(|ms| ms > quorum_ack_max_ms)
+        && !catga_raft::quorum_acked_within(m, std::time::Duration::from_millis(quorum_ack_max_ms))
     {
         (HealthState::Unhealthy, Some("leader without a quorum: no majority acknowledged recently".to_string()))
     } else {
@@ -507,7 +508,7 @@ pub fn ready(nats: &ServerShared, raft: &RaftNode) -> Result<(), String> {
     if !raft.is_formed() || !st.voters.contains(&st.id) && !st.learners.contains(&st.id) {
         return Err("not a member of a formed cluster".into());
     }
-    let m = raft.raft.metrics().borrow().clone();
+    let m = raft.raft.metrics().borrow_watched().clone();
     match raft_check(raft, &st, &m) {
         (HealthState::Healthy, _) => Ok(()),
         (_, reason) => Err(reason.unwrap_or_else(|| "raft not healthy".into())),

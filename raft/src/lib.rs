@@ -1,4 +1,4 @@
-//! catga-raft: openraft 0.9 (storage-v2) on the sled storage and the QUIC
+//! catga-raft: openraft 0.10 on the sled storage and the QUIC
 //! mesh, and how a cluster forms.
 //!
 //! Formation, run by every node until it is in a formed cluster:
@@ -23,12 +23,14 @@ use std::time::Duration;
 use catga_storage::{StorageConfig, TypeConfig};
 use catga_transport::{Mesh, RpcHandler, RpcReply};
 use openraft::ChangeMembers;
+use openraft::Instant as _;
 use parking_lot::RwLock;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use catga_storage::{keyspace, Cmds, Member, Request, Response, View};
 pub use network::{Call, Reply};
+pub use openraft::async_runtime::watch::WatchReceiver;
 pub use openraft::ServerState;
 
 /// Raft settings, each named and configurable (`[raft]` in the node's
@@ -109,9 +111,12 @@ impl Default for RaftConfig {
     }
 }
 
-pub type Raft = openraft::Raft<TypeConfig>;
+/// Snapshot bytes per mesh call: well under the mesh's frame limit.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+pub type Raft = openraft::Raft<TypeConfig, catga_storage::StateMachine>;
 /// What openraft reports about this node (term, state, indexes, quorum acks).
-pub type RaftMetrics = openraft::RaftMetrics<u64, Member>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 
 /// What `/cluster` and `catga cluster status` show.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -150,6 +155,8 @@ pub struct RaftNode {
     write_observer: std::sync::OnceLock<WriteObserver>,
     apply_observer: Arc<std::sync::OnceLock<catga_storage::ApplyObserver>>,
     stop: CancellationToken,
+    /// A snapshot arriving in pieces (one at a time).
+    incoming: tokio::sync::Mutex<Option<network::Incoming>>,
     /// This process's writes that must apply once (see [`Request::Once`]).
     once: OnceWrites,
 }
@@ -214,10 +221,6 @@ impl RaftNode {
             state_write_behind_ms: cfg.state_write_behind_ms,
             state_write_behind_bytes: cfg.state_write_behind_bytes,
             log_segment_bytes: cfg.log_segment_bytes,
-            // Blocking a worker for the sync is fine while another one
-            // runs the node's other tasks; a one-worker runtime keeps the
-            // flush thread.
-            log_sync_inline: tokio::runtime::Handle::current().metrics().num_workers() > 1,
             ..StorageConfig::default()
         };
         let (log, sm) = catga_storage::open(dir, &storage)
@@ -233,13 +236,30 @@ impl RaftNode {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_after_logs),
             max_in_snapshot_log_to_keep: cfg.logs_kept_after_snapshot,
             max_payload_entries: cfg.append_entries_max,
+            // A candidate that cannot win (partitioned, restarted, behind)
+            // asks first, so it never bumps the term under a live leader.
+            enable_pre_vote: Some(true),
+            // A restarted leader is elected again, as in standard Raft:
+            // restored as leader at once, it would serve reads from a state
+            // machine behind what it acknowledged (the committed index is
+            // saved without a flush, and state reaches disk write-behind).
+            // Its new term's first entry commits and applies everything
+            // before a read is served.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()?;
         let id = mesh.node().id;
         let me = member_from(mesh.node());
         let log_handle = log.clone();
-        let raft = Raft::new(id, Arc::new(config), network::Network { mesh: mesh.clone() }, log, sm).await?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            network::Network { mesh: mesh.clone(), snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES },
+            log,
+            sm,
+        )
+        .await?;
         let node = Arc::new(Self {
             id,
             raft,
@@ -254,6 +274,7 @@ impl RaftNode {
             write_observer: std::sync::OnceLock::new(),
             apply_observer,
             stop: CancellationToken::new(),
+            incoming: tokio::sync::Mutex::new(None),
             once: OnceWrites::new(),
         });
         mesh.set_rpc_handler(Arc::new(Server { node: Arc::downgrade(&node) }));
@@ -284,25 +305,26 @@ impl RaftNode {
     }
 
     pub fn is_formed(&self) -> bool {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        m.membership().voter_ids().next().is_some()
+        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        let formed = m.membership().voter_ids().next().is_some();
+        formed
     }
 
     /// In a formed cluster with a final role: a voter, or a learner while
     /// the cluster has all the voters it wants.
     fn joined(&self) -> bool {
-        let m = self.raft.metrics().borrow().membership_config.clone();
+        let m = self.raft.metrics().borrow_watched().membership_config.clone();
         let voters: BTreeSet<u64> = m.membership().voter_ids().collect();
         voters.contains(&self.id)
             || (voters.len() >= self.cfg.max_voters && m.membership().learner_ids().any(|l| l == self.id))
     }
 
     pub fn leader(&self) -> Option<u64> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.metrics().borrow_watched().current_leader
     }
 
     pub fn status(&self) -> Status {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         Status {
             id: self.id,
@@ -448,10 +470,10 @@ impl RaftNode {
             return None;
         }
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         // A sole voter is its own majority: nobody else can lead.
         let sole = m.membership_config.membership().voter_ids().eq([self.id]);
-        if m.current_leader != Some(self.id) || (!sole && m.millis_since_quorum_ack.is_none_or(|ms| ms >= lease)) {
+        if m.current_leader != Some(self.id) || (!sole && !quorum_acked_within(&m, Duration::from_millis(lease))) {
             return None;
         }
         let applied = m.last_applied?;
@@ -519,14 +541,15 @@ impl RaftNode {
                 if let Some(index) = self.lease_read_index() {
                     return Ok(Reply::ReadIndex(Some(index)));
                 }
-                let read = self.raft.ensure_linearizable().await.map_err(|e| e.to_string())?;
-                Ok(Reply::ReadIndex(read.map(|l| l.index)))
+                let read =
+                    self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await.map_err(|e| e.to_string())?;
+                Ok(Reply::ReadIndex(Some(read.log_id().index)))
             }
             other => Err(format!("{other:?} is not a leader call")),
         }
     }
 
-    async fn handle(&self, call: Call) -> Result<Reply, String> {
+    async fn handle(&self, from: u64, call: Call) -> Result<Reply, String> {
         match call {
             Call::Append(r) => {
                 let reply = self.raft.append_entries(r).await.map_err(|e| e.to_string())?;
@@ -536,7 +559,18 @@ impl RaftNode {
                 Ok(Reply::Append(reply))
             }
             Call::Vote(r) => self.raft.vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
-            Call::Snapshot(r) => self.raft.install_snapshot(r).await.map(Reply::Snapshot).map_err(|e| e.to_string()),
+            Call::PreVote(r) => self.raft.pre_vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
+            Call::SnapshotChunk { vote, offset, data, meta } => {
+                // Pieces of one snapshot come in order from one leader;
+                // the lock also keeps two installs from overlapping.
+                let mut slot = self.incoming.lock().await;
+                network::Incoming::take(&mut slot, from, vote, offset, &data)?;
+                let Some(meta) = meta else { return Ok(Reply::Snapshot(None)) };
+                let Some(done) = slot.take() else { return Err("no snapshot in progress".into()) };
+                let snapshot = catga_storage::types::Snapshot { meta, snapshot: std::io::Cursor::new(done.data) };
+                let r = self.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
+                Ok(Reply::Snapshot(Some(r)))
+            }
             Call::Status => Ok(Reply::Status {
                 formed: self.is_formed(),
                 leader: self.leader(),
@@ -558,12 +592,12 @@ struct Server {
 }
 
 impl RpcHandler for Server {
-    fn call(&self, _from: u64, body: Vec<u8>) -> RpcReply {
+    fn call(&self, from: u64, body: Vec<u8>) -> RpcReply {
         let node = self.node.clone();
         Box::pin(async move {
             let node = node.upgrade().ok_or("raft is shut down")?;
             let call: Call = network::decode(&body)?;
-            let reply = node.handle(call).await?;
+            let reply = node.handle(from, call).await?;
             network::encode(&reply)
         })
     }
@@ -617,7 +651,7 @@ async fn form(node: Arc<RaftNode>) {
             _ = tokio::time::sleep(tick) => {}
             _ = node.stop.cancelled() => return,
         }
-        if node.raft.metrics().borrow().state == ServerState::Shutdown {
+        if node.raft.metrics().borrow_watched().state == ServerState::Shutdown {
             return;
         }
     }
@@ -665,12 +699,15 @@ async fn mark_down(node: std::sync::Weak<RaftNode>, stop: CancellationToken) {
 /// Starts an election on this node when the leader has been silent well
 /// past the election timeout and no reachable voter has a longer log.
 ///
-/// openraft 0.9 remembers that a candidate once saw a longer log and adds
+/// openraft 0.9 remembered that a candidate once saw a longer log and added
 /// twice the max election timeout to that node's next elections, even
 /// terms later when its own log is the longest; the node best placed to
-/// lead then waits ~400 ms more than it should. This watchdog elects such
-/// a node at its normal time: the leader lease (the max timeout) plus a
-/// per-node offset in [min, max), plus one openraft tick of slack.
+/// lead then waited ~400 ms more than it should. 0.10 compares what it saw
+/// with its own log, but any such extra wait costs failover time, so the
+/// watchdog stays: it elects a node at its normal time, the leader lease
+/// (the max timeout) plus a per-node offset in [min, max), plus one
+/// openraft tick of slack. The election starts with a pre-vote, so a node
+/// wrong about the leader being gone disturbs nobody.
 async fn nudge_election(node: std::sync::Weak<RaftNode>, stop: CancellationToken) {
     let Some((period, threshold, retry)) = node.upgrade().map(|n| {
         let c = &n.cfg;
@@ -692,7 +729,7 @@ async fn nudge_election(node: std::sync::Weak<RaftNode>, stop: CancellationToken
             _ = stop.cancelled() => return,
         }
         let Some(node) = node.upgrade() else { return };
-        let m = node.raft.metrics().borrow().clone();
+        let m = node.raft.metrics().borrow_watched().clone();
         let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
         if !matches!(m.state, ServerState::Follower | ServerState::Candidate) || !voters.contains(&node.id) {
             continue;
@@ -720,9 +757,14 @@ async fn nudge_election(node: std::sync::Weak<RaftNode>, stop: CancellationToken
         last_nudge_ms = now;
         if longest {
             tracing::info!(silent_ms = silent, "leader silent past the election timeout; starting an election");
-            let _ = node.raft.trigger().elect().await;
+            let _ = node.raft.trigger().elect(true).await;
         }
     }
+}
+
+/// Whether a majority acknowledged this node as leader less than `d` ago.
+pub fn quorum_acked_within(m: &RaftMetrics, d: Duration) -> bool {
+    m.last_quorum_acked.as_ref().is_some_and(|t| t.elapsed() < d)
 }
 
 /// Sets the time of every Redis request in `req` (the leader's clock).

@@ -5,22 +5,31 @@
 
 use std::time::Duration;
 
+use catga_storage::types::{Snapshot, SnapshotData, SnapshotMeta, Vote};
 use catga_storage::{Member, Request, Response, TypeConfig};
 use catga_transport::{Mesh, RpcError};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
-};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::RaftNetworkV2;
 use serde::{Deserialize, Serialize};
 
 /// A call between nodes.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Call {
     Append(AppendEntriesRequest<TypeConfig>),
-    Vote(VoteRequest<u64>),
-    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    /// One piece of a snapshot, at byte `offset` of its data: pieces
+    /// travel in order, the first at offset 0; the last (`meta` set)
+    /// installs it.
+    SnapshotChunk {
+        vote: Vote,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        meta: Option<SnapshotMeta>,
+    },
     /// Is the callee part of a formed cluster, and who leads it?
     Status,
     /// Add the caller to the cluster (served by the leader; others forward).
@@ -41,10 +50,15 @@ pub enum Call {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
-    Append(AppendEntriesResponse<u64>),
-    Vote(VoteResponse<u64>),
-    Snapshot(InstallSnapshotResponse<u64>),
-    Status { formed: bool, leader: Option<u64>, last_log: Option<catga_storage::types::LogId> },
+    Append(AppendEntriesResponse<TypeConfig>),
+    Vote(VoteResponse<TypeConfig>),
+    /// A snapshot piece was taken (`None`) or the snapshot installed.
+    Snapshot(Option<SnapshotResponse<TypeConfig>>),
+    Status {
+        formed: bool,
+        leader: Option<u64>,
+        last_log: Option<catga_storage::types::LogId>,
+    },
     Done,
     Written(Response),
     ReadIndex(Option<u64>),
@@ -67,70 +81,143 @@ pub async fn call(mesh: &Mesh, peer: u64, call: &Call, timeout: Duration) -> Res
 
 pub struct Network {
     pub mesh: Mesh,
+    /// Snapshot bytes per [`Call::SnapshotChunk`].
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Conn;
 
     async fn new_client(&mut self, target: u64, _node: &Member) -> Conn {
-        Conn { mesh: self.mesh.clone(), target }
+        Conn { mesh: self.mesh.clone(), target, chunk: self.snapshot_chunk_bytes.max(1) }
     }
 }
 
 pub struct Conn {
     mesh: Mesh,
     target: u64,
+    chunk: usize,
 }
 
-impl Conn {
-    async fn send<E: std::error::Error>(
-        &self,
-        c: &Call,
-        option: &RPCOption,
-    ) -> Result<Reply, RPCError<u64, Member, E>> {
-        call(&self.mesh, self.target, c, option.hard_ttl()).await.map_err(|e| match e {
-            RpcError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
-            _ => RPCError::Network(NetworkError::new(&e)),
-        })
+fn rpc_error(e: RpcError) -> RPCError<TypeConfig> {
+    match e {
+        RpcError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+        _ => RPCError::Network(NetworkError::new(&e)),
     }
 }
 
-fn unexpected<E: std::error::Error>(r: &Reply) -> RPCError<u64, Member, E> {
-    let e = RpcError::Stream(format!("unexpected reply {r:?}"));
-    RPCError::Network(NetworkError::new(&e))
+impl Conn {
+    async fn send(&self, c: &Call, timeout: Duration) -> Result<Reply, RPCError<TypeConfig>> {
+        call(&self.mesh, self.target, c, timeout).await.map_err(rpc_error)
+    }
 }
 
-impl RaftNetwork<TypeConfig> for Conn {
+fn unexpected(r: &Reply) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::from_string(format!("unexpected reply {r:?}")))
+}
+
+impl RaftNetworkV2<TypeConfig> for Conn {
+    type SnapshotData = SnapshotData;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        match self.send(&Call::Append(rpc), &option).await? {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.send(&Call::Append(rpc), option.hard_ttl()).await? {
             Reply::Append(r) => Ok(r),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>> {
-        match self.send(&Call::Snapshot(rpc), &option).await? {
-            Reply::Snapshot(r) => Ok(r),
             other => Err(unexpected(&other)),
         }
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<u64>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        match self.send(&Call::Vote(rpc), &option).await? {
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.send(&Call::Vote(rpc), option.hard_ttl()).await? {
             Reply::Vote(r) => Ok(r),
             other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.send(&Call::PreVote(rpc), option.hard_ttl()).await? {
+            Reply::Vote(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let data = snapshot.snapshot.into_inner();
+        let send = async {
+            let mut offset = 0;
+            loop {
+                let end = (offset + self.chunk).min(data.len());
+                let last = end == data.len();
+                let piece = Call::SnapshotChunk {
+                    vote,
+                    offset: offset as u64,
+                    data: data[offset..end].to_vec(),
+                    meta: last.then(|| snapshot.meta.clone()),
+                };
+                match self.send(&piece, option.hard_ttl()).await {
+                    Ok(Reply::Snapshot(Some(r))) if last => return Ok(r),
+                    Ok(Reply::Snapshot(None)) if !last => offset = end,
+                    Ok(other) => return Err(StreamingError::from(unexpected_net(&other))),
+                    Err(RPCError::Unreachable(e)) => return Err(e.into()),
+                    Err(RPCError::Timeout(e)) => return Err(e.into()),
+                    Err(e) => return Err(NetworkError::new(&e).into()),
+                }
+            }
+        };
+        tokio::select! {
+            r = send => r,
+            closed = cancel => Err(closed.into()),
+        }
+    }
+}
+
+fn unexpected_net(r: &Reply) -> NetworkError<TypeConfig> {
+    NetworkError::from_string(format!("unexpected reply {r:?}"))
+}
+
+/// A snapshot arriving in pieces from one peer.
+pub(crate) struct Incoming {
+    pub from: u64,
+    pub vote: Vote,
+    pub data: Vec<u8>,
+}
+
+impl Incoming {
+    /// Adds a piece; `Err` when it does not follow what came before (a
+    /// sender that started over begins at offset 0 and resets it).
+    pub(crate) fn take(
+        slot: &mut Option<Incoming>,
+        from: u64,
+        vote: Vote,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), String> {
+        if offset == 0 {
+            *slot = Some(Incoming { from, vote, data: Vec::new() });
+        }
+        match slot {
+            Some(s) if s.from == from && s.vote == vote && s.data.len() as u64 == offset => {
+                s.data.extend_from_slice(data);
+                Ok(())
+            }
+            _ => Err(format!("snapshot piece at {offset} from node {from} does not follow the pieces before it")),
         }
     }
 }

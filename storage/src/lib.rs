@@ -14,10 +14,6 @@
 //! One sled database per node (`DATA_DIR/raft`), with the log's segments
 //! in `DATA_DIR/raft/catga-log`, opened by [`open`].
 
-// openraft's StorageError is large and its traits return it; boxing it
-// here would only add conversions at every call.
-#![allow(clippy::result_large_err)]
-
 pub mod keyspace;
 pub mod log;
 pub mod sm;
@@ -26,7 +22,6 @@ pub mod wal;
 
 use std::path::Path;
 
-use openraft::AnyError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -47,13 +42,6 @@ pub struct StorageConfig {
     pub state_write_behind_ms: u64,
     /// ...or this large (keys and values written since the last one).
     pub state_write_behind_bytes: usize,
-    /// Sync an append's records inside `append` (on the task that called
-    /// it) instead of on the log's flush thread. openraft 0.9's core waits
-    /// for every append to be durable before it does anything else, so the
-    /// flush thread can never group two appends: it only adds two thread
-    /// wake-ups per write. Inline needs a runtime with another worker to
-    /// run other tasks meanwhile (the caller picks; see `catga_raft`).
-    pub log_sync_inline: bool,
 }
 
 impl Default for StorageConfig {
@@ -63,7 +51,6 @@ impl Default for StorageConfig {
             log_segment_bytes: 64 << 20,
             state_write_behind_ms: 100,
             state_write_behind_bytes: 16 << 20,
-            log_sync_inline: false,
         }
     }
 }
@@ -96,7 +83,7 @@ pub fn open(dir: &Path, cfg: &StorageConfig) -> Result<(LogStore, StateMachine),
         }
     };
     let found = check_format(&db)?;
-    let log = LogStore::open(&db, dir, cfg.log_segment_bytes, cfg.log_sync_inline)?;
+    let log = LogStore::open(&db, dir, cfg.log_segment_bytes)?;
     // Opening the state machine rewrites format 2's list rows as chunks.
     let sm = StateMachine::open(&db, cfg)?;
     if found != FORMAT_VERSION {
@@ -154,16 +141,17 @@ fn check_format(db: &sled::Db) -> Result<u32, sled::Error> {
     Ok(found)
 }
 
-/// Any error, as openraft's storage errors carry it.
-pub(crate) fn any<E: std::error::Error + 'static>(e: E) -> AnyError {
-    AnyError::new(&e)
-}
-
 /// How values are stored: postcard.
-pub(crate) fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, AnyError> {
-    postcard::to_stdvec(v).map_err(any)
+pub(crate) fn enc<T: Serialize>(v: &T) -> std::io::Result<Vec<u8>> {
+    postcard::to_stdvec(v).map_err(std::io::Error::other)
 }
 
-pub(crate) fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, AnyError> {
-    postcard::from_bytes(b).map_err(any)
+pub(crate) fn dec<T: DeserializeOwned>(b: &[u8]) -> std::io::Result<T> {
+    postcard::from_bytes(b).map_err(std::io::Error::other)
+}
+
+/// An I/O error that says what was being done: openraft's storage traits
+/// return `io::Error`, which carries no subject of its own.
+pub(crate) fn failed(doing: &str, e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("{doing}: {e}"))
 }

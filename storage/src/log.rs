@@ -1,14 +1,15 @@
 //! The Raft log: entries in segment files ([`crate::wal`]), the vote,
 //! committed index and purge point in sled's `raft_meta` tree.
 //!
-//! Write path: `append` writes the entries at the end of the last segment,
-//! then syncs the segment (fdatasync) and only then tells openraft the
-//! entries are durable, so an entry a leader counts toward a majority
-//! survives a power cut. The sync runs inside `append` when the runtime has
-//! a worker to spare (openraft 0.9's core waits for it either way: a
-//! hand-off would only add two thread wake-ups per write), else on a flush
-//! thread, where one sync covers every append queued before it (group
-//! commit). The vote is flushed before `save_vote` returns (a node must never vote twice in a term). Truncation syncs too.
+//! Write path: `append` writes the entries at the end of the last segment
+//! and returns; the flush thread syncs the segment (fdatasync) and only
+//! then tells openraft the entries are durable, so an entry a leader counts
+//! toward a majority survives a power cut. openraft 0.10 does not wait for
+//! that: the leader sends the entries to its followers while its own sync
+//! runs, and the core goes on with the next writes. One sync covers every
+//! append queued before it (group commit). The vote is flushed before
+//! `save_vote` returns (a node must never vote twice in a term).
+//! Truncation syncs too.
 //! Purge records the new `last_purged` and returns; a blocking thread
 //! flushes it and only then deletes whole segments: openraft's core (which
 //! sends the heartbeats) waits for `purge`. Reads never return an entry at
@@ -22,19 +23,20 @@
 
 use std::fmt::Debug;
 use std::fs::File;
+use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
 use crate::wal::Wal;
-use crate::{any, dec, enc};
+use crate::{dec, enc};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -48,9 +50,8 @@ pub struct LogStore {
     /// vote, committed, last_purged
     meta: sled::Tree,
     wal: Arc<Mutex<Wal>>,
-    /// Appends waiting for the sync that makes them durable; `None`: each
-    /// append syncs its own records before it returns.
-    flusher: Option<std::sync::mpsc::Sender<PendingSync>>,
+    /// Appends waiting for the sync that makes them durable.
+    flusher: std::sync::mpsc::Sender<PendingSync>,
     /// First index not purged (0: nothing purged); reads start there.
     first_kept: Arc<AtomicU64>,
     /// Told how long each sync took and how many appends it covered.
@@ -59,7 +60,7 @@ pub struct LogStore {
 
 /// An append waiting for the flush thread: the segment to sync (none if
 /// the append wrote nothing) and openraft's callback.
-type PendingSync = (Option<Arc<File>>, LogFlushed<TypeConfig>);
+type PendingSync = (Option<Arc<File>>, IOFlushed<TypeConfig>);
 
 /// See [`LogStore::sync_observer`].
 pub type SyncObserver = Box<dyn Fn(std::time::Duration, usize) + Send + Sync>;
@@ -85,7 +86,7 @@ fn flush_loop(rx: std::sync::mpsc::Receiver<PendingSync>, synced: Arc<std::sync:
         let result = sync_files(&files, waiting.len(), &synced);
         drop(files);
         for (_, cb) in waiting {
-            cb.log_io_completed(result.clone().map_err(std::io::Error::other));
+            cb.io_completed(result.clone().map_err(std::io::Error::other));
         }
     }
 }
@@ -151,22 +152,17 @@ fn move_sled_rows(db: &sled::Db, dir: &Path, wal_dir: &Path, segment_bytes: u64)
 impl LogStore {
     /// Opens the log of the database `db` at `dir` (its segments in
     /// `dir/catga-log`), moving an older format's entries out of sled.
-    pub(crate) fn open(db: &sled::Db, dir: &Path, segment_bytes: u64, sync_inline: bool) -> Result<Self, sled::Error> {
+    pub(crate) fn open(db: &sled::Db, dir: &Path, segment_bytes: u64) -> Result<Self, sled::Error> {
         let wal_dir = dir.join(WAL_DIR);
         move_sled_rows(db, dir, &wal_dir, segment_bytes)?;
         let wal = Wal::open(&wal_dir, segment_bytes)?;
         let synced = Arc::new(std::sync::OnceLock::new());
-        let flusher = if sync_inline {
-            None
-        } else {
-            let (flusher, rx) = std::sync::mpsc::channel();
-            let observer = synced.clone();
-            std::thread::Builder::new()
-                .name("catga-log-flush".into())
-                .spawn(move || flush_loop(rx, observer))
-                .map_err(sled::Error::Io)?;
-            Some(flusher)
-        };
+        let (flusher, rx) = std::sync::mpsc::channel();
+        let observer = synced.clone();
+        std::thread::Builder::new()
+            .name("catga-log-flush".into())
+            .spawn(move || flush_loop(rx, observer))
+            .map_err(sled::Error::Io)?;
         let meta = db.open_tree("raft_meta")?;
         let purged: Option<LogId> = match meta.get(LAST_PURGED)? {
             Some(v) => dec::<Option<LogId>>(&v).map_err(unsupported)?,
@@ -182,19 +178,19 @@ impl LogStore {
         self.synced.clone()
     }
 
-    async fn flush(&self) -> Result<(), AnyError> {
-        self.db.flush_async().await.map(|_| ()).map_err(any)
+    async fn flush(&self) -> io::Result<()> {
+        self.db.flush_async().await.map(|_| ()).map_err(io::Error::other)
     }
 
-    fn read_meta<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, AnyError> {
-        match self.meta.get(k).map_err(any)? {
+    fn read_meta<T: DeserializeOwned>(&self, k: &[u8]) -> io::Result<Option<T>> {
+        match self.meta.get(k).map_err(io::Error::other)? {
             Some(v) => Ok(Some(dec(&v)?)),
             None => Ok(None),
         }
     }
 
-    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(LAST_PURGED).map_err(StorageIOError::read_logs)?.flatten())
+    fn last_purged(&self) -> io::Result<Option<LogId>> {
+        Ok(self.read_meta::<Option<LogId>>(LAST_PURGED)?.flatten())
     }
 }
 
@@ -202,7 +198,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> io::Result<Vec<Entry>> {
         // Entries at or below the last purged one may still be on disk
         // (deleted in the background): never read them.
         let first = self.first_kept.load(Ordering::Acquire);
@@ -217,18 +213,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         };
-        let records = self.wal.lock().read(from, to).map_err(|e| StorageIOError::read_logs(any(e)))?;
-        records.iter().map(|(_, bytes)| dec(bytes).map_err(|e| StorageIOError::read_logs(e).into())).collect()
+        let records = self.wal.lock().read(from, to)?;
+        records.iter().map(|(_, bytes)| dec(bytes)).collect()
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        self.read_meta(VOTE)
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged_log_id = self.last_purged()?;
-        let last = match self.wal.lock().last().map_err(|e| StorageIOError::read_logs(any(e)))? {
-            Some(bytes) => Some(dec::<Entry>(&bytes).map_err(StorageIOError::read_logs)?.log_id),
+        let last = match self.wal.lock().last()? {
+            Some(bytes) => Some(dec::<Entry>(&bytes)?.log_id),
             None => None,
         };
         // An entry at or below the last purged one is on its way out (or
@@ -244,30 +244,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let v = enc(vote).map_err(StorageIOError::write_vote)?;
-        self.meta.insert(VOTE, v).map_err(|e| StorageIOError::write_vote(any(e)))?;
-        self.flush().await.map_err(StorageIOError::write_vote)?;
-        Ok(())
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        let v = enc(vote)?;
+        self.meta.insert(VOTE, v).map_err(io::Error::other)?;
+        self.flush().await
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        Ok(self.read_meta(VOTE).map_err(StorageIOError::read_vote)?)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         // Not flushed: after a crash a lower committed index is only a
         // slower start (it is learned again from the leader).
-        let v = enc(&committed).map_err(StorageIOError::write)?;
-        self.meta.insert(COMMITTED, v).map_err(|e| StorageIOError::write(any(e)))?;
+        let v = enc(&committed)?;
+        self.meta.insert(COMMITTED, v).map_err(io::Error::other)?;
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(COMMITTED).map_err(StorageIOError::read)?.flatten())
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        Ok(self.read_meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -276,7 +271,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut first = None;
         for e in entries {
             first.get_or_insert(e.log_id.index);
-            payloads.push(enc(&e).map_err(|err| StorageIOError::write_log_entry(e.log_id, err))?);
+            payloads.push(enc(&e)?);
         }
         let file = {
             let mut wal = self.wal.lock();
@@ -286,36 +281,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     // end: everything it holds is purged, and the log goes
                     // on after the snapshot. The purge point must be on
                     // disk before the entries go.
-                    self.db.flush().map_err(|e| StorageIOError::write_logs(any(e)))?;
-                    wal.clear().map_err(|e| StorageIOError::write_logs(any(e)))?;
+                    self.db.flush().map_err(io::Error::other)?;
+                    wal.clear()?;
                 }
-                wal.append(first, payloads.iter().map(Vec::as_slice))
-                    .map_err(|e| StorageIOError::write_logs(any(e)))?;
+                wal.append(first, payloads.iter().map(Vec::as_slice))?;
             }
             wal.sync_handle()
         };
         // Durable before openraft counts it: the callback is completed
         // after a sync that covers these records.
-        let (file, callback) = match &self.flusher {
-            None => (file, callback),
-            Some(flusher) => match flusher.send((file, callback)) {
-                Ok(()) => return Ok(()),
-                // The loop is gone (its thread panicked): sync here.
-                Err(std::sync::mpsc::SendError(back)) => back,
-            },
+        let (file, callback) = match self.flusher.send((file, callback)) {
+            Ok(()) => return Ok(()),
+            // The loop is gone (its thread panicked): sync here.
+            Err(std::sync::mpsc::SendError(back)) => back,
         };
-        callback.log_io_completed(sync_files(&file, 1, &self.synced).map_err(std::io::Error::other));
+        callback.io_completed(sync_files(&file, 1, &self.synced).map_err(io::Error::other));
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.wal.lock().truncate(log_id.index).map_err(|e| StorageIOError::write_logs(any(e)))?;
-        Ok(())
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        self.wal.lock().truncate(last_log_id.map_or(0, |l| l.index + 1))
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let v = enc(&Some(log_id)).map_err(StorageIOError::write_logs)?;
-        self.meta.insert(LAST_PURGED, v).map_err(|e| StorageIOError::write_logs(any(e)))?;
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        let v = enc(&Some(log_id))?;
+        self.meta.insert(LAST_PURGED, v).map_err(io::Error::other)?;
         self.first_kept.fetch_max(log_id.index + 1, Ordering::AcqRel);
         // The rest is not needed for correctness (reads skip the purged
         // entries from here on), only for space, and must not hold up

@@ -27,18 +27,20 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Cursor;
 use std::sync::Arc;
 
+use futures_util::TryStreamExt;
+use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageIOError};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::keyspace::script::Script;
 use crate::keyspace::{Change, Entry, Keyspace};
 use crate::types::{
-    Entry as LogEntry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry as LogEntry, LogId, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
     ONCE_ORIGIN_TTL_MS,
 };
-use crate::{any, enc, StorageConfig};
+use crate::{enc, failed, StorageConfig};
 
 const APPLIED: &[u8] = b"\0applied";
 const MEMBERSHIP: &[u8] = b"\0membership";
@@ -298,9 +300,9 @@ fn set_queue(view: &mut View, batch: &mut Writes, node: u64, subject: &[u8], gro
 
 /// Puts the view's last-applied id and membership into `batch`, so they
 /// land atomically with the state they describe.
-fn put_meta(view: &View, batch: &mut Writes) -> Result<(), StorageError> {
-    batch.insert(APPLIED, enc(&view.applied).map_err(StorageIOError::write_state_machine)?);
-    batch.insert(MEMBERSHIP, enc(&view.membership).map_err(StorageIOError::write_state_machine)?);
+fn put_meta(view: &View, batch: &mut Writes) -> std::io::Result<()> {
+    batch.insert(APPLIED, enc(&view.applied)?);
+    batch.insert(MEMBERSHIP, enc(&view.membership)?);
     Ok(())
 }
 
@@ -514,9 +516,9 @@ fn persist_redis(view: &mut View, tree: &sled::Tree, batch: &mut Writes) {
 }
 
 /// Writes every row of one key (a snapshot install).
-fn put_redis_entry(batch: &mut Writes, ks: &Keyspace, db: u32, key: &[u8]) -> Result<(), StorageError> {
+fn put_redis_entry(batch: &mut Writes, ks: &Keyspace, db: u32, key: &[u8]) -> std::io::Result<()> {
     if let Some(h) = ks.header(db, key) {
-        let bytes = postcard::to_stdvec(&h).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        let bytes = enc(&h)?;
         batch.insert(redis_key(db, key), bytes);
     }
     for (sub, bytes) in ks.elements(db, key) {
@@ -576,6 +578,42 @@ impl StateMachine {
     /// The in-memory state; read it, never hold the lock across an await.
     pub fn view(&self) -> Arc<RwLock<View>> {
         self.view.clone()
+    }
+}
+
+impl StateMachine {
+    /// Applies committed entries in order, one response each: one write
+    /// lock, one checkpoint check and one queue publish for all of them.
+    /// What openraft's `apply` runs; tests call it directly.
+    pub fn apply_entries(&mut self, entries: Vec<LogEntry>) -> std::io::Result<Vec<Response>> {
+        let started = std::time::Instant::now();
+        let batch = &mut self.pending;
+        let mut out = Vec::with_capacity(entries.len());
+        let gen = {
+            let mut view = self.view.write();
+            for e in entries {
+                view.applied = Some(e.log_id);
+                out.push(match &e.payload {
+                    EntryPayload::Blank => Response::Ok,
+                    EntryPayload::Normal(req) => apply_request(&mut view, &self.tree, batch, req),
+                    EntryPayload::Membership(m) => {
+                        view.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                        Response::Ok
+                    }
+                });
+            }
+            put_meta(&view, batch)?;
+            view.queues_gen
+        };
+        let since = *self.pending_since.get_or_insert(started);
+        if since.elapsed() >= self.write_behind || self.pending.bytes >= self.write_behind_bytes {
+            self.checkpoint().map_err(|e| failed("writing the state checkpoint", e))?;
+        }
+        self.publish_queues(gen);
+        if let Some(observe) = self.applied.get() {
+            observe(started.elapsed(), out.len());
+        }
+        Ok(out)
     }
 }
 
@@ -669,10 +707,11 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> std::io::Result<Snapshot> {
         if let Err(e) = &self.checkpoint {
-            let e = std::io::Error::other(format!("state checkpoint before the snapshot failed: {e}"));
-            return Err(StorageIOError::write_snapshot(None, any(e)).into());
+            return Err(failed("state checkpoint before the snapshot", e));
         }
         let v = &self.view;
         let body = SnapshotBody {
@@ -686,68 +725,45 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             once: v.once.iter().map(|(o, r)| (*o, r.clone())).collect(),
             scripts: v.keyspace.scripts().iter().map(|(sha, s)| (sha.clone(), s.clone())).collect(),
         };
-        let data = enc(&body).map_err(|e| StorageIOError::write_snapshot(None, e))?;
-        let snapshot_id = match v.applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
-            None => format!("0-0-{}", data.len()),
-        };
-        let meta = SnapshotMeta { last_log_id: v.applied, last_membership: v.membership.clone(), snapshot_id };
+        let data = enc(&body)?;
+        let meta = SnapshotMeta { last_log_id: v.applied, last_membership: v.membership.clone() };
         save_snapshot(&self.db, &self.snap, &meta, &data).await?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot { meta, snapshot: Cursor::new(data) })
     }
 }
 
-async fn save_snapshot(db: &sled::Db, snap: &sled::Tree, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-    let m = enc(meta).map_err(|e| StorageIOError::write_snapshot(None, e))?;
+async fn save_snapshot(db: &sled::Db, snap: &sled::Tree, meta: &SnapshotMeta, data: &[u8]) -> std::io::Result<()> {
+    let m = enc(meta)?;
     let mut batch = sled::Batch::default();
     batch.insert(SNAP_META, m);
     batch.insert(SNAP_DATA, data);
-    snap.apply_batch(batch).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
-    db.flush_async().await.map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+    snap.apply_batch(batch).map_err(|e| failed("saving the snapshot", e))?;
+    db.flush_async().await.map_err(|e| failed("flushing the snapshot", e))?;
     Ok(())
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> std::io::Result<(Option<LogId>, StoredMembership)> {
         let v = self.view.read();
         Ok((v.applied, v.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<S>(&mut self, entries: S) -> std::io::Result<()>
     where
-        I: IntoIterator<Item = LogEntry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        S: futures_util::Stream<Item = std::io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        let started = std::time::Instant::now();
-        let batch = &mut self.pending;
-        let mut out = Vec::new();
-        let gen = {
-            let mut view = self.view.write();
-            for e in entries {
-                view.applied = Some(e.log_id);
-                match &e.payload {
-                    EntryPayload::Blank => out.push(Response::Ok),
-                    EntryPayload::Normal(req) => out.push(apply_request(&mut view, &self.tree, batch, req)),
-                    EntryPayload::Membership(m) => {
-                        view.membership = StoredMembership::new(Some(e.log_id), m.clone());
-                        out.push(Response::Ok);
-                    }
-                }
+        // Every entry openraft has ready, applied together.
+        let (entries, responders): (Vec<_>, Vec<_>) = entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
+        let replies = self.apply_entries(entries)?;
+        for (responder, r) in responders.into_iter().zip(replies) {
+            if let Some(responder) = responder {
+                responder.send(r);
             }
-            put_meta(&view, batch)?;
-            view.queues_gen
-        };
-        let since = *self.pending_since.get_or_insert(started);
-        if since.elapsed() >= self.write_behind || self.pending.bytes >= self.write_behind_bytes {
-            self.checkpoint().map_err(|e| StorageIOError::write_state_machine(any(e)))?;
         }
-        self.publish_queues(gen);
-        if let Some(observe) = self.applied.get() {
-            observe(started.elapsed(), out.len());
-        }
-        Ok(out)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -760,18 +776,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder { db: self.db.clone(), snap: self.snap.clone(), view: self.view.read().clone(), checkpoint }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> std::io::Result<()> {
         let data = snapshot.into_inner();
-        let body =
-            SnapshotBody::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+        let body = SnapshotBody::decode(&data).map_err(|e| failed("decoding the snapshot", e))?;
         let mut view = View {
             applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -783,7 +790,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.pending_since = None;
         let mut batch = Writes::default();
         for k in self.tree.iter().keys() {
-            batch.remove(k.map_err(|e| StorageIOError::write_state_machine(any(e)))?);
+            batch.remove(k.map_err(|e| failed("reading the state tree", e))?);
         }
         for (node, s, g, c) in &body.queues {
             set_queue(&mut view, &mut batch, *node, s, g, *c);
@@ -804,12 +811,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             view.once.insert(origin, record);
         }
         for (sha, script) in body.scripts {
-            let bytes = postcard::to_stdvec(&script).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
-            batch.insert(script_key(&sha), bytes);
+            batch.insert(script_key(&sha), enc(&script)?);
             view.keyspace.insert_script(sha, script);
         }
         put_meta(&view, &mut batch)?;
-        self.tree.apply_batch(batch.into_batch()).map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        self.tree.apply_batch(batch.into_batch()).map_err(|e| failed("writing the installed snapshot", e))?;
         save_snapshot(&self.db, &self.snap, meta, &data).await?;
         let gen = view.queues_gen;
         *self.view.write() = view;
@@ -817,11 +823,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let read = |k: &[u8]| self.snap.get(k).map_err(|e| StorageIOError::read_snapshot(None, any(e)));
+    async fn get_current_snapshot(&mut self) -> std::io::Result<Option<Snapshot>> {
+        let read = |k: &[u8]| self.snap.get(k).map_err(|e| failed("reading the snapshot", e));
         let (Some(m), Some(d)) = (read(SNAP_META)?, read(SNAP_DATA)?) else { return Ok(None) };
-        let meta: SnapshotMeta = postcard::from_bytes(&m).map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(d.to_vec())) }))
+        let meta: SnapshotMeta = crate::dec(&m)?;
+        Ok(Some(Snapshot { meta, snapshot: Cursor::new(d.to_vec()) }))
     }
 }
 

@@ -103,6 +103,25 @@ pub enum Request {
     },
 }
 
+/// A short summary (openraft logs entries with it): the kind, and how
+/// many requests or commands it carries.
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::QueueSet { node, count, .. } => write!(f, "QueueSet(node {node}, {count})"),
+            Request::QueueReplace { node, groups } => write!(f, "QueueReplace(node {node}, {} groups)", groups.len()),
+            Request::NodeDown { node } => write!(f, "NodeDown({node})"),
+            Request::KvSet { .. } => f.write_str("KvSet"),
+            Request::KvDelete { .. } => f.write_str("KvDelete"),
+            Request::Batch(reqs) => write!(f, "Batch({})", reqs.len()),
+            Request::Redis { cmds, .. } => write!(f, "Redis({} commands)", cmds.len()),
+            Request::RedisExec { cmds, .. } => write!(f, "RedisExec({} commands)", cmds.len()),
+            Request::RedisLoad { flush, entries } => write!(f, "RedisLoad(flush {flush}, {} keys)", entries.len()),
+            Request::Once { origin, seq, req, .. } => write!(f, "Once({origin:x}/{seq}, {req})"),
+        }
+    }
+}
+
 /// How long the state machine remembers an origin of [`Request::Once`]
 /// writes after its last one (by the origins' clocks, as the entries
 /// carry them): far longer than any write is retried. A constant, not a
@@ -238,15 +257,20 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = u64,
         Node = Member,
-        SnapshotData = Cursor<Vec<u8>>,
 );
 
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type LogId = openraft::LogId<u64>;
-pub type Vote = openraft::Vote<u64>;
-pub type StoredMembership = openraft::StoredMembership<u64, Member>;
-pub type SnapshotMeta = openraft::SnapshotMeta<u64, Member>;
-pub type StorageError = openraft::StorageError<u64>;
+/// A leader: (term, node id). Both halves order leaders, as in openraft
+/// 0.9, whose on-disk and wire shapes these types keep.
+pub type LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, u64>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type StorageError = openraft::StorageError<TypeConfig>;
+/// What a snapshot's bytes travel and rest in.
+pub type SnapshotData = Cursor<Vec<u8>>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 #[cfg(test)]
 mod tests {

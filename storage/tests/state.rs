@@ -1,12 +1,14 @@
 //! State machine semantics and recovery from disk.
 
 use catga_storage::types::Entry;
+use catga_storage::types::{LeaderId, LogId};
 use catga_storage::{Request, Response, StorageConfig};
 use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload, LogId};
+use openraft::vote::RaftLeaderId;
+use openraft::EntryPayload;
 
 fn entry(index: u64, req: Request) -> Entry {
-    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(req) }
+    Entry { log_id: LogId::new(LeaderId::new(1, 1), index), payload: EntryPayload::Normal(req) }
 }
 
 fn q(node: u64, subject: &str, group: &str, count: u32) -> Request {
@@ -19,7 +21,7 @@ async fn node_down_removes_all_its_queue_members_in_one_entry_and_state_survives
     {
         let (_log, mut sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
         let out = sm
-            .apply(vec![
+            .apply_entries(vec![
                 entry(1, q(1, "orders", "svc", 2)),
                 entry(2, q(2, "orders", "svc", 1)),
                 entry(3, q(1, "audit", "a", 1)),
@@ -27,7 +29,6 @@ async fn node_down_removes_all_its_queue_members_in_one_entry_and_state_survives
                 entry(5, Request::NodeDown { node: 1 }),
                 entry(6, Request::KvDelete { key: b"missing".to_vec() }),
             ])
-            .await
             .unwrap();
         assert_eq!(out[5], Response::Existed(false));
         let view = sm.view();
@@ -51,11 +52,10 @@ async fn node_down_removes_all_its_queue_members_in_one_entry_and_state_survives
 async fn queue_replace_swaps_a_nodes_groups() {
     let dir = tempfile::tempdir().unwrap();
     let (_log, mut sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
-    sm.apply(vec![
+    sm.apply_entries(vec![
         entry(1, q(3, "a", "g", 1)),
         entry(2, Request::QueueReplace { node: 3, groups: vec![(b"b".to_vec(), b"h".to_vec(), 4)] }),
     ])
-    .await
     .unwrap();
     let view = sm.view();
     assert_eq!(view.read().queues_of(3), vec![(b"b".to_vec(), b"h".to_vec(), 4)]);
@@ -76,14 +76,13 @@ async fn redis_writes_survive_reopen_and_flushes_reach_disk() {
     {
         let (_log, mut sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
         let out = sm
-            .apply(vec![
+            .apply_entries(vec![
                 entry(1, redis(0, &["SET a 1", "INCRBY a 9", "MSET b 2 c 3", "SET t x EX 100"])),
                 entry(2, redis(1, &["SET other db", "SET gone soon"])),
                 entry(3, redis(0, &["DEL c", "RENAME b b2"])),
                 entry(4, redis(1, &["FLUSHDB"])),
                 entry(5, redis(2, &["SET survivor yes"])),
             ])
-            .await
             .unwrap();
         assert_eq!(
             out[0],
@@ -194,7 +193,7 @@ async fn collections_stored_by_element_reopen_to_the_same_state() {
                     break;
                 }
             }
-            sm.apply(entries).await.unwrap();
+            sm.apply_entries(entries).unwrap();
         }
         assert!(sm.view().read().keyspace == reference, "the applied state is the reference state");
     }
@@ -239,12 +238,11 @@ async fn lists_are_stored_in_chunk_rows_and_reopen_in_order() {
             format!("RPUSH l {}", items(500, 900)),
             format!("LPUSH l {}", items(900, 1000)),
         );
-        sm.apply(vec![
+        sm.apply_entries(vec![
             entry(1, redis(0, &[&l1])),
             entry(2, redis(0, &[&r1, "LPOP l 7", "RPOP l 3"])),
             entry(3, redis(0, &[&l2, "LTRIM l 5 -6", "LSET l 100 changed"])),
         ])
-        .await
         .unwrap();
         lrange_all(&sm, "l")
     };
@@ -271,7 +269,7 @@ async fn format_2_list_rows_are_upgraded_to_chunks_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let before = {
         let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
-        sm.apply(vec![entry(1, redis(0, &["RPUSH q a b c d", "LPUSH q z y", "HSET h f1 v1 f2 v2"]))]).await.unwrap();
+        sm.apply_entries(vec![entry(1, redis(0, &["RPUSH q a b c d", "LPUSH q z y", "HSET h f1 v1 f2 v2"]))]).unwrap();
         lrange_all(&sm, "q")
     };
     let hash_rows = element_rows(dir.path(), b"h");
@@ -320,20 +318,19 @@ fn incr_reply(n: i64) -> Response {
 #[tokio::test]
 async fn once_writes_apply_once_and_are_remembered_until_done() {
     use catga_storage::types::ONCE_ORIGIN_TTL_MS;
-    use openraft::{RaftSnapshotBuilder, StorageError};
+    use openraft::RaftSnapshotBuilder;
     let t0 = 1_700_000_000_000;
     let dir = tempfile::tempdir().unwrap();
     let incr = || redis(0, &["INCR n"]);
     let snapshot = {
         let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
         let out = sm
-            .apply(vec![
+            .apply_entries(vec![
                 entry(1, once(7, 0, 0, t0, incr())),
                 entry(2, once(7, 1, 0, t0, incr())),
                 entry(3, once(7, 0, 0, t0, incr())),
                 entry(4, once(9, 0, 0, t0, incr())),
             ])
-            .await
             .unwrap();
         assert_eq!(
             out,
@@ -341,7 +338,7 @@ async fn once_writes_apply_once_and_are_remembered_until_done() {
             "the repeat of seq 0 answered as first"
         );
         let mut b = sm.get_snapshot_builder().await;
-        let snap: Result<_, StorageError<u64>> = b.build_snapshot().await;
+        let snap: Result<_, std::io::Error> = b.build_snapshot().await;
         snap.unwrap()
     };
     let get_n = |sm: &catga_storage::StateMachine| {
@@ -352,18 +349,18 @@ async fn once_writes_apply_once_and_are_remembered_until_done() {
     {
         let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
         let out =
-            sm.apply(vec![entry(5, once(7, 1, 0, t0, incr())), entry(6, once(9, 0, 0, t0, incr()))]).await.unwrap();
+            sm.apply_entries(vec![entry(5, once(7, 1, 0, t0, incr())), entry(6, once(9, 0, 0, t0, incr()))]).unwrap();
         assert_eq!(out, vec![incr_reply(2), incr_reply(3)], "remembered across a reopen");
         assert_eq!(get_n(&sm), catga_storage::keyspace::Out::Bulk(b"3".to_vec()));
         // Origin 7 is done below seq 2: seqs 0 and 1 are forgotten, and a
         // late copy of seq 1 is not applied.
         let out =
-            sm.apply(vec![entry(7, once(7, 2, 2, t0, incr())), entry(8, once(7, 1, 0, t0, incr()))]).await.unwrap();
+            sm.apply_entries(vec![entry(7, once(7, 2, 2, t0, incr())), entry(8, once(7, 1, 0, t0, incr()))]).unwrap();
         assert_eq!(out, vec![incr_reply(4), Response::Ok]);
         assert_eq!(get_n(&sm), catga_storage::keyspace::Out::Bulk(b"4".to_vec()), "the late copy changed nothing");
         assert_eq!(sm.view().read().once[&7].done.keys().copied().collect::<Vec<_>>(), vec![2]);
         // Origin 9 falls silent; a write of origin 7 past the TTL forgets it.
-        sm.apply(vec![entry(9, once(7, 3, 3, t0 + ONCE_ORIGIN_TTL_MS + 1, incr()))]).await.unwrap();
+        sm.apply_entries(vec![entry(9, once(7, 3, 3, t0 + ONCE_ORIGIN_TTL_MS + 1, incr()))]).unwrap();
         assert!(!sm.view().read().once.contains_key(&9), "a silent origin is forgotten");
     }
     {
@@ -378,7 +375,7 @@ async fn once_writes_apply_once_and_are_remembered_until_done() {
     let other = tempfile::tempdir().unwrap();
     let (_log, mut sm) = open_when_unlocked(other.path()).unwrap();
     sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
-    let out = sm.apply(vec![entry(5, once(7, 1, 0, t0, incr()))]).await.unwrap();
+    let out = sm.apply_entries(vec![entry(5, once(7, 1, 0, t0, incr()))]).unwrap();
     assert_eq!(out, vec![incr_reply(2)]);
     assert_eq!(get_n(&sm), catga_storage::keyspace::Out::Bulk(b"3".to_vec()));
 }
@@ -457,7 +454,7 @@ async fn entries_at_or_below_the_purge_point_are_never_read() {
         for i in 1..=5u64 {
             log.insert(i.to_be_bytes(), postcard::to_stdvec(&entry(i, q(1, "s", "g", 1))).unwrap()).unwrap();
         }
-        let purged = Some(LogId::new(CommittedLeaderId::new(1, 1), purged));
+        let purged = Some(LogId::new(LeaderId::new(1, 1), purged));
         db.open_tree("raft_meta").unwrap().insert(b"last_purged", postcard::to_stdvec(&purged).unwrap()).unwrap();
         db.insert(b"catga_format", &4u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
@@ -498,7 +495,7 @@ fn redis_argv(cmds: &[&[&str]]) -> Request {
 async fn the_script_cache_survives_reopen_travels_in_snapshots_and_flushes() {
     use catga_storage::keyspace::script::sha1_hex;
     use catga_storage::keyspace::Out;
-    use openraft::{RaftSnapshotBuilder, StorageError};
+    use openraft::RaftSnapshotBuilder;
     let loaded = "return redis.call('incr', KEYS[1])";
     let evaled = "return 'from eval'";
     let (sha_l, sha_e) = (sha1_hex(loaded.as_bytes()), sha1_hex(evaled.as_bytes()));
@@ -507,34 +504,33 @@ async fn the_script_cache_survives_reopen_travels_in_snapshots_and_flushes() {
     let snapshot = {
         let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
         let out = sm
-            .apply(vec![
+            .apply_entries(vec![
                 entry(1, redis_argv(&[&["SCRIPT", "LOAD", loaded], &["EVAL", evaled, "0"]])),
                 entry(2, redis_argv(&[&["FLUSHALL"]])),
             ])
-            .await
             .unwrap();
         assert_eq!(
             out[0],
             Response::Redis(vec![Out::Bulk(sha_l.clone().into_bytes()), Out::Bulk(b"from eval".to_vec())])
         );
         let mut b = sm.get_snapshot_builder().await;
-        let snap: Result<_, StorageError<u64>> = b.build_snapshot().await;
+        let snap: Result<_, std::io::Error> = b.build_snapshot().await;
         snap.unwrap()
     };
     {
         let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
-        let out = sm.apply(vec![entry(3, evalsha(&sha_l)), entry(4, evalsha(&sha_e))]).await.unwrap();
+        let out = sm.apply_entries(vec![entry(3, evalsha(&sha_l)), entry(4, evalsha(&sha_e))]).unwrap();
         assert_eq!(
             out,
             vec![Response::Redis(vec![Out::Int(1)]), Response::Redis(vec![Out::Bulk(b"from eval".to_vec())])]
         );
-        let out = sm.apply(vec![entry(5, redis_argv(&[&["SCRIPT", "FLUSH"]]))]).await.unwrap();
+        let out = sm.apply_entries(vec![entry(5, redis_argv(&[&["SCRIPT", "FLUSH"]]))]).unwrap();
         assert_eq!(out, vec![Response::Redis(vec![Out::Simple("OK".into())])]);
     }
     {
         let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
         assert!(sm.view().read().keyspace.scripts().is_empty(), "SCRIPT FLUSH reached disk");
-        let out = sm.apply(vec![entry(6, evalsha(&sha_l))]).await.unwrap();
+        let out = sm.apply_entries(vec![entry(6, evalsha(&sha_l))]).unwrap();
         assert_eq!(out, vec![Response::Redis(vec![Out::Err("NOSCRIPT No matching script. Please use EVAL.".into())])]);
     }
     // A node that installs the snapshot (taken before the flush) has both.
@@ -542,7 +538,7 @@ async fn the_script_cache_survives_reopen_travels_in_snapshots_and_flushes() {
     {
         let (_log, mut sm) = open_when_unlocked(other.path()).unwrap();
         sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
-        let out = sm.apply(vec![entry(3, evalsha(&sha_l))]).await.unwrap();
+        let out = sm.apply_entries(vec![entry(3, evalsha(&sha_l))]).unwrap();
         assert_eq!(out, vec![Response::Redis(vec![Out::Int(1)])]);
     }
     let (_log, sm) = open_when_unlocked(other.path()).unwrap();
@@ -558,12 +554,11 @@ async fn many_changes_to_one_key_in_one_entry_reach_disk_as_they_end() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (_log, mut sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();
-        sm.apply(vec![
+        sm.apply_entries(vec![
             entry(1, redis(0, &["SET k a", "SET k b", "DEL k", "SET k c", "SET gone 1", "SET gone 2", "DEL gone"])),
             entry(2, redis(1, &["SET x 1", "SET x 2", "FLUSHDB", "SET x 3", "SET y 1", "FLUSHDB", "SET x 4"])),
             entry(3, redis(2, &["SET z 1", "FLUSHDB", "SET z 2", "SET z 3", "FLUSHDB"])),
         ])
-        .await
         .unwrap();
     }
     let (_log, sm) = catga_storage::open(dir.path(), &StorageConfig::default()).unwrap();

@@ -2,27 +2,23 @@
 //! state machine, each case on a fresh database in its own temp dir.
 
 use catga_storage::{LogStore, StateMachine, StorageConfig, TypeConfig};
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
 
-/// Builds stores that sync appends inline (`true`) or on the flush thread.
-struct Builder(bool);
+struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let cfg = StorageConfig { log_sync_inline: self.0, ..StorageConfig::default() };
-        let (log, sm) = catga_storage::open(dir.path(), &cfg).expect("open sled");
+        let (log, sm) = catga_storage::open(dir.path(), &StorageConfig::default()).expect("open sled");
         Ok((dir, log, sm))
     }
 }
 
-#[test]
-fn openraft_storage_suite_flush_thread() {
-    Suite::test_all(Builder(false)).expect("suite");
-}
-
-#[test]
-fn openraft_storage_suite_inline_sync() {
-    Suite::test_all(Builder(true)).expect("suite");
+/// On a one-worker runtime, as a node with `worker_threads = 1` runs:
+/// the log's syncs happen off the runtime, so nothing waits on a blocked
+/// worker.
+#[tokio::test(flavor = "current_thread")]
+async fn openraft_storage_suite() {
+    Suite::test_all(Builder).await.expect("suite");
 }

@@ -19,7 +19,9 @@ use serde::Serialize;
 /// 3: Raft entries may be `Request::Once`, and snapshots carry its record.
 /// 4: Raft entries may hold EVAL/SCRIPT (Lua run by every replica's
 /// apply), and snapshots carry the script cache.
-pub const FRAME_VERSION: u8 = 4;
+/// 5: openraft 0.10's RPCs (pre-vote; votes say whether they come from a
+/// leader transfer; snapshots travel as pieces of one full snapshot).
+pub const FRAME_VERSION: u8 = 5;
 /// Bytes before the body: length and version.
 pub const HEADER_BYTES: usize = 5;
 

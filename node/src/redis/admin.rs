@@ -194,7 +194,9 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
             }
             Reply::Map(out)
         }
-        "set" if argv.len() >= 4 && argv.len() % 2 == 0 && argv[2..].chunks(2).all(|p| slowlog_param(p[0])) => {
+        "set"
+            if argv.len() >= 4 && argv.len().is_multiple_of(2) && argv[2..].chunks(2).all(|p| slowlog_param(p[0])) =>
+        {
             // The SLOWLOG settings are this node's own: they change at once
             // (all or none), until the node restarts.
             let mut changes = Vec::new();
@@ -221,7 +223,7 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
             }
             Reply::ok()
         }
-        "set" if argv.len() >= 4 && argv.len() % 2 == 0 => {
+        "set" if argv.len() >= 4 && argv.len().is_multiple_of(2) => {
             // The first parameter of the request that cannot be set.
             let fixed = argv[2..].chunks(2).map(|p| p[0]).find(|n| !slowlog_param(n)).unwrap_or(argv[2]);
             let name = String::from_utf8_lossy(fixed).to_ascii_lowercase();

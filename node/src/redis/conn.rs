@@ -5,6 +5,7 @@
 //! Order of checks, as Redis 7.0 does them: unknown command, then arity,
 //! then authentication (`-NOAUTH`), then the command itself.
 
+use catga_raft::WatchReceiver as _;
 use prometheus_client::metrics::histogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -397,7 +398,7 @@ fn wait_args(argv: &[&[u8]]) -> Result<(i64, u64), Reply> {
 /// acknowledged write was applied there first). Elsewhere: what commit
 /// guarantees, a majority with the leader, so half the voters.
 pub fn replicas_holding(raft: &catga_raft::RaftNode) -> (i64, i64) {
-    let m = raft.raft.metrics().borrow().clone();
+    let m = raft.raft.metrics().borrow_watched().clone();
     let voters = m.membership_config.membership().voter_ids().count() as i64;
     if m.current_leader != Some(m.id) {
         return (voters / 2, voters - 1);
@@ -453,7 +454,7 @@ impl Conn {
     /// Whether to time the command about to run (1 in [`DURATION_SAMPLE`]).
     pub fn sample(&mut self) -> bool {
         self.executed += 1;
-        self.executed % DURATION_SAMPLE == 0
+        self.executed.is_multiple_of(DURATION_SAMPLE)
     }
 
     pub fn proto(&self) -> u8 {
@@ -902,7 +903,7 @@ impl Conn {
                 None => Reply::err("ERR No such client"),
             };
         }
-        if args.len() % 2 != 0 {
+        if !args.len().is_multiple_of(2) {
             return Reply::err("ERR syntax error");
         }
         let (mut id, mut addr, mut laddr, mut skipme) = (None, None, None, true);

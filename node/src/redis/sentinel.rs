@@ -6,6 +6,7 @@
 //! Sentinel's message (`<name> <old-ip> <old-port> <new-ip> <new-port>`)
 //! when that happens.
 
+use catga_raft::WatchReceiver as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 

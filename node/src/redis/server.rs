@@ -2,6 +2,7 @@
 //! request in the buffer, run each, write all replies with one write per
 //! read (pipelining), close after QUIT or a protocol error.
 
+use catga_raft::WatchReceiver as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 

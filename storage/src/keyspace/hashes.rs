@@ -80,7 +80,7 @@ impl Keyspace {
         let key = argv[1];
         let out = match name {
             "hset" | "hmset" => {
-                if argv.len() % 2 != 0 {
+                if !argv.len().is_multiple_of(2) {
                     return Some(Out::Err(format!("ERR wrong number of arguments for '{name}' command")));
                 }
                 let h = match self.coll_mut::<Hash>(db, key, now_ms, true) {

@@ -56,7 +56,7 @@ impl Keyspace {
                 Out::ok()
             }
             "mset" | "msetnx" => {
-                if argv.len() % 2 == 0 {
+                if argv.len().is_multiple_of(2) {
                     return Some(Out::Err(format!("ERR wrong number of arguments for '{name}' command")));
                 }
                 let pairs: Vec<_> = argv[1..].chunks(2).collect();

@@ -633,7 +633,7 @@ impl Keyspace {
             i += 1;
         }
         let rest = &argv[i..];
-        if rest.is_empty() || rest.len() % 2 != 0 {
+        if rest.is_empty() || !rest.len().is_multiple_of(2) {
             return Out::err(SYNTAX);
         }
         if nx && xx {
