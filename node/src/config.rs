@@ -276,6 +276,10 @@ impl Config {
         anyhow::ensure!(r.forward_timeout_ms >= 1, "raft.forward_timeout_ms must be at least 1");
         let c = &self.cluster;
         anyhow::ensure!(
+            r.snapshot_chunk_bytes >= 1 && r.snapshot_chunk_bytes + 64 * 1024 <= c.frame_bytes_max,
+            "raft.snapshot_chunk_bytes must be at least 1 and below cluster.frame_bytes_max by 64 KiB"
+        );
+        anyhow::ensure!(
             r.node_down_ms >= 2 * c.heartbeat_ms,
             "raft.node_down_ms must be at least twice cluster.heartbeat_ms (a node is down after missed heartbeats)"
         );

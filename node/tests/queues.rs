@@ -181,6 +181,8 @@ async fn node_cut_off_past_the_kept_log_catches_up_by_snapshot() {
     let c = TestCluster::start_with(3, |_, cfg| {
         cfg.raft.snapshot_after_logs = 50;
         cfg.raft.logs_kept_after_snapshot = 10;
+        // The snapshot (~4 KiB) travels in many pieces.
+        cfg.raft.snapshot_chunk_bytes = 256;
     })
     .await;
     c.wait_voters().await;

@@ -82,6 +82,9 @@ pub struct RaftConfig {
     /// entries in pieces that fit (a Redis entry under pipelined load
     /// holds up to 1,024 commands).
     pub append_entries_max: u64,
+    /// A snapshot sent to a follower travels in pieces of this many bytes,
+    /// one mesh call each (must stay under `cluster.frame_bytes_max`).
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl Default for RaftConfig {
@@ -107,12 +110,10 @@ impl Default for RaftConfig {
             state_write_behind_bytes: storage.state_write_behind_bytes,
             log_segment_bytes: storage.log_segment_bytes,
             append_entries_max: 300,
+            snapshot_chunk_bytes: 1 << 20,
         }
     }
 }
-
-/// Snapshot bytes per mesh call: well under the mesh's frame limit.
-const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 pub type Raft = openraft::Raft<TypeConfig, catga_storage::StateMachine>;
 /// What openraft reports about this node (term, state, indexes, quorum acks).
@@ -255,7 +256,7 @@ impl RaftNode {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            network::Network { mesh: mesh.clone(), snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES },
+            network::Network { mesh: mesh.clone(), snapshot_chunk_bytes: cfg.snapshot_chunk_bytes },
             log,
             sm,
         )

@@ -221,3 +221,31 @@ impl Incoming {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_pieces_join_in_order_and_a_restart_resets() {
+        let v1 = Vote::new_committed(1, 1);
+        let mut slot = None;
+        Incoming::take(&mut slot, 1, v1, 0, b"abc").unwrap();
+        Incoming::take(&mut slot, 1, v1, 3, b"de").unwrap();
+        assert_eq!(slot.as_ref().unwrap().data, b"abcde");
+        // A gap, a repeat, another sender or another vote is refused and
+        // changes nothing.
+        assert!(Incoming::take(&mut slot, 1, v1, 9, b"x").is_err());
+        assert!(Incoming::take(&mut slot, 1, v1, 3, b"de").is_err());
+        assert!(Incoming::take(&mut slot, 2, v1, 5, b"x").is_err());
+        assert!(Incoming::take(&mut slot, 1, Vote::new_committed(2, 1), 5, b"x").is_err());
+        assert_eq!(slot.as_ref().unwrap().data, b"abcde");
+        // Offset 0 starts over (a new leader, or the same one retrying).
+        Incoming::take(&mut slot, 2, Vote::new_committed(2, 2), 0, b"z").unwrap();
+        let s = slot.unwrap();
+        assert_eq!((s.from, s.data.as_slice()), (2, &b"z"[..]));
+        // Nothing in progress: only offset 0 may start.
+        let mut empty = None;
+        assert!(Incoming::take(&mut empty, 1, v1, 4, b"x").is_err());
+    }
+}
