@@ -96,6 +96,47 @@ const NO_AUTH_TABLE: &[(&str, &str)] = &[
         "CONFIG SET slowlog-log-slower-than x\r\n",
         "-ERR CONFIG SET failed (possibly related to argument 'slowlog-log-slower-than') - argument couldn't be parsed into an integer\r\n",
     ),
+    // LATENCY as redis-server 7.0.15 answered (its latency monitor off, as by default).
+    (
+        "LATENCY HELP\r\n",
+        "*17\r\n+LATENCY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:\r\n+DOCTOR\r\n\
++    Return a human readable latency analysis report.\r\n+GRAPH <event>\r\n\
++    Return an ASCII latency graph for the <event> class.\r\n+HISTORY <event>\r\n\
++    Return time-latency samples for the <event> class.\r\n+LATEST\r\n\
++    Return the latest latency samples for all events.\r\n+RESET [<event> ...]\r\n\
++    Reset latency data of one or more <event> classes.\r\n\
++    (default: reset all data for all event classes)\r\n+HISTOGRAM [COMMAND ...]\r\n\
++    Return a cumulative distribution of latencies in the format of a histogram for the specified command names.\r\n\
++    If no commands are specified then all histograms are replied.\r\n+HELP\r\n+    Prints this help.\r\n",
+    ),
+    ("LATENCY\r\n", "-ERR wrong number of arguments for 'latency' command\r\n"),
+    ("LATENCY FOO\r\n", "-ERR unknown subcommand 'FOO'. Try LATENCY HELP.\r\n"),
+    ("LATENCY LATEST\r\nLATENCY HISTORY x\r\nLATENCY RESET\r\nLATENCY RESET a b\r\n", "*0\r\n*0\r\n:0\r\n:0\r\n"),
+    ("LATENCY GRAPH foo\r\n", "-ERR No samples available for event 'foo'\r\n"),
+    ("LATENCY HISTOGRAM nosuchcommand\r\n", "*0\r\n"),
+    (
+        "LATENCY DOCTOR\r\n",
+        "$288\r\nI'm sorry, Dave, I can't do that. Latency monitoring is disabled in this Redis instance. \
+You may use \"CONFIG SET latency-monitor-threshold <milliseconds>.\" in order to enable it. \
+If we weren't in a deep space mission I'd suggest to take a look at https://redis.io/topics/latency-monitor.\n\r\n",
+    ),
+    (
+        "LATENCY DOCTOR x\r\nLATENCY GRAPH\r\nLATENCY HISTORY a b\r\nLATENCY LATEST x\r\nLATENCY HELP x\r\n",
+        "-ERR wrong number of arguments for 'latency|doctor' command\r\n\
+-ERR wrong number of arguments for 'latency|graph' command\r\n\
+-ERR wrong number of arguments for 'latency|history' command\r\n\
+-ERR wrong number of arguments for 'latency|latest' command\r\n\
+-ERR wrong number of arguments for 'latency|help' command\r\n",
+    ),
+    // In RESP3, text for people is a verbatim string, as Redis 7.0 sends it.
+    (
+        "HELLO 3\r\nLATENCY DOCTOR\r\n",
+        "%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:ID\r\n\
+$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n\
+=292\r\ntxt:I'm sorry, Dave, I can't do that. Latency monitoring is disabled in this Redis instance. \
+You may use \"CONFIG SET latency-monitor-threshold <milliseconds>.\" in order to enable it. \
+If we weren't in a deep space mission I'd suggest to take a look at https://redis.io/topics/latency-monitor.\n\r\n",
+    ),
     (
         "HELLO 2\r\n",
         "*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:2\r\n$2\r\nid\r\n:ID\r\n\
@@ -985,4 +1026,60 @@ async fn slowlog_keeps_the_commands_that_ran_as_redis() {
     let _: () = q(&[b"SET", b"k", b"w"]).query_async(&mut c).await.unwrap();
     let len: i64 = q(&[b"SLOWLOG", b"LEN"]).query_async(&mut c).await.unwrap();
     assert_eq!(len, 0);
+}
+
+#[tokio::test]
+async fn latency_histogram_counts_calls_in_redis_buckets_over_resp2_and_resp3() {
+    let n = TestNode::start().await;
+    let url = format!("redis://{}/", redis_addr(&n));
+    let mut c = redis::Client::open(url.clone()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    // One call in 16 a connection is timed: 160 GETs time 10 of them.
+    for _ in 0..160 {
+        let _: Option<String> = redis::cmd("GET").arg("k").query_async(&mut c).await.unwrap();
+    }
+    // RESP2: a flat array, command → [calls, n, histogram_usec, [bucket, cumulative…]].
+    let v: redis::Value =
+        redis::cmd("LATENCY").arg("HISTOGRAM").arg("GET").arg("nosuch").query_async(&mut c).await.unwrap();
+    let redis::Value::Array(top) = v else { panic!("not an array: {v:?}") };
+    assert_eq!(top.len(), 2, "only get: {top:?}");
+    assert_eq!(top[0], redis::Value::BulkString(b"get".to_vec()));
+    let redis::Value::Array(body) = &top[1] else { panic!("{top:?}") };
+    assert_eq!(body[0], redis::Value::BulkString(b"calls".to_vec()));
+    let calls = match body[1] {
+        redis::Value::Int(n) => n,
+        ref other => panic!("{other:?}"),
+    };
+    assert!(calls >= 160, "every GET counted: {calls}");
+    assert_eq!(body[2], redis::Value::BulkString(b"histogram_usec".to_vec()));
+    let redis::Value::Array(h) = &body[3] else { panic!("{body:?}") };
+    let ints: Vec<i64> = h
+        .iter()
+        .map(|x| match x {
+            redis::Value::Int(n) => *n,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let labels = [1, 2, 4, 8, 16, 33, 66, 132, 264, 528, 1056, 2113, 4227, 8454, 16908, 33816];
+    let mut last = 0;
+    for pair in ints.chunks(2) {
+        assert!(labels.contains(&pair[0]) || pair[0] > 33816, "a Redis bucket label: {pair:?}");
+        assert!(pair[1] > last, "cumulative counts grow: {ints:?}");
+        last = pair[1];
+    }
+    assert_eq!(last, calls, "the last bucket holds every call");
+    // RESP3: maps, and INFO and CLIENT INFO as verbatim text.
+    let url3 = format!("{url}?protocol=resp3");
+    let mut c3 = redis::Client::open(url3).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let v: redis::Value = redis::cmd("LATENCY").arg("HISTOGRAM").arg("get").query_async(&mut c3).await.unwrap();
+    let redis::Value::Map(top) = v else { panic!("not a map: {v:?}") };
+    let redis::Value::Map(body) = &top[0].1 else { panic!("{top:?}") };
+    assert_eq!(body[0].0, redis::Value::BulkString(b"calls".to_vec()));
+    assert!(matches!(body[1].1, redis::Value::Map(_)), "{body:?}");
+    for cmd in [&["INFO", "server"][..], &["CLIENT", "INFO"]] {
+        let v: redis::Value = redis::cmd(cmd[0]).arg(cmd[1]).query_async(&mut c3).await.unwrap();
+        assert!(
+            matches!(&v, redis::Value::VerbatimString { format: redis::VerbatimFormat::Text, .. }),
+            "{cmd:?}: {v:?}"
+        );
+    }
 }

@@ -60,7 +60,7 @@ pub fn info(conn: &Conn, argv: &[&[u8]]) -> Reply {
             text.push_str(&format!("{k}:{v}\r\n"));
         }
     }
-    Reply::Bulk(text.into_bytes())
+    Reply::Verbatim(text)
 }
 
 fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, String)> {

@@ -73,6 +73,9 @@ pub struct Stats {
     /// Timed calls and their total µs, per command index (INFO
     /// commandstats).
     timed: Vec<(AtomicU64, AtomicU64)>,
+    /// Timed calls per latency bucket, per command index (LATENCY
+    /// HISTOGRAM).
+    latency: Vec<[AtomicU64; super::latency::BUCKETS]>,
 }
 
 /// One Redis command in this many is timed, per connection.
@@ -91,12 +94,23 @@ impl Stats {
             calls.fetch_add(1, Ordering::Relaxed);
             usec.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         }
+        if let Some(buckets) = self.latency.get(index) {
+            buckets[super::latency::bucket(took)].fetch_add(1, Ordering::Relaxed);
+        }
         let (Some(family), Some(slot)) = (self.family.get(), self.durations.get(index)) else { return };
         let h = slot.get_or_init(|| {
             let op = command_names().get(index).copied().unwrap_or("unknown");
             family.get_or_create(&vec![("protocol", "redis".to_string()), ("op", op.to_string())]).clone()
         });
         h.observe(took.as_secs_f64());
+    }
+
+    /// Command `index`'s calls and its timed calls per latency bucket;
+    /// `None` until one of its calls was timed.
+    pub fn latency(&self, index: usize) -> Option<(u64, Vec<u64>)> {
+        let buckets: Vec<u64> = self.latency.get(index)?.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let calls = self.by_command.get(index)?.load(Ordering::Relaxed);
+        (buckets.iter().any(|n| *n > 0)).then_some((calls.max(buckets.iter().sum()), buckets))
     }
 
     /// Mean duration of command `index` in µs, from the timed sample;
@@ -122,6 +136,7 @@ impl Default for Stats {
             durations: (0..=command_names().len()).map(|_| std::sync::OnceLock::new()).collect(),
             family: std::sync::OnceLock::new(),
             timed: (0..=command_names().len()).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect(),
+            latency: (0..=command_names().len()).map(|_| super::latency::empty_buckets()).collect(),
         }
     }
 }
@@ -353,6 +368,7 @@ pub const OTHER_COMMANDS: &[(&str, i32)] = &[
     ("publish", 3),
     ("pubsub", -2),
     ("slowlog", -2),
+    ("latency", -2),
 ];
 
 const PUBSUB_COMMANDS: &[&str] = &["subscribe", "unsubscribe", "psubscribe", "punsubscribe"];
@@ -758,6 +774,7 @@ impl Conn {
             "info" => super::admin::info(self, argv),
             "config" => super::admin::config(self, argv),
             "slowlog" => super::slowlog::command(&self.shared.slowlog, argv),
+            "latency" => super::latency::command(&self.shared.stats, argv),
             "command" => super::admin::command(argv),
             "role" => super::admin::role_reply(&self.shared),
             "publish" => self.publish(argv[1], argv[2]),
@@ -989,12 +1006,12 @@ impl Conn {
             "list" => {
                 let clients = self.shared.clients.lock();
                 let text: String = clients.iter().map(|(id, c)| client_line(*id, c)).collect();
-                Reply::Bulk(text.into_bytes())
+                Reply::Verbatim(text)
             }
             "info" => {
                 let clients = self.shared.clients.lock();
                 let line = clients.get(&self.id).map(|c| client_line(self.id, c)).unwrap_or_default();
-                Reply::Bulk(line.into_bytes())
+                Reply::Verbatim(line)
             }
             // Catga never evicts clients: nothing to switch.
             "no-evict" => match String::from_utf8_lossy(argv[2]).to_ascii_lowercase().as_str() {

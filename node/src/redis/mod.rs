@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod conn;
+pub mod latency;
 pub mod parser;
 pub mod pubsub;
 pub mod reply;

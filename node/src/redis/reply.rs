@@ -28,6 +28,9 @@ pub enum Reply {
     Bool(bool),
     /// Out-of-band data (pub/sub messages): RESP3 `>`, RESP2 an array.
     Push(Vec<Reply>),
+    /// Text for people (INFO, CLIENT LIST, LATENCY DOCTOR): RESP3 a
+    /// verbatim string of format `txt`, RESP2 a bulk string.
+    Verbatim(String),
 }
 
 impl Reply {
@@ -51,6 +54,13 @@ impl Reply {
             Reply::Error(s) => line(out, b'-', s.as_bytes()),
             Reply::Int(i) => header(out, b':', *i),
             Reply::Bulk(b) => bulk(out, b),
+            Reply::Verbatim(t) if resp3 => {
+                header(out, b'=', t.len() as i64 + 4);
+                out.extend_from_slice(b"txt:");
+                out.extend_from_slice(t.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Verbatim(t) => bulk(out, t.as_bytes()),
             Reply::Array(items) => {
                 header(out, b'*', items.len() as i64);
                 for i in items {

@@ -236,7 +236,7 @@ fn command(shared: &Shared, name: &str, argv: &[&[u8]]) -> Reply {
             let r = role(shared);
             let (ip, port) = r.master.clone().unwrap_or_default();
             let sentinels = shared.raft.get().map_or(1, |raft| raft.status().members.len());
-            Reply::bulk(format!(
+            Reply::Verbatim(format!(
                 "# Sentinel\r\nsentinel_masters:1\r\nsentinel_tilt:0\r\nmaster0:name={},status={},address={ip}:{port},slaves={},sentinels={sentinels}\r\n",
                 shared.config.sentinel_master_name,
                 if r.master.is_some() { "ok" } else { "odown" },
