@@ -27,7 +27,7 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 pids=$(cat "$CATGA_LOCAL_DIR"/n*.pid)
-ticks() { for p in $pids; do awk '{print $14 + $15}' "/proc/$p/stat"; done | paste -sd+ | bc; }
+ticks() { for p in $pids; do cat "/proc/$p/stat"; done | awk '{s += $14 + $15} END {print s}'; }
 switches() {
     for p in $pids; do cat /proc/"$p"/task/*/status; done | awk '/ctxt_switches/ {s += $2} END {print s}'
 }
@@ -39,7 +39,7 @@ for _ in $(seq 1 "$rounds"); do
         rps=$(redis-benchmark -p "$leader" -t set -n "$n" -c 50 -P "$depth" -q 2>&1 | tr '\r' '\n' |
             grep -a "per second" | awk '{print $2}')
         t1=$(ticks) c1=$(switches)
-        echo "$label -P $depth: $rps SETs/s, CPU $(echo "scale=2; ($t1 - $t0) * 1000000 / $hz / $n" | bc) µs/SET," \
-            "$(echo "scale=3; ($c1 - $c0) / $n" | bc) context switches/SET"
+        awk -v l="$label" -v d="$depth" -v r="$rps" -v t="$((t1 - t0))" -v c="$((c1 - c0))" -v hz="$hz" -v n="$n" \
+            'BEGIN {printf "%s -P %s: %s SETs/s, CPU %.2f µs/SET, %.3f context switches/SET\n", l, d, r, t * 1e6 / hz / n, c / n}'
     done
 done

@@ -472,9 +472,10 @@ impl RaftNode {
         }
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        // A sole voter is its own majority: nobody else can lead.
-        let sole = m.membership_config.membership().voter_ids().eq([self.id]);
-        if m.current_leader != Some(self.id) || (!sole && !quorum_acked_within(&m, Duration::from_millis(lease))) {
+        // A sole voter is its own majority: nobody else can lead. (Asked
+        // last: openraft builds the voter set anew on every call.)
+        let sole = || m.membership_config.membership().voter_ids().eq([self.id]);
+        if m.current_leader != Some(self.id) || (!quorum_acked_within(&m, Duration::from_millis(lease)) && !sole()) {
             return None;
         }
         let applied = m.last_applied?;

@@ -171,13 +171,10 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                     data: data[offset..end].to_vec(),
                     meta: last.then(|| snapshot.meta.clone()),
                 };
-                match self.send(&piece, option.hard_ttl()).await {
-                    Ok(Reply::Snapshot(Some(r))) if last => return Ok(r),
-                    Ok(Reply::Snapshot(None)) if !last => offset = end,
-                    Ok(other) => return Err(StreamingError::from(unexpected_net(&other))),
-                    Err(RPCError::Unreachable(e)) => return Err(e.into()),
-                    Err(RPCError::Timeout(e)) => return Err(e.into()),
-                    Err(e) => return Err(NetworkError::new(&e).into()),
+                match self.send(&piece, option.hard_ttl()).await? {
+                    Reply::Snapshot(Some(r)) if last => return Ok(r),
+                    Reply::Snapshot(None) if !last => offset = end,
+                    other => return Err(unexpected(&other).into()),
                 }
             }
         };
@@ -186,10 +183,6 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             closed = cancel => Err(closed.into()),
         }
     }
-}
-
-fn unexpected_net(r: &Reply) -> NetworkError<TypeConfig> {
-    NetworkError::from_string(format!("unexpected reply {r:?}"))
 }
 
 /// A snapshot arriving in pieces from one peer.

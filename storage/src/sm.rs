@@ -579,9 +579,7 @@ impl StateMachine {
     pub fn view(&self) -> Arc<RwLock<View>> {
         self.view.clone()
     }
-}
 
-impl StateMachine {
     /// Applies committed entries in order, one response each: one write
     /// lock, one checkpoint check and one queue publish for all of them.
     /// What openraft's `apply` runs; tests call it directly.

@@ -65,24 +65,21 @@ If we weren't in a deep space mission I'd suggest to take a look at https://redi
 /// LATENCY `argv[1]` … (at least one argument after LATENCY).
 pub fn command(stats: &Stats, argv: &[&[u8]]) -> Reply {
     let sub = String::from_utf8_lossy(argv[1]).to_ascii_lowercase();
-    let arity_ok = match sub.as_str() {
-        "doctor" | "latest" | "help" => argv.len() == 2,
-        "graph" | "history" => argv.len() == 3,
-        _ => true,
-    };
-    if !arity_ok {
-        return Reply::err(format!("ERR wrong number of arguments for 'latency|{sub}' command"));
-    }
     match sub.as_str() {
+        "doctor" | "latest" | "help" if argv.len() != 2 => wrong_arity(&sub),
+        "graph" | "history" if argv.len() != 3 => wrong_arity(&sub),
         "doctor" => Reply::Verbatim(DOCTOR.to_string()),
-        "latest" => Reply::Array(Vec::new()),
-        "history" => Reply::Array(Vec::new()),
+        "latest" | "history" => Reply::Array(Vec::new()),
         "reset" => Reply::Int(0),
         "graph" => Reply::err(format!("ERR No samples available for event '{}'", String::from_utf8_lossy(argv[2]))),
         "histogram" => histogram(stats, &argv[2..]),
         "help" => Reply::Array(HELP.iter().map(|l| Reply::Simple((*l).to_string())).collect()),
         _ => Reply::err(format!("ERR unknown subcommand '{}'. Try LATENCY HELP.", String::from_utf8_lossy(argv[1]))),
     }
+}
+
+fn wrong_arity(sub: &str) -> Reply {
+    Reply::err(format!("ERR wrong number of arguments for 'latency|{sub}' command"))
 }
 
 /// Every named command (in the order given, repeats included, unknown
@@ -104,6 +101,8 @@ fn histogram(stats: &Stats, names: &[&[u8]]) -> Reply {
     for i in indexes {
         let Some((calls, buckets)) = stats.latency(i) else { continue };
         let timed: u64 = buckets.iter().sum();
+        // Calls are counted once a batch; a timed call may be ahead of them.
+        let calls = calls.max(timed);
         let mut cumulative = 0u64;
         let mut last = 0u64;
         let mut pairs = Vec::new();
