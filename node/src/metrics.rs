@@ -378,6 +378,13 @@ pub fn process_rss_bytes() -> Option<u64> {
     Some(s.split_whitespace().nth(1)?.parse::<u64>().ok()? * 4096)
 }
 
+/// The most this process has had resident (VmHWM), in bytes.
+pub fn process_peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = s.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?.trim();
+    Some(kb.parse::<u64>().ok()? * 1024)
+}
+
 struct ProcessStats {
     rss_bytes: u64,
     cpu_seconds: f64,

@@ -137,6 +137,31 @@ $4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r
 You may use \"CONFIG SET latency-monitor-threshold <milliseconds>.\" in order to enable it. \
 If we weren't in a deep space mission I'd suggest to take a look at https://redis.io/topics/latency-monitor.\n\r\n",
     ),
+    // An empty node, as redis-server 7.0.15 answers an empty instance;
+    // this server's allocator keeps no statistics.
+    (
+        "MEMORY DOCTOR\r\n",
+        "$268\r\nHi Sam, this instance is empty or is using very little memory, my issues detector can't be used \
+in these conditions. Please, leave for your mission on Earth and fill it with some data. The new Sam and I will be \
+back to our programming as soon as I finished rebooting.\n\r\n",
+    ),
+    (
+        "HELLO 3\r\nMEMORY DOCTOR\r\n",
+        "%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:ID\r\n\
+$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n\
+=272\r\ntxt:Hi Sam, this instance is empty or is using very little memory, my issues detector can't be used \
+in these conditions. Please, leave for your mission on Earth and fill it with some data. The new Sam and I will be \
+back to our programming as soon as I finished rebooting.\n\r\n",
+    ),
+    ("MEMORY MALLOC-STATS\r\n", "$45\r\nStats not supported for the current allocator\r\n"),
+    (
+        "MEMORY DOCTOR x\r\nMEMORY STATS x\r\nMEMORY MALLOC-STATS x\r\nMEMORY FOO\r\nMEMORY\r\n",
+        "-ERR wrong number of arguments for 'memory|doctor' command\r\n\
+-ERR wrong number of arguments for 'memory|stats' command\r\n\
+-ERR wrong number of arguments for 'memory|malloc-stats' command\r\n\
+-ERR unknown subcommand 'FOO'. Try MEMORY HELP.\r\n\
+-ERR wrong number of arguments for 'memory' command\r\n",
+    ),
     (
         "HELLO 2\r\n",
         "*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:2\r\n$2\r\nid\r\n:ID\r\n\
@@ -1082,4 +1107,87 @@ async fn latency_histogram_counts_calls_in_redis_buckets_over_resp2_and_resp3() 
             "{cmd:?}: {v:?}"
         );
     }
+}
+
+/// MEMORY STATS: Redis 7.0's fields in its order, over RESP2 (a flat
+/// array) and RESP3 (a map), with a per-database entry for each database
+/// holding keys, and figures that agree with each other.
+#[tokio::test]
+async fn memory_stats_reports_redis_fields_in_order() {
+    let n = TestNode::start().await;
+    let url = format!("redis://{}/", redis_addr(&n));
+    let mut c = redis::Client::open(url.clone()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let names = |v: &redis::Value| -> Vec<String> {
+        let redis::Value::Array(flat) = v else { panic!("RESP2 MEMORY STATS is a flat array: {v:?}") };
+        flat.iter()
+            .step_by(2)
+            .map(|k| match k {
+                redis::Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let head = [
+        "peak.allocated",
+        "total.allocated",
+        "startup.allocated",
+        "replication.backlog",
+        "clients.slaves",
+        "clients.normal",
+        "cluster.links",
+        "aof.buffer",
+        "lua.caches",
+        "functions.caches",
+    ];
+    let tail = [
+        "overhead.total",
+        "keys.count",
+        "keys.bytes-per-key",
+        "dataset.bytes",
+        "dataset.percentage",
+        "peak.percentage",
+        "allocator.allocated",
+        "allocator.active",
+        "allocator.resident",
+        "allocator-fragmentation.ratio",
+        "allocator-fragmentation.bytes",
+        "allocator-rss.ratio",
+        "allocator-rss.bytes",
+        "rss-overhead.ratio",
+        "rss-overhead.bytes",
+        "fragmentation",
+        "fragmentation.bytes",
+    ];
+    let empty: redis::Value = redis::cmd("MEMORY").arg("STATS").query_async(&mut c).await.unwrap();
+    assert_eq!(names(&empty), [&head[..], &tail[..]].concat());
+    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut c).await.unwrap();
+    let _: () = redis::cmd("SELECT").arg(3).query_async(&mut c).await.unwrap();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut c).await.unwrap();
+    let two = redis::cmd("MEMORY").arg("STATS").query_async(&mut c).await.unwrap();
+    assert_eq!(names(&two), [&head[..], &["db.0", "db.3"], &tail[..]].concat());
+
+    let mut c3 =
+        redis::Client::open(format!("{url}?protocol=resp3")).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let v: redis::Value = redis::cmd("MEMORY").arg("STATS").query_async(&mut c3).await.unwrap();
+    let redis::Value::Map(pairs) = v else { panic!("RESP3 MEMORY STATS is a map: {v:?}") };
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| *k == redis::Value::BulkString(name.as_bytes().to_vec()))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    let int = |name: &str| match get(name) {
+        redis::Value::Int(n) => n,
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(int("keys.count"), 2);
+    assert!(int("total.allocated") > 0);
+    assert!(int("peak.allocated") >= int("total.allocated"));
+    assert!(int("startup.allocated") <= int("total.allocated"));
+    assert_eq!(int("dataset.bytes"), int("total.allocated") - int("overhead.total"));
+    assert!(matches!(get("peak.percentage"), redis::Value::Double(p) if p > 0.0 && p <= 100.0));
+    let redis::Value::Map(db0) = get("db.0") else { panic!("db.0 is a map") };
+    assert_eq!(db0[0].0, redis::Value::BulkString(b"overhead.hashtable.main".to_vec()));
+    assert!(matches!(db0[0].1, redis::Value::Int(n) if n > 0), "{db0:?}");
 }

@@ -87,6 +87,8 @@ fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, S
             put("blocked_clients", stats.blocked.load(Ordering::Relaxed).to_string());
         }
         "memory" => {
+            // Redis's used_memory is what its allocator holds; this
+            // process's resident size is the closest figure it has.
             let rss = crate::metrics::process_rss_bytes().unwrap_or(0);
             put("used_memory", rss.to_string());
             put("used_memory_human", human_bytes(rss));
@@ -400,4 +402,80 @@ pub fn role_reply(shared: &Shared) -> Reply {
             Reply::Int(offset),
         ])
     }
+}
+
+/// MEMORY STATS, in Redis 7.0's fields and order. Memory is this process's
+/// resident size (INFO's used_memory): `total.allocated` now,
+/// `peak.allocated` its high-water mark, `startup.allocated` when the Redis
+/// port started. The allocator's own figures are not available, so the
+/// `allocator.*` fields repeat the resident size and every fragmentation
+/// figure reads as none (ratio 1, 0 bytes). The overheads are the script
+/// bodies (`lua.caches`) and each database's hash table; as in Redis,
+/// `dataset.bytes` is what is left of the total. Ratios are computed in
+/// single precision, as Redis does, so they print as Redis prints them.
+pub fn memory_stats(shared: &super::conn::Shared, v: &catga_raft::View, now_ms: u64) -> Reply {
+    let total = crate::metrics::process_rss_bytes().unwrap_or(0);
+    let peak = crate::metrics::process_peak_rss_bytes().unwrap_or(total).max(total);
+    let startup = shared.startup_rss.min(total);
+    let lua: u64 = v.keyspace.scripts().values().map(|s| s.body.len() as u64).sum();
+    let int = |n: u64| Reply::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    let ratio = |a: u64, b: u64| Reply::Double(if b == 0 { 0.0 } else { f64::from((a as f64 / b as f64) as f32) });
+    let mut fields: Vec<(&str, Reply)> = vec![
+        ("peak.allocated", int(peak)),
+        ("total.allocated", int(total)),
+        ("startup.allocated", int(startup)),
+        ("replication.backlog", int(0)),
+        ("clients.slaves", int(0)),
+        ("clients.normal", int(0)),
+        ("cluster.links", int(0)),
+        ("aof.buffer", int(0)),
+        ("lua.caches", int(lua)),
+        ("functions.caches", int(0)),
+    ];
+    let mut dbs = Vec::new();
+    let (mut keys, mut tables) = (0u64, 0u64);
+    for db in 0..shared.config.databases {
+        let (n, _) = v.keyspace.counts(db, now_ms);
+        if n > 0 {
+            let table = v.keyspace.table_bytes(db) as u64;
+            keys += n as u64;
+            tables += table;
+            let per_db = vec![
+                (Reply::bulk("overhead.hashtable.main"), int(table)),
+                // Expiry times live in the entries, not in a second table.
+                (Reply::bulk("overhead.hashtable.expires"), int(0)),
+                (Reply::bulk("overhead.hashtable.slot-to-keys"), int(0)),
+            ];
+            dbs.push((format!("db.{db}"), Reply::Map(per_db)));
+        }
+    }
+    let overhead = startup + lua + tables;
+    let net = total.saturating_sub(startup);
+    let dataset = total.saturating_sub(overhead);
+    let mut map: Vec<(Reply, Reply)> = fields.drain(..).map(|(k, v)| (Reply::bulk(k), v)).collect();
+    map.extend(dbs.into_iter().map(|(k, v)| (Reply::bulk(k), v)));
+    map.extend(
+        [
+            ("overhead.total", int(overhead)),
+            ("keys.count", int(keys)),
+            ("keys.bytes-per-key", int(net.checked_div(keys).unwrap_or(0))),
+            ("dataset.bytes", int(dataset)),
+            ("dataset.percentage", ratio(dataset * 100, net)),
+            ("peak.percentage", ratio(total * 100, peak)),
+            ("allocator.allocated", int(total)),
+            ("allocator.active", int(total)),
+            ("allocator.resident", int(total)),
+            ("allocator-fragmentation.ratio", ratio(1, 1)),
+            ("allocator-fragmentation.bytes", int(0)),
+            ("allocator-rss.ratio", ratio(1, 1)),
+            ("allocator-rss.bytes", int(0)),
+            ("rss-overhead.ratio", ratio(1, 1)),
+            ("rss-overhead.bytes", int(0)),
+            ("fragmentation", ratio(1, 1)),
+            ("fragmentation.bytes", int(0)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (Reply::bulk(k), v)),
+    );
+    Reply::Map(map)
 }

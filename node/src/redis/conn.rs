@@ -30,6 +30,9 @@ pub struct Shared {
     /// Counters INFO stats reports.
     pub stats: Stats,
     pub started: std::time::Instant,
+    /// Resident bytes when the Redis port started (MEMORY STATS's
+    /// `startup.allocated`).
+    pub startup_rss: u64,
     /// INFO's run_id: random per process.
     pub run_id: u128,
     /// The node's message bus (pub/sub).
@@ -226,6 +229,7 @@ impl Shared {
             clients: Default::default(),
             stats: Stats::default(),
             started: std::time::Instant::now(),
+            startup_rss: crate::metrics::process_rss_bytes().unwrap_or(0),
             run_id: rand::random(),
             bus,
             pubsub: Default::default(),

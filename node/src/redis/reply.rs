@@ -135,6 +135,7 @@ impl From<catga_raft::keyspace::Out> for Reply {
             Out::Pairs(pairs) => {
                 Reply::Pairs(pairs.into_iter().map(|(k, v)| (Reply::from(k), Reply::from(v))).collect())
             }
+            Out::Verbatim(t) => Reply::Verbatim(t),
         }
     }
 }

@@ -703,6 +703,9 @@ async fn read(
 
 /// The general read: the hit/miss count for its key, then its reply.
 fn read_reply(conn: &mut Conn, v: &catga_raft::View, name: &str, argv: &[&[u8]], now: u64) -> Reply {
+    if name == "memory" && argv.len() == 2 && argv[1].eq_ignore_ascii_case(b"stats") {
+        return super::admin::memory_stats(&conn.shared, v, now);
+    }
     if argv.len() >= 2
         && !matches!(name, "keys" | "scan" | "sintercard" | "zunion" | "zinter" | "zdiff" | "eval_ro" | "evalsha_ro")
     {

@@ -432,6 +432,11 @@ const MEMORY_HELP: &[&str] = &[
 const KEY_OVERHEAD_BYTES: usize = 48;
 const ELEMENT_OVERHEAD_BYTES: usize = 16;
 
+/// MEMORY DOCTOR's limits, Redis 7.0's: below this many bytes of data an
+/// instance is "empty", and more cached scripts than this are an issue.
+const DOCTOR_EMPTY_BYTES: usize = 5 << 20;
+const DOCTOR_SCRIPTS_MAX: usize = 1000;
+
 /// Redis 7.0's small-encoding limits (its config defaults), for OBJECT
 /// ENCODING: entries, and bytes of a field, value or member.
 const LISTPACK_ENTRIES_MAX: usize = 128;
@@ -501,9 +506,63 @@ impl Keyspace {
         Out::Int(1)
     }
 
-    /// MEMORY USAGE key [SAMPLES n] (an estimate: the key, the value's
-    /// bytes, and a fixed overhead per key and per element; it counts
-    /// every element, as SAMPLES 0 does), HELP, and PURGE (nothing to do).
+    /// MEMORY USAGE's estimate for a live entry: the key, the value's
+    /// bytes, and a fixed overhead per key and per element (every element
+    /// counted, as SAMPLES 0 does).
+    fn usage_estimate(key: &[u8], e: &Entry) -> usize {
+        let value = match &e.value {
+            Value::Str(s) => s.len(),
+            v => v.elements().iter().map(|(k, b)| k.len() + b.len() + ELEMENT_OVERHEAD_BYTES).sum(),
+        };
+        KEY_OVERHEAD_BYTES + key.len() + value
+    }
+
+    /// Whether the keys' MEMORY USAGE estimates add up to `bytes` or
+    /// more; stops counting there, so the cost is bounded by `bytes`,
+    /// not by the size of the keyspace.
+    fn dataset_reaches(&self, bytes: usize, now_ms: u64) -> bool {
+        let mut sum = 0;
+        for db in self.dbs.values() {
+            for (key, e) in db.iter().filter(|(_, e)| e.live(now_ms)) {
+                sum += Self::usage_estimate(key, e);
+                if sum >= bytes {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// MEMORY DOCTOR, in Redis 7.0's words. Redis calls an instance with
+    /// under 5 MiB allocated empty; here the measure is the keys' MEMORY
+    /// USAGE estimates (this process's own memory says nothing about the
+    /// data). Of Redis's checks only the script cache's applies: the
+    /// others read allocator and replica-buffer figures this server does
+    /// not have.
+    fn memory_doctor(&self, now_ms: u64) -> String {
+        if !self.dataset_reaches(DOCTOR_EMPTY_BYTES, now_ms) {
+            return "Hi Sam, this instance is empty or is using very little memory, my issues detector can't be \
+                    used in these conditions. Please, leave for your mission on Earth and fill it with some data. \
+                    The new Sam and I will be back to our programming as soon as I finished rebooting.\n"
+                .into();
+        }
+        if self.scripts().len() <= DOCTOR_SCRIPTS_MAX {
+            return "Hi Sam, I can't find any memory issue in your instance. I can only account for what occurs \
+                    on this base.\n"
+                .into();
+        }
+        format!(
+            "Sam, I detected a few issues in this Redis instance memory implants:\n\n * Many scripts: There seem \
+             to be many cached scripts in this instance (more than {DOCTOR_SCRIPTS_MAX}). This may be because \
+             scripts are generated and `EVAL`ed, instead of being parameterized (with KEYS and ARGV), `SCRIPT \
+             LOAD`ed and `EVALSHA`ed. Unless `SCRIPT FLUSH` is called periodically, the scripts' caches may end up \
+             consuming most of your memory.\n\nI'm here to keep you safe, Sam. I want to help you.\n"
+        )
+    }
+
+    /// MEMORY USAGE key [SAMPLES n] (see [`Keyspace::usage_estimate`]),
+    /// DOCTOR, MALLOC-STATS, HELP, and PURGE (nothing to do). STATS is the
+    /// server's (it reports the process).
     fn memory(&self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
         let sub = String::from_utf8_lossy(argv[1]).to_ascii_lowercase();
         match sub.as_str() {
@@ -519,15 +578,20 @@ impl Keyspace {
                     _ => return Out::err(SYNTAX),
                 }
                 let Some(e) = self.get(db, argv[2], now_ms) else { return Out::Nil };
-                let value = match &e.value {
-                    Value::Str(s) => s.len(),
-                    v => v.elements().iter().map(|(k, b)| k.len() + b.len() + ELEMENT_OVERHEAD_BYTES).sum(),
-                };
-                Out::Int((KEY_OVERHEAD_BYTES + argv[2].len() + value) as i64)
+                Out::Int(Self::usage_estimate(argv[2], e) as i64)
             }
             "help" if argv.len() == 2 => Out::Array(MEMORY_HELP.iter().map(|l| Out::Simple((*l).into())).collect()),
             "purge" if argv.len() == 2 => Out::ok(),
-            "help" | "purge" => Out::Err(format!("ERR wrong number of arguments for 'memory|{sub}' command")),
+            "doctor" if argv.len() == 2 => Out::Verbatim(self.memory_doctor(now_ms)),
+            // What Redis built without jemalloc answers; this server's
+            // allocator is mimalloc (or the system's).
+            "malloc-stats" if argv.len() == 2 => Out::Bulk(b"Stats not supported for the current allocator".to_vec()),
+            // The server answers STATS itself (it reports the process);
+            // this is the answer inside a script.
+            "stats" if argv.len() == 2 => Out::err("ERR MEMORY STATS is not available from scripts"),
+            "help" | "purge" | "doctor" | "malloc-stats" | "stats" => {
+                Out::Err(format!("ERR wrong number of arguments for 'memory|{sub}' command"))
+            }
             _ => Out::Err(format!("ERR unknown subcommand '{}'. Try MEMORY HELP.", String::from_utf8_lossy(argv[1]))),
         }
     }

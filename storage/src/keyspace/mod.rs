@@ -364,6 +364,9 @@ pub enum Out {
     /// Pairs: an array of 2-arrays in RESP3, a flat array in RESP2
     /// (ZRANGE … WITHSCORES, HRANDFIELD … WITHVALUES).
     Pairs(Vec<(Out, Out)>),
+    /// Text for people: a RESP3 verbatim string (`txt`), a bulk string in
+    /// RESP2 (MEMORY DOCTOR).
+    Verbatim(String),
 }
 
 impl Out {
@@ -950,6 +953,12 @@ impl Keyspace {
     pub fn counts(&self, db: u32, now_ms: u64) -> (usize, usize) {
         let live = self.dbs.get(&db).into_iter().flatten().filter(|(_, e)| e.live(now_ms));
         live.fold((0, 0), |(k, x), (_, e)| (k + 1, x + usize::from(e.expire_at_ms.is_some())))
+    }
+
+    /// Bytes of `db`'s hash table itself (its slots, not what keys and
+    /// values point to): MEMORY STATS's `overhead.hashtable.main`.
+    pub fn table_bytes(&self, db: u32) -> usize {
+        self.dbs.get(&db).map_or(0, |d| d.capacity() * (std::mem::size_of::<(Vec<u8>, Entry)>() + 1))
     }
 
     /// Live keys in `db`.

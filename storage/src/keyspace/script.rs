@@ -870,6 +870,7 @@ fn to_lua(lua: &Lua, out: Out) -> mlua::Result<Value> {
         }
         Out::Int(i) => Value::Number(i as f64),
         Out::Bulk(b) => Value::String(lua.create_string(&b)?),
+        Out::Verbatim(t) => Value::String(lua.create_string(t)?),
         Out::Nil | Out::NilArray => Value::Boolean(false),
         Out::Double(d) => Value::String(lua.create_string(format_score(d))?),
         Out::Array(items) | Out::Set(items) => seq(lua, items)?,

@@ -25,6 +25,7 @@ fn show(o: &Out) -> String {
         },
         Out::Nil | Out::NilArray => "nil".into(),
         Out::Double(d) => format!("${}", format_score(*d)),
+        Out::Verbatim(t) => format!("=txt:{t}"),
         Out::Array(a) | Out::Set(a) => format!("[{}]", a.iter().map(show).collect::<Vec<_>>().join(",")),
         Out::Map(p) | Out::Pairs(p) => {
             format!("[{}]", p.iter().flat_map(|(k, v)| [show(k), show(v)]).collect::<Vec<_>>().join(","))
@@ -384,6 +385,34 @@ fn memory_usage_counts_the_key_the_value_and_each_element() {
     assert_eq!(usage(&mut ks, "big"), 48 + 3 + 8 * (1 + 16));
     run(&mut ks, NOW, &["HSET h f2 v2"]);
     assert_eq!(usage(&mut ks, "h"), 48 + 1 + 2 * (2 + 2 + 16));
+}
+
+/// MEMORY DOCTOR answers in Redis 7.0's words: empty under 5 MiB of
+/// data (by the keys' MEMORY USAGE estimates), then no issue, then the
+/// script-cache issue past 1000 cached scripts.
+#[test]
+fn memory_doctor_reports_empty_then_fine_then_too_many_scripts() {
+    let mut ks = Keyspace::default();
+    let doctor = |ks: &mut Keyspace| match ks.exec(0, NOW, &[b"MEMORY", b"DOCTOR"]) {
+        Out::Verbatim(t) => t,
+        other => panic!("{other:?}"),
+    };
+    assert!(doctor(&mut ks).starts_with("Hi Sam, this instance is empty"), "{}", doctor(&mut ks));
+    let just_under = vec![b'x'; (5 << 20) - 48 - 1 - 1];
+    ks.exec(0, NOW, &[b"SET", b"a", &just_under]);
+    assert!(doctor(&mut ks).starts_with("Hi Sam, this instance is empty"), "one byte short of 5 MiB");
+    ks.exec(0, NOW, &[b"SET", b"b", b""]);
+    assert_eq!(
+        doctor(&mut ks),
+        "Hi Sam, I can't find any memory issue in your instance. I can only account for what occurs on this base.\n"
+    );
+    for i in 0..=1000 {
+        let body = format!("return {i}");
+        assert!(matches!(ks.exec(0, NOW, &[b"SCRIPT", b"LOAD", body.as_bytes()]), Out::Bulk(_)));
+    }
+    let report = doctor(&mut ks);
+    assert!(report.starts_with("Sam, I detected a few issues in this Redis instance memory implants:\n\n * Many scripts: There seem to be many cached scripts in this instance (more than 1000)."), "{report}");
+    assert!(report.ends_with("\n\nI'm here to keep you safe, Sam. I want to help you.\n"), "{report}");
 }
 
 #[test]
