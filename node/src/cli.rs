@@ -100,11 +100,23 @@ pub fn main() -> anyhow::Result<()> {
     };
     let config = Config::load(&args)?;
     init_logging(config.log_format);
+    if config.disable_thp {
+        disable_transparent_huge_pages();
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         runtime.worker_threads(config.worker_threads);
     }
     runtime.enable_all().build()?.block_on(run(config))
+}
+
+/// Turns transparent huge pages off for this process, as Redis does at
+/// start (`disable-thp yes`): pages faulted from here on are 4 KiB.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::warn!(cause = %e, "cannot disable transparent huge pages; memory may be resident in 2 MiB pages");
+    }
 }
 
 async fn admin(command: ClusterCommand) -> anyhow::Result<()> {

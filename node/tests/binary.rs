@@ -124,6 +124,39 @@ async fn worker_threads_sets_the_runtime_threads() {
     assert_eq!(workers, 1);
 }
 
+/// Transparent huge pages are off for the process by default (Redis's
+/// `disable-thp`), and `disable_thp = false` leaves the system's setting.
+#[tokio::test]
+async fn transparent_huge_pages_are_disabled_unless_configured_not_to_be() {
+    let thp = |pid: u32| -> String {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .expect("kernel reports THP_enabled")
+            .trim()
+            .to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<&str> = LOOPBACK_PORT_ZERO.to_vec();
+    args.extend(["--data-dir", dir.path().to_str().unwrap()]);
+    let p = spawn(&args, &[]).await;
+    assert_eq!(thp(p.child.id().unwrap()), "0");
+    drop(p);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("catga.toml");
+    std::fs::write(&cfg, "disable_thp = false\n").unwrap();
+    let mut args: Vec<&str> = LOOPBACK_PORT_ZERO.to_vec();
+    args.extend(["--data-dir", dir.path().to_str().unwrap(), "--config", cfg.to_str().unwrap()]);
+    let p = spawn(&args, &[]).await;
+    assert_eq!(
+        thp(p.child.id().unwrap()),
+        thp(std::process::id()),
+        "the system's setting, as this test process has it"
+    );
+}
+
 /// The node's JSON log lines, read from its stderr by a task of their own
 /// as they come: a node logging at `debug` fills a pipe nobody reads in
 /// moments, and then blocks on its next log line.
