@@ -572,3 +572,83 @@ async fn many_changes_to_one_key_in_one_entry_reach_disk_as_they_end() {
     assert_eq!(get(1, "y"), Out::Nil);
     assert_eq!(get(2, "z"), Out::Nil);
 }
+
+/// `SET k0 v0`, `SET k1 v1`, … for keys `from..to`, as one entry's
+/// commands.
+fn sets(from: usize, to: usize) -> Request {
+    let cmds: Vec<String> = (from..to).map(|i| format!("SET k{i} v{i}")).collect();
+    redis(0, &cmds.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Whether the closed data dir's state tree holds the torn-write marker.
+fn torn_marker(dir: &std::path::Path) -> bool {
+    let db = when_unlocked(|| sled::open(dir)).expect("sled opens the data dir");
+    db.open_tree("state").expect("the state tree").contains_key(b"\0torn").expect("a readable tree")
+}
+
+fn marks_torn(dir: &std::path::Path) {
+    let db = when_unlocked(|| sled::open(dir)).expect("sled opens the data dir");
+    db.open_tree("state").expect("the state tree").insert(b"\0torn", &[]).expect("the marker is written");
+    db.flush().expect("the marker reaches disk");
+}
+
+fn live_keys(sm: &catga_storage::StateMachine) -> usize {
+    sm.view().read().keyspace.len(0, 1_700_000_000_000)
+}
+
+/// A checkpoint of more rows than one sled batch takes is written in
+/// several, and reopens whole, with no marker left behind.
+#[tokio::test]
+async fn a_checkpoint_larger_than_one_batch_reopens_whole() {
+    let n = catga_storage::sm::BATCH_ROWS * 3 + 7;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        sm.apply_entries(vec![entry(1, sets(0, n / 2)), entry(2, sets(n / 2, n))]).unwrap();
+    }
+    assert!(!torn_marker(dir.path()), "the last batch removes the marker");
+    let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+    assert_eq!(live_keys(&sm), n);
+    assert_eq!(sm.applied_state().await.unwrap().0.map(|l| l.index), Some(2));
+}
+
+/// A tree cut in the middle of a multi-batch write (the marker still
+/// there) is rebuilt from the saved snapshot at open: what was applied
+/// after the snapshot is gone from the state (the log replays it), and
+/// the applied id is the snapshot's. With no snapshot saved it starts
+/// from nothing.
+#[tokio::test]
+async fn a_cut_checkpoint_is_rebuilt_from_the_snapshot_at_open() {
+    use openraft::RaftSnapshotBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        sm.apply_entries(vec![entry(1, sets(0, 10)), entry(2, sets(10, 20))]).unwrap();
+        let mut b = sm.get_snapshot_builder().await;
+        let snap: Result<_, std::io::Error> = b.build_snapshot().await;
+        assert_eq!(snap.unwrap().meta.last_log_id.map(|l| l.index), Some(2));
+        sm.apply_entries(vec![entry(3, sets(20, 30)), entry(4, redis(0, &["DEL k0"]))]).unwrap();
+    }
+    marks_torn(dir.path());
+    {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        assert_eq!(sm.applied_state().await.unwrap().0.map(|l| l.index), Some(2), "back at the snapshot");
+        assert_eq!(live_keys(&sm), 20, "k0..k19 as the snapshot has them, nothing of entries 3 and 4");
+        let v = sm.view();
+        assert_eq!(
+            v.read().keyspace.read(0, 1_700_000_000_000, &[b"GET", b"k0"]),
+            Some(catga_storage::keyspace::Out::Bulk(b"v0".to_vec()))
+        );
+    }
+    assert!(!torn_marker(dir.path()), "the rebuild removes the marker");
+
+    let fresh = tempfile::tempdir().unwrap();
+    {
+        let (_log, mut sm) = open_when_unlocked(fresh.path()).unwrap();
+        sm.apply_entries(vec![entry(1, sets(0, 10))]).unwrap();
+    }
+    marks_torn(fresh.path());
+    let (_log, mut sm) = open_when_unlocked(fresh.path()).unwrap();
+    assert_eq!(sm.applied_state().await.unwrap().0, None, "no snapshot: from the start of the log");
+    assert_eq!(live_keys(&sm), 0);
+}
