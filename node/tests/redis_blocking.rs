@@ -24,40 +24,17 @@ async fn client(a: SocketAddr) -> redis::aio::MultiplexedConnection {
     common::redis_client(a).await
 }
 
-/// INFO's `blocked_clients` on the node at `a`.
 async fn blocked(a: SocketAddr) -> u64 {
-    let info: String = redis::cmd("INFO").arg("clients").query_async(&mut client(a).await).await.unwrap();
-    info.lines().find_map(|l| l.strip_prefix("blocked_clients:")).unwrap().trim().parse().unwrap()
+    common::redis_blocked(a).await
 }
 
-/// Polls until the node at `a` has `n` clients waiting (deadline `T`).
 async fn until_blocked(a: SocketAddr, n: u64) {
-    let deadline = Instant::now() + T;
-    while blocked(a).await != n {
-        assert!(Instant::now() < deadline, "never {n} blocked clients on {a}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::until_redis_blocked(a, n).await
 }
 
 /// Reads from `s` until exactly `want` has arrived (deadline `T`).
 async fn expect(s: &mut TcpStream, want: &str) {
     common::expect_bytes(s, want.as_bytes(), T).await;
-}
-
-/// A raw connection switched to RESP3, its HELLO reply read (the map ends
-/// with `modules`, an empty array).
-async fn resp3(a: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(a).await.unwrap();
-    s.write_all(b"HELLO 3\r\n").await.unwrap();
-    let mut got = Vec::new();
-    while !got.ends_with(b"$7\r\nmodules\r\n*0\r\n") {
-        let mut buf = [0u8; 512];
-        let k = tokio::time::timeout(T, s.read(&mut buf)).await.unwrap().unwrap();
-        assert!(k > 0, "closed during HELLO");
-        got.extend_from_slice(&buf[..k]);
-    }
-    assert!(got.starts_with(b"%"), "{:?}", String::from_utf8_lossy(&got));
-    s
 }
 
 /// A client blocked on an empty list is served by a push made through
@@ -210,7 +187,7 @@ async fn bzpopmin_waits_for_a_sorted_set_to_fill() {
     let _: i64 =
         redis::cmd("ZADD").arg("tasks").arg(2).arg("late").arg(1.5).arg("soon").query_async(&mut p).await.unwrap();
     expect(&mut s2, "*3\r\n$5\r\ntasks\r\n$4\r\nsoon\r\n$3\r\n1.5\r\n").await;
-    let mut s3 = resp3(a).await;
+    let mut s3 = common::resp3(a).await;
     s3.write_all(b"BZPOPMAX tasks 0\r\nBZPOPMAX tasks 0.05\r\n").await.unwrap();
     expect(&mut s3, "*3\r\n$5\r\ntasks\r\n$4\r\nlate\r\n,2\r\n_\r\n").await;
 }
@@ -236,7 +213,7 @@ async fn blmpop_and_bzmpop_wait_for_any_of_their_keys() {
     let _: i64 = redis::cmd("ZADD").arg(&["zq", "2", "b", "1", "a", "3", "c"]).query_async(&mut p).await.unwrap();
     expect(&mut w, "*2\r\n$2\r\nzq\r\n*2\r\n*2\r\n$1\r\na\r\n$1\r\n1\r\n*2\r\n$1\r\nb\r\n$1\r\n2\r\n").await;
 
-    let mut r3 = resp3(a).await;
+    let mut r3 = common::resp3(a).await;
     r3.write_all(b"BZMPOP 0 1 zq MAX\r\n").await.unwrap();
     expect(&mut r3, "*2\r\n$2\r\nzq\r\n*1\r\n*2\r\n$1\r\nc\r\n,3\r\n").await;
 }

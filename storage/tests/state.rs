@@ -652,3 +652,61 @@ async fn a_cut_checkpoint_is_rebuilt_from_the_snapshot_at_open() {
     assert_eq!(sm.applied_state().await.unwrap().0, None, "no snapshot: from the start of the log");
     assert_eq!(live_keys(&sm), 0);
 }
+
+/// A stream reopens with its entries, its last ID (an entry below it is
+/// still refused after its entries were deleted) and its count, from its
+/// rows and from a snapshot.
+#[tokio::test]
+async fn streams_survive_reopen_and_snapshots() {
+    use catga_storage::keyspace::Out;
+    use openraft::RaftSnapshotBuilder;
+    let now = 1_700_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        sm.apply_entries(vec![
+            entry(1, redis(0, &["XADD s 1-1 a 1 b 2", "XADD s 2-1 c 3", "XADD s * d 4", "XADD s 9-9 e 5"])),
+            entry(2, redis(0, &["XDEL s 9-9 1-1", "XADD t MAXLEN 1 1-1 x 1", "XADD t MAXLEN 1 1-2 x 2"])),
+        ])
+        .unwrap();
+        let mut b = sm.get_snapshot_builder().await;
+        let snap: Result<_, std::io::Error> = b.build_snapshot().await;
+        snap.unwrap()
+    };
+    let check = |sm: &catga_storage::StateMachine| {
+        let view = sm.view();
+        let v = view.read();
+        let all = v.keyspace.read(0, now, &[b"XRANGE", b"s", b"-", b"+"]).unwrap();
+        let id = format!("{now}-0");
+        assert_eq!(
+            all,
+            Out::Array(vec![
+                Out::Array(vec![
+                    Out::Bulk(b"2-1".to_vec()),
+                    Out::Array(vec![Out::Bulk(b"c".to_vec()), Out::Bulk(b"3".to_vec())])
+                ]),
+                Out::Array(vec![
+                    Out::Bulk(id.into_bytes()),
+                    Out::Array(vec![Out::Bulk(b"d".to_vec()), Out::Bulk(b"4".to_vec())])
+                ]),
+            ])
+        );
+        assert_eq!(v.keyspace.read(0, now, &[b"XLEN", b"t"]), Some(Out::Int(1)));
+    };
+    {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        check(&sm);
+        let out = sm.apply_entries(vec![entry(3, redis(0, &["XADD s 9-9 late x"]))]).unwrap();
+        assert_eq!(
+            out[0],
+            Response::Redis(vec![Out::Err(
+                "ERR The ID specified in XADD is equal or smaller than the target stream top item".into()
+            )]),
+            "the last ID survives the reopen"
+        );
+    }
+    let other = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open_when_unlocked(other.path()).unwrap();
+    sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    check(&sm);
+}

@@ -536,7 +536,9 @@ impl Conn {
         }
         self.ran = true;
         if let Some(spec) = spec {
-            if catga_raft::keyspace::BLOCKING.contains(&name) {
+            if catga_raft::keyspace::BLOCKING.contains(&name)
+                || (name == "xread" && catga_raft::keyspace::streams::xread_blocks(argv))
+            {
                 return Step::Block;
             }
             if let Some(refusal) = self.db_out_of_range(name, argv) {

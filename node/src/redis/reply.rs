@@ -31,6 +31,9 @@ pub enum Reply {
     /// Text for people (INFO, CLIENT LIST, LATENCY DOCTOR): RESP3 a
     /// verbatim string of format `txt`, RESP2 a bulk string.
     Verbatim(String),
+    /// Keyed results (XREAD): RESP3 a map, RESP2 an array of
+    /// `[key, value]` arrays.
+    PairMap(Vec<(Reply, Reply)>),
 }
 
 impl Reply {
@@ -78,6 +81,16 @@ impl Reply {
                     header(out, b'*', pairs.len() as i64 * 2);
                 }
                 for (k, v) in pairs {
+                    k.encode(proto, out);
+                    v.encode(proto, out);
+                }
+            }
+            Reply::PairMap(pairs) => {
+                header(out, if resp3 { b'%' } else { b'*' }, pairs.len() as i64);
+                for (k, v) in pairs {
+                    if !resp3 {
+                        out.extend_from_slice(b"*2\r\n");
+                    }
                     k.encode(proto, out);
                     v.encode(proto, out);
                 }
@@ -136,6 +149,9 @@ impl From<catga_raft::keyspace::Out> for Reply {
                 Reply::Pairs(pairs.into_iter().map(|(k, v)| (Reply::from(k), Reply::from(v))).collect())
             }
             Out::Verbatim(t) => Reply::Verbatim(t),
+            Out::PairMap(pairs) => {
+                Reply::PairMap(pairs.into_iter().map(|(k, v)| (Reply::from(k), Reply::from(v))).collect())
+            }
         }
     }
 }

@@ -449,7 +449,7 @@ async fn block<S, K>(
     conn: &Conn,
     args: &[Vec<u8>],
     input: Input<'_>,
-    mut waits: Waits<S, K>,
+    waits: Waits<S, K>,
 ) -> Option<Reply>
 where
     S: std::future::Future<Output = ()> + Unpin,
@@ -457,12 +457,15 @@ where
 {
     let Some(raft) = shared.raft.get() else { return Some(Reply::err(LOADING)) };
     let argv: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+    // Resolved by `Conn::execute`: the command's static name.
+    let name = super::conn::command_names().get(conn.last_command).copied().unwrap_or_default();
+    if name == "xread" {
+        return xread_block(shared, conn, &argv, input, waits).await;
+    }
     let first = pop_once(shared, conn, &argv).await;
     if !matches!(first, Reply::Null | Reply::NullArray) {
         return Some(first);
     }
-    // Resolved by `Conn::execute`: the command's static name.
-    let name = super::conn::command_names().get(conn.last_command).copied().unwrap_or_default();
     let (keys, timeout) = match name {
         "blmove" | "brpoplpush" => (&argv[1..2], argv[argv.len() - 1]),
         // BLMPOP / BZMPOP timeout numkeys key...: the keyspace checked
@@ -476,32 +479,11 @@ where
     let size: &[u8] = if name.starts_with("bz") { b"ZCARD" } else { b"LLEN" };
     // Valid: the keyspace checked it before answering "nothing yet".
     let ms = catga_raft::keyspace::block_timeout_ms(timeout, catga_raft::unix_ms()).unwrap_or(0);
-    let deadline = async {
-        match ms {
-            0 => std::future::pending().await,
-            ms => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
-        }
-    };
-    tokio::pin!(deadline);
+    let mut wait = Wait::new(shared, conn, input, waits, ms);
     let mut changes = raft.raft.metrics();
-    let _blocked = Counted::new(&shared.stats.blocked);
     loop {
-        tokio::select! {
-            biased;
-            _ = &mut waits.stopped => return None,
-            _ = &mut waits.killed => return None,
-            r = input.rd.read_buf(input.arrived) => match r {
-                Ok(0) | Err(_) => return None,
-                Ok(_) if input.arrived.len() > input.max => {
-                    tracing::warn!(client = %conn.info.addr, "Redis query buffer over its limit while blocked; closing");
-                    return None;
-                }
-                Ok(_) => continue,
-            },
-            _ = &mut deadline => return Some(Reply::NullArray),
-            changed = changes.changed() => if changed.is_err() {
-                return Some(Reply::err(NOT_COMMITTED));
-            },
+        if let Err(end) = wait.next_change(changes.changed()).await {
+            return end;
         }
         // As Redis: only a list (sorted set) with items wakes the wait (a
         // key turned into another type does not end it with an error).
@@ -521,6 +503,115 @@ where
             if !matches!(reply, Reply::Null | Reply::NullArray) {
                 return Some(reply);
             }
+        }
+    }
+}
+
+/// A blocking command's wait for the next change this node applies.
+struct Wait<'a, S, K> {
+    conn: &'a Conn,
+    input: Input<'a>,
+    waits: Waits<S, K>,
+    deadline: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
+    _blocked: Counted<'a>,
+}
+
+impl<'a, S, K> Wait<'a, S, K>
+where
+    S: std::future::Future<Output = ()> + Unpin,
+    K: std::future::Future<Output = ()> + Unpin,
+{
+    /// Waits at most `ms` (0: no limit), counted in INFO's
+    /// `blocked_clients` while it lasts.
+    fn new(shared: &'a Shared, conn: &'a Conn, input: Input<'a>, waits: Waits<S, K>, ms: u64) -> Self {
+        let deadline: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match ms {
+            0 => Box::pin(std::future::pending()),
+            ms => Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms))),
+        };
+        Wait { conn, input, waits, deadline, _blocked: Counted::new(&shared.stats.blocked) }
+    }
+
+    /// `Ok` once `changed` (a change of Raft's metrics: they change with
+    /// every apply) completes; `Err` with what ends the wait first: `None`
+    /// when the connection goes (client gone, killed, server stopping),
+    /// else the reply (the timeout's null, or an error).
+    async fn next_change<E>(
+        &mut self,
+        changed: impl std::future::Future<Output = Result<(), E>>,
+    ) -> Result<(), Option<Reply>> {
+        tokio::pin!(changed);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut self.waits.stopped => return Err(None),
+                _ = &mut self.waits.killed => return Err(None),
+                r = self.input.rd.read_buf(self.input.arrived) => match r {
+                    Ok(0) | Err(_) => return Err(None),
+                    Ok(_) if self.input.arrived.len() > self.input.max => {
+                        tracing::warn!(client = %self.conn.info.addr, "Redis query buffer over its limit while blocked; closing");
+                        return Err(None);
+                    }
+                    Ok(_) => continue,
+                },
+                _ = &mut self.deadline => return Err(Some(Reply::NullArray)),
+                changed = &mut changed => return match changed {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Some(Reply::err(NOT_COMMITTED))),
+                },
+            }
+        }
+    }
+}
+
+/// XREAD with BLOCK: a read (linearizable, as any) that, finding no
+/// entry after the IDs, waits for one to be applied here (`$` is each
+/// stream's last ID when the call arrives) or for the timeout.
+async fn xread_block<S, K>(
+    shared: &Shared,
+    conn: &Conn,
+    argv: &[&[u8]],
+    input: Input<'_>,
+    waits: Waits<S, K>,
+) -> Option<Reply>
+where
+    S: std::future::Future<Output = ()> + Unpin,
+    K: std::future::Future<Output = ()> + Unpin,
+{
+    let Some(raft) = shared.raft.get() else { return Some(Reply::err(LOADING)) };
+    if conn.local_reads {
+        // READONLY: this node's state as applied, no round trip.
+    } else if let Err(e) = shared.reads.linearize(raft).await {
+        tracing::debug!(cause = %e, "no linearizable read");
+        return Some(Reply::err(NO_LEADER));
+    }
+    // Watched from before the first read: an entry applied after it
+    // wakes the wait.
+    let mut changes = raft.raft.metrics();
+    let read = |argv: &[&[u8]]| {
+        let view = raft.view();
+        let v = view.read();
+        v.keyspace.read(conn.info.db, catga_raft::unix_ms(), argv).map_or(Reply::NullArray, Reply::from)
+    };
+    // `$` becomes each stream's last ID now, so what is added from here
+    // on is what the wait reads (checked by the read right after).
+    let (ms, argv) = {
+        let view = raft.view();
+        let v = view.read();
+        catga_raft::keyspace::streams::xread_for_wait(&v.keyspace, conn.info.db, catga_raft::unix_ms(), argv)
+    };
+    let argv: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+    let first = read(&argv);
+    if !matches!(first, Reply::NullArray) {
+        return Some(first);
+    }
+    let mut wait = Wait::new(shared, conn, input, waits, ms);
+    loop {
+        if let Err(end) = wait.next_change(changes.changed()).await {
+            return end;
+        }
+        let reply = read(&argv);
+        if !matches!(reply, Reply::NullArray) {
+            return Some(reply);
         }
     }
 }

@@ -24,6 +24,38 @@ pub async fn redis_client(a: SocketAddr) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// INFO's `blocked_clients` on the node whose Redis port is `a`.
+pub async fn redis_blocked(a: SocketAddr) -> u64 {
+    let info: String = redis::cmd("INFO").arg("clients").query_async(&mut redis_client(a).await).await.unwrap();
+    info.lines().find_map(|l| l.strip_prefix("blocked_clients:")).unwrap().trim().parse().unwrap()
+}
+
+/// Polls until the node whose Redis port is `a` has `n` clients waiting
+/// in a blocking command (10 s deadline).
+pub async fn until_redis_blocked(a: SocketAddr, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_blocked(a).await != n {
+        assert!(Instant::now() < deadline, "never {n} blocked clients on {a}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A raw connection switched to RESP3, its HELLO reply read (the map ends
+/// with `modules`, an empty array).
+pub async fn resp3(a: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(a).await.unwrap();
+    s.write_all(b"HELLO 3\r\n").await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"$7\r\nmodules\r\n*0\r\n") {
+        let mut buf = [0u8; 512];
+        let k = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(k > 0, "closed during HELLO");
+        got.extend_from_slice(&buf[..k]);
+    }
+    assert!(got.starts_with(b"%"), "{:?}", String::from_utf8_lossy(&got));
+    s
+}
+
 pub struct TestNode {
     pub node: Node,
     _dir: tempfile::TempDir,

@@ -645,5 +645,6 @@ fn encoding(v: &Value) -> &'static str {
         Value::Set(_) => "hashtable",
         Value::ZSet(z) if z.len() <= LISTPACK_ENTRIES_MAX && z.iter().all(|(m, _)| fits(m)) => "listpack",
         Value::ZSet(_) => "skiplist",
+        Value::Stream(_) => "stream",
     }
 }

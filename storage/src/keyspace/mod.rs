@@ -30,6 +30,7 @@ mod lists;
 pub mod script;
 mod sets;
 mod sort;
+pub mod streams;
 mod strings;
 mod zsets;
 
@@ -60,6 +61,7 @@ pub enum Value {
     List(List),
     Set(BTreeSet<Vec<u8>>),
     ZSet(ZSet),
+    Stream(streams::Stream),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +70,7 @@ pub(crate) enum Kind {
     List,
     Set,
     ZSet,
+    Stream,
 }
 
 /// A collection type as a [`Value`] holds it, for the typed accessors.
@@ -101,6 +104,7 @@ collection!(BTreeMap<Vec<u8>, Vec<u8>>, Hash);
 collection!(List, List);
 collection!(BTreeSet<Vec<u8>>, Set);
 collection!(ZSet, ZSet);
+collection!(streams::Stream, Stream);
 
 impl Value {
     fn type_name(&self) -> &'static str {
@@ -110,6 +114,7 @@ impl Value {
             Value::List(_) => "list",
             Value::Set(_) => "set",
             Value::ZSet(_) => "zset",
+            Value::Stream(_) => "stream",
         }
     }
 
@@ -120,6 +125,7 @@ impl Value {
             Value::List(_) => Some(Kind::List),
             Value::Set(_) => Some(Kind::Set),
             Value::ZSet(_) => Some(Kind::ZSet),
+            Value::Stream(_) => Some(Kind::Stream),
         }
     }
 
@@ -129,6 +135,7 @@ impl Value {
             Kind::List => Value::List(List::default()),
             Kind::Set => Value::Set(BTreeSet::new()),
             Kind::ZSet => Value::ZSet(ZSet::default()),
+            Kind::Stream => Value::Stream(streams::Stream::default()),
         }
     }
 
@@ -139,6 +146,8 @@ impl Value {
             Value::List(l) => l.items.is_empty(),
             Value::Set(s) => s.is_empty(),
             Value::ZSet(z) => z.is_empty(),
+            // Redis keeps a stream its entries were all deleted from.
+            Value::Stream(_) => false,
         }
     }
 
@@ -152,6 +161,7 @@ impl Value {
             }
             Value::Set(s) => s.iter().map(|m| (m.clone(), Vec::new())).collect(),
             Value::ZSet(z) => z.iter().map(|(m, s)| (m.to_vec(), s.to_be_bytes().to_vec())).collect(),
+            Value::Stream(st) => st.entries.keys().filter_map(|id| Some((id.sub(), st.encode_entry(id)?))).collect(),
         }
     }
 
@@ -162,6 +172,7 @@ impl Value {
             Value::List(l) => l.encode_chunk(list_chunk_start(sub)?),
             Value::Set(s) => s.contains(sub).then(Vec::new),
             Value::ZSet(z) => z.score(sub).map(|s| s.to_be_bytes().to_vec()),
+            Value::Stream(st) => st.encode_entry(&streams::StreamId::from_sub(sub)?),
         }
     }
 
@@ -173,6 +184,7 @@ impl Value {
             Value::List(_) => Value::empty(Kind::List),
             Value::Set(_) => Value::empty(Kind::Set),
             Value::ZSet(_) => Value::empty(Kind::ZSet),
+            Value::Stream(st) => Value::Stream(st.shell()),
         }
     }
 
@@ -194,6 +206,7 @@ impl Value {
                     z.insert(sub, f64::from_be_bytes(b));
                 }
             }
+            Value::Stream(st) => st.load_entry(sub, bytes),
         }
         false
     }
@@ -367,6 +380,9 @@ pub enum Out {
     /// Text for people: a RESP3 verbatim string (`txt`), a bulk string in
     /// RESP2 (MEMORY DOCTOR).
     Verbatim(String),
+    /// Keyed results: a RESP3 map, in RESP2 an array of `[key, value]`
+    /// arrays (XREAD).
+    PairMap(Vec<(Out, Out)>),
 }
 
 impl Out {
@@ -563,6 +579,13 @@ pub const NAMES: &[&str] = &[
     "memory",
     "zintercard",
     "substr",
+    "xadd",
+    "xlen",
+    "xrange",
+    "xrevrange",
+    "xdel",
+    "xtrim",
+    "xread",
 ];
 
 /// The commands the keyspace runs, by lower-case name.
@@ -654,6 +677,13 @@ pub fn spec(name: &str) -> Option<Spec> {
         "zunionstore" | "zinterstore" | "zdiffstore" => (-4, true),
         "zremrangebyscore" | "zremrangebyrank" | "zremrangebylex" => (4, true),
         "zrangestore" => (-5, true),
+        // streams
+        "xadd" => (-5, true),
+        "xlen" => (2, false),
+        "xrange" | "xrevrange" => (-4, false),
+        "xdel" => (-3, true),
+        "xtrim" => (-4, true),
+        "xread" => (-4, false),
         "zrandmember" => (-2, false),
         // bitmaps
         "setbit" => (4, true),
@@ -1211,6 +1241,7 @@ impl Keyspace {
             .or_else(|| self.hll_read(name, db, now_ms, argv))
             .or_else(|| self.sort_read(name, db, now_ms, argv))
             .or_else(|| self.script_read(name, db, now_ms, argv))
+            .or_else(|| self.stream_read(name, db, now_ms, argv))
     }
 
     /// Runs any keyspace command at time `now_ms` (writes as the log
@@ -1255,6 +1286,7 @@ impl Keyspace {
             .or_else(|| self.sort_write(name, db, now_ms, argv))
             .or_else(|| self.hll_write(name, db, now_ms, argv))
             .or_else(|| self.script_write(name, db, now_ms, argv))
+            .or_else(|| self.stream_write(name, db, now_ms, argv))
             .unwrap_or_else(|| Out::Err(format!("ERR unknown command '{}'", String::from_utf8_lossy(argv[0]))))
     }
 }

@@ -875,6 +875,8 @@ fn to_lua(lua: &Lua, out: Out) -> mlua::Result<Value> {
         Out::Double(d) => Value::String(lua.create_string(format_score(d))?),
         Out::Array(items) | Out::Set(items) => seq(lua, items)?,
         Out::Map(pairs) | Out::Pairs(pairs) => seq(lua, pairs.into_iter().flat_map(|(a, b)| [a, b]).collect())?,
+        // RESP2's shape: an array of [key, value] arrays.
+        Out::PairMap(pairs) => seq(lua, pairs.into_iter().map(|(a, b)| Out::Array(vec![a, b])).collect())?,
     })
 }
 

@@ -26,6 +26,9 @@ fn show(o: &Out) -> String {
         Out::Nil | Out::NilArray => "nil".into(),
         Out::Double(d) => format!("${}", format_score(*d)),
         Out::Verbatim(t) => format!("=txt:{t}"),
+        Out::PairMap(p) => {
+            format!("[{}]", p.iter().map(|(k, v)| format!("[{},{}]", show(k), show(v))).collect::<Vec<_>>().join(","))
+        }
         Out::Array(a) | Out::Set(a) => format!("[{}]", a.iter().map(show).collect::<Vec<_>>().join(",")),
         Out::Map(p) | Out::Pairs(p) => {
             format!("[{}]", p.iter().flat_map(|(k, v)| [show(k), show(v)]).collect::<Vec<_>>().join(","))
@@ -363,6 +366,11 @@ fn hyperloglogs_as_redis() {
 #[test]
 fn bitop_and_bitfield_as_redis() {
     replay(include_str!("../../tests/redis/bitops.txt"));
+}
+
+#[test]
+fn streams_as_redis() {
+    replay(include_str!("../../tests/redis/streams.txt"));
 }
 
 #[test]

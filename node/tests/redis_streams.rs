@@ -1,0 +1,111 @@
+//! Streams on real nodes with the stock `redis` client: an entry added
+//! through one node is read through another, automatic IDs come from the
+//! leader's clock and only go up, XREAD answers RESP3 clients with a map,
+//! and XREAD BLOCK waits for an entry added through any node (with `$`,
+//! only entries added after the call) or answers null at its timeout.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestCluster;
+use redis::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+const T: Duration = Duration::from_secs(10);
+
+fn id_of(entry: &Value) -> String {
+    let Value::Array(parts) = entry else { panic!("an entry is [id, fields]: {entry:?}") };
+    match &parts[0] {
+        Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `ms-seq` as numbers.
+fn parts(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap();
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+#[tokio::test]
+async fn entries_added_through_one_node_read_through_another_with_rising_ids() {
+    let c = TestCluster::start(3).await;
+    c.wait_voters().await;
+    let (a, b) = (c.nodes[1].node.redis.local_addr(), c.nodes[2].node.redis.local_addr());
+    let mut w = common::redis_client(a).await;
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id: String = redis::cmd("XADD").arg("orders").arg("*").arg("n").arg(i).query_async(&mut w).await.unwrap();
+        ids.push(id);
+    }
+    let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    for pair in ids.windows(2) {
+        assert!(parts(&pair[0]) < parts(&pair[1]), "IDs only go up: {pair:?}");
+    }
+    // The leader's clock, on this machine: within the calls.
+    assert!((before.saturating_sub(1000)..=after + 1000).contains(&parts(&ids[0]).0), "{} {before}", ids[0]);
+
+    let mut r = common::redis_client(b).await;
+    let len: i64 = redis::cmd("XLEN").arg("orders").query_async(&mut r).await.unwrap();
+    assert_eq!(len, 20);
+    let all: Value = redis::cmd("XRANGE").arg("orders").arg("-").arg("+").query_async(&mut r).await.unwrap();
+    let Value::Array(entries) = all else { panic!() };
+    assert_eq!(entries.iter().map(id_of).collect::<Vec<_>>(), ids);
+    let trimmed: i64 = redis::cmd("XTRIM").arg("orders").arg("MAXLEN").arg(5).query_async(&mut r).await.unwrap();
+    assert_eq!(trimmed, 15);
+    let last: Value =
+        redis::cmd("XREVRANGE").arg("orders").arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut w).await.unwrap();
+    let Value::Array(last) = last else { panic!() };
+    assert_eq!(id_of(&last[0]), ids[19]);
+}
+
+#[tokio::test]
+async fn xread_answers_resp3_with_a_map_and_blocks_until_an_entry_arrives() {
+    let c = TestCluster::start(3).await;
+    c.wait_voters().await;
+    let (a, b) = (c.nodes[1].node.redis.local_addr(), c.nodes[2].node.redis.local_addr());
+    let mut w = common::redis_client(b).await;
+    let _: String = redis::cmd("XADD").arg("ev").arg("1-1").arg("k").arg("v").query_async(&mut w).await.unwrap();
+
+    // RESP3: a map of stream → entries, and `_` for nothing.
+    let mut s = common::resp3(a).await;
+    s.write_all(b"XREAD STREAMS ev 0\r\nXREAD STREAMS ev 1-1\r\n").await.unwrap();
+    common::expect_bytes(&mut s, b"%1\r\n$2\r\nev\r\n*1\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$1\r\nk\r\n$1\r\nv\r\n_\r\n", T)
+        .await;
+
+    // BLOCK with `$`: only what is added after the call.
+    let waiter = tokio::spawn(async move {
+        let mut r = common::redis_client(a).await;
+        let v: Value = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(0)
+            .arg("STREAMS")
+            .arg("ev")
+            .arg("$")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        v
+    });
+    common::until_redis_blocked(a, 1).await;
+    let _: String = redis::cmd("XADD").arg("ev").arg("2-1").arg("k").arg("w").query_async(&mut w).await.unwrap();
+    let v = tokio::time::timeout(T, waiter).await.unwrap().unwrap();
+    let Value::Array(streams) = v else { panic!("RESP2: an array of [key, entries]: {v:?}") };
+    let Value::Array(pair) = &streams[0] else { panic!() };
+    assert_eq!(pair[0], Value::BulkString(b"ev".to_vec()));
+    let Value::Array(entries) = &pair[1] else { panic!() };
+    assert_eq!(entries.iter().map(id_of).collect::<Vec<_>>(), ["2-1"]);
+    assert_eq!(common::redis_blocked(a).await, 0);
+
+    // The timeout: a null array, after about as long.
+    let mut r = common::redis_client(a).await;
+    let started = Instant::now();
+    let v: Value =
+        redis::cmd("XREAD").arg("BLOCK").arg(200).arg("STREAMS").arg("ev").arg("$").query_async(&mut r).await.unwrap();
+    assert_eq!(v, Value::Nil);
+    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+}
