@@ -24,6 +24,16 @@ fn id_of(entry: &Value) -> String {
     }
 }
 
+/// The first stream of an XREAD / XREADGROUP reply in RESP2 (an array of
+/// `[key, entries]`): its key and entry IDs.
+fn first_stream(v: Value) -> (String, Vec<String>) {
+    let Value::Array(streams) = v else { panic!("RESP2: an array of [key, entries]: {v:?}") };
+    let Value::Array(pair) = &streams[0] else { panic!("{streams:?}") };
+    let Value::BulkString(key) = &pair[0] else { panic!("{pair:?}") };
+    let Value::Array(entries) = &pair[1] else { panic!("{pair:?}") };
+    (String::from_utf8(key.clone()).unwrap(), entries.iter().map(id_of).collect())
+}
+
 /// `ms-seq` as numbers.
 fn parts(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap();
@@ -94,11 +104,7 @@ async fn xread_answers_resp3_with_a_map_and_blocks_until_an_entry_arrives() {
     common::until_redis_blocked(a, 1).await;
     let _: String = redis::cmd("XADD").arg("ev").arg("2-1").arg("k").arg("w").query_async(&mut w).await.unwrap();
     let v = tokio::time::timeout(T, waiter).await.unwrap().unwrap();
-    let Value::Array(streams) = v else { panic!("RESP2: an array of [key, entries]: {v:?}") };
-    let Value::Array(pair) = &streams[0] else { panic!() };
-    assert_eq!(pair[0], Value::BulkString(b"ev".to_vec()));
-    let Value::Array(entries) = &pair[1] else { panic!() };
-    assert_eq!(entries.iter().map(id_of).collect::<Vec<_>>(), ["2-1"]);
+    assert_eq!(first_stream(v), ("ev".to_string(), vec!["2-1".to_string()]));
     assert_eq!(common::redis_blocked(a).await, 0);
 
     // The timeout: a null array, after about as long.
@@ -108,4 +114,81 @@ async fn xread_answers_resp3_with_a_map_and_blocks_until_an_entry_arrives() {
         redis::cmd("XREAD").arg("BLOCK").arg(200).arg("STREAMS").arg("ev").arg("$").query_async(&mut r).await.unwrap();
     assert_eq!(v, Value::Nil);
     assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+}
+
+/// A consumer group shared by consumers on different nodes: each entry
+/// goes to one consumer, acknowledgements and pending lists agree on every
+/// node, and XREADGROUP BLOCK on one node is woken by an XADD on another.
+#[tokio::test]
+async fn consumer_groups_split_entries_across_nodes_and_block_for_new_ones() {
+    let c = TestCluster::start(3).await;
+    c.wait_voters().await;
+    let addrs: Vec<_> = c.nodes.iter().map(|n| n.node.redis.local_addr()).collect();
+    let mut p = common::redis_client(addrs[0]).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("jobs")
+        .arg("workers")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut p)
+        .await
+        .unwrap();
+    for i in 0..6 {
+        let _: String = redis::cmd("XADD").arg("jobs").arg("*").arg("n").arg(i).query_async(&mut p).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let mut w = common::redis_client(*a).await;
+        let v: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("workers")
+            .arg(format!("w{i}"))
+            .arg("COUNT")
+            .arg(2)
+            .arg("STREAMS")
+            .arg("jobs")
+            .arg(">")
+            .query_async(&mut w)
+            .await
+            .unwrap();
+        seen.extend(first_stream(v).1);
+    }
+    let mut unique = seen.clone();
+    unique.dedup();
+    assert_eq!((seen.len(), unique.len()), (6, 6), "each entry to one consumer: {seen:?}");
+
+    let mut r = common::redis_client(addrs[2]).await;
+    let acked: i64 =
+        redis::cmd("XACK").arg("jobs").arg("workers").arg(&seen[0]).arg(&seen[1]).query_async(&mut r).await.unwrap();
+    assert_eq!(acked, 2);
+    for a in &addrs {
+        let mut q = common::redis_client(*a).await;
+        let summary: Value = redis::cmd("XPENDING").arg("jobs").arg("workers").query_async(&mut q).await.unwrap();
+        let Value::Array(s) = summary else { panic!() };
+        assert_eq!(s[0], Value::Int(4), "every node sees the same pending list");
+    }
+
+    let a = addrs[1];
+    let waiter = tokio::spawn(async move {
+        let mut w = common::redis_client(a).await;
+        let v: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("workers")
+            .arg("late")
+            .arg("BLOCK")
+            .arg(0)
+            .arg("STREAMS")
+            .arg("jobs")
+            .arg(">")
+            .query_async(&mut w)
+            .await
+            .unwrap();
+        v
+    });
+    common::until_redis_blocked(a, 1).await;
+    let id: String = redis::cmd("XADD").arg("jobs").arg("*").arg("n").arg(6).query_async(&mut p).await.unwrap();
+    let v = tokio::time::timeout(T, waiter).await.unwrap().unwrap();
+    assert_eq!(first_stream(v).1, [id]);
+    assert_eq!(common::redis_blocked(a).await, 0);
 }

@@ -710,3 +710,58 @@ async fn streams_survive_reopen_and_snapshots() {
     sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
     check(&sm);
 }
+
+/// Consumer groups reopen from their rows and install from a snapshot:
+/// the last delivered ID, pending entries (consumer, deliveries) and
+/// consumers; an acknowledgement removes just its row.
+#[tokio::test]
+async fn consumer_groups_survive_reopen_and_snapshots() {
+    use catga_storage::keyspace::Out;
+    use openraft::RaftSnapshotBuilder;
+    let now = 1_700_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        sm.apply_entries(vec![
+            entry(1, redis(0, &["XADD s 1-1 a 1", "XADD s 2-1 b 2", "XADD s 3-1 c 3", "XGROUP CREATE s g 0"])),
+            entry(2, redis(0, &["XREADGROUP GROUP g alice COUNT 2 STREAMS s >", "XGROUP CREATECONSUMER s g idle"])),
+            entry(3, redis(0, &["XACK s g 1-1", "XGROUP CREATE s other $"])),
+        ])
+        .unwrap();
+        let mut b = sm.get_snapshot_builder().await;
+        let snap: Result<_, std::io::Error> = b.build_snapshot().await;
+        snap.unwrap()
+    };
+    let check = |sm: &mut catga_storage::StateMachine, index: u64| {
+        let pending = sm.view().read().keyspace.read(0, now, &[b"XPENDING", b"s", b"g"]).unwrap();
+        assert_eq!(
+            pending,
+            Out::Array(vec![
+                Out::Int(1),
+                Out::Bulk(b"2-1".to_vec()),
+                Out::Bulk(b"2-1".to_vec()),
+                Out::Array(vec![Out::Array(vec![Out::Bulk(b"alice".to_vec()), Out::Bulk(b"1".to_vec())])]),
+            ])
+        );
+        // Only 3-1 is new to g; `other` starts after everything.
+        let out = sm
+            .apply_entries(vec![entry(
+                index,
+                redis(0, &["XREADGROUP GROUP g bob STREAMS s >", "XREADGROUP GROUP other bob STREAMS s >"]),
+            )])
+            .unwrap();
+        let Response::Redis(replies) = &out[0] else { panic!("{out:?}") };
+        let Out::PairMap(streams) = &replies[0] else { panic!("{replies:?}") };
+        let Out::Array(entries) = &streams[0].1 else { panic!() };
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(replies[1], Out::NilArray);
+    };
+    {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        check(&mut sm, 4);
+    }
+    let other = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open_when_unlocked(other.path()).unwrap();
+    sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    check(&mut sm, 4);
+}

@@ -301,8 +301,8 @@ fn table() -> Vec<CommandInfo> {
         let (first, last) = match *name {
             "dbsize" | "randomkey" | "keys" | "scan" | "flushdb" | "flushall" | "zunion" | "zinter" | "zdiff"
             | "lmpop" | "blmpop" | "zmpop" | "bzmpop" | "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "script"
-            | "xread" => (0, 0),
-            "sintercard" => (2, 2),
+            | "xread" | "xreadgroup" => (0, 0),
+            "sintercard" | "xgroup" => (2, 2),
             "mset" | "msetnx" => (1, -1),
             "mget" | "del" | "unlink" | "exists" | "sinter" | "sunion" | "sdiff" | "sinterstore" | "sunionstore"
             | "sdiffstore" => (1, -1),

@@ -537,7 +537,7 @@ impl Conn {
         self.ran = true;
         if let Some(spec) = spec {
             if catga_raft::keyspace::BLOCKING.contains(&name)
-                || (name == "xread" && catga_raft::keyspace::streams::xread_blocks(argv))
+                || (matches!(name, "xread" | "xreadgroup") && catga_raft::keyspace::streams::xread_blocks(argv))
             {
                 return Step::Block;
             }

@@ -466,6 +466,9 @@ where
     if !matches!(first, Reply::Null | Reply::NullArray) {
         return Some(first);
     }
+    if name == "xreadgroup" {
+        return xreadgroup_block(shared, raft, conn, &argv, input, waits).await;
+    }
     let (keys, timeout) = match name {
         "blmove" | "brpoplpush" => (&argv[1..2], argv[argv.len() - 1]),
         // BLMPOP / BZMPOP timeout numkeys key...: the keyspace checked
@@ -612,6 +615,42 @@ where
         let reply = read(&argv);
         if !matches!(reply, Reply::NullArray) {
             return Some(reply);
+        }
+    }
+}
+
+/// XREADGROUP with BLOCK, after a first try found nothing: tries again
+/// (a write through the log, as any XREADGROUP) whenever a stream holds an
+/// entry new to the group on this node, until one delivers or the timeout.
+async fn xreadgroup_block<S, K>(
+    shared: &Shared,
+    raft: &catga_raft::RaftNode,
+    conn: &Conn,
+    argv: &[&[u8]],
+    input: Input<'_>,
+    waits: Waits<S, K>,
+) -> Option<Reply>
+where
+    S: std::future::Future<Output = ()> + Unpin,
+    K: std::future::Future<Output = ()> + Unpin,
+{
+    let probe = || {
+        let view = raft.view();
+        let v = view.read();
+        catga_raft::keyspace::streams::xreadgroup_wait(&v.keyspace, conn.info.db, catga_raft::unix_ms(), argv)
+    };
+    let (ms, _) = probe();
+    let mut wait = Wait::new(shared, conn, input, waits, ms);
+    let mut changes = raft.raft.metrics();
+    loop {
+        if let Err(end) = wait.next_change(changes.changed()).await {
+            return end;
+        }
+        if probe().1 {
+            let reply = pop_once(shared, conn, argv).await;
+            if !matches!(reply, Reply::Null | Reply::NullArray) {
+                return Some(reply);
+            }
         }
     }
 }

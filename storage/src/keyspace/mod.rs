@@ -161,7 +161,7 @@ impl Value {
             }
             Value::Set(s) => s.iter().map(|m| (m.clone(), Vec::new())).collect(),
             Value::ZSet(z) => z.iter().map(|(m, s)| (m.to_vec(), s.to_be_bytes().to_vec())).collect(),
-            Value::Stream(st) => st.entries.keys().filter_map(|id| Some((id.sub(), st.encode_entry(id)?))).collect(),
+            Value::Stream(st) => st.rows(),
         }
     }
 
@@ -172,7 +172,7 @@ impl Value {
             Value::List(l) => l.encode_chunk(list_chunk_start(sub)?),
             Value::Set(s) => s.contains(sub).then(Vec::new),
             Value::ZSet(z) => z.score(sub).map(|s| s.to_be_bytes().to_vec()),
-            Value::Stream(st) => st.encode_entry(&streams::StreamId::from_sub(sub)?),
+            Value::Stream(st) => st.row(sub),
         }
     }
 
@@ -206,7 +206,7 @@ impl Value {
                     z.insert(sub, f64::from_be_bytes(b));
                 }
             }
-            Value::Stream(st) => st.load_entry(sub, bytes),
+            Value::Stream(st) => st.load_row(sub, bytes),
         }
         false
     }
@@ -586,6 +586,12 @@ pub const NAMES: &[&str] = &[
     "xdel",
     "xtrim",
     "xread",
+    "xgroup",
+    "xreadgroup",
+    "xack",
+    "xpending",
+    "xclaim",
+    "xautoclaim",
 ];
 
 /// The commands the keyspace runs, by lower-case name.
@@ -684,6 +690,11 @@ pub fn spec(name: &str) -> Option<Spec> {
         "xdel" => (-3, true),
         "xtrim" => (-4, true),
         "xread" => (-4, false),
+        "xgroup" => (-2, true),
+        "xreadgroup" => (-7, true),
+        "xack" => (-4, true),
+        "xpending" => (-3, false),
+        "xclaim" | "xautoclaim" => (-6, true),
         "zrandmember" => (-2, false),
         // bitmaps
         "setbit" => (4, true),

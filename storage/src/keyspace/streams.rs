@@ -1,9 +1,19 @@
-//! Streams: XADD XLEN XRANGE XREVRANGE XDEL XTRIM XREAD.
+//! Streams: XADD XLEN XRANGE XREVRANGE XDEL XTRIM XREAD, and consumer
+//! groups: XGROUP XREADGROUP XACK XPENDING XCLAIM XAUTOCLAIM.
 //!
 //! A stream is its entries by ID, plus the last ID it ever gave (kept
-//! after its entries are deleted, so IDs never go back) and how many
-//! entries were ever added. An automatic ID takes the time the leader
-//! stamped on the log entry, so every replica gives the same one.
+//! after its entries are deleted, so IDs never go back), how many entries
+//! were ever added, and its consumer groups: each with the last ID it
+//! delivered, its pending entries (delivered, not acknowledged: to whom,
+//! when, how many times) and its consumers. An automatic ID and every
+//! delivery time take the time the leader stamped on the log entry, so
+//! every replica holds the same state.
+//!
+//! Rows (below the key's header, which holds the last ID and the count):
+//! `E` + ID for an entry, `G` + group for a group's last delivered ID,
+//! `P` + group + ID for a pending entry, `C` + group + consumer for a
+//! consumer (a group's name is length-prefixed). A change touches its own
+//! rows only: an XACK removes one row, whatever the group holds.
 //!
 //! Approximate trimming (`~`) removes whole runs of [`NODE_ENTRIES`]
 //! entries from the oldest, and a run only if what stays is still at the
@@ -35,19 +45,19 @@ impl StreamId {
         format!("{}-{}", self.ms, self.seq).into_bytes()
     }
 
-    /// The element row's sub-key: both numbers big-endian, so rows sort
-    /// by ID.
-    pub(crate) fn sub(&self) -> Vec<u8> {
-        let mut k = Vec::with_capacity(16);
-        k.extend_from_slice(&self.ms.to_be_bytes());
-        k.extend_from_slice(&self.seq.to_be_bytes());
+    /// Both numbers big-endian, so bytes sort as IDs do.
+    fn bytes(&self) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&self.ms.to_be_bytes());
+        k[8..].copy_from_slice(&self.seq.to_be_bytes());
         k
     }
 
-    pub(crate) fn from_sub(sub: &[u8]) -> Option<StreamId> {
-        let ms = u64::from_be_bytes(sub.get(..8)?.try_into().ok()?);
-        let seq = u64::from_be_bytes(sub.get(8..16)?.try_into().ok()?);
-        (sub.len() == 16).then_some(StreamId { ms, seq })
+    fn from_bytes(b: &[u8]) -> Option<StreamId> {
+        let b: &[u8; 16] = b.try_into().ok()?;
+        let ms = u64::from_be_bytes(b[..8].try_into().ok()?);
+        let seq = u64::from_be_bytes(b[8..].try_into().ok()?);
+        Some(StreamId { ms, seq })
     }
 
     fn next(&self) -> Option<StreamId> {
@@ -58,14 +68,79 @@ impl StreamId {
     }
 }
 
+/// A stream's entries: each one's fields and values, alternating.
+type Entries = BTreeMap<StreamId, Vec<Vec<u8>>>;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stream {
-    /// Each entry's fields and values, alternating.
-    pub(crate) entries: BTreeMap<StreamId, Vec<Vec<u8>>>,
+    pub(crate) entries: Entries,
     /// The greatest ID the stream ever held.
     pub(crate) last_id: StreamId,
     /// Entries ever added.
     pub(crate) added: u64,
+    /// Consumer groups by name.
+    pub(crate) groups: BTreeMap<Vec<u8>, Group>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    /// Entries after this one are new to the group (`>`).
+    pub(crate) last_delivered: StreamId,
+    /// Delivered and not yet acknowledged.
+    pub(crate) pending: BTreeMap<StreamId, Pending>,
+    /// Consumers by name: when each was last seen (ms).
+    pub(crate) consumers: BTreeMap<Vec<u8>, u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub(crate) consumer: Vec<u8>,
+    /// When it was last delivered (ms).
+    pub(crate) delivered_ms: u64,
+    pub(crate) deliveries: u64,
+}
+
+const ENTRY_ROW: u8 = b'E';
+const GROUP_ROW: u8 = b'G';
+const PENDING_ROW: u8 = b'P';
+const CONSUMER_ROW: u8 = b'C';
+
+/// An entry's row.
+pub(crate) fn entry_sub(id: &StreamId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(ENTRY_ROW);
+    k.extend_from_slice(&id.bytes());
+    k
+}
+
+/// `tag`, the group's length (u32 big-endian) and name, then `rest`.
+fn group_sub(tag: u8, group: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + group.len() + rest.len());
+    k.push(tag);
+    k.extend_from_slice(&(group.len() as u32).to_be_bytes());
+    k.extend_from_slice(group);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// A row's kind, group and what follows the group.
+fn split_sub(sub: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = sub.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let group = rest.get(4..4 + len)?;
+    Some((tag, group, &rest[4 + len..]))
+}
+
+/// Length-prefixed pieces, each u32 big-endian and the bytes.
+fn put_pieces<'a>(row: &mut Vec<u8>, pieces: impl IntoIterator<Item = &'a Vec<u8>>) {
+    for f in pieces {
+        row.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        row.extend_from_slice(f);
+    }
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
 impl Stream {
@@ -77,47 +152,96 @@ impl Stream {
         self.entries.is_empty()
     }
 
-    /// The value without its entries (what the key's header row holds).
+    /// The value without what its rows hold (the key's header row).
     pub(crate) fn shell(&self) -> Stream {
-        Stream { entries: BTreeMap::new(), last_id: self.last_id, added: self.added }
+        Stream { last_id: self.last_id, added: self.added, ..Stream::default() }
     }
 
-    /// An entry's row: the number of fields and values, then each as
-    /// length (u32 big-endian) and bytes.
-    pub(crate) fn encode_entry(&self, id: &StreamId) -> Option<Vec<u8>> {
-        let fields = self.entries.get(id)?;
-        let mut row = Vec::with_capacity(4 + fields.iter().map(|f| 4 + f.len()).sum::<usize>());
-        row.extend_from_slice(&(fields.len() as u32).to_be_bytes());
-        for f in fields {
-            row.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            row.extend_from_slice(f);
+    /// Every row: (sub-key, bytes).
+    pub(crate) fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> =
+            self.entries.keys().filter_map(|id| Some((entry_sub(id), self.row(&entry_sub(id))?))).collect();
+        for (name, g) in &self.groups {
+            let mut subs = vec![group_sub(GROUP_ROW, name, b"")];
+            subs.extend(g.pending.keys().map(|id| group_sub(PENDING_ROW, name, &id.bytes())));
+            subs.extend(g.consumers.keys().map(|c| group_sub(CONSUMER_ROW, name, c)));
+            out.extend(subs.into_iter().filter_map(|sub| Some((sub.clone(), self.row(&sub)?))));
         }
-        Some(row)
+        out
     }
 
-    /// Adds one persisted entry row back (loading from disk).
-    pub(crate) fn load_entry(&mut self, sub: &[u8], mut row: &[u8]) {
-        let Some(id) = StreamId::from_sub(sub) else { return };
-        let mut take = |n: usize| -> Option<&[u8]> {
-            let (a, b) = (row.get(..n)?, row.get(n..)?);
-            row = b;
-            Some(a)
-        };
-        let mut decode = || -> Option<Vec<Vec<u8>>> {
+    /// What row `sub` holds now; `None` when it is gone.
+    /// An entry: the number of fields and values, then each as length
+    /// (u32 big-endian) and bytes. A group: its last delivered ID. A
+    /// pending entry: delivery time and count (u64 big-endian), then the
+    /// consumer. A consumer: when it was last seen (u64 big-endian).
+    pub(crate) fn row(&self, sub: &[u8]) -> Option<Vec<u8>> {
+        if let [ENTRY_ROW, id @ ..] = sub {
+            let fields = self.entries.get(&StreamId::from_bytes(id)?)?;
+            let mut row = Vec::with_capacity(4 + fields.iter().map(|f| 4 + f.len()).sum::<usize>());
+            row.extend_from_slice(&(fields.len() as u32).to_be_bytes());
+            put_pieces(&mut row, fields);
+            return Some(row);
+        }
+        let (tag, name, rest) = split_sub(sub)?;
+        let g = self.groups.get(name)?;
+        match tag {
+            GROUP_ROW => Some(g.last_delivered.bytes().to_vec()),
+            PENDING_ROW => {
+                let p = g.pending.get(&StreamId::from_bytes(rest)?)?;
+                let mut row = Vec::with_capacity(16 + p.consumer.len());
+                row.extend_from_slice(&p.delivered_ms.to_be_bytes());
+                row.extend_from_slice(&p.deliveries.to_be_bytes());
+                row.extend_from_slice(&p.consumer);
+                Some(row)
+            }
+            CONSUMER_ROW => g.consumers.get(rest).map(|seen| seen.to_be_bytes().to_vec()),
+            _ => None,
+        }
+    }
+
+    /// Adds one persisted row back (loading from disk).
+    pub(crate) fn load_row(&mut self, sub: &[u8], row: &[u8]) {
+        if self.load(sub, row).is_none() {
+            tracing::warn!("undecodable stream row; skipped");
+        }
+    }
+
+    fn load(&mut self, sub: &[u8], mut row: &[u8]) -> Option<()> {
+        if let [ENTRY_ROW, id @ ..] = sub {
+            let id = StreamId::from_bytes(id)?;
+            let mut take = |n: usize| -> Option<&[u8]> {
+                let (a, b) = (row.get(..n)?, row.get(n..)?);
+                row = b;
+                Some(a)
+            };
             let count = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
             let mut fields = Vec::with_capacity(count.min(1024));
             for _ in 0..count {
                 let len = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
                 fields.push(take(len)?.to_vec());
             }
-            Some(fields)
-        };
-        match decode() {
-            Some(fields) => {
-                self.entries.insert(id, fields);
-            }
-            None => tracing::warn!("undecodable stream entry row; skipped"),
+            self.entries.insert(id, fields);
+            return Some(());
         }
+        let (tag, name, rest) = split_sub(sub)?;
+        let g = self.groups.entry(name.to_vec()).or_default();
+        match tag {
+            GROUP_ROW => g.last_delivered = StreamId::from_bytes(row)?,
+            PENDING_ROW => {
+                let p = Pending {
+                    delivered_ms: u64_at(row, 0)?,
+                    deliveries: u64_at(row, 8)?,
+                    consumer: row[16..].to_vec(),
+                };
+                g.pending.insert(StreamId::from_bytes(rest)?, p);
+            }
+            CONSUMER_ROW => {
+                g.consumers.insert(rest.to_vec(), u64_at(row, 0)?);
+            }
+            _ => return None,
+        }
+        Some(())
     }
 
     /// Trims by `t`; the IDs removed, oldest first.
@@ -254,6 +378,61 @@ fn entries_out<'a>(it: impl Iterator<Item = (&'a StreamId, &'a Vec<Vec<u8>>)>) -
     .collect()
 }
 
+/// XREAD's and XREADGROUP's arguments.
+struct ReadArgs<'a> {
+    count: usize,
+    /// BLOCK's ms (0: no limit).
+    block_ms: Option<u64>,
+    /// XREADGROUP's group and consumer.
+    group: Option<(&'a [u8], &'a [u8])>,
+    noack: bool,
+    keys: &'a [&'a [u8]],
+    ids: &'a [&'a [u8]],
+}
+
+/// `[COUNT n] [BLOCK ms] STREAMS key... id...`, and for XREADGROUP also
+/// `GROUP group consumer` and `NOACK`. BLOCK is checked here and waited
+/// out by the server.
+fn parse_read<'a>(argv: &'a [&'a [u8]], for_group: bool) -> Result<ReadArgs<'a>, Out> {
+    let mut r = ReadArgs { count: usize::MAX, block_ms: None, group: None, noack: false, keys: &[], ids: &[] };
+    let mut i = 1;
+    let streams_at = loop {
+        let Some(a) = argv.get(i) else { return Err(Out::err(SYNTAX)) };
+        let value = argv.get(i + 1).copied();
+        match (upper(a).as_str(), value) {
+            ("COUNT", Some(n)) => match string2ll(n) {
+                Some(n) => r.count = if n <= 0 { usize::MAX } else { n as usize },
+                None => return Err(Out::err(NOT_INTEGER)),
+            },
+            ("BLOCK", Some(n)) => match string2ll(n) {
+                Some(n) if n >= 0 => r.block_ms = Some(n as u64),
+                Some(_) => return Err(Out::err("ERR timeout is negative")),
+                None => return Err(Out::err("ERR timeout is not an integer or out of range")),
+            },
+            ("GROUP", Some(g)) if for_group && i + 2 < argv.len() => {
+                r.group = Some((g, argv[i + 2]));
+                i += 1;
+            }
+            ("NOACK", _) if for_group => {
+                r.noack = true;
+                i += 1;
+                continue;
+            }
+            ("STREAMS", _) => break i + 1,
+            _ => return Err(Out::err(SYNTAX)),
+        }
+        i += 2;
+    };
+    let rest = &argv[streams_at..];
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
+        return Err(Out::err(
+            "ERR Unbalanced XREAD list of streams: for each stream key an ID or '$' must be specified.",
+        ));
+    }
+    (r.keys, r.ids) = rest.split_at(rest.len() / 2);
+    Ok(r)
+}
+
 impl Keyspace {
     pub(super) fn stream_read(&self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
         Some(match name {
@@ -263,6 +442,7 @@ impl Keyspace {
             },
             "xrange" | "xrevrange" => self.xrange(db, now_ms, argv, name == "xrevrange"),
             "xread" => self.xread(db, now_ms, argv),
+            "xpending" => self.xpending(db, now_ms, argv),
             _ => return None,
         })
     }
@@ -302,36 +482,10 @@ impl Keyspace {
     /// each ID; `$` is the stream's last ID (nothing, without a wait).
     /// The server waits out BLOCK; here it is parsed and checked only.
     fn xread(&self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
-        let mut count = usize::MAX;
-        let mut i = 1;
-        let streams_at = loop {
-            let Some(a) = argv.get(i) else { return Out::err(SYNTAX) };
-            match upper(a).as_str() {
-                "COUNT" => match argv.get(i + 1).map(|n| string2ll(n)) {
-                    Some(Some(n)) => {
-                        count = if n <= 0 { usize::MAX } else { n as usize };
-                        i += 2;
-                    }
-                    Some(None) => return Out::err(NOT_INTEGER),
-                    None => return Out::err(SYNTAX),
-                },
-                "BLOCK" => match argv.get(i + 1).map(|n| string2ll(n)) {
-                    Some(Some(n)) if n >= 0 => i += 2,
-                    Some(Some(_)) => return Out::err("ERR timeout is negative"),
-                    Some(None) => return Out::err("ERR timeout is not an integer or out of range"),
-                    None => return Out::err(SYNTAX),
-                },
-                "STREAMS" => break i + 1,
-                _ => return Out::err(SYNTAX),
-            }
+        let ReadArgs { count, keys, ids, .. } = match parse_read(argv, false) {
+            Ok(r) => r,
+            Err(e) => return e,
         };
-        let rest = &argv[streams_at..];
-        if rest.is_empty() || !rest.len().is_multiple_of(2) {
-            return Out::err(
-                "ERR Unbalanced XREAD list of streams: for each stream key an ID or '$' must be specified.",
-            );
-        }
-        let (keys, ids) = rest.split_at(rest.len() / 2);
         let mut after = Vec::with_capacity(keys.len());
         for (k, id) in keys.iter().zip(ids) {
             let s = match self.coll::<Stream>(db, k, now_ms) {
@@ -372,6 +526,11 @@ impl Keyspace {
         Some(match name {
             "xadd" => self.xadd(db, now_ms, argv),
             "xdel" => self.xdel(db, now_ms, argv),
+            "xgroup" => self.xgroup(db, now_ms, argv),
+            "xreadgroup" => self.xreadgroup(db, now_ms, argv),
+            "xack" => self.xack(db, now_ms, argv),
+            "xclaim" => self.xclaim(db, now_ms, argv),
+            "xautoclaim" => self.xautoclaim(db, now_ms, argv),
             "xtrim" => {
                 let (t, next) = match parse_trim(argv, 2) {
                     Ok(t) => t,
@@ -387,7 +546,7 @@ impl Keyspace {
                         let gone = s.trim(&t);
                         let n = gone.len();
                         for id in gone {
-                            self.note_elem(db, argv[1], id.sub());
+                            self.note_elem(db, argv[1], entry_sub(&id));
                         }
                         Out::Int(n as i64)
                     }
@@ -472,9 +631,9 @@ impl Keyspace {
         let gone = trim.map(|t| s.trim(&t)).unwrap_or_default();
         // The header holds the last ID and the count.
         self.note(Change::Key(db, key.to_vec()));
-        self.note_elem(db, key, id.sub());
+        self.note_elem(db, key, entry_sub(&id));
         for g in gone {
-            self.note_elem(db, key, g.sub());
+            self.note_elem(db, key, entry_sub(&g));
         }
         Out::Bulk(id.text())
     }
@@ -494,7 +653,7 @@ impl Keyspace {
                 let gone: Vec<StreamId> = ids.into_iter().filter(|id| s.entries.remove(id).is_some()).collect();
                 let n = gone.len();
                 for id in gone {
-                    self.note_elem(db, argv[1], id.sub());
+                    self.note_elem(db, argv[1], entry_sub(&id));
                 }
                 Out::Int(n as i64)
             }
@@ -505,32 +664,615 @@ impl Keyspace {
 /// For a server about to wait in `XREAD ... BLOCK ms ...`: the timeout in
 /// ms (0: none) and the arguments with each `$` replaced by its stream's
 /// last ID now, so entries added during the wait are the ones read.
-/// The arguments must have been checked by a read of them.
+/// Arguments that do not parse come back as they are (a read of them
+/// answers the error).
 pub fn xread_for_wait(ks: &Keyspace, db: u32, now_ms: u64, argv: &[&[u8]]) -> (u64, Vec<Vec<u8>>) {
     let mut out: Vec<Vec<u8>> = argv.iter().map(|a| a.to_vec()).collect();
-    let mut ms = 0;
-    let mut i = 1;
-    while i + 1 < argv.len() {
-        match upper(argv[i]).as_str() {
-            "BLOCK" => ms = string2ll(argv[i + 1]).map_or(0, |n| n.max(0) as u64),
-            "STREAMS" => break,
-            _ => {}
-        }
-        i += 2;
-    }
-    let rest = argv.len().saturating_sub(i + 1);
-    let first_id = argv.len() - rest / 2;
-    for j in first_id..argv.len() {
-        if argv[j] == b"$" {
-            let key = argv[j - rest / 2];
+    let Ok(r) = parse_read(argv, false) else { return (0, out) };
+    let first_id = argv.len() - r.ids.len();
+    for (j, (key, id)) in r.keys.iter().zip(r.ids).enumerate() {
+        if *id == b"$" {
             let last = ks.coll::<Stream>(db, key, now_ms).ok().flatten().map_or(StreamId::default(), |s| s.last_id);
-            out[j] = last.text();
+            out[first_id + j] = last.text();
         }
     }
-    (ms, out)
+    (r.block_ms.unwrap_or(0), out)
 }
 
-/// Whether an XREAD's options (before STREAMS) include BLOCK.
+/// For a server waiting in `XREADGROUP ... BLOCK ms ...`: the timeout in
+/// ms (0: none), and whether one of the streams now holds an entry new to
+/// the group (then a try may deliver it).
+pub fn xreadgroup_wait(ks: &Keyspace, db: u32, now_ms: u64, argv: &[&[u8]]) -> (u64, bool) {
+    let Ok(r) = parse_read(argv, true) else { return (0, false) };
+    let ready = r.group.is_some_and(|(g, _)| {
+        r.keys.iter().any(|k| {
+            ks.coll::<Stream>(db, k, now_ms).ok().flatten().is_some_and(|s| {
+                s.groups
+                    .get(g)
+                    .is_some_and(|g| s.entries.keys().next_back().is_some_and(|last| *last > g.last_delivered))
+            })
+        })
+    });
+    (r.block_ms.unwrap_or(0), ready)
+}
+
+/// Whether an XREAD's (or XREADGROUP's) options, before STREAMS, include
+/// BLOCK.
 pub fn xread_blocks(argv: &[&[u8]]) -> bool {
     argv.iter().skip(1).take_while(|a| upper(a) != "STREAMS").any(|a| upper(a) == "BLOCK")
+}
+
+const NO_KEY_FOR_XGROUP: &str =
+    "ERR The XGROUP subcommand requires the key to exist. Note that for CREATE you may want \
+                                 to use the MKSTREAM option to create an empty stream automatically.";
+
+/// XGROUP HELP, as Redis 7.0 prints it.
+const XGROUP_HELP: &[&str] = &[
+    "XGROUP <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "CREATE <key> <groupname> <id|$> [option]",
+    "    Create a new consumer group. Options are:",
+    "    * MKSTREAM",
+    "      Create the empty stream if it does not exist.",
+    "    * ENTRIESREAD entries_read",
+    "      Set the group's entries_read counter (internal use).",
+    "CREATECONSUMER <key> <groupname> <consumer>",
+    "    Create a new consumer in the specified group.",
+    "DELCONSUMER <key> <groupname> <consumer>",
+    "    Remove the specified consumer.",
+    "DESTROY <key> <groupname>",
+    "    Remove the specified group.",
+    "SETID <key> <groupname> <id|$> [ENTRIESREAD entries_read]",
+    "    Set the current group ID and entries_read counter.",
+    "HELP",
+    "    Prints this help.",
+];
+
+fn no_group(key: &[u8], group: &[u8]) -> Out {
+    Out::Err(format!(
+        "NOGROUP No such key '{}' or consumer group '{}'",
+        String::from_utf8_lossy(key),
+        String::from_utf8_lossy(group)
+    ))
+}
+
+/// An entry as replies show it; a pending ID whose entry was deleted
+/// has a null in place of its fields.
+fn entry_out(id: &StreamId, fields: Option<&Vec<Vec<u8>>>) -> Out {
+    let fields = fields.map_or(Out::NilArray, |f| Out::Array(f.iter().map(|v| Out::Bulk(v.clone())).collect()));
+    Out::Array(vec![Out::Bulk(id.text()), fields])
+}
+
+/// Rows a change to a group touched, to record.
+#[derive(Default)]
+struct Touched(Vec<Vec<u8>>);
+
+impl Touched {
+    fn pending(&mut self, group: &[u8], id: &StreamId) {
+        self.0.push(group_sub(PENDING_ROW, group, &id.bytes()));
+    }
+    fn consumer(&mut self, group: &[u8], consumer: &[u8]) {
+        self.0.push(group_sub(CONSUMER_ROW, group, consumer));
+    }
+    fn group(&mut self, group: &[u8]) {
+        self.0.push(group_sub(GROUP_ROW, group, b""));
+    }
+}
+
+impl Group {
+    /// Creates the consumer if new, and marks it seen.
+    fn see(&mut self, consumer: &[u8], now_ms: u64, t: &mut Touched, name: &[u8]) {
+        self.consumers.insert(consumer.to_vec(), now_ms);
+        t.consumer(name, consumer);
+    }
+}
+
+impl Keyspace {
+    /// Records the rows `t` lists as changed.
+    fn note_rows(&mut self, db: u32, key: &[u8], t: Touched) {
+        for sub in t.0 {
+            self.note_elem(db, key, sub);
+        }
+    }
+
+    /// The stream at (db, key) to change, for a group command: `Err` for
+    /// another type, `Ok(None)` when absent.
+    fn stream_mut(&mut self, db: u32, key: &[u8], now_ms: u64) -> Result<Option<&mut Stream>, Out> {
+        self.coll_mut::<Stream>(db, key, now_ms, false)
+    }
+
+    /// The entries and group `group` of the stream at (db, key), the group
+    /// to change; NOGROUP when either is missing.
+    fn entries_and_group(
+        &mut self,
+        db: u32,
+        key: &[u8],
+        group: &[u8],
+        now_ms: u64,
+    ) -> Result<(&Entries, &mut Group), Out> {
+        let s = self.stream_mut(db, key, now_ms)?;
+        s.and_then(|s| Some((&s.entries, s.groups.get_mut(group)?))).ok_or_else(|| no_group(key, group))
+    }
+
+    /// XGROUP CREATE | SETID | DESTROY | CREATECONSUMER | DELCONSUMER | HELP.
+    fn xgroup(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let sub = upper(argv[1]);
+        let arity = match sub.as_str() {
+            "CREATE" | "SETID" => -5,
+            "DESTROY" => 4,
+            "CREATECONSUMER" | "DELCONSUMER" => 5,
+            "HELP" => 2,
+            _ => {
+                return Out::Err(format!(
+                    "ERR unknown subcommand '{}'. Try XGROUP HELP.",
+                    String::from_utf8_lossy(argv[1])
+                ))
+            }
+        };
+        if !arity_ok(arity, argv.len()) {
+            return Out::Err(format!("ERR wrong number of arguments for 'xgroup|{}' command", sub.to_lowercase()));
+        }
+        if sub == "HELP" {
+            return Out::Array(XGROUP_HELP.iter().map(|l| Out::Simple((*l).into())).collect());
+        }
+        let (key, group) = (argv[2], argv[3]);
+        // CREATE / SETID options: MKSTREAM (CREATE only), ENTRIESREAD n
+        // (accepted; this server keeps no entries-read counter).
+        let mut mkstream = false;
+        if matches!(sub.as_str(), "CREATE" | "SETID") {
+            let mut i = 5;
+            while i < argv.len() {
+                match upper(argv[i]).as_str() {
+                    "MKSTREAM" if sub == "CREATE" => i += 1,
+                    "ENTRIESREAD" if i + 1 < argv.len() => match string2ll(argv[i + 1]) {
+                        Some(_) => i += 2,
+                        None => return Out::err(NOT_INTEGER),
+                    },
+                    _ => {
+                        return Out::Err(format!(
+                            "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try XGROUP HELP."
+                        ))
+                    }
+                }
+                mkstream |= upper(argv[i - 1]) == "MKSTREAM";
+            }
+        }
+        if let Err(e) = self.coll::<Stream>(db, key, now_ms) {
+            return e;
+        }
+        let exists = self.coll::<Stream>(db, key, now_ms).ok().flatten().is_some();
+        if !(exists || sub == "CREATE" && mkstream) {
+            return Out::err(NO_KEY_FOR_XGROUP);
+        }
+        let no_such_group = || {
+            Out::Err(format!(
+                "NOGROUP No such consumer group '{}' for key name '{}'",
+                String::from_utf8_lossy(group),
+                String::from_utf8_lossy(key)
+            ))
+        };
+        let Ok(Some(s)) = self.coll_mut::<Stream>(db, key, now_ms, true) else { return Out::err(NO_KEY_FOR_XGROUP) };
+        let mut t = Touched::default();
+        let out = match sub.as_str() {
+            "CREATE" | "SETID" => {
+                let id = match argv[4] {
+                    b"$" => s.last_id,
+                    other => match parse_id(other, 0) {
+                        Some(id) => id,
+                        None => return Out::err(INVALID_ID),
+                    },
+                };
+                match (sub.as_str(), s.groups.get_mut(group)) {
+                    ("CREATE", Some(_)) => return Out::err("BUSYGROUP Consumer Group name already exists"),
+                    ("CREATE", None) => {
+                        s.groups.insert(group.to_vec(), Group { last_delivered: id, ..Group::default() });
+                    }
+                    (_, Some(g)) => g.last_delivered = id,
+                    (_, None) => return no_such_group(),
+                }
+                t.group(group);
+                Out::ok()
+            }
+            "DESTROY" => match s.groups.remove(group) {
+                Some(g) => {
+                    t.group(group);
+                    g.pending.keys().for_each(|id| t.pending(group, id));
+                    g.consumers.keys().for_each(|c| t.consumer(group, c));
+                    Out::Int(1)
+                }
+                None => Out::Int(0),
+            },
+            "CREATECONSUMER" => match s.groups.get_mut(group) {
+                None => return no_such_group(),
+                Some(g) if g.consumers.contains_key(argv[4]) => Out::Int(0),
+                Some(g) => {
+                    g.see(argv[4], now_ms, &mut t, group);
+                    Out::Int(1)
+                }
+            },
+            _ => match s.groups.get_mut(group) {
+                None => return no_such_group(),
+                Some(g) => {
+                    let consumer = argv[4];
+                    let mine: Vec<StreamId> =
+                        g.pending.iter().filter(|(_, p)| p.consumer == consumer).map(|(id, _)| *id).collect();
+                    for id in &mine {
+                        g.pending.remove(id);
+                        t.pending(group, id);
+                    }
+                    if g.consumers.remove(consumer).is_some() {
+                        t.consumer(group, consumer);
+                    }
+                    Out::Int(mine.len() as i64)
+                }
+            },
+        };
+        self.note_rows(db, key, t);
+        out
+    }
+
+    /// XREADGROUP GROUP group consumer [COUNT n] [BLOCK ms] [NOACK]
+    /// STREAMS key... id...: `>` delivers entries new to the group (and
+    /// records them pending, unless NOACK); an ID reads the consumer's
+    /// own pending entries after it again. The server waits out BLOCK.
+    fn xreadgroup(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let ReadArgs { count, group, noack, keys, ids, .. } = match parse_read(argv, true) {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        let Some((group, consumer)) = group else { return Out::err("ERR Missing GROUP option for XREADGROUP") };
+        // Everything checked before anything changes.
+        let mut wanted = Vec::with_capacity(keys.len());
+        for (k, id) in keys.iter().zip(ids) {
+            match self.coll::<Stream>(db, k, now_ms) {
+                Err(e) => return e,
+                Ok(s) if s.is_none_or(|s| !s.groups.contains_key(group)) => {
+                    return Out::Err(format!(
+                        "NOGROUP No such key '{}' or consumer group '{}' in XREADGROUP with GROUP option",
+                        String::from_utf8_lossy(k),
+                        String::from_utf8_lossy(group)
+                    ))
+                }
+                Ok(_) => {}
+            }
+            wanted.push(match *id {
+                b">" => None,
+                b"$" => {
+                    return Out::err(
+                        "ERR The $ ID is meaningless in the context of XREADGROUP: you want to read the history of \
+                         this consumer by specifying a proper ID, or use the > ID to get new messages. The $ ID would \
+                         just return an empty result set.",
+                    )
+                }
+                other => match parse_id(other, 0) {
+                    Some(id) => Some(id),
+                    None => return Out::err(INVALID_ID),
+                },
+            });
+        }
+        let mut found = Vec::new();
+        for (k, from) in keys.iter().zip(wanted) {
+            let mut t = Touched::default();
+            let Ok(Some(s)) = self.stream_mut(db, k, now_ms) else { continue };
+            let Some(g) = s.groups.get_mut(group) else { continue };
+            g.see(consumer, now_ms, &mut t, group);
+            let got: Vec<Out> = match from {
+                None => {
+                    let new: Vec<StreamId> = g
+                        .last_delivered
+                        .next()
+                        .map(|start| s.entries.range(start..).take(count).map(|(id, _)| *id).collect())
+                        .unwrap_or_default();
+                    for id in &new {
+                        g.last_delivered = *id;
+                        if !noack {
+                            let p = Pending { consumer: consumer.to_vec(), delivered_ms: now_ms, deliveries: 1 };
+                            g.pending.insert(*id, p);
+                            t.pending(group, id);
+                        }
+                    }
+                    if !new.is_empty() {
+                        t.group(group);
+                    }
+                    new.iter().map(|id| entry_out(id, s.entries.get(id))).collect()
+                }
+                Some(after) => {
+                    let mine: Vec<StreamId> = after
+                        .next()
+                        .map(|start| {
+                            g.pending
+                                .range(start..)
+                                .filter(|(_, p)| p.consumer == consumer)
+                                .take(count)
+                                .map(|(id, _)| *id)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    for id in &mine {
+                        if let Some(p) = g.pending.get_mut(id) {
+                            p.delivered_ms = now_ms;
+                            p.deliveries += 1;
+                            t.pending(group, id);
+                        }
+                    }
+                    let out = mine.iter().map(|id| entry_out(id, s.entries.get(id))).collect();
+                    // History always answers for its stream, even empty.
+                    found.push((Out::Bulk(k.to_vec()), Out::Array(out)));
+                    self.note_rows(db, k, t);
+                    continue;
+                }
+            };
+            if !got.is_empty() {
+                found.push((Out::Bulk(k.to_vec()), Out::Array(got)));
+            }
+            self.note_rows(db, k, t);
+        }
+        if found.is_empty() {
+            Out::NilArray
+        } else {
+            Out::PairMap(found)
+        }
+    }
+
+    /// XACK key group id...: how many of the IDs were pending.
+    fn xack(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let (key, group) = (argv[1], argv[2]);
+        let mut ids = Vec::with_capacity(argv.len() - 3);
+        for a in &argv[3..] {
+            match parse_id(a, 0) {
+                Some(id) => ids.push(id),
+                None => return Out::err(INVALID_ID),
+            }
+        }
+        let mut t = Touched::default();
+        let acked = match self.stream_mut(db, key, now_ms) {
+            Err(e) => return e,
+            Ok(s) => match s.and_then(|s| s.groups.get_mut(group)) {
+                None => 0,
+                Some(g) => {
+                    ids.iter().filter(|id| g.pending.remove(id).is_some()).inspect(|id| t.pending(group, id)).count()
+                }
+            },
+        };
+        self.note_rows(db, key, t);
+        Out::Int(acked as i64)
+    }
+
+    /// XPENDING key group: count, lowest and highest ID, and per consumer
+    /// its count; with `[IDLE ms] start end count [consumer]`: each
+    /// pending entry's ID, consumer, idle ms and deliveries.
+    fn xpending(&self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let (key, group) = (argv[1], argv[2]);
+        let mut min_idle = 0u64;
+        let mut i = 3;
+        if argv.len() > 3 && upper(argv[3]) == "IDLE" {
+            match argv.get(4).map(|n| string2ll(n)) {
+                Some(Some(n)) => min_idle = n.max(0) as u64,
+                Some(None) => return Out::err(NOT_INTEGER),
+                None => return Out::err(SYNTAX),
+            }
+            i = 5;
+        }
+        let extended = argv.len() > 3;
+        if extended && argv.len() < i + 3 {
+            return Out::err(SYNTAX);
+        }
+        let range = if extended {
+            let (start, end) = match (range_bound(argv[i], true), range_bound(argv[i + 1], false)) {
+                (Ok(s), Ok(e)) => (s, e),
+                (Err(e), _) | (_, Err(e)) => return e,
+            };
+            let Some(count) = string2ll(argv[i + 2]) else { return Out::err(NOT_INTEGER) };
+            Some((start, end, count.max(0) as usize, argv.get(i + 3).copied()))
+        } else {
+            None
+        };
+        let g = match self.coll::<Stream>(db, key, now_ms) {
+            Err(e) => return e,
+            Ok(s) => match s.and_then(|s| s.groups.get(group)) {
+                Some(g) => g,
+                None => return no_group(key, group),
+            },
+        };
+        let Some((start, end, count, consumer)) = range else {
+            let (Some(first), Some(last)) = (g.pending.keys().next(), g.pending.keys().next_back()) else {
+                return Out::Array(vec![Out::Int(0), Out::Nil, Out::Nil, Out::NilArray]);
+            };
+            let mut per: BTreeMap<&[u8], i64> = BTreeMap::new();
+            for p in g.pending.values() {
+                *per.entry(p.consumer.as_slice()).or_default() += 1;
+            }
+            let per = per
+                .into_iter()
+                .map(|(c, n)| Out::Array(vec![Out::Bulk(c.to_vec()), Out::Bulk(n.to_string().into_bytes())]));
+            return Out::Array(vec![
+                Out::Int(g.pending.len() as i64),
+                Out::Bulk(first.text()),
+                Out::Bulk(last.text()),
+                Out::Array(per.collect()),
+            ]);
+        };
+        let (Some(start), Some(end)) = (start, end) else { return Out::Array(vec![]) };
+        if start > end {
+            return Out::Array(vec![]);
+        }
+        Out::Array(
+            g.pending
+                .range(start..=end)
+                .filter(|(_, p)| consumer.is_none_or(|c| p.consumer == c))
+                .filter(|(_, p)| now_ms.saturating_sub(p.delivered_ms) >= min_idle)
+                .take(count)
+                .map(|(id, p)| {
+                    Out::Array(vec![
+                        Out::Bulk(id.text()),
+                        Out::Bulk(p.consumer.clone()),
+                        Out::Int(now_ms.saturating_sub(p.delivered_ms) as i64),
+                        Out::Int(p.deliveries as i64),
+                    ])
+                })
+                .collect(),
+        )
+    }
+
+    /// XCLAIM key group consumer min-idle-time id... [IDLE ms] [TIME ms]
+    /// [RETRYCOUNT n] [FORCE] [JUSTID] [LASTID id].
+    fn xclaim(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let (key, group, consumer) = (argv[1], argv[2], argv[3]);
+        let Some(min_idle) = string2ll(argv[4]) else {
+            return Out::err("ERR Invalid min-idle-time argument for XCLAIM");
+        };
+        let mut ids = Vec::new();
+        let mut i = 5;
+        while let Some(id) = argv.get(i).and_then(|a| parse_id(a, 0)) {
+            ids.push(id);
+            i += 1;
+        }
+        let (mut delivered_ms, mut retry, mut force, mut justid, mut lastid) = (now_ms, None, false, false, None);
+        while i < argv.len() {
+            let opt = upper(argv[i]);
+            let value = argv.get(i + 1).copied();
+            match (opt.as_str(), value) {
+                ("FORCE", _) => force = true,
+                ("JUSTID", _) => justid = true,
+                ("IDLE", Some(v)) => match string2ll(v) {
+                    Some(n) => delivered_ms = now_ms.saturating_sub(n.max(0) as u64),
+                    None => return Out::err("ERR Invalid IDLE option argument for XCLAIM"),
+                },
+                ("TIME", Some(v)) => match string2ll(v) {
+                    Some(n) => delivered_ms = n.max(0) as u64,
+                    None => return Out::err("ERR Invalid TIME option argument for XCLAIM"),
+                },
+                ("RETRYCOUNT", Some(v)) => match string2ll(v) {
+                    Some(n) => retry = Some(n.max(0) as u64),
+                    None => return Out::err("ERR Invalid RETRYCOUNT option argument for XCLAIM"),
+                },
+                ("LASTID", Some(v)) => match parse_id(v, 0) {
+                    Some(id) => lastid = Some(id),
+                    None => return Out::err(INVALID_ID),
+                },
+                _ => return Out::Err(format!("ERR Unrecognized XCLAIM option '{}'", String::from_utf8_lossy(argv[i]))),
+            }
+            i += if matches!(opt.as_str(), "FORCE" | "JUSTID") { 1 } else { 2 };
+        }
+        let min_idle = min_idle.max(0) as u64;
+        let mut t = Touched::default();
+        let (entries, g) = match self.entries_and_group(db, key, group, now_ms) {
+            Ok(eg) => eg,
+            Err(e) => return e,
+        };
+        if let Some(last) = lastid.filter(|l| *l > g.last_delivered) {
+            g.last_delivered = last;
+            t.group(group);
+        }
+        g.see(consumer, now_ms, &mut t, group);
+        let mut out = Vec::new();
+        for id in ids {
+            if let std::collections::btree_map::Entry::Vacant(v) = g.pending.entry(id) {
+                if !(force && entries.contains_key(&id)) {
+                    continue;
+                }
+                v.insert(Pending { consumer: consumer.to_vec(), delivered_ms: now_ms, deliveries: 0 });
+            }
+            t.pending(group, &id);
+            if !entries.contains_key(&id) {
+                // Deleted from the stream: no longer pending either.
+                g.pending.remove(&id);
+                continue;
+            }
+            let Some(p) = g.pending.get_mut(&id) else { continue };
+            if now_ms.saturating_sub(p.delivered_ms) < min_idle {
+                continue;
+            }
+            p.consumer = consumer.to_vec();
+            p.delivered_ms = delivered_ms;
+            match retry {
+                Some(n) => p.deliveries = n,
+                None if !justid => p.deliveries += 1,
+                None => {}
+            }
+            out.push(if justid { Out::Bulk(id.text()) } else { entry_out(&id, entries.get(&id)) });
+        }
+        self.note_rows(db, key, t);
+        Out::Array(out)
+    }
+
+    /// XAUTOCLAIM key group consumer min-idle-time start [COUNT n]
+    /// [JUSTID]: claims up to COUNT pending entries idle that long from
+    /// `start` on (looking at ten times as many at most); the cursor to
+    /// go on from (`0-0` when done), the claimed entries and the pending
+    /// IDs whose entries were deleted (no longer pending now).
+    fn xautoclaim(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let (key, group, consumer) = (argv[1], argv[2], argv[3]);
+        let Some(min_idle) = string2ll(argv[4]) else {
+            return Out::err("ERR Invalid min-idle-time argument for XAUTOCLAIM");
+        };
+        let start = match range_bound(argv[5], true) {
+            Ok(s) => s,
+            Err(e) => return e,
+        };
+        let (mut count, mut justid) = (100usize, false);
+        let mut i = 6;
+        while i < argv.len() {
+            match upper(argv[i]).as_str() {
+                "JUSTID" => {
+                    justid = true;
+                    i += 1;
+                }
+                "COUNT" if i + 1 < argv.len() => {
+                    match string2ll(argv[i + 1]) {
+                        Some(n) if n > 0 && n <= i64::MAX / 10 => count = n as usize,
+                        _ => return Out::err("ERR COUNT must be > 0"),
+                    }
+                    i += 2;
+                }
+                _ => return Out::err(SYNTAX),
+            }
+        }
+        let min_idle = min_idle.max(0) as u64;
+        let mut t = Touched::default();
+        let (entries, g) = match self.entries_and_group(db, key, group, now_ms) {
+            Ok(eg) => eg,
+            Err(e) => return e,
+        };
+        g.see(consumer, now_ms, &mut t, group);
+        let (mut claimed, mut deleted) = (Vec::new(), Vec::new());
+        let mut attempts = count * 10;
+        let mut cursor = StreamId::default();
+        let ids: Vec<StreamId> = match start {
+            Some(start) => g.pending.range(start..).map(|(id, _)| *id).collect(),
+            None => Vec::new(),
+        };
+        let mut it = ids.into_iter().peekable();
+        while let Some(id) = it.next() {
+            if attempts == 0 || claimed.len() == count {
+                cursor = id;
+                break;
+            }
+            attempts -= 1;
+            if !entries.contains_key(&id) {
+                g.pending.remove(&id);
+                t.pending(group, &id);
+                deleted.push(Out::Bulk(id.text()));
+                continue;
+            }
+            let Some(p) = g.pending.get_mut(&id) else { continue };
+            if now_ms.saturating_sub(p.delivered_ms) < min_idle {
+                continue;
+            }
+            p.consumer = consumer.to_vec();
+            p.delivered_ms = now_ms;
+            if !justid {
+                p.deliveries += 1;
+            }
+            t.pending(group, &id);
+            claimed.push(if justid { Out::Bulk(id.text()) } else { entry_out(&id, entries.get(&id)) });
+            if claimed.len() == count {
+                if let Some(next) = it.peek() {
+                    cursor = *next;
+                }
+                break;
+            }
+        }
+        self.note_rows(db, key, t);
+        Out::Array(vec![Out::Bulk(cursor.text()), Out::Array(claimed), Out::Array(deleted)])
+    }
 }
