@@ -592,6 +592,8 @@ pub const NAMES: &[&str] = &[
     "xpending",
     "xclaim",
     "xautoclaim",
+    "xinfo",
+    "xsetid",
 ];
 
 /// The commands the keyspace runs, by lower-case name.
@@ -695,6 +697,8 @@ pub fn spec(name: &str) -> Option<Spec> {
         "xack" => (-4, true),
         "xpending" => (-3, false),
         "xclaim" | "xautoclaim" => (-6, true),
+        "xinfo" => (-2, false),
+        "xsetid" => (-3, true),
         "zrandmember" => (-2, false),
         // bitmaps
         "setbit" => (4, true),

@@ -78,6 +78,8 @@ pub struct Stream {
     pub(crate) last_id: StreamId,
     /// Entries ever added.
     pub(crate) added: u64,
+    /// The greatest ID XDEL removed (0-0: none).
+    pub(crate) max_deleted: StreamId,
     /// Consumer groups by name.
     pub(crate) groups: BTreeMap<Vec<u8>, Group>,
 }
@@ -86,6 +88,9 @@ pub struct Stream {
 pub struct Group {
     /// Entries after this one are new to the group (`>`).
     pub(crate) last_delivered: StreamId,
+    /// How many of the stream's entries the group has read, when known
+    /// (Redis 7.0's `entries-read`, from which XINFO's lag comes).
+    pub(crate) entries_read: Option<u64>,
     /// Delivered and not yet acknowledged.
     pub(crate) pending: BTreeMap<StreamId, Pending>,
     /// Consumers by name: when each was last seen (ms).
@@ -154,7 +159,7 @@ impl Stream {
 
     /// The value without what its rows hold (the key's header row).
     pub(crate) fn shell(&self) -> Stream {
-        Stream { last_id: self.last_id, added: self.added, ..Stream::default() }
+        Stream { last_id: self.last_id, added: self.added, max_deleted: self.max_deleted, ..Stream::default() }
     }
 
     /// Every row: (sub-key, bytes).
@@ -172,8 +177,8 @@ impl Stream {
 
     /// What row `sub` holds now; `None` when it is gone.
     /// An entry: the number of fields and values, then each as length
-    /// (u32 big-endian) and bytes. A group: its last delivered ID. A
-    /// pending entry: delivery time and count (u64 big-endian), then the
+    /// (u32 big-endian) and bytes. A group: its last delivered ID and
+    /// entries read (u64 big-endian, all ones when unknown). A pending entry: delivery time and count (u64 big-endian), then the
     /// consumer. A consumer: when it was last seen (u64 big-endian).
     pub(crate) fn row(&self, sub: &[u8]) -> Option<Vec<u8>> {
         if let [ENTRY_ROW, id @ ..] = sub {
@@ -186,7 +191,11 @@ impl Stream {
         let (tag, name, rest) = split_sub(sub)?;
         let g = self.groups.get(name)?;
         match tag {
-            GROUP_ROW => Some(g.last_delivered.bytes().to_vec()),
+            GROUP_ROW => {
+                let mut row = g.last_delivered.bytes().to_vec();
+                row.extend_from_slice(&g.entries_read.unwrap_or(u64::MAX).to_be_bytes());
+                Some(row)
+            }
             PENDING_ROW => {
                 let p = g.pending.get(&StreamId::from_bytes(rest)?)?;
                 let mut row = Vec::with_capacity(16 + p.consumer.len());
@@ -227,7 +236,10 @@ impl Stream {
         let (tag, name, rest) = split_sub(sub)?;
         let g = self.groups.entry(name.to_vec()).or_default();
         match tag {
-            GROUP_ROW => g.last_delivered = StreamId::from_bytes(row)?,
+            GROUP_ROW => {
+                g.last_delivered = StreamId::from_bytes(row.get(..16)?)?;
+                g.entries_read = Some(u64_at(row, 16)?).filter(|n| *n != u64::MAX);
+            }
             PENDING_ROW => {
                 let p = Pending {
                     delivered_ms: u64_at(row, 0)?,
@@ -378,6 +390,73 @@ fn entries_out<'a>(it: impl Iterator<Item = (&'a StreamId, &'a Vec<Vec<u8>>)>) -
     .collect()
 }
 
+/// What Redis 7.0's entries-read and lag bookkeeping reads of a stream.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    added: u64,
+    len: u64,
+    last: StreamId,
+    /// The first entry's ID (0-0 when empty).
+    first: StreamId,
+    max_deleted: StreamId,
+}
+
+impl Shape {
+    fn of(s: &Stream) -> Shape {
+        let first = s.entries.keys().next().copied().unwrap_or_default();
+        Shape { added: s.added, len: s.len() as u64, last: s.last_id, first, max_deleted: s.max_deleted }
+    }
+
+    /// How many entries were ever added up to `id`, when that can be told
+    /// (no deletion in the way).
+    fn distance(&self, id: StreamId) -> Option<u64> {
+        if self.added == 0 {
+            return Some(0);
+        }
+        if self.len == 0 && id <= self.last {
+            return Some(self.added);
+        }
+        match id.cmp(&self.last) {
+            std::cmp::Ordering::Equal => return Some(self.added),
+            std::cmp::Ordering::Greater => return None,
+            std::cmp::Ordering::Less => {}
+        }
+        if self.max_deleted == StreamId::default() || self.max_deleted < self.first {
+            match id.cmp(&self.first) {
+                std::cmp::Ordering::Less => return Some(self.added - self.len),
+                std::cmp::Ordering::Equal => return Some(self.added - self.len + 1),
+                std::cmp::Ordering::Greater => {}
+            }
+        }
+        None
+    }
+
+    /// Whether an entry at or after `start` was deleted.
+    fn deleted_from(&self, start: StreamId) -> bool {
+        self.len > 0 && self.max_deleted != StreamId::default() && start <= self.max_deleted
+    }
+
+    /// A group's entries read after it read `id`.
+    fn after_read(&self, read: Option<u64>, id: StreamId) -> Option<u64> {
+        match read {
+            Some(n) if !self.deleted_from(id) => Some(n + 1),
+            _ if self.added > 0 => self.distance(id),
+            other => other,
+        }
+    }
+
+    /// Entries the group has still to read, when that can be told.
+    fn lag(&self, g: &Group) -> Option<u64> {
+        if self.added == 0 {
+            return Some(0);
+        }
+        match g.entries_read {
+            Some(n) if !self.deleted_from(g.last_delivered) => Some(self.added.saturating_sub(n)),
+            _ => self.distance(g.last_delivered).map(|n| self.added - n),
+        }
+    }
+}
+
 /// XREAD's and XREADGROUP's arguments.
 struct ReadArgs<'a> {
     count: usize,
@@ -443,6 +522,7 @@ impl Keyspace {
             "xrange" | "xrevrange" => self.xrange(db, now_ms, argv, name == "xrevrange"),
             "xread" => self.xread(db, now_ms, argv),
             "xpending" => self.xpending(db, now_ms, argv),
+            "xinfo" => self.xinfo(db, now_ms, argv),
             _ => return None,
         })
     }
@@ -531,6 +611,7 @@ impl Keyspace {
             "xack" => self.xack(db, now_ms, argv),
             "xclaim" => self.xclaim(db, now_ms, argv),
             "xautoclaim" => self.xautoclaim(db, now_ms, argv),
+            "xsetid" => self.xsetid(db, now_ms, argv),
             "xtrim" => {
                 let (t, next) = match parse_trim(argv, 2) {
                     Ok(t) => t,
@@ -652,6 +733,10 @@ impl Keyspace {
             Ok(Some(s)) => {
                 let gone: Vec<StreamId> = ids.into_iter().filter(|id| s.entries.remove(id).is_some()).collect();
                 let n = gone.len();
+                if let Some(max) = gone.iter().max().filter(|m| **m > s.max_deleted) {
+                    s.max_deleted = *max;
+                    self.note(Change::Key(db, argv[1].to_vec()));
+                }
                 for id in gone {
                     self.note_elem(db, argv[1], entry_sub(&id));
                 }
@@ -817,14 +902,17 @@ impl Keyspace {
         let (key, group) = (argv[2], argv[3]);
         // CREATE / SETID options: MKSTREAM (CREATE only), ENTRIESREAD n
         // (accepted; this server keeps no entries-read counter).
-        let mut mkstream = false;
+        let (mut mkstream, mut entries_read) = (false, None);
         if matches!(sub.as_str(), "CREATE" | "SETID") {
             let mut i = 5;
             while i < argv.len() {
                 match upper(argv[i]).as_str() {
                     "MKSTREAM" if sub == "CREATE" => i += 1,
                     "ENTRIESREAD" if i + 1 < argv.len() => match string2ll(argv[i + 1]) {
-                        Some(_) => i += 2,
+                        Some(n) => {
+                            entries_read = u64::try_from(n).ok();
+                            i += 2;
+                        }
                         None => return Out::err(NOT_INTEGER),
                     },
                     _ => {
@@ -864,9 +952,13 @@ impl Keyspace {
                 match (sub.as_str(), s.groups.get_mut(group)) {
                     ("CREATE", Some(_)) => return Out::err("BUSYGROUP Consumer Group name already exists"),
                     ("CREATE", None) => {
-                        s.groups.insert(group.to_vec(), Group { last_delivered: id, ..Group::default() });
+                        let g = Group { last_delivered: id, entries_read, ..Group::default() };
+                        s.groups.insert(group.to_vec(), g);
                     }
-                    (_, Some(g)) => g.last_delivered = id,
+                    (_, Some(g)) => {
+                        g.last_delivered = id;
+                        g.entries_read = entries_read;
+                    }
                     (_, None) => return no_such_group(),
                 }
                 t.group(group);
@@ -953,6 +1045,7 @@ impl Keyspace {
         for (k, from) in keys.iter().zip(wanted) {
             let mut t = Touched::default();
             let Ok(Some(s)) = self.stream_mut(db, k, now_ms) else { continue };
+            let shape = Shape::of(s);
             let Some(g) = s.groups.get_mut(group) else { continue };
             g.see(consumer, now_ms, &mut t, group);
             let got: Vec<Out> = match from {
@@ -964,6 +1057,7 @@ impl Keyspace {
                         .unwrap_or_default();
                     for id in &new {
                         g.last_delivered = *id;
+                        g.entries_read = shape.after_read(g.entries_read, *id);
                         if !noack {
                             let p = Pending { consumer: consumer.to_vec(), delivered_ms: now_ms, deliveries: 1 };
                             g.pending.insert(*id, p);
@@ -1274,5 +1368,169 @@ impl Keyspace {
         }
         self.note_rows(db, key, t);
         Out::Array(vec![Out::Bulk(cursor.text()), Out::Array(claimed), Out::Array(deleted)])
+    }
+}
+
+/// XINFO HELP, as Redis 7.0 prints it.
+const XINFO_HELP: &[&str] = &[
+    "XINFO <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "CONSUMERS <key> <groupname>",
+    "    Show consumers of <groupname>.",
+    "GROUPS <key>",
+    "    Show the stream consumer groups.",
+    "STREAM <key> [FULL [COUNT <count>]",
+    "    Show information about the stream.",
+    "HELP",
+    "    Prints this help.",
+];
+
+fn opt_int(n: Option<u64>) -> Out {
+    n.map_or(Out::Nil, |n| Out::Int(n as i64))
+}
+
+impl Keyspace {
+    /// XINFO STREAM | GROUPS | CONSUMERS | HELP (STREAM without FULL).
+    /// `radix-tree-keys` and `-nodes` describe Redis's layout, not this
+    /// server's: they are estimated as Redis's would be for a stream
+    /// filled by XADD (one node per 100 entries).
+    fn xinfo(&self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let sub = upper(argv[1]);
+        let arity = match sub.as_str() {
+            "STREAM" => -3,
+            "GROUPS" => 3,
+            "CONSUMERS" => 4,
+            "HELP" => 2,
+            _ => {
+                return Out::Err(format!(
+                    "ERR unknown subcommand '{}'. Try XINFO HELP.",
+                    String::from_utf8_lossy(argv[1])
+                ))
+            }
+        };
+        if !arity_ok(arity, argv.len()) {
+            return Out::Err(format!("ERR wrong number of arguments for 'xinfo|{}' command", sub.to_lowercase()));
+        }
+        if sub == "HELP" {
+            return Out::Array(XINFO_HELP.iter().map(|l| Out::Simple((*l).into())).collect());
+        }
+        if sub == "STREAM" && argv.len() > 3 {
+            let full = upper(argv[3]) == "FULL";
+            return if full && (argv.len() == 4 || (argv.len() == 6 && upper(argv[4]) == "COUNT")) {
+                Out::err("ERR XINFO STREAM FULL is not supported by this server")
+            } else {
+                Out::err("ERR unknown subcommand or wrong number of arguments for 'STREAM'. Try XINFO HELP.")
+            };
+        }
+        let s = match self.coll::<Stream>(db, argv[2], now_ms) {
+            Err(e) => return e,
+            Ok(None) => return Out::err("ERR no such key"),
+            Ok(Some(s)) => s,
+        };
+        let shape = Shape::of(s);
+        let field = |k: &str, v: Out| (Out::Bulk(k.as_bytes().to_vec()), v);
+        match sub.as_str() {
+            "STREAM" => {
+                let keys = s.len().div_ceil(NODE_ENTRIES);
+                let edge = |e: Option<(&StreamId, &Vec<Vec<u8>>)>| e.map_or(Out::Nil, |(id, f)| entry_out(id, Some(f)));
+                Out::Map(vec![
+                    field("length", Out::Int(s.len() as i64)),
+                    field("radix-tree-keys", Out::Int(keys as i64)),
+                    field("radix-tree-nodes", Out::Int(keys as i64 + 1)),
+                    field("last-generated-id", Out::Bulk(s.last_id.text())),
+                    field("max-deleted-entry-id", Out::Bulk(s.max_deleted.text())),
+                    field("entries-added", Out::Int(s.added as i64)),
+                    field("recorded-first-entry-id", Out::Bulk(shape.first.text())),
+                    field("groups", Out::Int(s.groups.len() as i64)),
+                    field("first-entry", edge(s.entries.iter().next())),
+                    field("last-entry", edge(s.entries.iter().next_back())),
+                ])
+            }
+            "GROUPS" => Out::Array(
+                s.groups
+                    .iter()
+                    .map(|(name, g)| {
+                        Out::Map(vec![
+                            field("name", Out::Bulk(name.clone())),
+                            field("consumers", Out::Int(g.consumers.len() as i64)),
+                            field("pending", Out::Int(g.pending.len() as i64)),
+                            field("last-delivered-id", Out::Bulk(g.last_delivered.text())),
+                            field("entries-read", opt_int(g.entries_read)),
+                            field("lag", opt_int(shape.lag(g))),
+                        ])
+                    })
+                    .collect(),
+            ),
+            _ => {
+                let Some(g) = s.groups.get(argv[3]) else {
+                    return Out::Err(format!(
+                        "NOGROUP No such consumer group '{}' for key name '{}'",
+                        String::from_utf8_lossy(argv[3]),
+                        String::from_utf8_lossy(argv[2])
+                    ));
+                };
+                Out::Array(
+                    g.consumers
+                        .iter()
+                        .map(|(name, seen)| {
+                            let pending = g.pending.values().filter(|p| p.consumer == *name).count();
+                            Out::Map(vec![
+                                field("name", Out::Bulk(name.clone())),
+                                field("pending", Out::Int(pending as i64)),
+                                field("idle", Out::Int(now_ms.saturating_sub(*seen) as i64)),
+                            ])
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    /// XSETID key last-id [ENTRIESADDED n] [MAXDELETEDID id].
+    fn xsetid(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let Some(id) = parse_id(argv[2], 0) else { return Out::err(INVALID_ID) };
+        let (mut added, mut max_deleted) = (None, None);
+        let mut i = 3;
+        while i < argv.len() {
+            let Some(v) = argv.get(i + 1) else { return Out::err(SYNTAX) };
+            match upper(argv[i]).as_str() {
+                "ENTRIESADDED" => match string2ll(v) {
+                    Some(n) if n >= 0 => added = Some(n as u64),
+                    Some(_) => return Out::err("ERR entries_added must be positive"),
+                    None => return Out::err(NOT_INTEGER),
+                },
+                "MAXDELETEDID" => match parse_id(v, 0) {
+                    Some(m) if id < m => {
+                        return Out::err(
+                            "ERR The ID specified in XSETID is smaller than the provided max_deleted_entry_id",
+                        )
+                    }
+                    Some(m) => max_deleted = Some(m),
+                    None => return Out::err(INVALID_ID),
+                },
+                _ => return Out::err(SYNTAX),
+            }
+            i += 2;
+        }
+        let key = argv[1];
+        let s = match self.stream_mut(db, key, now_ms) {
+            Err(e) => return e,
+            Ok(None) => return Out::err("ERR no such key"),
+            Ok(Some(s)) => s,
+        };
+        if !s.is_empty() && id < s.last_id {
+            return Out::err("ERR The ID specified in XSETID is smaller than the target stream top item");
+        }
+        if added.is_some_and(|n| n < s.len() as u64) {
+            return Out::err("ERR The entries_added specified in XSETID is smaller than the target stream length");
+        }
+        s.last_id = id;
+        if let Some(n) = added {
+            s.added = n;
+        }
+        if let Some(m) = max_deleted {
+            s.max_deleted = m;
+        }
+        self.note(Change::Key(db, key.to_vec()));
+        Out::ok()
     }
 }

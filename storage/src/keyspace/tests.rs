@@ -374,6 +374,11 @@ fn streams_as_redis() {
 }
 
 #[test]
+fn xinfo_and_xsetid_as_redis() {
+    replay(include_str!("../../tests/redis/xinfo.txt"));
+}
+
+#[test]
 fn consumer_groups_as_redis() {
     replay(include_str!("../../tests/redis/groups.txt"));
 }
@@ -403,6 +408,12 @@ fn pending_entries_age_by_the_entry_time() {
     assert_eq!(at(&mut ks, later, "XPENDING s g - + 10 carol"), "[[$1-1,$carol,:0,:1],[$2-1,$carol,:50,:7]]");
     assert_eq!(at(&mut ks, later + 10, "XAUTOCLAIM s g dave 5 0 COUNT 1"), "[$2-1,[[$1-1,[$a,$1]]],[]]");
     assert_eq!(at(&mut ks, later + 10, "XPENDING s g - + 1"), "[[$1-1,$dave,:0,:2]]");
+    // Each consumer's idle time runs from when it was last seen.
+    assert_eq!(
+        at(&mut ks, later + 30, "XINFO CONSUMERS s g"),
+        "[[$name,$alice,$pending,:0,$idle,:1030],[$name,$bob,$pending,:0,$idle,:630],\
+         [$name,$carol,$pending,:1,$idle,:30],[$name,$dave,$pending,:1,$idle,:20]]"
+    );
 }
 
 #[test]
@@ -467,7 +478,7 @@ fn the_name_list_is_the_command_table() {
         assert!(spec(n).is_some(), "{n} listed but unknown");
         assert!(seen.insert(*n), "{n} listed twice");
     }
-    assert_eq!(seen.len(), 167);
+    assert_eq!(seen.len(), 169);
 }
 
 /// The clock is an argument, so expiry is tested at exact instants (a
