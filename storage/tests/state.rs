@@ -765,3 +765,33 @@ async fn consumer_groups_survive_reopen_and_snapshots() {
     sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
     check(&mut sm, 4);
 }
+
+/// A stream's entries are stored a row per 100 (in the order added), and
+/// deletions and trims rewrite or remove just the rows they touch: the
+/// stream reopens the same, from few rows.
+#[tokio::test]
+async fn stream_entries_share_rows_and_reopen_after_deletes_and_trims() {
+    let now = 1_700_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let adds: Vec<String> = (1..=250).map(|i| format!("XADD s {i}-1 n {i}")).collect();
+    let range =
+        |sm: &catga_storage::StateMachine| sm.view().read().keyspace.read(0, now, &[b"XRANGE", b"s", b"-", b"+"]);
+    let before = {
+        let (_log, mut sm) = open_when_unlocked(dir.path()).unwrap();
+        sm.apply_entries(vec![
+            entry(1, redis(0, &adds.iter().map(String::as_str).collect::<Vec<_>>())),
+            entry(2, redis(0, &["XDEL s 150-1 1-1 101-1", "XTRIM s MAXLEN 120", "XADD s 300-1 n last"])),
+        ])
+        .unwrap();
+        range(&sm)
+    };
+    let rows = {
+        let db = when_unlocked(|| sled::open(dir.path())).expect("sled opens the data dir");
+        let tree = db.open_tree("state").expect("the state tree");
+        tree.iter().keys().filter(|k| k.as_ref().is_ok_and(|k| k.first() == Some(&b'e'))).count()
+    };
+    assert!(rows <= 3, "{rows} element rows for 121 entries");
+    let (_log, sm) = open_when_unlocked(dir.path()).unwrap();
+    assert_eq!(range(&sm), before);
+    assert_eq!(sm.view().read().keyspace.read(0, now, &[b"XLEN", b"s"]), Some(catga_storage::keyspace::Out::Int(121)));
+}

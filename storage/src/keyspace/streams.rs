@@ -74,6 +74,11 @@ type Entries = BTreeMap<StreamId, Vec<Vec<u8>>>;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stream {
     pub(crate) entries: Entries,
+    /// How the entries are split into rows: each row's key (the first ID
+    /// it was started for) and how many entries it holds now. An entry
+    /// belongs to the row with the greatest key at or below its ID; rows
+    /// fill up to [`NODE_ENTRIES`] in the order entries are added.
+    pub(crate) nodes: BTreeMap<StreamId, u32>,
     /// The greatest ID the stream ever held.
     pub(crate) last_id: StreamId,
     /// Entries ever added.
@@ -105,16 +110,16 @@ pub struct Pending {
     pub(crate) deliveries: u64,
 }
 
-const ENTRY_ROW: u8 = b'E';
+const NODE_ROW: u8 = b'N';
 const GROUP_ROW: u8 = b'G';
 const PENDING_ROW: u8 = b'P';
 const CONSUMER_ROW: u8 = b'C';
 
-/// An entry's row.
-pub(crate) fn entry_sub(id: &StreamId) -> Vec<u8> {
+/// The row of the entries from `first` on (to the next row's key).
+fn node_sub(first: &StreamId) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
-    k.push(ENTRY_ROW);
-    k.extend_from_slice(&id.bytes());
+    k.push(NODE_ROW);
+    k.extend_from_slice(&first.bytes());
     k
 }
 
@@ -165,7 +170,7 @@ impl Stream {
     /// Every row: (sub-key, bytes).
     pub(crate) fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out: Vec<(Vec<u8>, Vec<u8>)> =
-            self.entries.keys().filter_map(|id| Some((entry_sub(id), self.row(&entry_sub(id))?))).collect();
+            self.nodes.keys().filter_map(|k| Some((node_sub(k), self.row(&node_sub(k))?))).collect();
         for (name, g) in &self.groups {
             let mut subs = vec![group_sub(GROUP_ROW, name, b"")];
             subs.extend(g.pending.keys().map(|id| group_sub(PENDING_ROW, name, &id.bytes())));
@@ -176,16 +181,20 @@ impl Stream {
     }
 
     /// What row `sub` holds now; `None` when it is gone.
-    /// An entry: the number of fields and values, then each as length
-    /// (u32 big-endian) and bytes. A group: its last delivered ID and
+    /// A node: its entries, each its ID, the number of fields and values
+    /// (u32 big-endian), then each as length (u32 big-endian) and bytes. A group: its last delivered ID and
     /// entries read (u64 big-endian, all ones when unknown). A pending entry: delivery time and count (u64 big-endian), then the
     /// consumer. A consumer: when it was last seen (u64 big-endian).
     pub(crate) fn row(&self, sub: &[u8]) -> Option<Vec<u8>> {
-        if let [ENTRY_ROW, id @ ..] = sub {
-            let fields = self.entries.get(&StreamId::from_bytes(id)?)?;
-            let mut row = Vec::with_capacity(4 + fields.iter().map(|f| 4 + f.len()).sum::<usize>());
-            row.extend_from_slice(&(fields.len() as u32).to_be_bytes());
-            put_pieces(&mut row, fields);
+        if let [NODE_ROW, first @ ..] = sub {
+            let first = StreamId::from_bytes(first)?;
+            self.nodes.get(&first)?;
+            let mut row = Vec::new();
+            for (id, fields) in self.node_entries(first) {
+                row.extend_from_slice(&id.bytes());
+                row.extend_from_slice(&(fields.len() as u32).to_be_bytes());
+                put_pieces(&mut row, fields);
+            }
             return Some(row);
         }
         let (tag, name, rest) = split_sub(sub)?;
@@ -216,21 +225,28 @@ impl Stream {
         }
     }
 
-    fn load(&mut self, sub: &[u8], mut row: &[u8]) -> Option<()> {
-        if let [ENTRY_ROW, id @ ..] = sub {
-            let id = StreamId::from_bytes(id)?;
+    fn load(&mut self, sub: &[u8], row: &[u8]) -> Option<()> {
+        if let [NODE_ROW, first @ ..] = sub {
+            let first = StreamId::from_bytes(first)?;
+            let mut at = 0;
             let mut take = |n: usize| -> Option<&[u8]> {
-                let (a, b) = (row.get(..n)?, row.get(n..)?);
-                row = b;
-                Some(a)
+                let piece = row.get(at..at + n)?;
+                at += n;
+                Some(piece)
             };
-            let count = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
-            let mut fields = Vec::with_capacity(count.min(1024));
-            for _ in 0..count {
-                let len = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
-                fields.push(take(len)?.to_vec());
+            let mut n = 0;
+            while let Some(id) = take(16) {
+                let id = StreamId::from_bytes(id)?;
+                let count = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+                let mut fields = Vec::with_capacity(count.min(1024));
+                for _ in 0..count {
+                    let len = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+                    fields.push(take(len)?.to_vec());
+                }
+                self.entries.insert(id, fields);
+                n += 1;
             }
-            self.entries.insert(id, fields);
+            self.nodes.insert(first, n);
             return Some(());
         }
         let (tag, name, rest) = split_sub(sub)?;
@@ -256,14 +272,57 @@ impl Stream {
         Some(())
     }
 
-    /// Trims by `t`; the IDs removed, oldest first.
-    fn trim(&mut self, t: &Trim) -> Vec<StreamId> {
+    /// The entries of the row keyed `first`.
+    fn node_entries(&self, first: StreamId) -> impl Iterator<Item = (&StreamId, &Vec<Vec<u8>>)> {
+        let end = self.nodes.range((std::ops::Bound::Excluded(first), std::ops::Bound::Unbounded)).next();
+        let end = end.map_or(std::ops::Bound::Unbounded, |(k, _)| std::ops::Bound::Excluded(*k));
+        self.entries.range((std::ops::Bound::Included(first), end))
+    }
+
+    /// The key of the row `id` belongs to.
+    fn node_of(&self, id: &StreamId) -> Option<StreamId> {
+        self.nodes.range(..=*id).next_back().map(|(k, _)| *k)
+    }
+
+    /// Adds an entry after every other; the key of the row it went to.
+    fn push_entry(&mut self, id: StreamId, fields: Vec<Vec<u8>>) -> StreamId {
+        self.entries.insert(id, fields);
+        match self.nodes.iter_mut().next_back() {
+            Some((k, n)) if (*n as usize) < NODE_ENTRIES => {
+                *n += 1;
+                *k
+            }
+            _ => {
+                self.nodes.insert(id, 1);
+                id
+            }
+        }
+    }
+
+    /// Removes an entry; the key of the row it was in (then rewritten, or
+    /// gone when it held nothing else), `None` if there was no such entry.
+    fn remove_entry(&mut self, id: &StreamId) -> Option<StreamId> {
+        self.entries.remove(id)?;
+        let k = self.node_of(id)?;
+        if let Some(n) = self.nodes.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                self.nodes.remove(&k);
+            }
+        }
+        Some(k)
+    }
+
+    /// Trims by `t`: how many entries it removed, and the rows they were
+    /// in (each rewritten, or gone).
+    fn trim(&mut self, t: &Trim) -> (usize, Vec<Vec<u8>>) {
         let limit = match (t.approx, t.limit) {
             (true, Some(0)) | (true, None) => NODE_ENTRIES * 100,
             (true, Some(n)) => n,
             (false, _) => usize::MAX,
         };
         let mut gone = Vec::new();
+        let mut rows: Vec<StreamId> = Vec::new();
         loop {
             let len = self.entries.len();
             // What the next step would remove: one entry, or a run.
@@ -279,12 +338,16 @@ impl Stream {
                 break;
             }
             for _ in 0..run {
-                if let Some((id, _)) = self.entries.pop_first() {
-                    gone.push(id);
+                let Some(id) = self.entries.keys().next().copied() else { break };
+                if let Some(row) = self.remove_entry(&id) {
+                    if rows.last() != Some(&row) {
+                        rows.push(row);
+                    }
                 }
+                gone.push(id);
             }
         }
-        gone
+        (gone.len(), rows.iter().map(node_sub).collect())
     }
 }
 
@@ -624,10 +687,9 @@ impl Keyspace {
                     Err(e) => e,
                     Ok(None) => Out::Int(0),
                     Ok(Some(s)) => {
-                        let gone = s.trim(&t);
-                        let n = gone.len();
-                        for id in gone {
-                            self.note_elem(db, argv[1], entry_sub(&id));
+                        let (n, rows) = s.trim(&t);
+                        for sub in rows {
+                            self.note_elem(db, argv[1], sub);
                         }
                         Out::Int(n as i64)
                     }
@@ -706,15 +768,15 @@ impl Keyspace {
         if id <= last {
             return Out::err("ERR The ID specified in XADD is equal or smaller than the target stream top item");
         }
-        s.entries.insert(id, fields.iter().map(|f| f.to_vec()).collect());
+        let node = s.push_entry(id, fields.iter().map(|f| f.to_vec()).collect());
         s.last_id = id;
         s.added += 1;
-        let gone = trim.map(|t| s.trim(&t)).unwrap_or_default();
+        let (_, mut rows) = trim.map(|t| s.trim(&t)).unwrap_or_default();
+        rows.push(node_sub(&node));
         // The header holds the last ID and the count.
         self.note(Change::Key(db, key.to_vec()));
-        self.note_elem(db, key, entry_sub(&id));
-        for g in gone {
-            self.note_elem(db, key, entry_sub(&g));
+        for sub in rows {
+            self.note_elem(db, key, sub);
         }
         Out::Bulk(id.text())
     }
@@ -731,16 +793,22 @@ impl Keyspace {
             Err(e) => e,
             Ok(None) => Out::Int(0),
             Ok(Some(s)) => {
-                let gone: Vec<StreamId> = ids.into_iter().filter(|id| s.entries.remove(id).is_some()).collect();
-                let n = gone.len();
+                let mut rows = Vec::new();
+                let mut gone = Vec::new();
+                for id in ids {
+                    if let Some(node) = s.remove_entry(&id) {
+                        rows.push(node_sub(&node));
+                        gone.push(id);
+                    }
+                }
                 if let Some(max) = gone.iter().max().filter(|m| **m > s.max_deleted) {
                     s.max_deleted = *max;
                     self.note(Change::Key(db, argv[1].to_vec()));
                 }
-                for id in gone {
-                    self.note_elem(db, argv[1], entry_sub(&id));
+                for sub in rows {
+                    self.note_elem(db, argv[1], sub);
                 }
-                Out::Int(n as i64)
+                Out::Int(gone.len() as i64)
             }
         }
     }
