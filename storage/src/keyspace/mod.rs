@@ -58,10 +58,13 @@ pub struct List {
 pub enum Value {
     Str(Vec<u8>),
     Hash(BTreeMap<Vec<u8>, Vec<u8>>),
-    List(List),
+    // The larger types are boxed: every key's hash-table slot holds a
+    // `Value`, so its size is the largest variant's (a stream inline made
+    // every slot 160 bytes; boxed, 72). Serialized the same either way.
+    List(Box<List>),
     Set(BTreeSet<Vec<u8>>),
-    ZSet(ZSet),
-    Stream(streams::Stream),
+    ZSet(Box<ZSet>),
+    Stream(Box<streams::Stream>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,13 +89,13 @@ macro_rules! collection {
             const KIND: Kind = Kind::$variant;
             fn of(v: &Value) -> Option<&Self> {
                 match v {
-                    Value::$variant(c) => Some(c),
+                    Value::$variant(c) => Some(&*c),
                     _ => None,
                 }
             }
             fn of_mut(v: &mut Value) -> Option<&mut Self> {
                 match v {
-                    Value::$variant(c) => Some(c),
+                    Value::$variant(c) => Some(&mut *c),
                     _ => None,
                 }
             }
@@ -132,10 +135,10 @@ impl Value {
     fn empty(kind: Kind) -> Value {
         match kind {
             Kind::Hash => Value::Hash(BTreeMap::new()),
-            Kind::List => Value::List(List::default()),
+            Kind::List => Value::List(Box::default()),
             Kind::Set => Value::Set(BTreeSet::new()),
-            Kind::ZSet => Value::ZSet(ZSet::default()),
-            Kind::Stream => Value::Stream(streams::Stream::default()),
+            Kind::ZSet => Value::ZSet(Box::default()),
+            Kind::Stream => Value::Stream(Box::default()),
         }
     }
 
@@ -184,7 +187,7 @@ impl Value {
             Value::List(_) => Value::empty(Kind::List),
             Value::Set(_) => Value::empty(Kind::Set),
             Value::ZSet(_) => Value::empty(Kind::ZSet),
-            Value::Stream(st) => Value::Stream(st.shell()),
+            Value::Stream(st) => Value::Stream(Box::new(st.shell())),
         }
     }
 

@@ -107,7 +107,7 @@ impl Keyspace {
         self.remove(db, dest, now_ms);
         if n > 0 {
             let items = values.into_iter().map(Option::unwrap_or_default).collect();
-            self.put(db, dest, Entry { value: Value::List(List { base: 0, items }), expire_at_ms: None });
+            self.put(db, dest, Entry { value: Value::List(Box::new(List { base: 0, items })), expire_at_ms: None });
         }
         Some(Out::Int(n))
     }

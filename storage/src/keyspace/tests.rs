@@ -471,6 +471,15 @@ fn types_as_redis() {
     replay(include_str!("../../tests/redis/types.txt"));
 }
 
+/// Every key's hash-table slot holds its key and entry: a large type held
+/// inline in `Value` would grow every key's slot (a stream held inline
+/// made them 160 bytes).
+#[test]
+fn a_keys_slot_stays_small() {
+    assert!(std::mem::size_of::<Value>() <= 32, "Value is {} bytes", std::mem::size_of::<Value>());
+    assert!(std::mem::size_of::<(Vec<u8>, Entry)>() <= 72, "slot is {} bytes", std::mem::size_of::<(Vec<u8>, Entry)>());
+}
+
 #[test]
 fn the_name_list_is_the_command_table() {
     let mut seen = std::collections::BTreeSet::new();

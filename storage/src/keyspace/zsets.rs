@@ -555,7 +555,11 @@ impl Keyspace {
                     let n = items.len();
                     self.remove(db, key, now_ms);
                     if n > 0 {
-                        self.put(db, key, Entry { value: Value::ZSet(items.into()), expire_at_ms: None });
+                        self.put(
+                            db,
+                            key,
+                            Entry { value: Value::ZSet(Box::new(ZSet::from(items))), expire_at_ms: None },
+                        );
                     }
                     Out::Int(n as i64)
                 }
@@ -583,7 +587,7 @@ impl Keyspace {
                 }
                 self.remove(db, key, now_ms);
                 if n > 0 {
-                    self.put(db, key, Entry { value: Value::ZSet(z), expire_at_ms: None });
+                    self.put(db, key, Entry { value: Value::ZSet(Box::new(z)), expire_at_ms: None });
                 }
                 Out::Int(n as i64)
             }
