@@ -132,13 +132,22 @@ impl TestCluster {
     }
 
     /// Waits until every node sees every node as a Raft voter.
+    /// Waits until every node has applied a membership of all the nodes
+    /// as voters, and knows the leader. A joint membership (voters being
+    /// added) lists every voter too but is not enough: while the old
+    /// voters must still agree, cutting one off stops every write.
     pub async fn wait_voters(&self) {
+        use catga_raft::WatchReceiver;
         let n = self.nodes.len();
         let rafts: Vec<_> = self.nodes.iter().map(|t| t.node.raft.clone()).collect();
         eventually(Duration::from_secs(15), "all nodes voters", || {
             rafts.iter().all(|r| {
-                let s = r.status();
-                s.voters.len() == n && s.leader.is_some()
+                let m = r.raft.metrics().borrow_watched().clone();
+                let c = &m.membership_config;
+                c.membership().get_joint_config().len() == 1
+                    && c.membership().voter_ids().count() == n
+                    && c.log_id() <= &m.last_applied
+                    && m.current_leader.is_some()
             })
         })
         .await;
