@@ -152,6 +152,7 @@ impl Procs {
                     Some(&v["raft"]["leader"]) == leader.as_ref()
                         && !v["raft"]["leader"].is_null()
                         && v["raft"]["voters"].as_array().map(Vec::len) == Some(3)
+                        && v["raft"]["membership_settled"].as_bool() == Some(true)
                         && v["peers"].as_array().map(Vec::len) == Some(2)
                 });
             if whole {

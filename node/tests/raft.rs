@@ -19,7 +19,8 @@ async fn three_nodes_form_one_cluster_and_http_agrees_with_raft() {
     let rafts: Vec<_> = c.nodes.iter().map(|n| n.node.raft.clone()).collect();
     eventually(T, "one leader, three voters everywhere", || {
         let l = rafts[0].leader();
-        l.is_some() && rafts.iter().all(|r| r.leader() == l && r.status().voters.len() == 3)
+        l.is_some()
+            && rafts.iter().all(|r| r.leader() == l && r.status().voters.len() == 3 && r.status().membership_settled)
     })
     .await;
     // A write through a follower commits and is applied on every node.
@@ -76,7 +77,9 @@ async fn leader_sigkill_elects_a_new_leader_and_the_node_recovers_from_disk() {
     let mut procs = [a, b, c];
     let https: Vec<String> = procs.iter().map(|p| p.http.clone()).collect();
     let all: Vec<&str> = https.iter().map(String::as_str).collect();
-    let views = until_all(&all, "formed", |v| v.raft.leader.is_some() && v.raft.voters.len() == 3).await;
+    let views =
+        until_all(&all, "formed", |v| v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.raft.membership_settled)
+            .await;
     let leader = views[0].raft.leader.unwrap();
     let term = views[0].raft.term;
     let li = views.iter().position(|v| v.raft.id == leader).unwrap();
@@ -99,6 +102,7 @@ async fn leader_sigkill_elects_a_new_leader_and_the_node_recovers_from_disk() {
         v.raft.id == leader
             && v.raft.leader == Some(new_leader)
             && v.raft.voters.len() == 3
+            && v.raft.membership_settled
             && v.raft.applied_index >= target
     })
     .await;

@@ -43,7 +43,10 @@ impl Cluster {
             procs.push(spawn_node(dir.path(), name, &certs, &["--bootstrap-expect", "3", "--peers", &seed]).await);
         }
         let c = Self { dir, certs, procs };
-        until_all(&c.https(), "formed", |v| v.raft.leader.is_some() && v.raft.voters.len() == 3).await;
+        until_all(&c.https(), "formed", |v| {
+            v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.raft.membership_settled
+        })
+        .await;
         c
     }
 
@@ -71,7 +74,7 @@ impl Cluster {
             self.restart(victim).await;
             restarted(self);
             until_all(&self.https(), "all three back with a leader", |v| {
-                v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.peers.len() == 2
+                v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.raft.membership_settled && v.peers.len() == 2
             })
             .await;
         }
@@ -322,7 +325,7 @@ async fn redis_writes_forwarded_when_the_leader_dies_apply_exactly_once() {
         }
         c.restart(leader).await;
         until_all(&c.https(), "all three back with a leader", |v| {
-            v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.peers.len() == 2
+            v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.raft.membership_settled && v.peers.len() == 2
         })
         .await;
     }
@@ -371,7 +374,7 @@ async fn a_client_blocked_on_a_follower_is_served_after_the_leader_dies() {
     kill(&mut c.procs[leader]).await;
     c.restart(leader).await;
     until_all(&c.https(), "all three back with a leader", |v| {
-        v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.peers.len() == 2
+        v.raft.leader.is_some() && v.raft.voters.len() == 3 && v.raft.membership_settled && v.peers.len() == 2
     })
     .await;
     let mut p = redis::Client::open(format!("redis://{}/", c.procs[f2].redis))

@@ -133,9 +133,15 @@ pub struct Status {
     /// log (entries up to it exist only in snapshots).
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
+    /// Every voter of the membership; while voters are being added or
+    /// removed (a joint membership) those of both the old and the new.
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
     pub members: BTreeMap<u64, Member>,
+    /// The membership is a single one (not joint) and this node has
+    /// applied it: `voters` is the cluster's settled set of voters.
+    #[serde(default)]
+    pub membership_settled: bool,
 }
 
 pub struct RaftNode {
@@ -340,6 +346,8 @@ impl RaftNode {
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            membership_settled: membership.get_joint_config().len() == 1
+                && *m.membership_config.log_id() <= m.last_applied,
         }
     }
 

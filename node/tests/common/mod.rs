@@ -137,17 +137,12 @@ impl TestCluster {
     /// added) lists every voter too but is not enough: while the old
     /// voters must still agree, cutting one off stops every write.
     pub async fn wait_voters(&self) {
-        use catga_raft::WatchReceiver;
         let n = self.nodes.len();
         let rafts: Vec<_> = self.nodes.iter().map(|t| t.node.raft.clone()).collect();
         eventually(Duration::from_secs(15), "all nodes voters", || {
             rafts.iter().all(|r| {
-                let m = r.raft.metrics().borrow_watched().clone();
-                let c = &m.membership_config;
-                c.membership().get_joint_config().len() == 1
-                    && c.membership().voter_ids().count() == n
-                    && c.log_id() <= &m.last_applied
-                    && m.current_leader.is_some()
+                let s = r.status();
+                s.membership_settled && s.voters.len() == n && s.leader.is_some()
             })
         })
         .await;
