@@ -419,7 +419,7 @@ pub fn memory_stats(shared: &super::conn::Shared, v: &catga_raft::View, now_ms: 
     let lua: u64 = v.keyspace.scripts().values().map(|s| s.body.len() as u64).sum();
     let int = |n: u64| Reply::Int(i64::try_from(n).unwrap_or(i64::MAX));
     let ratio = |a: u64, b: u64| Reply::Double(if b == 0 { 0.0 } else { f64::from((a as f64 / b as f64) as f32) });
-    let mut fields: Vec<(&str, Reply)> = vec![
+    let head: Vec<(&str, Reply)> = vec![
         ("peak.allocated", int(peak)),
         ("total.allocated", int(total)),
         ("startup.allocated", int(startup)),
@@ -451,7 +451,7 @@ pub fn memory_stats(shared: &super::conn::Shared, v: &catga_raft::View, now_ms: 
     let overhead = startup + lua + tables;
     let net = total.saturating_sub(startup);
     let dataset = total.saturating_sub(overhead);
-    let mut map: Vec<(Reply, Reply)> = fields.drain(..).map(|(k, v)| (Reply::bulk(k), v)).collect();
+    let mut map: Vec<(Reply, Reply)> = head.into_iter().map(|(k, v)| (Reply::bulk(k), v)).collect();
     map.extend(dbs.into_iter().map(|(k, v)| (Reply::bulk(k), v)));
     map.extend(
         [

@@ -435,12 +435,13 @@ struct Waits<S, K> {
     killed: K,
 }
 
-/// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX, BLMPOP, BZMPOP:
-/// pops through the log (one entry, as
-/// a write). While there is nothing to pop, waits until one of the keys
-/// holds something on this node (checked after each change of Raft's
-/// state, which every applied entry is) and tries again, until the
-/// timeout: then the null array Redis answers. Several waiting clients
+/// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX, BLMPOP, BZMPOP,
+/// and XREADGROUP with BLOCK: pops through the log (one entry, as a
+/// write). While there is nothing to pop, waits until one of the keys
+/// holds something on this node (for XREADGROUP: an entry new to the
+/// group), checked after each change of Raft's state (which every applied
+/// entry is), and tries again, until the timeout: then the null array
+/// Redis answers. XREAD with BLOCK, a read, waits in [`xread_block`]. Several waiting clients
 /// may try for one item; the log orders them and the losers wait on.
 /// `None`: the client left (nothing was popped for it), was killed, or the
 /// server stops.
@@ -466,42 +467,51 @@ where
     if !matches!(first, Reply::Null | Reply::NullArray) {
         return Some(first);
     }
-    if name == "xreadgroup" {
-        return xreadgroup_block(shared, raft, conn, &argv, input, waits).await;
-    }
-    let (keys, timeout) = match name {
-        "blmove" | "brpoplpush" => (&argv[1..2], argv[argv.len() - 1]),
-        // BLMPOP / BZMPOP timeout numkeys key...: the keyspace checked
-        // numkeys against the arguments before answering "nothing yet".
-        "blmpop" | "bzmpop" => {
-            let n = std::str::from_utf8(argv[2]).ok().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
-            (&argv[3..(3 + n).min(argv.len())], argv[1])
-        }
-        _ => (&argv[1..argv.len() - 1], argv[argv.len() - 1]),
+    let db = conn.info.db;
+    // How long to wait, and when a new try is worth it: as Redis, only a
+    // list (sorted set) with items wakes a pop (a key turned into another
+    // type does not end it with an error), and XREADGROUP once a stream
+    // holds an entry new to the group.
+    type Ready<'r> = Box<dyn Fn(&catga_raft::keyspace::Keyspace, u64) -> bool + Send + Sync + 'r>;
+    let (ms, ready): (u64, Ready<'_>) = if name == "xreadgroup" {
+        let (ms, _) = {
+            let view = raft.view();
+            let v = view.read();
+            catga_raft::keyspace::streams::xreadgroup_wait(&v.keyspace, db, catga_raft::unix_ms(), &argv)
+        };
+        (ms, Box::new(|ks, now| catga_raft::keyspace::streams::xreadgroup_wait(ks, db, now, &argv).1))
+    } else {
+        let (keys, timeout) = match name {
+            "blmove" | "brpoplpush" => (&argv[1..2], argv[argv.len() - 1]),
+            // BLMPOP / BZMPOP timeout numkeys key...: the keyspace checked
+            // numkeys against the arguments before answering "nothing yet".
+            "blmpop" | "bzmpop" => {
+                let n = std::str::from_utf8(argv[2]).ok().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+                (&argv[3..(3 + n).min(argv.len())], argv[1])
+            }
+            _ => (&argv[1..argv.len() - 1], argv[argv.len() - 1]),
+        };
+        let size: &[u8] = if name.starts_with("bz") { b"ZCARD" } else { b"LLEN" };
+        // Valid: the keyspace checked it before answering "nothing yet".
+        let ms = catga_raft::keyspace::block_timeout_ms(timeout, catga_raft::unix_ms()).unwrap_or(0);
+        let ready = move |ks: &catga_raft::keyspace::Keyspace, now| {
+            keys.iter()
+                .any(|k| matches!(ks.read(db, now, &[size, k]), Some(catga_raft::keyspace::Out::Int(n)) if n > 0))
+        };
+        (ms, Box::new(ready))
     };
-    let size: &[u8] = if name.starts_with("bz") { b"ZCARD" } else { b"LLEN" };
-    // Valid: the keyspace checked it before answering "nothing yet".
-    let ms = catga_raft::keyspace::block_timeout_ms(timeout, catga_raft::unix_ms()).unwrap_or(0);
     let mut wait = Wait::new(shared, conn, input, waits, ms);
     let mut changes = raft.raft.metrics();
     loop {
         if let Err(end) = wait.next_change(changes.changed()).await {
             return end;
         }
-        // As Redis: only a list (sorted set) with items wakes the wait (a
-        // key turned into another type does not end it with an error).
-        let ready = {
+        let worth_a_try = {
             let view = raft.view();
             let v = view.read();
-            let now = catga_raft::unix_ms();
-            keys.iter().any(|k| {
-                matches!(
-                    v.keyspace.read(conn.info.db, now, &[size, k]),
-                    Some(catga_raft::keyspace::Out::Int(n)) if n > 0
-                )
-            })
+            ready(&v.keyspace, catga_raft::unix_ms())
         };
-        if ready {
+        if worth_a_try {
             let reply = pop_once(shared, conn, &argv).await;
             if !matches!(reply, Reply::Null | Reply::NullArray) {
                 return Some(reply);
@@ -581,11 +591,8 @@ where
     K: std::future::Future<Output = ()> + Unpin,
 {
     let Some(raft) = shared.raft.get() else { return Some(Reply::err(LOADING)) };
-    if conn.local_reads {
-        // READONLY: this node's state as applied, no round trip.
-    } else if let Err(e) = shared.reads.linearize(raft).await {
-        tracing::debug!(cause = %e, "no linearizable read");
-        return Some(Reply::err(NO_LEADER));
+    if let Err(refused) = linearize(shared, conn, raft).await {
+        return Some(refused);
     }
     // Watched from before the first read: an entry applied after it
     // wakes the wait.
@@ -615,42 +622,6 @@ where
         let reply = read(&argv);
         if !matches!(reply, Reply::NullArray) {
             return Some(reply);
-        }
-    }
-}
-
-/// XREADGROUP with BLOCK, after a first try found nothing: tries again
-/// (a write through the log, as any XREADGROUP) whenever a stream holds an
-/// entry new to the group on this node, until one delivers or the timeout.
-async fn xreadgroup_block<S, K>(
-    shared: &Shared,
-    raft: &catga_raft::RaftNode,
-    conn: &Conn,
-    argv: &[&[u8]],
-    input: Input<'_>,
-    waits: Waits<S, K>,
-) -> Option<Reply>
-where
-    S: std::future::Future<Output = ()> + Unpin,
-    K: std::future::Future<Output = ()> + Unpin,
-{
-    let probe = || {
-        let view = raft.view();
-        let v = view.read();
-        catga_raft::keyspace::streams::xreadgroup_wait(&v.keyspace, conn.info.db, catga_raft::unix_ms(), argv)
-    };
-    let (ms, _) = probe();
-    let mut wait = Wait::new(shared, conn, input, waits, ms);
-    let mut changes = raft.raft.metrics();
-    loop {
-        if let Err(end) = wait.next_change(changes.changed()).await {
-            return end;
-        }
-        if probe().1 {
-            let reply = pop_once(shared, conn, argv).await;
-            if !matches!(reply, Reply::Null | Reply::NullArray) {
-                return Some(reply);
-            }
         }
     }
 }
@@ -789,6 +760,19 @@ async fn pop_once(shared: &Shared, conn: &Conn, argv: &[&[u8]]) -> Reply {
 /// A keyspace read: linearizable (read-index through the leader, unless
 /// `fresh` says this batch already had one), then served from this node's
 /// applied state by its own clock; its reply is appended to `out`.
+/// Makes a read that follows linearizable: a read-index round through
+/// the leader, unless the connection reads this node's state as applied
+/// (READONLY). The reply when there is no leader to ask.
+async fn linearize(shared: &Shared, conn: &Conn, raft: &Arc<catga_raft::RaftNode>) -> Result<(), Reply> {
+    if conn.local_reads {
+        return Ok(());
+    }
+    shared.reads.linearize(raft).await.map_err(|e| {
+        tracing::debug!(cause = %e, "no linearizable read");
+        Reply::err(NO_LEADER)
+    })
+}
+
 async fn read(
     shared: &Shared,
     conn: &mut Conn,
@@ -798,12 +782,10 @@ async fn read(
     out: &mut Vec<u8>,
 ) {
     let Some(raft) = shared.raft.get() else { return emit(shared, &Reply::err(LOADING), conn.proto(), out) };
-    if conn.local_reads || *fresh {
-        // READONLY: this node's state as applied, no round trip.
-    } else if let Err(e) = shared.reads.linearize(raft).await {
-        tracing::debug!(cause = %e, "no linearizable read");
-        return emit(shared, &Reply::err(NO_LEADER), conn.proto(), out);
-    } else {
+    if !*fresh {
+        if let Err(refused) = linearize(shared, conn, raft).await {
+            return emit(shared, &refused, conn.proto(), out);
+        }
         *fresh = true;
     }
     let now = *now.get_or_insert_with(catga_raft::unix_ms);

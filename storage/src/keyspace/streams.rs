@@ -169,15 +169,13 @@ impl Stream {
 
     /// Every row: (sub-key, bytes).
     pub(crate) fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut out: Vec<(Vec<u8>, Vec<u8>)> =
-            self.nodes.keys().filter_map(|k| Some((node_sub(k), self.row(&node_sub(k))?))).collect();
+        let mut subs: Vec<Vec<u8>> = self.nodes.keys().map(node_sub).collect();
         for (name, g) in &self.groups {
-            let mut subs = vec![group_sub(GROUP_ROW, name, b"")];
+            subs.push(group_sub(GROUP_ROW, name, b""));
             subs.extend(g.pending.keys().map(|id| group_sub(PENDING_ROW, name, &id.bytes())));
             subs.extend(g.consumers.keys().map(|c| group_sub(CONSUMER_ROW, name, c)));
-            out.extend(subs.into_iter().filter_map(|sub| Some((sub.clone(), self.row(&sub)?))));
         }
-        out
+        subs.into_iter().filter_map(|sub| self.row(&sub).map(|row| (sub, row))).collect()
     }
 
     /// What row `sub` holds now; `None` when it is gone.
@@ -746,9 +744,6 @@ impl Keyspace {
         if let Wanted::Exact(StreamId { ms: 0, seq: 0 }) = wanted {
             return Out::err("ERR The ID specified in XADD must be greater than 0-0");
         }
-        if let Err(e) = self.coll::<Stream>(db, key, now_ms) {
-            return e;
-        }
         let s = match self.coll_mut::<Stream>(db, key, now_ms, !nomk) {
             Err(e) => return e,
             Ok(None) => return Out::Nil,
@@ -852,7 +847,7 @@ pub fn xreadgroup_wait(ks: &Keyspace, db: u32, now_ms: u64, argv: &[&[u8]]) -> (
 /// Whether an XREAD's (or XREADGROUP's) options, before STREAMS, include
 /// BLOCK.
 pub fn xread_blocks(argv: &[&[u8]]) -> bool {
-    argv.iter().skip(1).take_while(|a| upper(a) != "STREAMS").any(|a| upper(a) == "BLOCK")
+    argv.iter().skip(1).take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS")).any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
 }
 
 const NO_KEY_FOR_XGROUP: &str =
@@ -879,6 +874,36 @@ const XGROUP_HELP: &[&str] = &[
     "HELP",
     "    Prints this help.",
 ];
+
+/// A command with subcommands (XGROUP, XINFO): the subcommand upper-cased
+/// once its arity (`arities`) checks out, else the reply to give: Redis's
+/// unknown-subcommand or arity error, or the command's HELP (`help`).
+fn subcommand(command: &str, argv: &[&[u8]], arities: &[(&str, i32)], help: &[&str]) -> Result<String, Out> {
+    let sub = upper(argv[1]);
+    let Some((_, arity)) = arities.iter().find(|(name, _)| *name == sub) else {
+        return Err(Out::Err(format!(
+            "ERR unknown subcommand '{}'. Try {} HELP.",
+            String::from_utf8_lossy(argv[1]),
+            command.to_uppercase()
+        )));
+    };
+    if !arity_ok(*arity, argv.len()) {
+        return Err(Out::Err(format!("ERR wrong number of arguments for '{command}|{}' command", sub.to_lowercase())));
+    }
+    if sub == "HELP" {
+        return Err(Out::Array(help.iter().map(|l| Out::Simple((*l).into())).collect()));
+    }
+    Ok(sub)
+}
+
+/// XGROUP's and XINFO's error for a missing group.
+fn no_such_group(key: &[u8], group: &[u8]) -> Out {
+    Out::Err(format!(
+        "NOGROUP No such consumer group '{}' for key name '{}'",
+        String::from_utf8_lossy(group),
+        String::from_utf8_lossy(key)
+    ))
+}
 
 fn no_group(key: &[u8], group: &[u8]) -> Out {
     Out::Err(format!(
@@ -948,34 +973,24 @@ impl Keyspace {
 
     /// XGROUP CREATE | SETID | DESTROY | CREATECONSUMER | DELCONSUMER | HELP.
     fn xgroup(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
-        let sub = upper(argv[1]);
-        let arity = match sub.as_str() {
-            "CREATE" | "SETID" => -5,
-            "DESTROY" => 4,
-            "CREATECONSUMER" | "DELCONSUMER" => 5,
-            "HELP" => 2,
-            _ => {
-                return Out::Err(format!(
-                    "ERR unknown subcommand '{}'. Try XGROUP HELP.",
-                    String::from_utf8_lossy(argv[1])
-                ))
-            }
+        let arities =
+            [("CREATE", -5), ("SETID", -5), ("DESTROY", 4), ("CREATECONSUMER", 5), ("DELCONSUMER", 5), ("HELP", 2)];
+        let sub = match subcommand("xgroup", argv, &arities, XGROUP_HELP) {
+            Ok(sub) => sub,
+            Err(reply) => return reply,
         };
-        if !arity_ok(arity, argv.len()) {
-            return Out::Err(format!("ERR wrong number of arguments for 'xgroup|{}' command", sub.to_lowercase()));
-        }
-        if sub == "HELP" {
-            return Out::Array(XGROUP_HELP.iter().map(|l| Out::Simple((*l).into())).collect());
-        }
         let (key, group) = (argv[2], argv[3]);
         // CREATE / SETID options: MKSTREAM (CREATE only), ENTRIESREAD n
-        // (accepted; this server keeps no entries-read counter).
+        // (the group's entries-read count).
         let (mut mkstream, mut entries_read) = (false, None);
         if matches!(sub.as_str(), "CREATE" | "SETID") {
             let mut i = 5;
             while i < argv.len() {
                 match upper(argv[i]).as_str() {
-                    "MKSTREAM" if sub == "CREATE" => i += 1,
+                    "MKSTREAM" if sub == "CREATE" => {
+                        mkstream = true;
+                        i += 1;
+                    }
                     "ENTRIESREAD" if i + 1 < argv.len() => match string2ll(argv[i + 1]) {
                         Some(n) => {
                             entries_read = u64::try_from(n).ok();
@@ -989,23 +1004,16 @@ impl Keyspace {
                         ))
                     }
                 }
-                mkstream |= upper(argv[i - 1]) == "MKSTREAM";
             }
         }
-        if let Err(e) = self.coll::<Stream>(db, key, now_ms) {
-            return e;
-        }
-        let exists = self.coll::<Stream>(db, key, now_ms).ok().flatten().is_some();
+        let exists = match self.coll::<Stream>(db, key, now_ms) {
+            Err(e) => return e,
+            Ok(s) => s.is_some(),
+        };
         if !(exists || sub == "CREATE" && mkstream) {
             return Out::err(NO_KEY_FOR_XGROUP);
         }
-        let no_such_group = || {
-            Out::Err(format!(
-                "NOGROUP No such consumer group '{}' for key name '{}'",
-                String::from_utf8_lossy(group),
-                String::from_utf8_lossy(key)
-            ))
-        };
+        let no_such_group = || no_such_group(key, group);
         let Ok(Some(s)) = self.coll_mut::<Stream>(db, key, now_ms, true) else { return Out::err(NO_KEY_FOR_XGROUP) };
         let mut t = Touched::default();
         let out = match sub.as_str() {
@@ -1462,25 +1470,11 @@ impl Keyspace {
     /// server's: they are estimated as Redis's would be for a stream
     /// filled by XADD (one node per 100 entries).
     fn xinfo(&self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
-        let sub = upper(argv[1]);
-        let arity = match sub.as_str() {
-            "STREAM" => -3,
-            "GROUPS" => 3,
-            "CONSUMERS" => 4,
-            "HELP" => 2,
-            _ => {
-                return Out::Err(format!(
-                    "ERR unknown subcommand '{}'. Try XINFO HELP.",
-                    String::from_utf8_lossy(argv[1])
-                ))
-            }
+        let arities = [("STREAM", -3), ("GROUPS", 3), ("CONSUMERS", 4), ("HELP", 2)];
+        let sub = match subcommand("xinfo", argv, &arities, XINFO_HELP) {
+            Ok(sub) => sub,
+            Err(reply) => return reply,
         };
-        if !arity_ok(arity, argv.len()) {
-            return Out::Err(format!("ERR wrong number of arguments for 'xinfo|{}' command", sub.to_lowercase()));
-        }
-        if sub == "HELP" {
-            return Out::Array(XINFO_HELP.iter().map(|l| Out::Simple((*l).into())).collect());
-        }
         if sub == "STREAM" && argv.len() > 3 {
             let full = upper(argv[3]) == "FULL";
             return if full && (argv.len() == 4 || (argv.len() == 6 && upper(argv[4]) == "COUNT")) {
@@ -1529,13 +1523,7 @@ impl Keyspace {
                     .collect(),
             ),
             _ => {
-                let Some(g) = s.groups.get(argv[3]) else {
-                    return Out::Err(format!(
-                        "NOGROUP No such consumer group '{}' for key name '{}'",
-                        String::from_utf8_lossy(argv[3]),
-                        String::from_utf8_lossy(argv[2])
-                    ));
-                };
+                let Some(g) = s.groups.get(argv[3]) else { return no_such_group(argv[2], argv[3]) };
                 Out::Array(
                     g.consumers
                         .iter()
