@@ -10,7 +10,8 @@
 # through Sentinel, then per round runs through the leader
 #   redis-benchmark -t set -c 50 -n 100000 -P 1   and   -n 400000 -P 16
 # and prints SETs/s, the three nodes' CPU (utime+stime) per SET in µs and
-# their context switches (every thread's) per SET. Needs redis-tools.
+# their context switches (every thread's) per SET. CLIENTS=N changes -c
+# (50), e.g. to see per-entry against per-SET cost. Needs redis-tools.
 set -euo pipefail
 label=$1 bin=$2 cfg=${3:-} rounds=${4:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,7 +37,7 @@ for _ in $(seq 1 "$rounds"); do
     for depth in 1 16; do
         n=$((depth == 1 ? 100000 : 400000))
         t0=$(ticks) c0=$(switches)
-        rps=$(redis-benchmark -p "$leader" -t set -n "$n" -c 50 -P "$depth" -q 2>&1 | tr '\r' '\n' |
+        rps=$(redis-benchmark -p "$leader" -t set -n "$n" -c "${CLIENTS:-50}" -P "$depth" -q 2>&1 | tr '\r' '\n' |
             grep -a "per second" | awk '{print $2}')
         t1=$(ticks) c1=$(switches)
         awk -v l="$label" -v d="$depth" -v r="$rps" -v t="$((t1 - t0))" -v c="$((c1 - c0))" -v hz="$hz" -v n="$n" \
