@@ -255,6 +255,11 @@ impl Config {
         anyhow::ensure!(rd.maxclients >= 1, "redis.maxclients must be at least 1");
         anyhow::ensure!((1..=64).contains(&rd.writes_in_flight_max), "redis.writes_in_flight_max must be 1..=64");
         anyhow::ensure!(
+            catga_raft::keyspace::notify::parse_flags(rd.notify_keyspace_events.as_bytes()).is_some(),
+            "redis.notify_keyspace_events may hold only the classes {}",
+            crate::redis::admin::NOTIFY_CLASSES
+        );
+        anyhow::ensure!(
             rd.slowlog_max_len <= crate::redis::slowlog::LEN_MAX,
             "redis.slowlog_max_len must be at most {}",
             crate::redis::slowlog::LEN_MAX
@@ -379,5 +384,11 @@ mod tests {
         c.redis.writes_in_flight_max = 0;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("writes_in_flight_max"), "{e}");
+        let mut c = Config::default();
+        c.redis.notify_keyspace_events = "KEZ".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("notify_keyspace_events") && e.contains("Ag$lshzxeKEtmdn"), "{e}");
+        c.redis.notify_keyspace_events = "KEA".into();
+        c.validate().unwrap();
     }
 }

@@ -28,7 +28,7 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use catga_storage::{keyspace, Cmds, Member, Request, Response, View};
+pub use catga_storage::{keyspace, Cmds, EventSink, KeyspaceEvents, Member, Request, Response, View};
 pub use network::{Call, Reply};
 pub use openraft::async_runtime::watch::WatchReceiver;
 pub use openraft::ServerState;
@@ -161,6 +161,7 @@ pub struct RaftNode {
     last_append_ms: AtomicU64,
     write_observer: std::sync::OnceLock<WriteObserver>,
     apply_observer: Arc<std::sync::OnceLock<catga_storage::ApplyObserver>>,
+    keyspace_events: Arc<catga_storage::KeyspaceEvents>,
     stop: CancellationToken,
     /// A snapshot arriving in pieces (one at a time).
     incoming: tokio::sync::Mutex<Option<network::Incoming>>,
@@ -235,6 +236,7 @@ impl RaftNode {
         let view = sm.view();
         let queue_changes = sm.queue_changes();
         let apply_observer = sm.apply_observer();
+        let keyspace_events = sm.keyspace_events();
         let config = openraft::Config {
             cluster_name: "catga".into(),
             heartbeat_interval: cfg.heartbeat_ms,
@@ -280,6 +282,7 @@ impl RaftNode {
             last_append_ms: AtomicU64::new(0),
             write_observer: std::sync::OnceLock::new(),
             apply_observer,
+            keyspace_events,
             stop: CancellationToken::new(),
             incoming: tokio::sync::Mutex::new(None),
             once: OnceWrites::new(),
@@ -389,6 +392,12 @@ impl RaftNode {
     /// (set once, for metrics).
     pub fn set_apply_observer(&self, observe: catga_storage::ApplyObserver) {
         let _ = self.apply_observer.set(observe);
+    }
+
+    /// This node's keyspace notifications: set the flags at any time, the
+    /// sink once (the Redis server publishes the events to its clients).
+    pub fn keyspace_events(&self) -> &catga_storage::KeyspaceEvents {
+        &self.keyspace_events
     }
 
     /// Waits until this node has applied everything committed before the

@@ -170,10 +170,26 @@ pub struct StateMachine {
     queues: Arc<tokio::sync::watch::Sender<u64>>,
     /// Told how long each apply call took and how many entries it applied.
     applied: Arc<std::sync::OnceLock<ApplyObserver>>,
+    /// Which keyspace events this node collects, and where they go.
+    events: Arc<KeyspaceEvents>,
 }
 
 /// See [`StateMachine::apply_observer`].
 pub type ApplyObserver = Box<dyn Fn(std::time::Duration, usize) + Send + Sync>;
+
+/// This node's keyspace notifications (see [`crate::keyspace::notify`]):
+/// the flags of `notify-keyspace-events` (0: none, the default), read at
+/// every apply, and the sink that gets each apply call's events, in
+/// order, with the flags they were collected under, after the view is
+/// released.
+#[derive(Default)]
+pub struct KeyspaceEvents {
+    pub flags: std::sync::atomic::AtomicU32,
+    pub sink: std::sync::OnceLock<EventSink>,
+}
+
+/// See [`KeyspaceEvents`].
+pub type EventSink = Box<dyn Fn(u32, Vec<crate::keyspace::notify::Event>) + Send + Sync>;
 
 fn queue_key(node: u64, subject: &[u8], group: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 8 + 4 + subject.len() + group.len());
@@ -587,6 +603,7 @@ impl StateMachine {
             view: Arc::new(RwLock::new(view)),
             queues,
             applied,
+            events: Arc::default(),
         })
     }
 
@@ -605,6 +622,11 @@ impl StateMachine {
     /// their effects being written, and the batch's size.
     pub fn apply_observer(&self) -> Arc<std::sync::OnceLock<ApplyObserver>> {
         self.applied.clone()
+    }
+
+    /// This node's keyspace-notification flags and sink.
+    pub fn keyspace_events(&self) -> Arc<KeyspaceEvents> {
+        self.events.clone()
     }
 
     /// Changes whenever applied entries (or an installed snapshot) change
@@ -629,8 +651,10 @@ impl StateMachine {
         let started = std::time::Instant::now();
         let batch = &mut self.pending;
         let mut out = Vec::with_capacity(entries.len());
-        let gen = {
+        let flags = self.events.flags.load(std::sync::atomic::Ordering::Relaxed);
+        let (gen, events) = {
             let mut view = self.view.write();
+            view.keyspace.set_notify(flags);
             for e in entries {
                 view.applied = Some(e.log_id);
                 out.push(match &e.payload {
@@ -643,13 +667,16 @@ impl StateMachine {
                 });
             }
             put_meta(&view, batch)?;
-            view.queues_gen
+            (view.queues_gen, view.keyspace.take_events())
         };
         let since = *self.pending_since.get_or_insert(started);
         if since.elapsed() >= self.write_behind || self.pending.bytes >= self.write_behind_bytes {
             self.checkpoint().map_err(|e| failed("writing the state checkpoint", e))?;
         }
         self.publish_queues(gen);
+        if let (false, Some(sink)) = (events.is_empty(), self.events.sink.get()) {
+            sink(flags, events);
+        }
         if let Some(observe) = self.applied.get() {
             observe(started.elapsed(), out.len());
         }

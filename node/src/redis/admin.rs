@@ -196,38 +196,59 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
             }
             Reply::Map(out)
         }
-        "set"
-            if argv.len() >= 4 && argv.len().is_multiple_of(2) && argv[2..].chunks(2).all(|p| slowlog_param(p[0])) =>
-        {
-            // The SLOWLOG settings are this node's own: they change at once
+        "set" if argv.len() >= 4 && argv.len().is_multiple_of(2) && argv[2..].chunks(2).all(|p| settable(p[0])) => {
+            // These settings are this node's own: they change at once
             // (all or none), until the node restarts.
+            enum Change {
+                SlowerThan(i64),
+                MaxLen(usize),
+                Notify(u32),
+            }
             let mut changes = Vec::new();
             for p in argv[2..].chunks(2) {
                 let name = String::from_utf8_lossy(p[0]).to_ascii_lowercase();
                 let failed = |why: &str| {
                     Reply::err(format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"))
                 };
+                if name == "notify-keyspace-events" {
+                    match catga_raft::keyspace::notify::parse_flags(p[1]) {
+                        Some(flags) => changes.push(Change::Notify(flags)),
+                        None => {
+                            return failed(&format!("Invalid event class character. Use '{NOTIFY_CLASSES}'."));
+                        }
+                    }
+                    continue;
+                }
                 let Some(v) = std::str::from_utf8(p[1]).ok().and_then(|v| v.parse::<i64>().ok()) else {
                     return failed("argument couldn't be parsed into an integer");
                 };
                 let max = super::slowlog::LEN_MAX as i64;
-                if name == "slowlog-max-len" && !(0..=max).contains(&v) {
-                    return failed(&format!("argument must be between 0 and {max} inclusive"));
+                if name == "slowlog-max-len" {
+                    if !(0..=max).contains(&v) {
+                        return failed(&format!("argument must be between 0 and {max} inclusive"));
+                    }
+                    changes.push(Change::MaxLen(v as usize));
+                } else {
+                    changes.push(Change::SlowerThan(v));
                 }
-                changes.push((name, v));
             }
             let log = &conn.shared.slowlog;
-            for (name, v) in changes {
-                match name.as_str() {
-                    "slowlog-max-len" => log.set_max_len(v as usize),
-                    _ => log.set_slower_than(v),
+            for change in changes {
+                match change {
+                    Change::MaxLen(n) => log.set_max_len(n),
+                    Change::SlowerThan(us) => log.set_slower_than(us),
+                    Change::Notify(flags) => {
+                        if let Some(raft) = conn.shared.raft.get() {
+                            raft.keyspace_events().flags.store(flags, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
             Reply::ok()
         }
         "set" if argv.len() >= 4 && argv.len().is_multiple_of(2) => {
             // The first parameter of the request that cannot be set.
-            let fixed = argv[2..].chunks(2).map(|p| p[0]).find(|n| !slowlog_param(n)).unwrap_or(argv[2]);
+            let fixed = argv[2..].chunks(2).map(|p| p[0]).find(|n| !settable(n)).unwrap_or(argv[2]);
             let name = String::from_utf8_lossy(fixed).to_ascii_lowercase();
             if parameters(&conn.shared).iter().any(|(n, _)| *n == name) {
                 Reply::err(format!(
@@ -257,8 +278,23 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
 }
 
 /// The parameters CONFIG SET changes at run time.
-fn slowlog_param(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"slowlog-log-slower-than") || name.eq_ignore_ascii_case(b"slowlog-max-len")
+fn settable(name: &[u8]) -> bool {
+    ["slowlog-log-slower-than", "slowlog-max-len", "notify-keyspace-events"]
+        .iter()
+        .any(|p| name.eq_ignore_ascii_case(p.as_bytes()))
+}
+
+/// The characters `notify-keyspace-events` takes, as Redis lists them.
+pub const NOTIFY_CLASSES: &str = "Ag$lshzxeKEtmdn";
+
+/// This node's `notify-keyspace-events`, as CONFIG GET shows it.
+fn notify_flags(shared: &Shared) -> String {
+    use catga_raft::keyspace::notify::{flags_string, parse_flags};
+    let flags = match shared.raft.get() {
+        Some(raft) => raft.keyspace_events().flags.load(Ordering::Relaxed),
+        None => parse_flags(shared.config.notify_keyspace_events.as_bytes()).unwrap_or(0),
+    };
+    flags_string(flags)
 }
 
 /// The parameters CONFIG GET shows, with the values in force.
@@ -275,7 +311,7 @@ fn parameters(shared: &Shared) -> Vec<(&'static str, String)> {
         ("maxclients", c.maxclients.to_string()),
         ("maxmemory", "0".into()),
         ("maxmemory-policy", "noeviction".into()),
-        ("notify-keyspace-events", String::new()),
+        ("notify-keyspace-events", notify_flags(shared)),
         ("port", port),
         ("proto-max-bulk-len", c.proto_max_bulk_len.to_string()),
         ("client-query-buffer-limit", c.query_buffer_bytes_max.to_string()),

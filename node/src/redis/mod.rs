@@ -75,6 +75,10 @@ pub struct RedisConfig {
     /// More than one was slower on a 2-core machine running 3 nodes (more
     /// entries, each with its own appends and fsyncs); see bench/RESULTS.md.
     pub writes_in_flight_max: usize,
+    /// Keyspace notifications (Redis `notify-keyspace-events`: classes
+    /// `g$lshzxetdn`, `A` for all but `n`, and `K` and/or `E` for the
+    /// channels); "" is off. CONFIG SET changes it on this node.
+    pub notify_keyspace_events: String,
     /// Command lines a MONITOR client may fall behind by; past it the
     /// monitor is disconnected (its output has no other bound).
     pub monitor_lines_max: usize,
@@ -108,6 +112,7 @@ impl Default for RedisConfig {
             expiry_sweep_keys_max: 1000,
             restore_bytes_max: 1 << 30,
             writes_in_flight_max: 1,
+            notify_keyspace_events: String::new(),
             monitor_lines_max: 65_536,
             slowlog_log_slower_than: 10_000,
             slowlog_max_len: 128,

@@ -60,6 +60,37 @@ pub fn subject_channel(subject: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Where this node's keyspace events go (`notify-keyspace-events`): to
+/// its own subscribers only (Redis and NATS alike), since every node
+/// applies the same entries and fires the same events. `K` publishes
+/// the event on `__keyspace@<db>__:<key>`, `E` the key on
+/// `__keyevent@<db>__:<event>`, keyspace first, as Redis does.
+pub fn keyspace_sink(bus: Arc<Bus>) -> catga_raft::EventSink {
+    use catga_raft::keyspace::notify::{KEYEVENT, KEYSPACE};
+    let publisher = parking_lot::Mutex::new(crate::bus::Publisher::new(64));
+    Box::new(move |flags, events| {
+        let mut publisher = publisher.lock();
+        let mut publish = |channel: &[u8], payload: &[u8]| {
+            let subject = channel_subject(channel);
+            let msg = Msg { subject: &subject, reply: None, headers: None, payload };
+            bus.deliver_local(&mut publisher, &msg, crate::bus::Target::Plain);
+        };
+        let mut channel = Vec::new();
+        for e in events {
+            if flags & KEYSPACE != 0 {
+                channel.clear();
+                channel.extend_from_slice(format!("__keyspace@{}__:", e.db).as_bytes());
+                channel.extend_from_slice(&e.key);
+                publish(&channel, e.event.as_bytes());
+            }
+            if flags & KEYEVENT != 0 {
+                publish(format!("__keyevent@{}__:{}", e.db, e.event).as_bytes(), &e.key);
+            }
+        }
+        bus.flush(&mut publisher);
+    })
+}
+
 /// The bus subjects a PSUBSCRIBE glob listens on.
 pub fn pattern_subjects(pattern: &[u8]) -> Vec<Vec<u8>> {
     let glob = |t: &[u8]| t.iter().any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'));

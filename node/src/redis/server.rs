@@ -55,6 +55,10 @@ impl RedisServer {
     /// Serves keyspace commands through `raft` from now on, and runs the
     /// expiry sweep while this node leads.
     pub fn set_raft(&self, raft: Arc<RaftNode>) {
+        let events = raft.keyspace_events();
+        let flags = catga_raft::keyspace::notify::parse_flags(self.shared.config.notify_keyspace_events.as_bytes());
+        events.flags.store(flags.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        let _ = events.sink.set(super::pubsub::keyspace_sink(self.shared.bus.clone()));
         if self.shared.raft.set(raft).is_ok() {
             tokio::spawn(sweep_expired(self.shared.clone(), self.stop.clone()));
         }

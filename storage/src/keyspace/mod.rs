@@ -27,6 +27,7 @@ mod hashes;
 mod hll;
 mod keys;
 mod lists;
+pub mod notify;
 pub mod script;
 mod sets;
 mod sort;
@@ -970,6 +971,13 @@ pub struct Keyspace {
     /// The last arrival number given to a script from EVAL (eviction
     /// order; only the order matters, so a reload may renumber).
     script_seq: u64,
+    /// Which keyspace events to collect ([`notify`]; this node's setting,
+    /// not replicated), and those collected.
+    notify: u32,
+    events: Vec<notify::Event>,
+    /// Changes recorded by lazy expiry (a command's own changes are the
+    /// others).
+    expiry_changes: usize,
 }
 
 impl PartialEq for Keyspace {
@@ -1029,6 +1037,9 @@ impl Keyspace {
     pub fn insert(&mut self, db: u32, key: Vec<u8>, entry: Entry) -> Option<Entry> {
         if let Some(at) = entry.expire_at_ms {
             self.track_expiry(db, &key, at);
+        }
+        if self.notify & notify::NEW != 0 && self.stored(db, &key).is_none() {
+            self.fire(notify::NEW, "new", db, &key);
         }
         self.dbs.entry(db).or_default().insert(key, entry)
     }
@@ -1155,20 +1166,24 @@ impl Keyspace {
     fn expire_if_due(&mut self, db: u32, key: &[u8], now_ms: u64) {
         if self.stored(db, key).is_some_and(|e| !e.live(now_ms)) {
             self.expired += 1;
-            self.note_drop(db, key);
-            self.note(Change::Key(db, key.to_vec()));
-            if let Some(d) = self.dbs.get_mut(&db) {
-                d.remove(key);
-            }
+            self.remove(db, key, now_ms);
         }
     }
 
+    /// Removes the entry at (db, key); returns it if it was live. An
+    /// expired one going is the `expired` event, and its changes count as
+    /// lazy expiry's.
     fn remove(&mut self, db: u32, key: &[u8], now_ms: u64) -> Option<Entry> {
-        self.stored(db, key)?;
+        let live = self.stored(db, key)?.live(now_ms);
+        let mark = self.changes.len();
         self.note_drop(db, key);
         self.note(Change::Key(db, key.to_vec()));
         let e = self.dbs.get_mut(&db)?.remove(key)?;
-        e.live(now_ms).then_some(e)
+        if !live {
+            self.expiry_changes += self.changes.len() - mark;
+            self.fire(notify::EXPIRED, "expired", db, key);
+        }
+        live.then_some(e)
     }
 
     fn set_str(&mut self, db: u32, key: &[u8], value: Vec<u8>, expire_at_ms: Option<u64>) {
@@ -1281,14 +1296,29 @@ impl Keyspace {
                 &owned
             }
         };
-        if let Some(s) = spec(name) {
-            if !arity_ok(s.arity, argv.len()) {
+        let write = match spec(name) {
+            Some(s) if !arity_ok(s.arity, argv.len()) => {
                 return Out::Err(format!("ERR wrong number of arguments for '{name}' command"));
             }
-            if !s.write {
-                if let Some(out) = self.dispatch_read(name, db, now_ms, argv) {
-                    return out;
-                }
+            Some(s) => s.write,
+            None => true,
+        };
+        // A script's commands fire their own events; the sweep fires
+        // `expired` as it removes.
+        if self.notify == 0 || !write || matches!(name, "eval" | "evalsha" | EXPIRED) {
+            return self.run(name, write, db, now_ms, argv);
+        }
+        let before = self.before(name, db, now_ms, argv);
+        let out = self.run(name, write, db, now_ms, argv);
+        self.notify_command(name, db, now_ms, argv, &out, before);
+        out
+    }
+
+    /// Runs command `name` (lower case; `write` as its spec says).
+    fn run(&mut self, name: &str, write: bool, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        if !write {
+            if let Some(out) = self.dispatch_read(name, db, now_ms, argv) {
+                return out;
             }
         }
         if name == EXPIRED {

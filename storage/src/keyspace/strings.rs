@@ -207,8 +207,13 @@ impl Keyspace {
             Ok(None) => return Out::Nil,
             Ok(Some(v)) => v.clone(),
         };
-        if let (Some(c), Some(e)) = (change, self.live_mut(db, argv[1], now_ms)) {
-            e.expire_at_ms = c;
+        // GETEX without options, or PERSIST of a key with no TTL, changes
+        // nothing (and writes nothing).
+        let ttl = self.get(db, argv[1], now_ms).is_some_and(|e| e.expire_at_ms.is_some());
+        if let Some(c) = change.filter(|c| c.is_some() || ttl) {
+            if let Some(e) = self.live_mut(db, argv[1], now_ms) {
+                e.expire_at_ms = c;
+            }
             if let Some(at) = c {
                 self.track_expiry(db, argv[1], at);
             }

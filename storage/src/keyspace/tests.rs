@@ -308,19 +308,44 @@ fn same_commands_same_state() {
 /// Replays a table recorded from redis-server 7.0.15
 /// (`storage/tests/redis/record.py`) and compares every reply.
 fn replay(table: &str) {
-    let mut ks = Keyspace::default();
+    replay_as(table, Keyspace::default(), |_, out| show(&out));
+}
+
+/// Replays `table` on `ks`, comparing what `seen` makes of each command's
+/// reply (and the keyspace after it) with the table's right-hand side.
+fn replay_as(table: &str, mut ks: Keyspace, seen: impl Fn(&mut Keyspace, Out) -> String) {
     let mut failures = Vec::new();
     for line in table.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
         let (cmd, want) = line.split_once(" => ").expect("a table line is `COMMAND => REPLY`");
         // `\s` is a space and `\n` a newline inside an argument (scripts).
         let args: Vec<String> = cmd.split(' ').map(|a| a.replace("\\s", " ").replace("\\n", "\n")).collect();
         let argv: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        let got = show(&ks.exec(0, NOW, &argv));
+        let out = ks.exec(0, NOW, &argv);
+        let got = seen(&mut ks, out);
         if got != want {
             failures.push(format!("{cmd}\n   redis: {want}\n   catga: {got}"));
         }
     }
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The keyspace events each command fires (notify-keyspace-events KEA),
+/// as `[event:key,...]` with `@db` outside database 0.
+#[test]
+fn notifications_as_redis() {
+    let mut ks = Keyspace::default();
+    ks.set_notify(notify::parse_flags(b"KEA").expect("valid flags"));
+    replay_as(include_str!("../../tests/redis/notify.txt"), ks, |ks, _| {
+        let shown: Vec<String> = ks
+            .take_events()
+            .iter()
+            .map(|e| {
+                let db = if e.db == 0 { String::new() } else { format!("@{}", e.db) };
+                format!("{}{db}:{}", e.event, String::from_utf8_lossy(&e.key))
+            })
+            .collect();
+        format!("[{}]", shown.join(","))
+    });
 }
 
 #[test]
@@ -561,4 +586,44 @@ fn keys_and_randomkey_do_not_depend_on_map_order() {
         assert!(sorted.contains(&picked), "RANDOMKEY gave {picked}, not a live key");
     }
     assert_eq!(show(&a.exec(1, later, &[b"RANDOMKEY"])), "nil", "database 1 is empty");
+}
+
+/// Events the recorded table cannot hold: lazy expiry (its time is
+/// Redis's clock), the sweep, `new` (not in `A`), and none collected
+/// when notifications are off.
+#[test]
+fn notifications_of_expiry_and_new_keys() {
+    let shown = |ks: &mut Keyspace| -> Vec<String> {
+        ks.take_events().iter().map(|e| format!("{}:{}", e.event, String::from_utf8_lossy(&e.key))).collect()
+    };
+    let mut ks = Keyspace::default();
+    ks.set_notify(notify::parse_flags(b"KEAn").expect("valid flags"));
+    ks.exec(0, NOW, &[b"SET", b"k", b"v", b"PX", b"10"]);
+    assert_eq!(shown(&mut ks), ["new:k", "set:k", "expire:k"]);
+    // A write finds it expired: `expired`, then the write creates it anew.
+    ks.exec(0, NOW + 10, &[b"LPUSH", b"k", b"a"]);
+    assert_eq!(shown(&mut ks), ["expired:k", "new:k", "lpush:k"]);
+    // DEL of an expired key deletes nothing: only `expired`.
+    ks.exec(0, NOW, &[b"SET", b"d", b"v", b"PX", b"10"]);
+    shown(&mut ks);
+    ks.exec(0, NOW + 10, &[b"DEL", b"d"]);
+    assert_eq!(shown(&mut ks), ["expired:d"]);
+    // The leader's sweep.
+    ks.exec(0, NOW, &[b"SET", b"s", b"v", b"PX", b"10"]);
+    shown(&mut ks);
+    ks.exec(0, NOW + 10, &[EXPIRED.as_bytes(), b"s", b"k"]);
+    assert_eq!(shown(&mut ks), ["expired:s"]);
+    // Inside a script: the script's commands fire, EVAL itself does not.
+    ks.exec(0, NOW, &[b"EVAL", b"redis.call('set', KEYS[1], 1) return redis.call('incr', KEYS[1])", b"1", b"e"]);
+    assert_eq!(shown(&mut ks), ["new:e", "set:e", "incrby:e"]);
+    // Only the classes asked for: `$` without `g`.
+    ks.set_notify(notify::parse_flags(b"E$").expect("valid flags"));
+    ks.exec(0, NOW, &[b"SET", b"x", b"v", b"EX", b"10"]);
+    assert_eq!(shown(&mut ks), ["set:x"]);
+    // Classes without K or E: nothing is collected.
+    ks.set_notify(notify::parse_flags(b"A").expect("valid flags"));
+    ks.exec(0, NOW, &[b"SET", b"y", b"v"]);
+    ks.set_notify(0);
+    ks.exec(0, NOW, &[b"SET", b"y", b"v"]);
+    assert!(shown(&mut ks).is_empty());
 }

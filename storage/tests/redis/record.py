@@ -6,7 +6,10 @@ single spaces. The script runs every command of a table, in order, on a
 fresh redis-server database (RESP2) and rewrites the part after `=>` with
 what the server answered, in the short form the keyspace tests compare:
 `+simple`, `-error`, `:int`, `$bulk` (`$hex:...` when not UTF-8), `nil`,
-`[a,b]`. Inside an argument,
+`[a,b]`. A table whose name starts with `notify` records instead the
+keyspace events each command fires (notify-keyspace-events `KEA`, read
+from the `__keyevent@*__` channels) as `[event:key,...]`, with `@db`
+after the event outside database 0. Inside an argument,
 `\s` stands for a space and `\n` for a newline (Lua scripts).
 
     redis-server --port 7777 --save '' --appendonly no &
@@ -74,11 +77,33 @@ class Conn:
         return self.reply()
 
 
+def events(c, sub, args, fence):
+    """Runs `args` on `c`; returns the keyevents `sub` saw for it (a
+    PUBLISH on a fence channel marks where they end)."""
+    c.run(args)
+    c.run(["PUBLISH", "fence", str(fence)])
+    seen = []
+    while True:
+        msg = sub.reply()  # [pmessage,pattern,channel,payload] or [message,fence,n]
+        parts = msg[1:-1].split(",")
+        if parts[0] == "$message":
+            return "[" + ",".join(seen) + "]"
+        channel, key = parts[2][1:], parts[3][1:]
+        db, event = channel[len("__keyevent@"):].split("__:", 1)
+        seen.append(event + ("" if db == "0" else "@" + db) + ":" + key)
+
+
 def main():
     port = int(sys.argv[1])
     for path in sys.argv[2:]:
         c = Conn(port)
         c.run(["FLUSHALL"])
+        notify = path.rsplit("/", 1)[-1].startswith("notify")
+        if notify:
+            c.run(["CONFIG", "SET", "notify-keyspace-events", "KEA"])
+            sub = Conn(port)
+            sub.run(["PSUBSCRIBE", "__keyevent@*__:*"])
+            sub.run(["SUBSCRIBE", "fence"])
         out = []
         for raw in open(path):
             line = raw.rstrip("\n")
@@ -87,7 +112,10 @@ def main():
                 continue
             cmd = line.split(" => ")[0]
             args = [a.replace("\\s", " ").replace("\\n", "\n") for a in cmd.split(" ")]
-            out.append(cmd + " => " + c.run(args))
+            if notify:
+                out.append(cmd + " => " + events(c, sub, args, len(out)))
+            else:
+                out.append(cmd + " => " + c.run(args))
         open(path, "w").write("\n".join(out) + "\n")
 
 
