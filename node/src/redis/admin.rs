@@ -343,7 +343,7 @@ fn table() -> Vec<CommandInfo> {
             "mget" | "del" | "unlink" | "exists" | "sinter" | "sunion" | "sdiff" | "sinterstore" | "sunionstore"
             | "sdiffstore" => (1, -1),
             "rename" | "renamenx" | "smove" | "lmove" | "rpoplpush" | "blmove" | "brpoplpush" | "zrangestore"
-            | "copy" => (1, 2),
+            | "copy" | "geosearchstore" => (1, 2),
             "touch" | "pfcount" | "pfmerge" => (1, -1),
             "bitop" => (2, -1),
             "object" | "memory" => (2, 2),

@@ -23,6 +23,7 @@
 
 mod bits;
 pub mod dump;
+mod geo;
 mod hashes;
 mod hll;
 mod keys;
@@ -541,6 +542,16 @@ pub const NAMES: &[&str] = &[
     "sdiffstore",
     "sintercard",
     "zadd",
+    "geoadd",
+    "geopos",
+    "geodist",
+    "geohash",
+    "georadius",
+    "georadius_ro",
+    "georadiusbymember",
+    "georadiusbymember_ro",
+    "geosearch",
+    "geosearchstore",
     "zrem",
     "zscore",
     "zrank",
@@ -674,6 +685,15 @@ pub fn spec(name: &str) -> Option<Spec> {
         "sintercard" => (-3, false),
         // sorted sets
         "zadd" => (-4, true),
+        "geoadd" => (-5, true),
+        "geopos" | "geohash" => (-2, false),
+        "geodist" => (-4, false),
+        "georadius" => (-6, true),
+        "georadius_ro" => (-6, false),
+        "georadiusbymember" => (-5, true),
+        "georadiusbymember_ro" => (-5, false),
+        "geosearch" => (-7, false),
+        "geosearchstore" => (-8, true),
         "zrem" => (-3, true),
         "zscore" | "zrank" | "zrevrank" => (3, false),
         "zmscore" => (-3, false),
@@ -1271,6 +1291,7 @@ impl Keyspace {
             .or_else(|| self.list_read(name, db, now_ms, argv))
             .or_else(|| self.set_read(name, db, now_ms, argv))
             .or_else(|| self.zset_read(name, db, now_ms, argv))
+            .or_else(|| self.geo_read(name, db, now_ms, argv))
             .or_else(|| self.hll_read(name, db, now_ms, argv))
             .or_else(|| self.sort_read(name, db, now_ms, argv))
             .or_else(|| self.script_read(name, db, now_ms, argv))
@@ -1330,6 +1351,7 @@ impl Keyspace {
             .or_else(|| self.list_write(name, db, now_ms, argv))
             .or_else(|| self.set_write(name, db, now_ms, argv))
             .or_else(|| self.zset_write(name, db, now_ms, argv))
+            .or_else(|| self.geo_write(name, db, now_ms, argv))
             .or_else(|| self.bits_write(name, db, now_ms, argv))
             .or_else(|| self.sort_write(name, db, now_ms, argv))
             .or_else(|| self.hll_write(name, db, now_ms, argv))

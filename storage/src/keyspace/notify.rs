@@ -125,6 +125,10 @@ fn store_dest(name: &str, argv: &[&[u8]]) -> Option<usize> {
         "sinterstore" | "sunionstore" | "sdiffstore" | "zunionstore" | "zinterstore" | "zdiffstore" | "zrangestore"
         | "pfmerge" => Some(1),
         "bitop" => Some(2),
+        "geosearchstore" => Some(1),
+        "georadius" | "georadiusbymember" => {
+            argv.iter().position(|a| is(a, "store") || is(a, "storedist")).map(|i| i + 1).filter(|i| *i < argv.len())
+        }
         "sort" => argv.iter().position(|a| is(a, "store")).map(|i| i + 1).filter(|i| *i < argv.len()),
         _ => None,
     }
@@ -311,7 +315,7 @@ impl Keyspace {
                 self.fire_emptied(SET, "srem", db, key);
                 self.fire(SET, "sadd", db, argv[2]);
             }
-            "zadd" if changed => {
+            "zadd" | "geoadd" if changed => {
                 let event = if has(&["incr"]) { "zincr" } else { "zadd" };
                 self.fire(ZSET, event, db, key);
             }
@@ -366,6 +370,8 @@ impl Keyspace {
                             "bitop" => "set",
                             "pfmerge" => "pfadd",
                             "sort" => "sortstore",
+                            "geosearchstore" => "geosearchstore",
+                            "georadius" | "georadiusbymember" => "georadiusstore",
                             other => static_name(other),
                         };
                         let class = match name {

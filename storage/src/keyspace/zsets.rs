@@ -97,6 +97,14 @@ impl ZSet {
     }
 
     /// Members in order, lowest score first.
+    /// Members with `min` <= score < `max`, in order (GEO searches).
+    pub(super) fn score_range(&self, min: f64, max: f64) -> impl Iterator<Item = (&[u8], f64)> {
+        self.order
+            .range((Score(min), Vec::new())..)
+            .take_while(move |(s, _)| s.0 < max)
+            .map(|(s, m)| (m.as_slice(), s.0))
+    }
+
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&[u8], f64)> {
         self.order.iter().map(|(s, m)| (m.as_slice(), s.0))
     }
