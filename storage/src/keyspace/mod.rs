@@ -542,6 +542,7 @@ pub const NAMES: &[&str] = &[
     "sdiffstore",
     "sintercard",
     "zadd",
+    "lcs",
     "geoadd",
     "geopos",
     "geodist",
@@ -685,6 +686,7 @@ pub fn spec(name: &str) -> Option<Spec> {
         "sintercard" => (-3, false),
         // sorted sets
         "zadd" => (-4, true),
+        "lcs" => (-3, false),
         "geoadd" => (-5, true),
         "geopos" | "geohash" => (-2, false),
         "geodist" => (-4, false),

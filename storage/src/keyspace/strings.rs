@@ -5,6 +5,7 @@ use super::*;
 impl Keyspace {
     pub(super) fn string_read(&self, name: &str, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<Out> {
         Some(match name {
+            "lcs" => self.lcs(db, now_ms, argv),
             "get" => match self.string(db, argv[1], now_ms) {
                 Ok(Some(s)) => Out::Bulk(s.clone()),
                 Ok(None) => Out::Nil,
@@ -179,6 +180,110 @@ impl Keyspace {
             reply_old()
         } else {
             Out::ok()
+        }
+    }
+
+    /// LCS key1 key2 [LEN] [IDX] [MINMATCHLEN n] [WITHMATCHLEN]: the
+    /// longest common subsequence of two strings (a missing key is
+    /// empty), by Redis's table and walk back, so IDX lists the same
+    /// ranges in the same order (last first).
+    fn lcs(&self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let (a, b) = match (self.string(db, argv[1], now_ms), self.string(db, argv[2], now_ms)) {
+            (Ok(a), Ok(b)) => (a.map_or(&[][..], Vec::as_slice), b.map_or(&[][..], Vec::as_slice)),
+            _ => return Out::err("ERR The specified keys must contain string values"),
+        };
+        let (mut len_only, mut idx, mut with_len, mut min_len) = (false, false, false, 0usize);
+        let mut i = 3;
+        while i < argv.len() {
+            match argv[i].to_ascii_uppercase().as_slice() {
+                b"IDX" => idx = true,
+                b"LEN" => len_only = true,
+                b"WITHMATCHLEN" => with_len = true,
+                b"MINMATCHLEN" if i + 1 < argv.len() => {
+                    let Some(n) = string2ll(argv[i + 1]) else { return Out::err(NOT_INTEGER) };
+                    min_len = n.max(0) as usize;
+                    i += 1;
+                }
+                _ => return Out::err(SYNTAX),
+            }
+            i += 1;
+        }
+        if len_only && idx {
+            return Out::err("ERR If you want both the length and indexes, please just use IDX.");
+        }
+        // The table Redis allocates: (|a|+1) × (|b|+1) u32, bounded as it
+        // bounds it.
+        let width = b.len() + 1;
+        let cells = (a.len() + 1).saturating_mul(width);
+        if cells.saturating_mul(4) > STRING_BYTES_MAX {
+            return Out::err("ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len");
+        }
+        let mut t = vec![0u32; cells];
+        for i in 1..=a.len() {
+            for j in 1..=b.len() {
+                t[i * width + j] = if a[i - 1] == b[j - 1] {
+                    t[(i - 1) * width + j - 1] + 1
+                } else {
+                    t[(i - 1) * width + j].max(t[i * width + j - 1])
+                };
+            }
+        }
+        let total = t[a.len() * width + b.len()];
+        if len_only {
+            return Out::Int(i64::from(total));
+        }
+        // Walk back from the end: the subsequence, and the matching
+        // ranges (a's and b's), each emitted when it can grow no more.
+        let mut seq = vec![0u8; total as usize];
+        let mut ranges = Vec::new();
+        let (mut i, mut j, mut k) = (a.len(), b.len(), total as usize);
+        let mut range: Option<(usize, usize, usize, usize)> = None; // a start, a end, b start, b end
+        while i > 0 && j > 0 {
+            let mut emit = false;
+            if a[i - 1] == b[j - 1] {
+                seq[k - 1] = a[i - 1];
+                range = Some(match range {
+                    None => (i - 1, i - 1, j - 1, j - 1),
+                    Some((sa, ea, sb, eb)) if sa == i && sb == j => (sa - 1, ea, sb - 1, eb),
+                    Some(r) => {
+                        emit = true;
+                        r
+                    }
+                });
+                if range.is_some_and(|(sa, _, sb, _)| sa == 0 || sb == 0) {
+                    emit = true;
+                }
+                k -= 1;
+                i -= 1;
+                j -= 1;
+            } else {
+                if t[(i - 1) * width + j] > t[i * width + j - 1] {
+                    i -= 1;
+                } else {
+                    j -= 1;
+                }
+                emit = range.is_some();
+            }
+            if let (true, Some((sa, ea, sb, eb))) = (emit, range) {
+                let n = ea - sa + 1;
+                if min_len == 0 || n >= min_len {
+                    let pos = |s: usize, e: usize| Out::Array(vec![Out::Int(s as i64), Out::Int(e as i64)]);
+                    let mut m = vec![pos(sa, ea), pos(sb, eb)];
+                    if with_len {
+                        m.push(Out::Int(n as i64));
+                    }
+                    ranges.push(Out::Array(m));
+                }
+                range = None;
+            }
+        }
+        if idx {
+            Out::Map(vec![
+                (Out::Bulk(b"matches".to_vec()), Out::Array(ranges)),
+                (Out::Bulk(b"len".to_vec()), Out::Int(i64::from(total))),
+            ])
+        } else {
+            Out::Bulk(seq)
         }
     }
 
