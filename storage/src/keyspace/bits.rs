@@ -97,6 +97,10 @@ impl Keyspace {
                         let (Some(start), Some(end)) = (string2ll(argv[2]), string2ll(argv[3])) else {
                             return Some(Out::err(NOT_INTEGER));
                         };
+                        // Redis 7.0 answers this before it reads the unit.
+                        if start < 0 && end < 0 && start > end {
+                            return Some(Out::Int(0));
+                        }
                         match unit(argv, 4) {
                             Ok(isbit) => bit_range(s.len(), start, end, isbit),
                             Err(e) => return Some(e),

@@ -350,7 +350,9 @@ impl Keyspace {
                 };
                 self.fire(STREAM, event, db, argv[2]);
             }
-            "xclaim" | "xautoclaim" if before.consumers == [false] && changed => {
+            "xclaim" | "xautoclaim"
+                if before.consumers == [false] && self.has_consumer(db, key, argv[2], argv[3], now_ms) =>
+            {
                 self.fire(STREAM, "xgroup-createconsumer", db, key)
             }
             "xreadgroup" => {

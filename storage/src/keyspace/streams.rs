@@ -756,6 +756,10 @@ impl Keyspace {
         let id = match wanted {
             Wanted::Auto if now_ms > last.ms => StreamId { ms: now_ms, seq: 0 },
             Wanted::Auto => last.next().unwrap_or(StreamId::MAX),
+            // The sequence would overflow: Redis 7.0 refuses (with this text).
+            Wanted::Seq(ms) if ms == last.ms && last.seq == u64::MAX => {
+                return Out::err("ERR Elements are too large to be stored");
+            }
             Wanted::Seq(ms) if ms == last.ms => last.next().unwrap_or(StreamId::MAX),
             Wanted::Seq(ms) => StreamId { ms, seq: 0 },
             Wanted::Exact(id) => id,
@@ -1020,6 +1024,9 @@ impl Keyspace {
             "CREATE" | "SETID" => {
                 let id = match argv[4] {
                     b"$" => s.last_id,
+                    // SETID (not CREATE) also takes `-` and `+`, as Redis 7.0.
+                    b"-" if sub == "SETID" => StreamId::default(),
+                    b"+" if sub == "SETID" => StreamId::MAX,
                     other => match parse_id(other, 0) {
                         Some(id) => id,
                         None => return Out::err(INVALID_ID),
@@ -1333,14 +1340,17 @@ impl Keyspace {
             g.last_delivered = last;
             t.group(group);
         }
-        g.see(consumer, now_ms, &mut t, group);
+        // The consumer is created (and seen) only once it claims an entry.
+        let mut seen = false;
         let mut out = Vec::new();
         for id in ids {
+            let mut forced = false;
             if let std::collections::btree_map::Entry::Vacant(v) = g.pending.entry(id) {
                 if !(force && entries.contains_key(&id)) {
                     continue;
                 }
                 v.insert(Pending { consumer: consumer.to_vec(), delivered_ms: now_ms, deliveries: 0 });
+                forced = true;
             }
             t.pending(group, &id);
             if !entries.contains_key(&id) {
@@ -1348,10 +1358,14 @@ impl Keyspace {
                 g.pending.remove(&id);
                 continue;
             }
-            let Some(p) = g.pending.get_mut(&id) else { continue };
-            if now_ms.saturating_sub(p.delivered_ms) < min_idle {
+            // An entry FORCE just made pending has no idle time to check.
+            if !forced && g.pending.get(&id).is_some_and(|p| now_ms.saturating_sub(p.delivered_ms) < min_idle) {
                 continue;
             }
+            if !std::mem::replace(&mut seen, true) {
+                g.see(consumer, now_ms, &mut t, group);
+            }
+            let Some(p) = g.pending.get_mut(&id) else { continue };
             p.consumer = consumer.to_vec();
             p.delivered_ms = delivered_ms;
             match retry {
@@ -1403,7 +1417,8 @@ impl Keyspace {
             Ok(eg) => eg,
             Err(e) => return e,
         };
-        g.see(consumer, now_ms, &mut t, group);
+        // The consumer is created (and seen) only once it claims an entry.
+        let mut seen = false;
         let (mut claimed, mut deleted) = (Vec::new(), Vec::new());
         let mut attempts = count * 10;
         let mut cursor = StreamId::default();
@@ -1424,10 +1439,13 @@ impl Keyspace {
                 deleted.push(Out::Bulk(id.text()));
                 continue;
             }
-            let Some(p) = g.pending.get_mut(&id) else { continue };
-            if now_ms.saturating_sub(p.delivered_ms) < min_idle {
+            if g.pending.get(&id).is_some_and(|p| now_ms.saturating_sub(p.delivered_ms) < min_idle) {
                 continue;
             }
+            if !std::mem::replace(&mut seen, true) {
+                g.see(consumer, now_ms, &mut t, group);
+            }
+            let Some(p) = g.pending.get_mut(&id) else { continue };
             p.consumer = consumer.to_vec();
             p.delivered_ms = now_ms;
             if !justid {
