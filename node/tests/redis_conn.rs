@@ -172,6 +172,39 @@ $4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r
         "%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:ID\r\n\
 $4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n$1\r\nn\r\n",
     ),
+    // SWAPDB's range is the server's check (databases 16).
+    ("SWAPDB 0 16\r\n", "-ERR DB index is out of range\r\n"),
+    ("SWAPDB 16 x\r\n", "-ERR invalid second DB index\r\n"),
+    // Redis's tuning parameters: taken, checked as Redis checks them,
+    // shown back (no effect here).
+    (
+        "CONFIG SET hash-max-ziplist-entries 256\r\nCONFIG GET hash-max-ziplist-entries\r\nCONFIG SET hash-max-ziplist-entries 512\r\n",
+        "+OK\r\n*2\r\n$24\r\nhash-max-ziplist-entries\r\n$3\r\n256\r\n+OK\r\n",
+    ),
+    (
+        "CONFIG SET zset-max-ziplist-entries abc\r\n",
+        "-ERR CONFIG SET failed (possibly related to argument 'zset-max-ziplist-entries') - argument couldn't be parsed into an integer\r\n",
+    ),
+    (
+        "CONFIG SET list-max-ziplist-size -99999999999\r\n",
+        "-ERR CONFIG SET failed (possibly related to argument 'list-max-ziplist-size') - argument must be between -2147483648 and 2147483647 inclusive\r\n",
+    ),
+    (
+        "CONFIG SET save \"900 1 300 10\"\r\nCONFIG GET save\r\nCONFIG SET save \"\"\r\n",
+        "+OK\r\n*2\r\n$4\r\nsave\r\n$12\r\n900 1 300 10\r\n+OK\r\n",
+    ),
+    (
+        "CONFIG SET save \"900\"\r\n",
+        "-ERR CONFIG SET failed (possibly related to argument 'save') - Invalid save parameters\r\n",
+    ),
+    (
+        "CONFIG SET activerehashing maybe\r\n",
+        "-ERR CONFIG SET failed (possibly related to argument 'activerehashing') - argument must be 'yes' or 'no'\r\n",
+    ),
+    (
+        "CONFIG SET stream-node-max-entries -1\r\n",
+        "-ERR CONFIG SET failed (possibly related to argument 'stream-node-max-entries') - argument must be between 0 and 9223372036854775807 inclusive\r\n",
+    ),
 ];
 
 /// Replaces the id after `:` in `id\r\n:N\r\n` with `ID`.

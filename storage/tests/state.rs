@@ -156,6 +156,8 @@ async fn collections_stored_by_element_reopen_to_the_same_state() {
         "SET h{k} plain",
         "EXPIRE l{k} 1000",
         "PERSIST l{k}",
+        "MOVE s{k} 1",
+        "SWAPDB 0 1",
     ];
     let mut rng = Lcg(7);
     let mut cmds: Vec<String> = Vec::new();

@@ -203,6 +203,7 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
                 SlowerThan(i64),
                 MaxLen(usize),
                 Notify(u32),
+                Tunable(&'static str, String),
             }
             let mut changes = Vec::new();
             for p in argv[2..].chunks(2) {
@@ -210,6 +211,13 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
                 let failed = |why: &str| {
                     Reply::err(format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"))
                 };
+                if let Some(t) = TUNABLES.iter().find(|t| t.name == name) {
+                    match t.check(p[1]) {
+                        Ok(v) => changes.push(Change::Tunable(t.name, v)),
+                        Err(why) => return failed(why),
+                    }
+                    continue;
+                }
                 if name == "notify-keyspace-events" {
                     match catga_raft::keyspace::notify::parse_flags(p[1]) {
                         Some(flags) => changes.push(Change::Notify(flags)),
@@ -237,6 +245,9 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
                 match change {
                     Change::MaxLen(n) => log.set_max_len(n),
                     Change::SlowerThan(us) => log.set_slower_than(us),
+                    Change::Tunable(name, v) => {
+                        conn.shared.tunables.lock().insert(name, v);
+                    }
                     Change::Notify(flags) => {
                         if let Some(raft) = conn.shared.raft.get() {
                             raft.keyspace_events().flags.store(flags, Ordering::Relaxed);
@@ -281,8 +292,85 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
 fn settable(name: &[u8]) -> bool {
     ["slowlog-log-slower-than", "slowlog-max-len", "notify-keyspace-events"]
         .iter()
+        .chain(TUNABLES.iter().map(|t| &t.name))
         .any(|p| name.eq_ignore_ascii_case(p.as_bytes()))
 }
+
+/// A Redis tuning parameter that has no effect here (encodings, AOF/RDB
+/// timing, Lua's busy threshold…) but that tools and client libraries
+/// set: CONFIG SET checks the value as Redis does and keeps it (on this
+/// node, until it restarts), CONFIG GET shows it.
+pub struct Tunable {
+    pub name: &'static str,
+    pub default: &'static str,
+    check: Check,
+}
+
+enum Check {
+    Int(i64, i64),
+    YesNo,
+    /// `save`: pairs of seconds and changes, or "".
+    Save,
+}
+
+impl Tunable {
+    /// The value to keep, or Redis's reason to refuse it.
+    fn check(&self, v: &[u8]) -> Result<String, &'static str> {
+        let text = std::str::from_utf8(v).map_err(|_| "argument couldn't be parsed into an integer")?;
+        match self.check {
+            Check::Int(min, max) => {
+                let n: i64 = text.parse().map_err(|_| "argument couldn't be parsed into an integer")?;
+                if n < min || n > max {
+                    return Err(if min == 0 {
+                        "argument must be between 0 and 9223372036854775807 inclusive"
+                    } else {
+                        "argument must be between -2147483648 and 2147483647 inclusive"
+                    });
+                }
+                Ok(n.to_string())
+            }
+            Check::YesNo => match text.to_ascii_lowercase().as_str() {
+                v @ ("yes" | "no") => Ok(v.to_string()),
+                _ => Err("argument must be 'yes' or 'no'"),
+            },
+            Check::Save => {
+                let parts: Vec<&str> = text.split_whitespace().collect();
+                if !parts.len().is_multiple_of(2) || parts.iter().any(|p| p.parse::<u64>().is_err()) {
+                    return Err("Invalid save parameters");
+                }
+                Ok(parts.join(" "))
+            }
+        }
+    }
+}
+
+const LONG: (i64, i64) = (0, i64::MAX);
+const INT: (i64, i64) = (i32::MIN as i64, i32::MAX as i64);
+
+/// See [`Tunable`]; defaults are redis-server 7.0.15's.
+pub const TUNABLES: &[Tunable] = &[
+    Tunable { name: "hash-max-listpack-entries", default: "512", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "hash-max-ziplist-entries", default: "512", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "hash-max-listpack-value", default: "64", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "hash-max-ziplist-value", default: "64", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "set-max-intset-entries", default: "512", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "zset-max-listpack-entries", default: "128", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "zset-max-ziplist-entries", default: "128", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "zset-max-listpack-value", default: "64", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "zset-max-ziplist-value", default: "64", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "list-max-listpack-size", default: "-2", check: Check::Int(INT.0, INT.1) },
+    Tunable { name: "list-max-ziplist-size", default: "-2", check: Check::Int(INT.0, INT.1) },
+    Tunable { name: "list-compress-depth", default: "0", check: Check::Int(0, INT.1) },
+    Tunable { name: "stream-node-max-bytes", default: "4096", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "stream-node-max-entries", default: "100", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "hll-sparse-max-bytes", default: "3000", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "busy-reply-threshold", default: "5000", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "lua-time-limit", default: "5000", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "activerehashing", default: "yes", check: Check::YesNo },
+    Tunable { name: "lazyfree-lazy-user-del", default: "no", check: Check::YesNo },
+    Tunable { name: "lazyfree-lazy-user-flush", default: "no", check: Check::YesNo },
+    Tunable { name: "save", default: "", check: Check::Save },
+];
 
 /// The characters `notify-keyspace-events` takes, as Redis lists them.
 pub const NOTIFY_CLASSES: &str = "Ag$lshzxeKEtmdn";
@@ -317,11 +405,13 @@ fn parameters(shared: &Shared) -> Vec<(&'static str, String)> {
         ("client-query-buffer-limit", c.query_buffer_bytes_max.to_string()),
         ("replica-read-only", "yes".into()),
         ("requirepass", c.requirepass.clone().unwrap_or_default()),
-        ("save", String::new()),
         ("slowlog-log-slower-than", shared.slowlog.slower_than().to_string()),
         ("slowlog-max-len", shared.slowlog.max_len().to_string()),
         ("timeout", "0".into()),
     ]
+    .into_iter()
+    .chain(shared.tunables.lock().iter().map(|(n, v)| (*n, v.clone())))
+    .collect()
 }
 
 /// One command as COMMAND reports it: name, arity, flags, first key,
@@ -337,7 +427,7 @@ fn table() -> Vec<CommandInfo> {
         let (first, last) = match *name {
             "dbsize" | "randomkey" | "keys" | "scan" | "flushdb" | "flushall" | "zunion" | "zinter" | "zdiff"
             | "lmpop" | "blmpop" | "zmpop" | "bzmpop" | "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "script"
-            | "xread" | "xreadgroup" => (0, 0),
+            | "xread" | "xreadgroup" | "swapdb" => (0, 0),
             "sintercard" | "xgroup" => (2, 2),
             "mset" | "msetnx" => (1, -1),
             "mget" | "del" | "unlink" | "exists" | "sinter" | "sunion" | "sdiff" | "sinterstore" | "sunionstore"

@@ -50,6 +50,9 @@ pub struct Shared {
     pub saving: std::sync::atomic::AtomicBool,
     /// SLOWLOG.
     pub slowlog: super::slowlog::SlowLog,
+    /// Redis tuning parameters that CONFIG SET takes and CONFIG GET shows
+    /// but that change nothing here (see `admin::TUNABLES`), by name.
+    pub tunables: parking_lot::Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 /// Server-wide counters (INFO stats, /metrics).
@@ -237,6 +240,9 @@ impl Shared {
             last_save: AtomicU64::new(0),
             saving: Default::default(),
             slowlog,
+            tunables: parking_lot::Mutex::new(
+                super::admin::TUNABLES.iter().map(|t| (t.name, t.default.to_string())).collect(),
+            ),
             monitor: tokio::sync::broadcast::Sender::new(monitor_lines),
         })
     }
@@ -559,7 +565,7 @@ impl Conn {
         }
     }
 
-    /// COPY … DB n or MOVE key n with n past `databases`: the keyspace does not know the
+    /// COPY … DB n, MOVE key n or SWAPDB with n past `databases`: the keyspace does not know the
     /// server's database count, so this is checked before the command is
     /// logged (and at EXEC for a queued one, as Redis checks it then).
     pub fn db_out_of_range(&self, name: &str, argv: &[&[u8]]) -> Option<Reply> {
@@ -569,6 +575,8 @@ impl Conn {
                 argv.windows(2).skip(3).find(|w| w[0].eq_ignore_ascii_case(b"db")).and_then(|w| parse_i64(w[1]))?
             }
             "move" => parse_i64(argv[2])?,
+            // Both indexes first (their own errors come from the keyspace).
+            "swapdb" => parse_i64(argv[1])?.max(parse_i64(argv[2])?),
             _ => return None,
         };
         (db >= databases).then(|| Reply::err("ERR DB index is out of range"))

@@ -222,6 +222,24 @@ impl Keyspace {
                 self.prune_expiring(now_ms);
                 Out::Int(n)
             }
+            "swapdb" => {
+                // Redis reads both as C ints, with its own texts.
+                let index = |b: &[u8], which: &str| {
+                    string2ll(b)
+                        .filter(|n| i32::try_from(*n).is_ok())
+                        .ok_or_else(|| Out::Err(format!("ERR invalid {which} DB index")))
+                };
+                let (a, b) = match (index(argv[1], "first"), index(argv[2], "second")) {
+                    (Ok(a), Ok(b)) => (a, b),
+                    (Err(e), _) | (_, Err(e)) => return Some(e),
+                };
+                // The upper bound (`databases`) is the server's check.
+                let (Ok(a), Ok(b)) = (u32::try_from(a), u32::try_from(b)) else {
+                    return Some(Out::err("ERR DB index is out of range"));
+                };
+                self.swap_dbs(a, b);
+                Out::ok()
+            }
             "flushdb" | "flushall" => {
                 // ASYNC / SYNC are accepted; both are immediate here.
                 if let Some(mode) = argv.get(1) {
@@ -440,6 +458,8 @@ const DOCTOR_SCRIPTS_MAX: usize = 1000;
 /// Redis 7.0's small-encoding limits (its config defaults), for OBJECT
 /// ENCODING: entries, and bytes of a field, value or member.
 const LISTPACK_ENTRIES_MAX: usize = 128;
+/// Hashes stay listpacks up to 512 fields (`hash-max-listpack-entries`).
+const HASH_LISTPACK_ENTRIES_MAX: usize = 512;
 const LISTPACK_VALUE_BYTES_MAX: usize = 64;
 const INTSET_ENTRIES_MAX: usize = 512;
 /// Longest string Redis keeps in one allocation with its header.
@@ -448,6 +468,46 @@ const EMBSTR_BYTES_MAX: usize = 44;
 const SHARED_INTEGERS: i64 = 10_000;
 
 impl Keyspace {
+    /// SWAPDB: databases `a` and `b` trade contents (keys, TTLs). Every
+    /// row of both is rewritten.
+    fn swap_dbs(&mut self, a: u32, b: u32) {
+        if a == b {
+            return;
+        }
+        let (da, db_) = (self.dbs.remove(&a), self.dbs.remove(&b));
+        for (to, d) in [(a, db_), (b, da)] {
+            if let Some(d) = d.filter(|d| !d.is_empty()) {
+                self.dbs.insert(to, d);
+            }
+        }
+        let swap = |d: u32| {
+            if d == a {
+                b
+            } else if d == b {
+                a
+            } else {
+                d
+            }
+        };
+        self.expiring = std::mem::take(&mut self.expiring).into_iter().map(|(at, d, k)| (at, swap(d), k)).collect();
+        for d in [a, b] {
+            self.note(Change::Db(d));
+            let rows: Vec<(Vec<u8>, Vec<Vec<u8>>)> = self
+                .dbs
+                .get(&d)
+                .into_iter()
+                .flatten()
+                .map(|(k, e)| (k.clone(), e.value.elements().into_iter().map(|(sub, _)| sub).collect()))
+                .collect();
+            for (k, subs) in rows {
+                self.note(Change::Key(d, k.clone()));
+                for sub in subs {
+                    self.note_elem(d, &k, sub);
+                }
+            }
+        }
+    }
+
     /// COPY source destination [DB n] [REPLACE]. The DB index is checked
     /// against the server's `databases` by the server before the command
     /// is logged; here only a negative one is refused.
@@ -639,7 +699,9 @@ fn encoding(v: &Value) -> &'static str {
         Value::Str(s) if s.len() <= EMBSTR_BYTES_MAX => "embstr",
         Value::Str(_) => "raw",
         Value::List(_) => "quicklist",
-        Value::Hash(h) if h.len() <= LISTPACK_ENTRIES_MAX && h.iter().all(|(f, v)| fits(f) && fits(v)) => "listpack",
+        Value::Hash(h) if h.len() <= HASH_LISTPACK_ENTRIES_MAX && h.iter().all(|(f, v)| fits(f) && fits(v)) => {
+            "listpack"
+        }
         Value::Hash(_) => "hashtable",
         Value::Set(m) if m.len() <= INTSET_ENTRIES_MAX && m.iter().all(|x| string2ll(x).is_some()) => "intset",
         Value::Set(_) => "hashtable",

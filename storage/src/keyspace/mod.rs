@@ -543,6 +543,7 @@ pub const NAMES: &[&str] = &[
     "sintercard",
     "zadd",
     "lcs",
+    "swapdb",
     "geoadd",
     "geopos",
     "geodist",
@@ -687,6 +688,7 @@ pub fn spec(name: &str) -> Option<Spec> {
         // sorted sets
         "zadd" => (-4, true),
         "lcs" => (-3, false),
+        "swapdb" => (3, true),
         "geoadd" => (-5, true),
         "geopos" | "geohash" => (-2, false),
         "geodist" => (-4, false),

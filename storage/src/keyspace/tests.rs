@@ -349,6 +349,11 @@ fn notifications_as_redis() {
 }
 
 #[test]
+fn swapdb_as_redis() {
+    replay(include_str!("../../tests/redis/swapdb.txt"));
+}
+
+#[test]
 fn lcs_as_redis() {
     replay(include_str!("../../tests/redis/lcs.txt"));
 }
@@ -523,7 +528,7 @@ fn the_name_list_is_the_command_table() {
         assert!(spec(n).is_some(), "{n} listed but unknown");
         assert!(seen.insert(*n), "{n} listed twice");
     }
-    assert_eq!(seen.len(), 180);
+    assert_eq!(seen.len(), 181);
 }
 
 /// The clock is an argument, so expiry is tested at exact instants (a
