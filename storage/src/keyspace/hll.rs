@@ -31,6 +31,8 @@ const SPARSE_VALUE_MAX: u8 = 32;
 /// Redis's `hll-sparse-max-bytes` default: past it a value goes dense.
 const SPARSE_BYTES_MAX: usize = 3000;
 const NOT_HLL: &str = "WRONGTYPE Key is not a valid HyperLogLog string value.";
+/// A header that checks out over a sparse body that does not decode.
+const CORRUPT: &str = "INVALIDOBJ Corrupted HLL object detected";
 const ALPHA_INF: f64 = 0.721_347_520_444_481_7;
 
 /// MurmurHash64A, as Redis hashes HyperLogLog elements.
@@ -79,14 +81,18 @@ impl Registers {
     }
 
     /// Decodes a stored value; `None` when it is not a valid HLL.
-    fn decode(s: &[u8]) -> Option<Self> {
+    /// The registers `s` holds. Redis's two checks: the header (magic,
+    /// encoding, a dense body's length) is checked before anything runs
+    /// (`NOT_HLL`); a sparse body that does not decode to exactly the
+    /// registers is found while reading it (`CORRUPT`).
+    fn decode(s: &[u8]) -> Result<Self, &'static str> {
         if s.len() < HEADER || &s[..4] != b"HYLL" {
-            return None;
+            return Err(NOT_HLL);
         }
         let body = &s[HEADER..];
         match s[4] {
             DENSE if s.len() == DENSE_BYTES => {
-                Some(Registers((0..REGISTERS).map(|i| dense_get(body, i)).collect(), true))
+                Ok(Registers((0..REGISTERS).map(|i| dense_get(body, i)).collect(), true))
             }
             SPARSE => {
                 let mut regs = Vec::with_capacity(REGISTERS);
@@ -99,7 +105,7 @@ impl Registers {
                         i += 1;
                     } else if op & 0xc0 == 0x40 {
                         // XZERO: 01xxxxxx yyyyyyyy, a run of 14 bits + 1 zeros.
-                        let len = (usize::from(op & 0x3f) << 8 | usize::from(*body.get(i + 1)?)) + 1;
+                        let len = (usize::from(op & 0x3f) << 8 | usize::from(*body.get(i + 1).ok_or(CORRUPT)?)) + 1;
                         regs.resize(regs.len() + len, 0);
                         i += 2;
                     } else {
@@ -109,12 +115,16 @@ impl Registers {
                         i += 1;
                     }
                     if regs.len() > REGISTERS {
-                        return None;
+                        return Err(CORRUPT);
                     }
                 }
-                (regs.len() == REGISTERS).then_some(Registers(regs, false))
+                if regs.len() == REGISTERS {
+                    Ok(Registers(regs, false))
+                } else {
+                    Err(CORRUPT)
+                }
             }
-            _ => None,
+            _ => Err(NOT_HLL),
         }
     }
 
@@ -270,7 +280,7 @@ impl Keyspace {
     fn hll(&self, db: u32, key: &[u8], now_ms: u64) -> Result<Option<Registers>, Out> {
         match self.string(db, key, now_ms)? {
             None => Ok(None),
-            Some(s) => Registers::decode(s).map(Some).ok_or_else(|| Out::err(NOT_HLL)),
+            Some(s) => Registers::decode(s).map(Some).map_err(Out::err),
         }
     }
 
