@@ -1493,22 +1493,94 @@ impl Keyspace {
             Ok(sub) => sub,
             Err(reply) => return reply,
         };
-        if sub == "STREAM" && argv.len() > 3 {
-            let full = upper(argv[3]) == "FULL";
-            return if full && (argv.len() == 4 || (argv.len() == 6 && upper(argv[4]) == "COUNT")) {
-                Out::err("ERR XINFO STREAM FULL is not supported by this server")
-            } else {
-                Out::err("ERR unknown subcommand or wrong number of arguments for 'STREAM'. Try XINFO HELP.")
-            };
-        }
         let s = match self.coll::<Stream>(db, argv[2], now_ms) {
             Err(e) => return e,
             Ok(None) => return Out::err("ERR no such key"),
             Ok(Some(s)) => s,
         };
+        // STREAM key FULL [COUNT n]: n entries, and n pending entries per
+        // group and per consumer (10 by default, 0 for all).
+        let mut full = None;
+        if sub == "STREAM" && argv.len() > 3 {
+            let syntax = || {
+                Out::Err(format!(
+                    "ERR unknown subcommand or wrong number of arguments for '{}'. Try XINFO HELP.",
+                    String::from_utf8_lossy(argv[1])
+                ))
+            };
+            if !(argv.len() == 4 || argv.len() == 6) || upper(argv[3]) != "FULL" {
+                return syntax();
+            }
+            let mut count = 10;
+            if argv.len() == 6 {
+                if upper(argv[4]) != "COUNT" {
+                    return syntax();
+                }
+                match string2ll(argv[5]) {
+                    Some(n) if n >= 0 => count = n as usize,
+                    Some(_) => {}
+                    None => return Out::err(NOT_INTEGER),
+                }
+            }
+            full = Some(if count == 0 { usize::MAX } else { count });
+        }
         let shape = Shape::of(s);
         let field = |k: &str, v: Out| (Out::Bulk(k.as_bytes().to_vec()), v);
         match sub.as_str() {
+            "STREAM" if full.is_some() => {
+                let count = full.unwrap_or(10);
+                let keys = s.len().div_ceil(NODE_ENTRIES);
+                let groups = s.groups.iter().map(|(name, g)| {
+                    let pending = g.pending.iter().take(count).map(|(id, p)| {
+                        Out::Array(vec![
+                            Out::Bulk(id.text()),
+                            Out::Bulk(p.consumer.clone()),
+                            Out::Int(p.delivered_ms as i64),
+                            Out::Int(p.deliveries as i64),
+                        ])
+                    });
+                    let consumers = g.consumers.iter().map(|(c, seen)| {
+                        let mine = g.pending.iter().filter(|(_, p)| p.consumer == *c);
+                        let owned = mine.clone().count();
+                        let listed = mine.take(count).map(|(id, p)| {
+                            Out::Array(vec![
+                                Out::Bulk(id.text()),
+                                Out::Int(p.delivered_ms as i64),
+                                Out::Int(p.deliveries as i64),
+                            ])
+                        });
+                        Out::Map(vec![
+                            field("name", Out::Bulk(c.clone())),
+                            field("seen-time", Out::Int(*seen as i64)),
+                            field("pel-count", Out::Int(owned as i64)),
+                            field("pending", Out::Array(listed.collect())),
+                        ])
+                    });
+                    Out::Map(vec![
+                        field("name", Out::Bulk(name.clone())),
+                        field("last-delivered-id", Out::Bulk(g.last_delivered.text())),
+                        field("entries-read", opt_int(g.entries_read)),
+                        field("lag", opt_int(shape.lag(g))),
+                        field("pel-count", Out::Int(g.pending.len() as i64)),
+                        field("pending", Out::Array(pending.collect())),
+                        field("consumers", Out::Array(consumers.collect())),
+                    ])
+                });
+                Out::Map(vec![
+                    field("length", Out::Int(s.len() as i64)),
+                    field("radix-tree-keys", Out::Int(keys as i64)),
+                    field("radix-tree-nodes", Out::Int(keys as i64 + 1)),
+                    field("last-generated-id", Out::Bulk(s.last_id.text())),
+                    field("max-deleted-entry-id", Out::Bulk(s.max_deleted.text())),
+                    field("entries-added", Out::Int(s.added as i64)),
+                    field("recorded-first-entry-id", Out::Bulk(shape.first.text())),
+                    field(
+                        "entries",
+                        Out::Array(s.entries.iter().take(count).map(|(id, f)| entry_out(id, Some(f))).collect()),
+                    ),
+                    field("groups", Out::Array(groups.collect())),
+                ])
+            }
             "STREAM" => {
                 let keys = s.len().div_ceil(NODE_ENTRIES);
                 let edge = |e: Option<(&StreamId, &Vec<Vec<u8>>)>| e.map_or(Out::Nil, |(id, f)| entry_out(id, Some(f)));

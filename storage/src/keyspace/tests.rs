@@ -643,3 +643,30 @@ fn notifications_of_expiry_and_new_keys() {
     ks.exec(0, NOW, &[b"SET", b"y", b"v"]);
     assert!(shown(&mut ks).is_empty());
 }
+
+/// XINFO STREAM FULL's parts that hold times (so not in the recorded
+/// table): a group's pending entries with their consumer, delivery time
+/// and count, and each consumer's seen time and own pending entries.
+#[test]
+fn xinfo_stream_full_shows_pending_entries_and_consumers() {
+    let mut ks = Keyspace::default();
+    run(
+        &mut ks,
+        NOW,
+        &["XADD s 1-1 a 1", "XADD s 2-1 b 2", "XGROUP CREATE s g 0", "XREADGROUP GROUP g c1 COUNT 1 STREAMS s >"],
+    );
+    run(&mut ks, NOW + 5, &["XREADGROUP GROUP g c2 STREAMS s >"]);
+    let full = show(&ks.exec(0, NOW + 9, &[b"XINFO", b"STREAM", b"s", b"FULL"]));
+    let (t0, t5) = (NOW.to_string(), (NOW + 5).to_string());
+    let group = format!(
+        "[$name,$g,$last-delivered-id,$2-1,$entries-read,:2,$lag,:0,$pel-count,:2,\
+         $pending,[[$1-1,$c1,:{t0},:1],[$2-1,$c2,:{t5},:1]],\
+         $consumers,[[$name,$c1,$seen-time,:{t0},$pel-count,:1,$pending,[[$1-1,:{t0},:1]]],\
+         [$name,$c2,$seen-time,:{t5},$pel-count,:1,$pending,[[$2-1,:{t5},:1]]]]]"
+    );
+    assert!(full.ends_with(&format!("$groups,[{group}]]")), "{full}");
+    // COUNT 1: one entry, one pending entry per group and per consumer.
+    let one = show(&ks.exec(0, NOW + 9, &[b"XINFO", b"STREAM", b"s", b"FULL", b"COUNT", b"1"]));
+    assert!(one.contains("$entries,[[$1-1,[$a,$1]]],"), "{one}");
+    assert!(one.contains(&format!("$pending,[[$1-1,$c1,:{t0},:1]],")), "{one}");
+}
