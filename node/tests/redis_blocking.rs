@@ -217,3 +217,63 @@ async fn blmpop_and_bzmpop_wait_for_any_of_their_keys() {
     r3.write_all(b"BZMPOP 0 1 zq MAX\r\n").await.unwrap();
     expect(&mut r3, "*2\r\n$2\r\nzq\r\n*1\r\n*2\r\n$1\r\nc\r\n,3\r\n").await;
 }
+
+/// `redis::Value` as short text: bulk strings bare, arrays in brackets.
+fn text(v: &redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::Array(a) => format!("[{}]", a.iter().map(text).collect::<Vec<_>>().join(" ")),
+        redis::Value::Double(d) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Clients blocked on the same keys are served in the order they
+/// blocked, each from the first of its keys with items, as Redis serves
+/// them (Redis's own "BZMPOP with multiple blocked clients" case).
+#[tokio::test]
+async fn clients_blocked_on_the_same_keys_are_served_first_come_first_served() {
+    let n = TestNode::start().await;
+    let a = addr(&n);
+    let mut waiters = Vec::new();
+    for (i, (end, count)) in [("MIN", 1), ("MAX", 10), ("MIN", 10), ("MAX", 1)].into_iter().enumerate() {
+        let mut c = client(a).await;
+        waiters.push(tokio::spawn(async move {
+            let v: redis::Value = redis::cmd("BZMPOP")
+                .arg(0)
+                .arg(2)
+                .arg("z1")
+                .arg("z2")
+                .arg(end)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            text(&v)
+        }));
+        until_blocked(a, i as u64 + 1).await;
+    }
+    let mut w = client(a).await;
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("ZADD")
+        .arg(&["z1", "1", "a", "2", "b", "3", "c", "4", "d", "5", "e"])
+        .ignore()
+        .cmd("ZADD")
+        .arg(&["z2", "1", "a", "2", "b", "3", "c", "4", "d", "5", "e"])
+        .ignore()
+        .query_async(&mut w)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for waiter in waiters.drain(..3) {
+        got.push(tokio::time::timeout(T, waiter).await.expect("served").unwrap());
+    }
+    assert_eq!(got, ["[z1 [[a 1]]]", "[z1 [[e 5] [d 4] [c 3] [b 2]]]", "[z2 [[a 1] [b 2] [c 3] [d 4] [e 5]]]"]);
+    // The last finds both empty and waits on.
+    assert_eq!(blocked(a).await, 1);
+    let _: i64 = redis::cmd("ZADD").arg("z2").arg(9).arg("z").query_async(&mut w).await.unwrap();
+    let last = tokio::time::timeout(T, waiters.pop().unwrap()).await.expect("served").unwrap();
+    assert_eq!(last, "[z2 [[z 9]]]");
+}

@@ -53,6 +53,8 @@ pub struct Shared {
     /// Redis tuning parameters that CONFIG SET takes and CONFIG GET shows
     /// but that change nothing here (see `admin::TUNABLES`), by name.
     pub tunables: parking_lot::Mutex<std::collections::BTreeMap<&'static str, String>>,
+    /// Blocked pops in the order they blocked (first come, first served).
+    pub blocked: super::server::BlockQueue,
 }
 
 /// Server-wide counters (INFO stats, /metrics).
@@ -240,6 +242,7 @@ impl Shared {
             last_save: AtomicU64::new(0),
             saving: Default::default(),
             slowlog,
+            blocked: Default::default(),
             tunables: parking_lot::Mutex::new(
                 super::admin::TUNABLES.iter().map(|t| (t.name, t.default.to_string())).collect(),
             ),

@@ -476,14 +476,17 @@ where
     // list (sorted set) with items wakes a pop (a key turned into another
     // type does not end it with an error), and XREADGROUP once a stream
     // holds an entry new to the group.
-    type Ready<'r> = Box<dyn Fn(&catga_raft::keyspace::Keyspace, u64) -> bool + Send + Sync + 'r>;
-    let (ms, ready): (u64, Ready<'_>) = if name == "xreadgroup" {
+    type Ready<'r> = Box<dyn Fn(&catga_raft::keyspace::Keyspace, u64) -> Option<usize> + Send + Sync + 'r>;
+    let (ms, ready, keys): (u64, Ready<'_>, &[&[u8]]) = if name == "xreadgroup" {
         let (ms, _) = {
             let view = raft.view();
             let v = view.read();
             catga_raft::keyspace::streams::xreadgroup_wait(&v.keyspace, db, catga_raft::unix_ms(), &argv)
         };
-        (ms, Box::new(|ks, now| catga_raft::keyspace::streams::xreadgroup_wait(ks, db, now, &argv).1))
+        let ready = Box::new(|ks: &catga_raft::keyspace::Keyspace, now| {
+            catga_raft::keyspace::streams::xreadgroup_wait(ks, db, now, &argv).1.then_some(0)
+        });
+        (ms, ready, &[])
     } else {
         let (keys, timeout) = match name {
             "blmove" | "brpoplpush" => (&argv[1..2], argv[argv.len() - 1]),
@@ -498,29 +501,93 @@ where
         let size: &[u8] = if name.starts_with("bz") { b"ZCARD" } else { b"LLEN" };
         // Valid: the keyspace checked it before answering "nothing yet".
         let ms = catga_raft::keyspace::block_timeout_ms(timeout, catga_raft::unix_ms()).unwrap_or(0);
+        // The key a pop would take from: the first with items.
         let ready = move |ks: &catga_raft::keyspace::Keyspace, now| {
             keys.iter()
-                .any(|k| matches!(ks.read(db, now, &[size, k]), Some(catga_raft::keyspace::Out::Int(n)) if n > 0))
+                .position(|k| matches!(ks.read(db, now, &[size, k]), Some(catga_raft::keyspace::Out::Int(n)) if n > 0))
         };
-        (ms, Box::new(ready))
+        (ms, Box::new(ready), keys)
     };
+    // In line behind this node's earlier pops on the same keys (before
+    // it counts as blocked).
+    let ticket = shared.blocked.join(db, keys);
     let mut wait = Wait::new(shared, conn, input, waits, ms);
     let mut changes = raft.raft.metrics();
+    let mut turns = shared.blocked.turns();
     loop {
-        if let Err(end) = wait.next_change(changes.changed()).await {
+        let next = async {
+            tokio::select! {
+                r = changes.changed() => r.map_err(|_| ()),
+                // An earlier pop left the line: maybe this one's turn.
+                r = turns.changed() => r.map_err(|_| ()),
+            }
+        };
+        if let Err(end) = wait.next_change(next).await {
             return end;
         }
-        let worth_a_try = {
+        let from = {
             let view = raft.view();
             let v = view.read();
             ready(&v.keyspace, catga_raft::unix_ms())
         };
-        if worth_a_try {
+        if from.is_some_and(|i| keys.is_empty() || shared.blocked.first_for(&ticket, db, keys[i])) {
             let reply = pop_once(shared, conn, &argv).await;
             if !matches!(reply, Reply::Null | Reply::NullArray) {
                 return Some(reply);
             }
         }
+    }
+}
+
+/// This node's blocked pops (BLPOP, BZPOPMIN, BLMOVE…) in the order they
+/// blocked. A pop tries when the key it would take from gets items and
+/// no earlier pop still waiting here blocks on that key, so items go to
+/// this node's clients first come, first served, as Redis serves blocked
+/// clients. (Clients of other nodes race with these.)
+#[derive(Default)]
+pub struct BlockQueue {
+    line: parking_lot::Mutex<Line>,
+    /// Bumped whenever a pop leaves the line.
+    left: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
+}
+
+/// The next ticket, and each waiting pop's (db, keys) by ticket.
+type Line = (u64, std::collections::BTreeMap<u64, (u32, Vec<Vec<u8>>)>);
+
+/// A place in the [`BlockQueue`]; leaving it (dropping) lets the next go.
+pub struct Ticket<'a> {
+    queue: &'a BlockQueue,
+    id: u64,
+}
+
+impl BlockQueue {
+    fn sender(&self) -> &tokio::sync::watch::Sender<u64> {
+        self.left.get_or_init(|| tokio::sync::watch::Sender::new(0))
+    }
+
+    fn join(&self, db: u32, keys: &[&[u8]]) -> Ticket<'_> {
+        let mut line = self.line.lock();
+        let id = line.0;
+        line.0 += 1;
+        line.1.insert(id, (db, keys.iter().map(|k| k.to_vec()).collect()));
+        Ticket { queue: self, id }
+    }
+
+    fn turns(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sender().subscribe()
+    }
+
+    /// Whether no pop that blocked before `t` waits on (db, key).
+    fn first_for(&self, t: &Ticket<'_>, db: u32, key: &[u8]) -> bool {
+        let line = self.line.lock();
+        !line.1.range(..t.id).any(|(_, (d, keys))| *d == db && keys.iter().any(|k| k == key))
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.queue.line.lock().1.remove(&self.id);
+        self.queue.sender().send_modify(|n| *n += 1);
     }
 }
 
