@@ -172,6 +172,16 @@ $4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r
         "%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:ID\r\n\
 $4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n$1\r\nn\r\n",
     ),
+    // CLIENT REPLY: OFF until ON, SKIP for the next command (writes too).
+    (
+        "CLIENT REPLY OFF\r\nSET cr 1\r\nGET cr\r\nCLIENT REPLY ON\r\nGET cr\r\n",
+        "+OK\r\n$1\r\n1\r\n",
+    ),
+    ("CLIENT REPLY SKIP\r\nPING\r\nPING\r\n", "+PONG\r\n"),
+    ("CLIENT REPLY SKIP\r\nSET cr2 1\r\nINCR cr2\r\n", ":2\r\n"),
+    ("CLIENT REPLY FOO\r\n", "-ERR syntax error\r\n"),
+    ("CLIENT REPLY\r\n", "-ERR wrong number of arguments for 'client|reply' command\r\n"),
+    ("CLIENT REPLY OFF\r\nCLIENT REPLY SKIP\r\nPING\r\nCLIENT REPLY ON\r\nPING\r\n", "+OK\r\n+PONG\r\n"),
     // SWAPDB's range is the server's check (databases 16).
     ("SWAPDB 0 16\r\n", "-ERR DB index is out of range\r\n"),
     ("SWAPDB 16 x\r\n", "-ERR invalid second DB index\r\n"),

@@ -289,6 +289,11 @@ pub struct Conn {
     /// READONLY: reads are served from this node's state without a
     /// read-index (possibly stale, never expired).
     pub local_reads: bool,
+    /// CLIENT REPLY: OFF (no replies until ON), SKIP (none for the next
+    /// command), and whether the command being run is silent.
+    pub reply_off: bool,
+    pub skip_next: bool,
+    pub skip_current: bool,
     /// Index (in [`command_names`]) of the command last executed.
     pub last_command: usize,
     /// The last command ran (it was not refused as unknown, by arity or
@@ -473,6 +478,9 @@ impl Conn {
             pubsub: None,
             publisher: None,
             local_reads: false,
+            reply_off: false,
+            skip_next: false,
+            skip_current: false,
             last_command: 0,
             ran: false,
             executed: 0,
@@ -982,6 +990,7 @@ impl Conn {
             "list" => -2,
             "info" => 2,
             "no-evict" => 3,
+            "reply" => 3,
             "kill" => -3,
             _ => {
                 return Reply::err(format!(
@@ -1030,6 +1039,23 @@ impl Conn {
                 let line = clients.get(&self.id).map(|c| client_line(self.id, c)).unwrap_or_default();
                 Reply::Verbatim(line)
             }
+            // Its own reply follows the new setting: ON answers, OFF and
+            // SKIP do not.
+            "reply" => match String::from_utf8_lossy(argv[2]).to_ascii_lowercase().as_str() {
+                "on" => {
+                    (self.reply_off, self.skip_current) = (false, false);
+                    Reply::ok()
+                }
+                "off" => {
+                    self.reply_off = true;
+                    Reply::ok()
+                }
+                "skip" => {
+                    (self.skip_next, self.skip_current) = (true, true);
+                    Reply::ok()
+                }
+                _ => Reply::err("ERR syntax error"),
+            },
             // Catga never evicts clients: nothing to switch.
             "no-evict" => match String::from_utf8_lossy(argv[2]).to_ascii_lowercase().as_str() {
                 "on" | "off" => Reply::ok(),
@@ -1037,6 +1063,14 @@ impl Conn {
             },
             _ => unknown_command(argv),
         }
+    }
+}
+
+impl Conn {
+    /// Whether the command just run answers nothing (CLIENT REPLY OFF,
+    /// or SKIP before it).
+    pub fn silent(&self) -> bool {
+        self.reply_off || self.skip_current
     }
 }
 

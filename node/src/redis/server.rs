@@ -183,7 +183,10 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                         let sampled = conn.sample();
                         let t0 = (slow || sampled).then(|| ended.take().unwrap_or_else(std::time::Instant::now));
                         let started = t0.filter(|_| sampled);
+                        // CLIENT REPLY SKIP silences the command after it.
+                        conn.skip_current = std::mem::take(&mut conn.skip_next);
                         let step = conn.execute(&argv);
+                        let silent = conn.silent();
                         // Blocking commands wait by design; EXEC logs the
                         // commands it ran instead of itself.
                         let log_self = slow
@@ -198,7 +201,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                             // so replies stay in request order.
                             Step::Store { write: true } => {
                                 fresh = false;
-                                writes.push(&conn, &argv, started, t0.filter(|_| slow));
+                                writes.push(&conn, &argv, started, t0.filter(|_| slow), silent);
                             }
                             step => {
                                 let command = conn.last_command;
@@ -206,6 +209,8 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                     now = None;
                                 }
                                 writes.commit(&shared, &conn.info, &mut out).await;
+                                // This command's reply starts here.
+                                let mark = out.len();
                                 match step {
                                     Step::Reply(reply) => emit(&shared, &reply, conn.proto(), &mut out),
                                     Step::Save { background } => {
@@ -273,11 +278,15 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                         let input = Input { rd: &mut rd, arrived: &mut arrived, max: query_max };
                                         let waits = Waits { stopped: stopped.as_mut(), killed: killed.as_mut() };
                                         match block(&shared, &conn, &args, input, waits).await {
+                                            Some(_) if silent => {}
                                             Some(reply) => emit(&shared, &reply, conn.proto(), &mut out),
                                             // The client left, was killed, or the server stops.
                                             None => return,
                                         }
                                     }
+                                }
+                                if silent {
+                                    out.truncate(mark.min(out.len()));
                                 }
                                 if let Some(t) = started {
                                     shared.stats.observe(command, t.elapsed());
@@ -358,6 +367,8 @@ struct Pending {
     timed: Vec<(usize, std::time::Instant)>,
     /// Each write's start while SLOWLOG is on (one per write).
     starts: Vec<std::time::Instant>,
+    /// Which writes answer nothing (CLIENT REPLY), by position.
+    silent: Vec<bool>,
 }
 
 impl Pending {
@@ -369,9 +380,17 @@ impl Pending {
         argv: &[&[u8]],
         sampled: Option<std::time::Instant>,
         slow: Option<std::time::Instant>,
+        silent: bool,
     ) {
         if self.cmds.is_empty() {
             (self.db, self.proto) = (conn.info.db, conn.proto());
+            self.silent.clear();
+        }
+        if silent && self.silent.len() < self.cmds.len() {
+            self.silent.resize(self.cmds.len(), false);
+        }
+        if silent || !self.silent.is_empty() {
+            self.silent.push(silent);
         }
         self.cmds.push(argv);
         self.timed.extend(sampled.map(|t| (conn.last_command, t)));
@@ -386,8 +405,11 @@ impl Pending {
             return;
         }
         let logged = (!self.starts.is_empty()).then(|| self.cmds.clone());
-        for r in write_cmds(shared, self.db, std::mem::take(&mut self.cmds)).await {
-            emit(shared, &r, self.proto, out);
+        let silent = std::mem::take(&mut self.silent);
+        for (i, r) in write_cmds(shared, self.db, std::mem::take(&mut self.cmds)).await.into_iter().enumerate() {
+            if !silent.get(i).copied().unwrap_or(false) {
+                emit(shared, &r, self.proto, out);
+            }
         }
         let end = std::time::Instant::now();
         for (command, started) in self.timed.drain(..) {
