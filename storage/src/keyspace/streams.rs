@@ -385,15 +385,18 @@ fn range_bound(b: &[u8], start: bool) -> Result<Option<StreamId>, Out> {
         b"+" => Ok(Some(StreamId::MAX)),
         [b'(', rest @ ..] => {
             let id = parse_id(rest, if start { 0 } else { u64::MAX }).ok_or_else(invalid)?;
-            // Exclusive: the next ID up (start) or down (end); none past
-            // the ends, and then the range is empty.
-            Ok(if start {
-                id.next()
+            // Exclusive: the next ID up (start) or down (end); past the
+            // ends there is none, which Redis refuses.
+            if start {
+                id.next().map(Some).ok_or_else(|| Out::err("ERR invalid start ID for the interval"))
             } else if id.seq > 0 {
-                Some(StreamId { ms: id.ms, seq: id.seq - 1 })
+                Ok(Some(StreamId { ms: id.ms, seq: id.seq - 1 }))
             } else {
-                id.ms.checked_sub(1).map(|ms| StreamId { ms, seq: u64::MAX })
-            })
+                id.ms
+                    .checked_sub(1)
+                    .map(|ms| Some(StreamId { ms, seq: u64::MAX }))
+                    .ok_or_else(|| Out::err("ERR invalid end ID for the interval"))
+            }
         }
         _ => parse_id(b, if start { 0 } else { u64::MAX }).map(Some).ok_or_else(invalid),
     }
