@@ -192,3 +192,39 @@ async fn consumer_groups_split_entries_across_nodes_and_block_for_new_ones() {
     assert_eq!(first_stream(v).1, [id]);
     assert_eq!(common::redis_blocked(a).await, 0);
 }
+
+/// XREAD BLOCK is not woken (nor failed) by its key turning into a list
+/// meanwhile; it reads the stream added after that (Redis's "XADD + DEL +
+/// LPUSH should not awake client").
+#[tokio::test]
+async fn xread_block_is_not_woken_by_its_key_turning_into_another_type() {
+    let n = common::TestNode::start().await;
+    let a = n.node.redis.local_addr();
+    let mut r = common::redis_client(a).await;
+    let waiter = tokio::spawn(async move {
+        let got: redis::RedisResult<Value> =
+            redis::cmd("XREAD").arg("BLOCK").arg(20_000).arg("STREAMS").arg("s1").arg("$").query_async(&mut r).await;
+        got
+    });
+    common::until_redis_blocked(a, 1).await;
+    let mut w = common::redis_client(a).await;
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg(&["s1", "*", "old", "abcd1234"])
+        .ignore()
+        .cmd("DEL")
+        .arg("s1")
+        .ignore()
+        .cmd("LPUSH")
+        .arg(&["s1", "foo", "bar"])
+        .ignore()
+        .query_async(&mut w)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("DEL").arg("s1").query_async(&mut w).await.unwrap();
+    let id: String = redis::cmd("XADD").arg(&["s1", "*", "new", "abcd1234"]).query_async(&mut w).await.unwrap();
+    let got = tokio::time::timeout(T, waiter).await.expect("woken").unwrap().expect("no error");
+    let (key, ids) = first_stream(got);
+    assert_eq!((key.as_str(), ids), ("s1", vec![id]));
+}

@@ -708,11 +708,30 @@ where
         return Some(first);
     }
     let mut wait = Wait::new(shared, conn, input, waits, ms);
+    // Where the keys start (after STREAMS); the IDs follow them.
+    let streams = argv.iter().position(|a| a.eq_ignore_ascii_case(b"streams")).map_or(argv.len(), |i| i + 1);
+    let n = (argv.len() - streams) / 2;
     loop {
         if let Err(end) = wait.next_change(changes.changed()).await {
             return end;
         }
-        let reply = read(&argv);
+        // As Redis, a key that now holds another type does not wake the
+        // wait (nor end it with an error): only its streams are read.
+        let kept: Vec<&[u8]> = {
+            let view = raft.view();
+            let v = view.read();
+            let now = catga_raft::unix_ms();
+            let stream = |k: &[u8]| !matches!(v.keyspace.read(conn.info.db, now, &[b"TYPE", k]), Some(catga_raft::keyspace::Out::Simple(t)) if t != "stream" && t != "none");
+            let keep: Vec<usize> = (0..n).filter(|i| stream(argv[streams + i])).collect();
+            let mut kept = argv[..streams].to_vec();
+            kept.extend(keep.iter().map(|i| argv[streams + i]));
+            kept.extend(keep.iter().map(|i| argv[streams + n + i]));
+            kept
+        };
+        if kept.len() == streams {
+            continue;
+        }
+        let reply = read(&kept);
         if !matches!(reply, Reply::NullArray) {
             return Some(reply);
         }
