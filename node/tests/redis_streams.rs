@@ -228,3 +228,40 @@ async fn xread_block_is_not_woken_by_its_key_turning_into_another_type() {
     let (key, ids) = first_stream(got);
     assert_eq!((key.as_str(), ids), ("s1", vec![id]));
 }
+
+/// A blocked XREADGROUP ends with Redis's errors when its key is deleted
+/// or turned into another type (UNBLOCKED), or its group destroyed
+/// (NOGROUP), instead of waiting on for a group that cannot come back.
+#[tokio::test]
+async fn a_blocked_xreadgroup_ends_when_its_stream_or_group_goes() {
+    let n = common::TestNode::start().await;
+    let a = n.node.redis.local_addr();
+    let mut w = common::redis_client(a).await;
+    for (i, end) in ["DEL", "SET", "DESTROY"].into_iter().enumerate() {
+        let key = format!("gone{i}");
+        let _: String = redis::cmd("XADD").arg(&[&key, "666", "f", "v"]).query_async(&mut w).await.unwrap();
+        let _: () = redis::cmd("XGROUP").arg(&["CREATE", &key, "g", "$"]).query_async(&mut w).await.unwrap();
+        let mut r = common::redis_client(a).await;
+        let k = key.clone();
+        let waiter = tokio::spawn(async move {
+            let got: redis::RedisResult<Value> = redis::cmd("XREADGROUP")
+                .arg(&["GROUP", "g", "Alice", "BLOCK", "0", "STREAMS", &k, ">"])
+                .query_async(&mut r)
+                .await;
+            got
+        });
+        common::until_redis_blocked(a, 1).await;
+        let _: () = match end {
+            "DEL" => redis::cmd("DEL").arg(&key).query_async(&mut w).await.unwrap(),
+            "SET" => redis::cmd("SET").arg(&[&key, "val1"]).query_async(&mut w).await.unwrap(),
+            _ => redis::cmd("XGROUP").arg(&["DESTROY", &key, "g"]).query_async(&mut w).await.unwrap(),
+        };
+        let err = tokio::time::timeout(T, waiter).await.expect("ended").unwrap().unwrap_err();
+        let want = if end == "DESTROY" {
+            (Some("NOGROUP"), Some("the consumer group this client was blocked on no longer exists"))
+        } else {
+            (Some("UNBLOCKED"), Some("the stream key no longer exists"))
+        };
+        assert_eq!((err.code(), err.detail()), want, "{end}");
+    }
+}

@@ -550,7 +550,13 @@ where
         let from = {
             let view = raft.view();
             let v = view.read();
-            ready(&v.keyspace, catga_raft::unix_ms())
+            let now = catga_raft::unix_ms();
+            if name == "xreadgroup" {
+                if let Some(gone) = catga_raft::keyspace::streams::xreadgroup_gone(&v.keyspace, db, now, &argv) {
+                    return Some(Reply::err(gone));
+                }
+            }
+            ready(&v.keyspace, now)
         };
         if from.is_some_and(|i| keys.is_empty() || shared.blocked.first_for(&ticket, db, keys[i])) {
             let reply = pop_once(shared, conn, &argv).await;

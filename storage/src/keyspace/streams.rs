@@ -851,6 +851,22 @@ pub fn xreadgroup_wait(ks: &Keyspace, db: u32, now_ms: u64, argv: &[&[u8]]) -> (
     (r.block_ms.unwrap_or(0), ready)
 }
 
+/// Why a blocked XREADGROUP ends with an error, as Redis 7.0 ends it: one
+/// of its keys no longer holds a stream (deleted, or now another type),
+/// or its group is gone from one of them.
+pub fn xreadgroup_gone(ks: &Keyspace, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<&'static str> {
+    let r = parse_read(argv, true).ok()?;
+    let (group, _) = r.group?;
+    for k in r.keys {
+        match ks.coll::<Stream>(db, k, now_ms) {
+            Ok(Some(s)) if s.groups.contains_key(group) => {}
+            Ok(Some(_)) => return Some("NOGROUP the consumer group this client was blocked on no longer exists"),
+            _ => return Some("UNBLOCKED the stream key no longer exists"),
+        }
+    }
+    None
+}
+
 /// Whether an XREAD's (or XREADGROUP's) options, before STREAMS, include
 /// BLOCK.
 pub fn xread_blocks(argv: &[&[u8]]) -> bool {
