@@ -1234,3 +1234,23 @@ async fn memory_stats_reports_redis_fields_in_order() {
     assert_eq!(db0[0].0, redis::Value::BulkString(b"overhead.hashtable.main".to_vec()));
     assert!(matches!(db0[0].1, redis::Value::Int(n) if n > 0), "{db0:?}");
 }
+
+/// INFO errorstats counts error replies by their first word, and
+/// `total_error_replies` all of them, as Redis 7.0; CONFIG RESETSTAT
+/// clears them.
+#[tokio::test]
+async fn errorstats_count_errors_by_kind() {
+    let n = TestNode::start().await;
+    let mut c = common::redis_client(redis_addr(&n)).await;
+    let _: () = redis::cmd("SET").arg("s").arg("x").query_async(&mut c).await.unwrap();
+    let _: redis::RedisResult<i64> = redis::cmd("LPUSH").arg("s").arg("a").query_async(&mut c).await;
+    let _: redis::RedisResult<i64> = redis::cmd("LPUSH").arg("s").arg("a").query_async(&mut c).await;
+    let _: redis::RedisResult<()> = redis::cmd("FOO").query_async(&mut c).await;
+    let info: String = redis::cmd("INFO").arg("errorstats").query_async(&mut c).await.unwrap();
+    assert_eq!(info, "# Errorstats\r\nerrorstat_ERR:count=1\r\nerrorstat_WRONGTYPE:count=2\r\n");
+    let stats: String = redis::cmd("INFO").arg("stats").query_async(&mut c).await.unwrap();
+    assert!(stats.contains("total_error_replies:3\r\n"), "{stats}");
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut c).await.unwrap();
+    let info: String = redis::cmd("INFO").arg("errorstats").query_async(&mut c).await.unwrap();
+    assert_eq!(info, "# Errorstats\r\n");
+}

@@ -35,7 +35,7 @@ pub fn role(shared: &Shared) -> Role {
 }
 
 /// The INFO sections, in Redis's order; `default` and `all` give them all.
-const SECTIONS: &[&str] = &["server", "clients", "memory", "stats", "replication", "keyspace"];
+const SECTIONS: &[&str] = &["server", "clients", "memory", "stats", "replication", "errorstats", "keyspace"];
 
 /// Sections INFO gives only when named, or for `all` / `everything`.
 const EXTRA_SECTIONS: &[&str] = &["commandstats"];
@@ -108,6 +108,7 @@ fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, S
             put("total_commands_processed", stats.commands.load(Ordering::Relaxed).to_string());
             put("keyspace_hits", stats.hits.load(Ordering::Relaxed).to_string());
             put("keyspace_misses", stats.misses.load(Ordering::Relaxed).to_string());
+            put("total_error_replies", stats.errors.load(Ordering::Relaxed).to_string());
             if let Some(raft) = shared.raft.get() {
                 put("expired_keys", raft.view().read().keyspace.expired.to_string());
             }
@@ -152,6 +153,11 @@ fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, S
                         (per_call * calls as f64).round() as u64
                     ),
                 );
+            }
+        }
+        "errorstats" => {
+            for (code, n) in stats.error_codes.lock().iter() {
+                put(&format!("errorstat_{code}"), format!("count={n}"));
             }
         }
         "keyspace" => {
@@ -275,9 +281,10 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
         }
         "resetstat" if argv.len() == 2 => {
             let s = &conn.shared.stats;
-            for c in [&s.commands, &s.hits, &s.misses, &s.connections] {
+            for c in [&s.commands, &s.hits, &s.misses, &s.connections, &s.errors] {
                 c.store(0, Ordering::Relaxed);
             }
+            s.error_codes.lock().clear();
             Reply::ok()
         }
         "rewrite" if argv.len() == 2 => Reply::err("ERR The server is running without a config file"),

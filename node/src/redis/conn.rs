@@ -66,6 +66,9 @@ pub struct Stats {
     pub misses: AtomicU64,
     /// Requests answered with an error.
     pub errors: AtomicU64,
+    /// Errors by their first word (INFO errorstats), at most
+    /// [`ERROR_CODES_MAX`] kinds as Redis keeps.
+    pub error_codes: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Connections waiting in a blocking command (INFO `blocked_clients`).
     pub blocked: AtomicU64,
     /// Connections in MONITOR mode: while 0, no command is formatted for
@@ -130,6 +133,24 @@ impl Stats {
     }
 }
 
+/// Kinds of error INFO errorstats tracks (Redis's limit); errors of a new
+/// kind past it are still counted in `total_error_replies`.
+pub const ERROR_CODES_MAX: usize = 128;
+
+impl Stats {
+    /// Counts an error reply by its first word (`ERR`, `WRONGTYPE`…).
+    pub fn count_error(&self, text: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let code = text.split(' ').next().unwrap_or_default();
+        let mut codes = self.error_codes.lock();
+        if let Some(n) = codes.get_mut(code) {
+            *n += 1;
+        } else if codes.len() < ERROR_CODES_MAX {
+            codes.insert(code.to_string(), 1);
+        }
+    }
+}
+
 impl Default for Stats {
     fn default() -> Self {
         Self {
@@ -138,6 +159,7 @@ impl Default for Stats {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            error_codes: Default::default(),
             blocked: AtomicU64::new(0),
             monitors: AtomicU64::new(0),
             by_command: (0..=command_names().len()).map(|_| AtomicU64::new(0)).collect(),

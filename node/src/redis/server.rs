@@ -348,8 +348,8 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
 
 /// Encodes a reply, counting errors for the metrics.
 fn emit(shared: &Shared, reply: &Reply, proto: u8, out: &mut Vec<u8>) {
-    if matches!(reply, Reply::Error(_)) {
-        shared.stats.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Reply::Error(e) = reply {
+        shared.stats.count_error(e);
     }
     reply.encode(proto, out);
 }

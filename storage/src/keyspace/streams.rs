@@ -1439,23 +1439,26 @@ impl Keyspace {
         // The consumer is created (and seen) only once it claims an entry.
         let mut seen = false;
         let (mut claimed, mut deleted) = (Vec::new(), Vec::new());
-        let mut attempts = count * 10;
-        let mut cursor = StreamId::default();
+        // As Redis: each pending entry looked at costs an attempt (10 per
+        // COUNT), and each claimed or deleted one a unit of COUNT; the
+        // cursor is the entry after the last one looked at (0-0: none).
+        let (mut attempts, mut left) = (count * 10, count);
         let ids: Vec<StreamId> = match start {
             Some(start) => g.pending.range(start..).map(|(id, _)| *id).collect(),
             None => Vec::new(),
         };
-        let mut it = ids.into_iter().peekable();
-        while let Some(id) = it.next() {
-            if attempts == 0 || claimed.len() == count {
-                cursor = id;
-                break;
+        let mut it = ids.into_iter();
+        let cursor = loop {
+            if attempts == 0 || left == 0 {
+                break it.next().unwrap_or_default();
             }
             attempts -= 1;
+            let Some(id) = it.next() else { break StreamId::default() };
             if !entries.contains_key(&id) {
                 g.pending.remove(&id);
                 t.pending(group, &id);
                 deleted.push(Out::Bulk(id.text()));
+                left -= 1;
                 continue;
             }
             if g.pending.get(&id).is_some_and(|p| now_ms.saturating_sub(p.delivered_ms) < min_idle) {
@@ -1472,13 +1475,8 @@ impl Keyspace {
             }
             t.pending(group, &id);
             claimed.push(if justid { Out::Bulk(id.text()) } else { entry_out(&id, entries.get(&id)) });
-            if claimed.len() == count {
-                if let Some(next) = it.peek() {
-                    cursor = *next;
-                }
-                break;
-            }
-        }
+            left -= 1;
+        };
         self.note_rows(db, key, t);
         Out::Array(vec![Out::Bulk(cursor.text()), Out::Array(claimed), Out::Array(deleted)])
     }
