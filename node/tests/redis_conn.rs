@@ -180,6 +180,11 @@ $4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r
     ("CLIENT REPLY SKIP\r\nPING\r\nPING\r\n", "+PONG\r\n"),
     ("CLIENT REPLY SKIP\r\nSET cr2 1\r\nINCR cr2\r\n", ":2\r\n"),
     ("CLIENT REPLY FOO\r\n", "-ERR syntax error\r\n"),
+    // Subscription confirmations are pushes: not silenced.
+    (
+        "CLIENT REPLY OFF\r\nSUBSCRIBE ch\r\nPING\r\nUNSUBSCRIBE ch\r\nCLIENT REPLY ON\r\nPING\r\n",
+        "*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n*3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n+OK\r\n+PONG\r\n",
+    ),
     ("CLIENT REPLY\r\n", "-ERR wrong number of arguments for 'client|reply' command\r\n"),
     ("CLIENT REPLY OFF\r\nCLIENT REPLY SKIP\r\nPING\r\nCLIENT REPLY ON\r\nPING\r\n", "+OK\r\n+PONG\r\n"),
     // SWAPDB's range is the server's check (databases 16).

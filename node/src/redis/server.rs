@@ -186,7 +186,13 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                         // CLIENT REPLY SKIP silences the command after it.
                         conn.skip_current = std::mem::take(&mut conn.skip_next);
                         let step = conn.execute(&argv);
-                        let silent = conn.silent();
+                        // Subscription confirmations are pushes, which
+                        // CLIENT REPLY does not silence (as in Redis 7.0).
+                        let silent = conn.silent()
+                            && !matches!(
+                                super::conn::command_names().get(conn.last_command).copied(),
+                                Some("subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe")
+                            );
                         // Blocking commands wait by design; EXEC logs the
                         // commands it ran instead of itself.
                         let log_self = slow
