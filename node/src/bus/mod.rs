@@ -68,6 +68,10 @@ pub struct Subscription {
     /// True for interest held on behalf of another node: deliveries go to
     /// that node, which delivers locally (one hop, never forwarded again).
     pub remote: bool,
+    /// Delivered after the plain subscriptions without it (Redis
+    /// PSUBSCRIBE: a connection holding a channel and a pattern gets the
+    /// channel's copy first, as Redis sends them).
+    pub late: bool,
     /// Share of its queue group: 1 for a local member, the member count for
     /// a remote node's members of the group.
     weight: AtomicU64,
@@ -85,6 +89,7 @@ impl Subscription {
             sid: sid.into(),
             sink,
             remote: false,
+            late: false,
             weight: AtomicU64::new(1),
             max: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -345,7 +350,7 @@ impl Bus {
         let mut delivered = false;
         // A peer gets one copy for all its plain interest that matches.
         let mut peers_sent: smallvec::SmallVec<[u64; 4]> = smallvec::SmallVec::new();
-        for sub in &result.plain {
+        for sub in in_order(&result.plain) {
             if sub.remote {
                 let id = sub.sink.id();
                 if peers_sent.contains(&id) {
@@ -373,7 +378,7 @@ impl Bus {
         match target {
             Target::Plain => {
                 let mut delivered = false;
-                for sub in result.plain.iter().filter(|s| !s.remote) {
+                for sub in in_order(&result.plain).filter(|s| !s.remote) {
                     delivered |= self.deliver_one(woken, behind, sub, msg);
                 }
                 delivered
@@ -476,6 +481,13 @@ impl Bus {
             }
         }
     }
+}
+
+/// Plain subscriptions in delivery order: match order, the `late` ones
+/// after the rest (one pass when there is none, as almost always).
+fn in_order(plain: &[Arc<Subscription>]) -> impl Iterator<Item = &Arc<Subscription>> {
+    let late = plain.iter().any(|s| s.late);
+    plain.iter().filter(move |s| !late || !s.late).chain(plain.iter().filter(move |s| late && s.late))
 }
 
 #[cfg(test)]

@@ -277,7 +277,9 @@ impl PubSub {
         let sid = [b"p", pattern].concat();
         let mut subs = Vec::new();
         for subject in pattern_subjects(pattern) {
-            let sub = Arc::new(Subscription::new(&subject, None, &sid, self.sink.clone()));
+            let mut sub = Subscription::new(&subject, None, &sid, self.sink.clone());
+            sub.late = true;
+            let sub = Arc::new(sub);
             if bus.subscribe(sub.clone()).is_ok() {
                 subs.push(sub);
             }
