@@ -1259,3 +1259,32 @@ async fn errorstats_count_errors_by_kind() {
     let info: String = redis::cmd("INFO").arg("errorstats").query_async(&mut c).await.unwrap();
     assert_eq!(info, "# Errorstats\r\n");
 }
+
+/// INFO persistence: `rdb_changes_since_last_save` counts the writes that
+/// changed something (not a SETBIT that leaves the bit as it was), and
+/// SAVE starts it again, as Redis's dirty counter.
+#[tokio::test]
+async fn changes_since_last_save_count_writes_that_changed_something() {
+    let n = TestNode::start().await;
+    let mut c = common::redis_client(redis_addr(&n)).await;
+    let changes = |info: String| -> u64 {
+        info.lines().find_map(|l| l.strip_prefix("rdb_changes_since_last_save:")).unwrap().trim().parse().unwrap()
+    };
+    let before = changes(redis::cmd("INFO").arg("persistence").query_async(&mut c).await.unwrap());
+    let _: i64 = redis::cmd("SETBIT").arg("foo").arg(0).arg(0).query_async(&mut c).await.unwrap();
+    let _: Vec<i64> = redis::cmd("BITFIELD").arg(&["foo2", "SET", "i5", "0", "0"]).query_async(&mut c).await.unwrap();
+    let _: i64 = redis::cmd("SETBIT").arg("foo").arg(0).arg(0).query_async(&mut c).await.unwrap();
+    let _: Vec<i64> = redis::cmd("BITFIELD").arg(&["foo2", "SET", "i5", "0", "0"]).query_async(&mut c).await.unwrap();
+    let after = changes(redis::cmd("INFO").arg("persistence").query_async(&mut c).await.unwrap());
+    assert_eq!(after, before + 2);
+    for (bit, field) in [("1", "1"), ("1", "1"), ("0", "0"), ("0", "0")] {
+        let _: i64 = redis::cmd("SETBIT").arg("foo").arg(0).arg(bit).query_async(&mut c).await.unwrap();
+        let _: Vec<i64> =
+            redis::cmd("BITFIELD").arg(&["foo2", "SET", "i5", "0", field]).query_async(&mut c).await.unwrap();
+    }
+    let changed = changes(redis::cmd("INFO").arg("persistence").query_async(&mut c).await.unwrap());
+    assert_eq!(changed, after + 4);
+    let _: () = redis::cmd("SAVE").query_async(&mut c).await.unwrap();
+    let saved = changes(redis::cmd("INFO").arg("persistence").query_async(&mut c).await.unwrap());
+    assert_eq!(saved, 0);
+}

@@ -35,7 +35,8 @@ pub fn role(shared: &Shared) -> Role {
 }
 
 /// The INFO sections, in Redis's order; `default` and `all` give them all.
-const SECTIONS: &[&str] = &["server", "clients", "memory", "stats", "replication", "errorstats", "keyspace"];
+const SECTIONS: &[&str] =
+    &["server", "clients", "memory", "persistence", "stats", "replication", "errorstats", "keyspace"];
 
 /// Sections INFO gives only when named, or for `all` / `everything`.
 const EXTRA_SECTIONS: &[&str] = &["commandstats"];
@@ -154,6 +155,21 @@ fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, S
                     ),
                 );
             }
+        }
+        "persistence" => {
+            // Catga is always durable (every write is in the log on a
+            // majority's disk); these describe SAVE's dump file.
+            let dirty = shared.raft.get().map_or(0, |r| r.view().read().keyspace.dirty);
+            let since = dirty.saturating_sub(shared.dirty_at_save.load(Ordering::Relaxed));
+            let saving = shared.saving.load(Ordering::Relaxed);
+            put("loading", "0".into());
+            put("async_loading", "0".into());
+            put("rdb_changes_since_last_save", since.to_string());
+            put("rdb_bgsave_in_progress", u8::from(saving).to_string());
+            put("rdb_last_save_time", shared.last_save.load(Ordering::Relaxed).to_string());
+            put("rdb_last_bgsave_status", "ok".into());
+            put("aof_enabled", "0".into());
+            put("aof_rewrite_in_progress", "0".into());
         }
         "errorstats" => {
             for (code, n) in stats.error_codes.lock().iter() {

@@ -43,6 +43,9 @@ pub struct Shared {
     pub backup_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// Unix seconds of the last successful save (LASTSAVE).
     pub last_save: AtomicU64,
+    /// The keyspace's `dirty` count at the last SAVE (INFO
+    /// rdb_changes_since_last_save counts from it).
+    pub dirty_at_save: AtomicU64,
     /// MONITOR: every command this node runs, as a line, to the
     /// connections in monitor mode (none: nothing is formatted).
     pub monitor: tokio::sync::broadcast::Sender<Arc<Vec<u8>>>,
@@ -262,6 +265,7 @@ impl Shared {
             pubsub: Default::default(),
             backup_dir: std::sync::OnceLock::new(),
             last_save: AtomicU64::new(0),
+            dirty_at_save: AtomicU64::new(0),
             saving: Default::default(),
             slowlog,
             blocked: Default::default(),

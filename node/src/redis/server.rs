@@ -1099,14 +1099,16 @@ async fn save(shared: &Arc<Shared>, background: bool) -> Reply {
             let result = async {
                 shared.reads.linearize(&raft).await?;
                 let now = catga_raft::unix_ms();
-                let dump = {
+                let (dump, dirty) = {
                     let view = raft.view();
                     let v = view.read();
-                    catga_raft::keyspace::dump::Dump::of(&v.keyspace, now, v.applied.map_or(0, |l| l.index))
+                    let dump = catga_raft::keyspace::dump::Dump::of(&v.keyspace, now, v.applied.map_or(0, |l| l.index));
+                    (dump, v.keyspace.dirty)
                 };
                 let bytes = dump.encode();
                 tokio::task::spawn_blocking(move || write_atomically(&dir, "dump.catga", &bytes)).await??;
                 shared.last_save.store(now / 1000, std::sync::atomic::Ordering::Relaxed);
+                shared.dirty_at_save.store(dirty, std::sync::atomic::Ordering::Relaxed);
                 anyhow::Ok(dump.entries.len())
             }
             .await;

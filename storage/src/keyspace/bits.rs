@@ -131,11 +131,16 @@ impl Keyspace {
             b"0" => false,
             _ => return Some(Out::err("ERR bit is not an integer or out of range")),
         };
-        let mut s = match self.string(db, argv[1], now_ms) {
-            Ok(s) => s.cloned().unwrap_or_default(),
+        let (mut s, existed) = match self.string(db, argv[1], now_ms) {
+            Ok(s) => (s.cloned().unwrap_or_default(), s.is_some()),
             Err(e) => return Some(e),
         };
         let was = bit_at(&s, offset);
+        // Unchanged (the bit as it was, the string long enough): nothing
+        // is written, as Redis leaves its dirty count and events alone.
+        if existed && was == on && s.len() > offset >> 3 {
+            return Some(Out::Int(i64::from(was)));
+        }
         if s.len() <= offset >> 3 {
             s.resize((offset >> 3) + 1, 0);
         }
@@ -356,7 +361,7 @@ impl Keyspace {
             Ok(s) => s.cloned(),
             Err(e) => return e,
         };
-        let mut wrote = false;
+        let before = s.clone();
         let mut replies = Vec::with_capacity(ops.len());
         for (field, t, offset, rule) in ops {
             // The value to store (an increment still to add to the old
@@ -376,7 +381,6 @@ impl Keyspace {
             if bytes.len() < need {
                 bytes.resize(need, 0);
             }
-            wrote = true;
             let old = field_get(bytes, offset, t);
             let target = if is_set { given } else { i128::from(old) + given };
             match fit(target, t, rule) {
@@ -387,7 +391,8 @@ impl Keyspace {
                 None => replies.push(Out::Nil),
             }
         }
-        if wrote {
+        // Only a change is written (a new key, a longer string, other bits).
+        if s != before {
             let at = self.get(db, argv[1], now_ms).and_then(|e| e.expire_at_ms);
             self.set_str(db, argv[1], s.unwrap_or_default(), at);
         }

@@ -990,6 +990,9 @@ pub struct Keyspace {
     expiring: BTreeSet<(u64, u32, Vec<u8>)>,
     /// Keys removed because they expired (INFO expired_keys), on this node.
     pub expired: u64,
+    /// Write commands that changed something, on this node (Redis's
+    /// `dirty`, for INFO's rdb_changes_since_last_save).
+    pub dirty: u64,
     /// The script cache (EVALSHA), replicated like the data.
     scripts: script::Scripts,
     /// The last arrival number given to a script from EVAL (eviction
@@ -1330,12 +1333,21 @@ impl Keyspace {
         };
         // A script's commands fire their own events; the sweep fires
         // `expired` as it removes.
-        if self.notify == 0 || !write || matches!(name, "eval" | "evalsha" | EXPIRED) {
+        if !write {
             return self.run(name, write, db, now_ms, argv);
         }
-        let before = self.before(name, db, now_ms, argv);
-        let out = self.run(name, write, db, now_ms, argv);
-        self.notify_command(name, db, now_ms, argv, &out, before);
+        let mark = self.changes.len();
+        let out = if self.notify == 0 || matches!(name, "eval" | "evalsha" | EXPIRED) {
+            self.run(name, write, db, now_ms, argv)
+        } else {
+            let before = self.before(name, db, now_ms, argv);
+            let out = self.run(name, write, db, now_ms, argv);
+            self.notify_command(name, db, now_ms, argv, &out, before);
+            out
+        };
+        if self.changes.len() > mark {
+            self.dirty += 1;
+        }
         out
     }
 

@@ -251,7 +251,7 @@ impl Keyspace {
             "incr" | "decr" | "incrby" | "decrby" => self.fire(STRING, "incrby", db, key),
             "incrbyfloat" | "append" => self.fire(STRING, static_name(name), db, key),
             "setrange" if changed => self.fire(STRING, "setrange", db, key),
-            "setbit" => self.fire(STRING, "setbit", db, key),
+            "setbit" if changed => self.fire(STRING, "setbit", db, key),
             "bitfield" if changed => self.fire(STRING, "setbit", db, key),
             "pfadd" if *out == Out::Int(1) => self.fire(STRING, "pfadd", db, key),
             "del" | "unlink" => {
