@@ -437,6 +437,61 @@ fn parameters(shared: &Shared) -> Vec<(&'static str, String)> {
     .collect()
 }
 
+/// COMMAND GETKEYS: the keys of the command `argv` (name first), as Redis
+/// 7.0 finds them: the table's first/last/step, or for commands that say
+/// how many keys follow (EVAL, ZUNIONSTORE, LMPOP, XREAD…) or name a
+/// destination by option (SORT … STORE, GEORADIUS … STORE) by reading
+/// the arguments.
+fn getkeys<'a>(t: &[CommandInfo], argv: &[&'a [u8]]) -> Result<Vec<&'a [u8]>, &'static str> {
+    let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+    let Some((_, arity, _, first, last, step)) = t.iter().find(|e| e.0 == name) else {
+        return Err("ERR Invalid command specified");
+    };
+    if !catga_raft::keyspace::arity_ok(*arity, argv.len()) {
+        return Err("ERR Invalid number of arguments specified for command");
+    }
+    let num = |i: usize| -> Option<usize> { std::str::from_utf8(argv.get(i)?).ok()?.parse().ok() };
+    // `n` keys after the count at `at`.
+    let counted =
+        |at: usize| -> Vec<&'a [u8]> { argv.iter().skip(at + 1).take(num(at).unwrap_or(0)).copied().collect() };
+    let option = |words: &[&str]| {
+        argv.iter()
+            .enumerate()
+            .filter(|(_, a)| words.iter().any(|w| a.eq_ignore_ascii_case(w.as_bytes())))
+            .filter_map(|(i, _)| argv.get(i + 1).copied())
+            .next_back()
+    };
+    let keys: Vec<&[u8]> = match name.as_str() {
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" => counted(2),
+        "zunion" | "zinter" | "zdiff" | "sintercard" | "zintercard" | "lmpop" | "zmpop" => counted(1),
+        "blmpop" | "bzmpop" => counted(2),
+        "zunionstore" | "zinterstore" | "zdiffstore" => {
+            let mut k = vec![argv[1]];
+            k.extend(counted(2));
+            k
+        }
+        "xread" | "xreadgroup" => {
+            let s = argv.iter().position(|a| a.eq_ignore_ascii_case(b"streams")).map_or(argv.len(), |i| i + 1);
+            argv[s..].iter().take((argv.len() - s) / 2).copied().collect()
+        }
+        "sort" | "sort_ro" | "georadius" | "georadiusbymember" => {
+            let mut k = vec![argv[1]];
+            if name.starts_with("sort") && name != "sort_ro" {
+                k.extend(option(&["store"]));
+            } else if name.starts_with("geo") {
+                k.extend(option(&["store", "storedist"]));
+            }
+            k
+        }
+        _ if *first == 0 => return Err("ERR The command has no key arguments"),
+        _ => {
+            let end = if *last < 0 { argv.len() as i64 + last } else { *last };
+            (*first..=end).step_by((*step).max(1) as usize).filter_map(|i| argv.get(i as usize).copied()).collect()
+        }
+    };
+    Ok(keys)
+}
+
 /// One command as COMMAND reports it: name, arity, flags, first key,
 /// last key, key step.
 type CommandInfo = (String, i32, Vec<&'static str>, i64, i64, i64);
@@ -506,6 +561,11 @@ pub fn command(argv: &[&[u8]]) -> Reply {
                 Reply::Array(argv[2..].iter().map(|n| pick(n)).collect())
             }
         }
+        "getkeys" if argv.len() >= 3 => match getkeys(&t, &argv[2..]) {
+            Ok(keys) => Reply::Array(keys.into_iter().map(Reply::bulk).collect()),
+            Err(e) => Reply::err(e),
+        },
+        "getkeys" => Reply::err("ERR wrong number of arguments for 'command|getkeys' command"),
         "docs" => {
             let names: Vec<String> = if argv.len() == 2 {
                 t.iter().map(|e| e.0.clone()).collect()
