@@ -277,3 +277,41 @@ async fn clients_blocked_on_the_same_keys_are_served_first_come_first_served() {
     let last = tokio::time::timeout(T, waiters.pop().unwrap()).await.expect("served").unwrap();
     assert_eq!(last, "[z2 [[z 9]]]");
 }
+
+/// CLIENT UNBLOCK ends another connection's wait: as its timeout (the
+/// null reply) by default or with TIMEOUT, with Redis's UNBLOCKED error
+/// with ERROR; it answers 1 for a blocked connection, 0 otherwise.
+#[tokio::test]
+async fn client_unblock_ends_a_wait_as_a_timeout_or_an_error() {
+    let n = TestNode::start().await;
+    let a = addr(&n);
+    let mut admin = client(a).await;
+    for mode in [None, Some("TIMEOUT"), Some("ERROR")] {
+        let mut w = client(a).await;
+        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut w).await.unwrap();
+        let waiter = tokio::spawn(async move {
+            let got: redis::RedisResult<Option<(String, String)>> =
+                redis::cmd("BLPOP").arg("never").arg(0).query_async(&mut w).await;
+            got
+        });
+        until_blocked(a, 1).await;
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(id);
+        if let Some(m) = mode {
+            cmd.arg(m);
+        }
+        let done: i64 = cmd.query_async(&mut admin).await.unwrap();
+        assert_eq!(done, 1, "{mode:?}");
+        let got = tokio::time::timeout(T, waiter).await.expect("unblocked").unwrap();
+        match mode {
+            Some("ERROR") => {
+                let e = got.unwrap_err();
+                assert_eq!((e.code(), e.detail()), (Some("UNBLOCKED"), Some("client unblocked via CLIENT UNBLOCK")));
+            }
+            _ => assert_eq!(got.unwrap(), None, "{mode:?}"),
+        }
+        // No longer blocked: nothing to unblock.
+        let again: i64 = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut admin).await.unwrap();
+        assert_eq!(again, 0);
+    }
+}

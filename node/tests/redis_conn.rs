@@ -204,6 +204,16 @@ $4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r
     ("COMMAND GETKEYS lmove a b left right\r\n", "*2\r\n$1\r\na\r\n$1\r\nb\r\n"),
     ("COMMAND GETKEYS lmpop 2 a b left\r\n", "*2\r\n$1\r\na\r\n$1\r\nb\r\n"),
     ("COMMAND GETKEYS object encoding k\r\n", "*1\r\n$1\r\nk\r\n"),
+    // CLIENT UNBLOCK of a connection that is not blocked, and the errors.
+    ("CLIENT UNBLOCK x\r\n", "-ERR value is not an integer or out of range\r\n"),
+    ("CLIENT UNBLOCK 99999\r\n", ":0\r\n"),
+    ("CLIENT UNBLOCK 99999 ERROR\r\n", ":0\r\n"),
+    ("CLIENT UNBLOCK 99999 foo\r\n", "-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n"),
+    (
+        "CLIENT UNBLOCK 99999 timeout extra\r\n",
+        "-ERR unknown subcommand or wrong number of arguments for 'UNBLOCK'. Try CLIENT HELP.\r\n",
+    ),
+    ("CLIENT UNBLOCK\r\n", "-ERR wrong number of arguments for 'client|unblock' command\r\n"),
     // SWAPDB's range is the server's check (databases 16).
     ("SWAPDB 0 16\r\n", "-ERR DB index is out of range\r\n"),
     ("SWAPDB 16 x\r\n", "-ERR invalid second DB index\r\n"),

@@ -58,6 +58,9 @@ pub struct Shared {
     pub tunables: parking_lot::Mutex<std::collections::BTreeMap<&'static str, String>>,
     /// Blocked pops in the order they blocked (first come, first served).
     pub blocked: super::server::BlockQueue,
+    /// Connections waiting in a blocking command, by id: CLIENT UNBLOCK
+    /// sends true (ERROR) or false (TIMEOUT).
+    pub unblock: parking_lot::Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<bool>>>,
 }
 
 /// Server-wide counters (INFO stats, /metrics).
@@ -269,6 +272,7 @@ impl Shared {
             saving: Default::default(),
             slowlog,
             blocked: Default::default(),
+            unblock: Default::default(),
             tunables: parking_lot::Mutex::new(
                 super::admin::TUNABLES.iter().map(|t| (t.name, t.default.to_string())).collect(),
             ),
@@ -1017,6 +1021,7 @@ impl Conn {
             "info" => 2,
             "no-evict" => 3,
             "reply" => 3,
+            "unblock" => -3,
             "kill" => -3,
             _ => {
                 return Reply::err(format!(
@@ -1064,6 +1069,23 @@ impl Conn {
                 let clients = self.shared.clients.lock();
                 let line = clients.get(&self.id).map(|c| client_line(self.id, c)).unwrap_or_default();
                 Reply::Verbatim(line)
+            }
+            "unblock" if argv.len() > 4 => Reply::err(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(argv[1])
+            )),
+            "unblock" => {
+                let Some(id) = parse_i64(argv[2]) else {
+                    return Reply::err("ERR value is not an integer or out of range");
+                };
+                let error = match argv.get(3).map(|m| String::from_utf8_lossy(m).to_ascii_lowercase()) {
+                    None => false,
+                    Some(m) if argv.len() == 4 && m == "timeout" => false,
+                    Some(m) if argv.len() == 4 && m == "error" => true,
+                    Some(_) => return Reply::err("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR"),
+                };
+                let waiting = u64::try_from(id).ok().and_then(|id| self.shared.unblock.lock().remove(&id));
+                Reply::Int(i64::from(waiting.is_some_and(|tx| tx.send(error).is_ok())))
             }
             // Its own reply follows the new setting: ON answers, OFF and
             // SKIP do not.

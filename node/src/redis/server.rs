@@ -632,6 +632,31 @@ struct Wait<'a, S, K> {
     waits: Waits<S, K>,
     deadline: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
     _blocked: Counted<'a>,
+    /// CLIENT UNBLOCK of this connection: true for ERROR, false for
+    /// TIMEOUT.
+    unblock: Unblockable<'a>,
+}
+
+/// A blocked connection's entry in `Shared::unblock` (removed when the
+/// wait ends, however it ends).
+struct Unblockable<'a> {
+    shared: &'a Shared,
+    id: u64,
+    rx: tokio::sync::oneshot::Receiver<bool>,
+}
+
+impl<'a> Unblockable<'a> {
+    fn new(shared: &'a Shared, id: u64) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        shared.unblock.lock().insert(id, tx);
+        Unblockable { shared, id, rx }
+    }
+}
+
+impl Drop for Unblockable<'_> {
+    fn drop(&mut self) {
+        self.shared.unblock.lock().remove(&self.id);
+    }
 }
 
 impl<'a, S, K> Wait<'a, S, K>
@@ -646,7 +671,8 @@ where
             0 => Box::pin(std::future::pending()),
             ms => Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms))),
         };
-        Wait { conn, input, waits, deadline, _blocked: Counted::new(&shared.stats.blocked) }
+        let unblock = Unblockable::new(shared, conn.id);
+        Wait { conn, input, waits, deadline, _blocked: Counted::new(&shared.stats.blocked), unblock }
     }
 
     /// `Ok` once `changed` (a change of Raft's metrics: they change with
@@ -672,6 +698,11 @@ where
                     Ok(_) => continue,
                 },
                 _ = &mut self.deadline => return Err(Some(Reply::NullArray)),
+                // CLIENT UNBLOCK: as a timeout, or with Redis's error.
+                error = &mut self.unblock.rx => return Err(Some(match error {
+                    Ok(true) => Reply::err("UNBLOCKED client unblocked via CLIENT UNBLOCK"),
+                    _ => Reply::NullArray,
+                })),
                 changed = &mut changed => return match changed {
                     Ok(()) => Ok(()),
                     Err(_) => Err(Some(Reply::err(NOT_COMMITTED))),
