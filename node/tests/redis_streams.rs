@@ -34,6 +34,15 @@ fn first_stream(v: Value) -> (String, Vec<String>) {
     (String::from_utf8(key.clone()).unwrap(), entries.iter().map(id_of).collect())
 }
 
+/// Sends `cmd` from a connection of its own to `a`, and returns once the
+/// node counts it as blocked; the task ends with its reply.
+async fn blocked(a: std::net::SocketAddr, cmd: redis::Cmd) -> tokio::task::JoinHandle<redis::RedisResult<Value>> {
+    let mut c = common::redis_client(a).await;
+    let waiter = tokio::spawn(async move { cmd.query_async(&mut c).await });
+    common::until_redis_blocked(a, 1).await;
+    waiter
+}
+
 /// `ms-seq` as numbers.
 fn parts(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap();
@@ -88,22 +97,9 @@ async fn xread_answers_resp3_with_a_map_and_blocks_until_an_entry_arrives() {
         .await;
 
     // BLOCK with `$`: only what is added after the call.
-    let waiter = tokio::spawn(async move {
-        let mut r = common::redis_client(a).await;
-        let v: Value = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(0)
-            .arg("STREAMS")
-            .arg("ev")
-            .arg("$")
-            .query_async(&mut r)
-            .await
-            .unwrap();
-        v
-    });
-    common::until_redis_blocked(a, 1).await;
+    let waiter = blocked(a, redis::cmd("XREAD").arg(&["BLOCK", "0", "STREAMS", "ev", "$"]).clone()).await;
     let _: String = redis::cmd("XADD").arg("ev").arg("2-1").arg("k").arg("w").query_async(&mut w).await.unwrap();
-    let v = tokio::time::timeout(T, waiter).await.unwrap().unwrap();
+    let v = tokio::time::timeout(T, waiter).await.unwrap().unwrap().unwrap();
     assert_eq!(first_stream(v), ("ev".to_string(), vec!["2-1".to_string()]));
     assert_eq!(common::redis_blocked(a).await, 0);
 
@@ -170,25 +166,11 @@ async fn consumer_groups_split_entries_across_nodes_and_block_for_new_ones() {
     }
 
     let a = addrs[1];
-    let waiter = tokio::spawn(async move {
-        let mut w = common::redis_client(a).await;
-        let v: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("workers")
-            .arg("late")
-            .arg("BLOCK")
-            .arg(0)
-            .arg("STREAMS")
-            .arg("jobs")
-            .arg(">")
-            .query_async(&mut w)
-            .await
-            .unwrap();
-        v
-    });
-    common::until_redis_blocked(a, 1).await;
+    let read =
+        redis::cmd("XREADGROUP").arg(&["GROUP", "workers", "late", "BLOCK", "0", "STREAMS", "jobs", ">"]).clone();
+    let waiter = blocked(a, read).await;
     let id: String = redis::cmd("XADD").arg("jobs").arg("*").arg("n").arg(6).query_async(&mut p).await.unwrap();
-    let v = tokio::time::timeout(T, waiter).await.unwrap().unwrap();
+    let v = tokio::time::timeout(T, waiter).await.unwrap().unwrap().unwrap();
     assert_eq!(first_stream(v).1, [id]);
     assert_eq!(common::redis_blocked(a).await, 0);
 }
@@ -200,13 +182,7 @@ async fn consumer_groups_split_entries_across_nodes_and_block_for_new_ones() {
 async fn xread_block_is_not_woken_by_its_key_turning_into_another_type() {
     let n = common::TestNode::start().await;
     let a = n.node.redis.local_addr();
-    let mut r = common::redis_client(a).await;
-    let waiter = tokio::spawn(async move {
-        let got: redis::RedisResult<Value> =
-            redis::cmd("XREAD").arg("BLOCK").arg(20_000).arg("STREAMS").arg("s1").arg("$").query_async(&mut r).await;
-        got
-    });
-    common::until_redis_blocked(a, 1).await;
+    let waiter = blocked(a, redis::cmd("XREAD").arg(&["BLOCK", "20000", "STREAMS", "s1", "$"]).clone()).await;
     let mut w = common::redis_client(a).await;
     let _: () = redis::pipe()
         .atomic()
@@ -241,16 +217,8 @@ async fn a_blocked_xreadgroup_ends_when_its_stream_or_group_goes() {
         let key = format!("gone{i}");
         let _: String = redis::cmd("XADD").arg(&[&key, "666", "f", "v"]).query_async(&mut w).await.unwrap();
         let _: () = redis::cmd("XGROUP").arg(&["CREATE", &key, "g", "$"]).query_async(&mut w).await.unwrap();
-        let mut r = common::redis_client(a).await;
-        let k = key.clone();
-        let waiter = tokio::spawn(async move {
-            let got: redis::RedisResult<Value> = redis::cmd("XREADGROUP")
-                .arg(&["GROUP", "g", "Alice", "BLOCK", "0", "STREAMS", &k, ">"])
-                .query_async(&mut r)
-                .await;
-            got
-        });
-        common::until_redis_blocked(a, 1).await;
+        let read = redis::cmd("XREADGROUP").arg(&["GROUP", "g", "Alice", "BLOCK", "0", "STREAMS", &key, ">"]).clone();
+        let waiter = blocked(a, read).await;
         let _: () = match end {
             "DEL" => redis::cmd("DEL").arg(&key).query_async(&mut w).await.unwrap(),
             "SET" => redis::cmd("SET").arg(&[&key, "val1"]).query_async(&mut w).await.unwrap(),

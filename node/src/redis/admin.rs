@@ -236,7 +236,7 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
                 if let Some(t) = TUNABLES.iter().find(|t| t.name == name) {
                     match t.check(p[1]) {
                         Ok(v) => changes.push(Change::Tunable(t.name, v)),
-                        Err(why) => return failed(why),
+                        Err(why) => return failed(&why),
                     }
                     continue;
                 }
@@ -330,7 +330,8 @@ pub struct Tunable {
 }
 
 enum Check {
-    Int(i64, i64),
+    /// An integer in (min, max).
+    Int((i64, i64)),
     YesNo,
     /// `save`: pairs of seconds and changes, or "".
     Save,
@@ -338,28 +339,25 @@ enum Check {
 
 impl Tunable {
     /// The value to keep, or Redis's reason to refuse it.
-    fn check(&self, v: &[u8]) -> Result<String, &'static str> {
-        let text = std::str::from_utf8(v).map_err(|_| "argument couldn't be parsed into an integer")?;
+    fn check(&self, v: &[u8]) -> Result<String, String> {
+        let not_int = || "argument couldn't be parsed into an integer".to_string();
+        let text = std::str::from_utf8(v).map_err(|_| not_int())?;
         match self.check {
-            Check::Int(min, max) => {
-                let n: i64 = text.parse().map_err(|_| "argument couldn't be parsed into an integer")?;
+            Check::Int((min, max)) => {
+                let n: i64 = text.parse().map_err(|_| not_int())?;
                 if n < min || n > max {
-                    return Err(if min == 0 {
-                        "argument must be between 0 and 9223372036854775807 inclusive"
-                    } else {
-                        "argument must be between -2147483648 and 2147483647 inclusive"
-                    });
+                    return Err(format!("argument must be between {min} and {max} inclusive"));
                 }
                 Ok(n.to_string())
             }
             Check::YesNo => match text.to_ascii_lowercase().as_str() {
                 v @ ("yes" | "no") => Ok(v.to_string()),
-                _ => Err("argument must be 'yes' or 'no'"),
+                _ => Err("argument must be 'yes' or 'no'".into()),
             },
             Check::Save => {
                 let parts: Vec<&str> = text.split_whitespace().collect();
                 if !parts.len().is_multiple_of(2) || parts.iter().any(|p| p.parse::<u64>().is_err()) {
-                    return Err("Invalid save parameters");
+                    return Err("Invalid save parameters".into());
                 }
                 Ok(parts.join(" "))
             }
@@ -372,23 +370,23 @@ const INT: (i64, i64) = (i32::MIN as i64, i32::MAX as i64);
 
 /// See [`Tunable`]; defaults are redis-server 7.0.15's.
 pub const TUNABLES: &[Tunable] = &[
-    Tunable { name: "hash-max-listpack-entries", default: "512", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "hash-max-ziplist-entries", default: "512", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "hash-max-listpack-value", default: "64", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "hash-max-ziplist-value", default: "64", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "set-max-intset-entries", default: "512", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "zset-max-listpack-entries", default: "128", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "zset-max-ziplist-entries", default: "128", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "zset-max-listpack-value", default: "64", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "zset-max-ziplist-value", default: "64", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "list-max-listpack-size", default: "-2", check: Check::Int(INT.0, INT.1) },
-    Tunable { name: "list-max-ziplist-size", default: "-2", check: Check::Int(INT.0, INT.1) },
-    Tunable { name: "list-compress-depth", default: "0", check: Check::Int(0, INT.1) },
-    Tunable { name: "stream-node-max-bytes", default: "4096", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "stream-node-max-entries", default: "100", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "hll-sparse-max-bytes", default: "3000", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "busy-reply-threshold", default: "5000", check: Check::Int(LONG.0, LONG.1) },
-    Tunable { name: "lua-time-limit", default: "5000", check: Check::Int(LONG.0, LONG.1) },
+    Tunable { name: "hash-max-listpack-entries", default: "512", check: Check::Int(LONG) },
+    Tunable { name: "hash-max-ziplist-entries", default: "512", check: Check::Int(LONG) },
+    Tunable { name: "hash-max-listpack-value", default: "64", check: Check::Int(LONG) },
+    Tunable { name: "hash-max-ziplist-value", default: "64", check: Check::Int(LONG) },
+    Tunable { name: "set-max-intset-entries", default: "512", check: Check::Int(LONG) },
+    Tunable { name: "zset-max-listpack-entries", default: "128", check: Check::Int(LONG) },
+    Tunable { name: "zset-max-ziplist-entries", default: "128", check: Check::Int(LONG) },
+    Tunable { name: "zset-max-listpack-value", default: "64", check: Check::Int(LONG) },
+    Tunable { name: "zset-max-ziplist-value", default: "64", check: Check::Int(LONG) },
+    Tunable { name: "list-max-listpack-size", default: "-2", check: Check::Int(INT) },
+    Tunable { name: "list-max-ziplist-size", default: "-2", check: Check::Int(INT) },
+    Tunable { name: "list-compress-depth", default: "0", check: Check::Int((0, INT.1)) },
+    Tunable { name: "stream-node-max-bytes", default: "4096", check: Check::Int(LONG) },
+    Tunable { name: "stream-node-max-entries", default: "100", check: Check::Int(LONG) },
+    Tunable { name: "hll-sparse-max-bytes", default: "3000", check: Check::Int(LONG) },
+    Tunable { name: "busy-reply-threshold", default: "5000", check: Check::Int(LONG) },
+    Tunable { name: "lua-time-limit", default: "5000", check: Check::Int(LONG) },
     Tunable { name: "activerehashing", default: "yes", check: Check::YesNo },
     Tunable { name: "lazyfree-lazy-user-del", default: "no", check: Check::YesNo },
     Tunable { name: "lazyfree-lazy-user-flush", default: "no", check: Check::YesNo },
@@ -474,15 +472,8 @@ fn getkeys<'a>(t: &[CommandInfo], argv: &[&'a [u8]]) -> Result<Vec<&'a [u8]>, &'
             let s = argv.iter().position(|a| a.eq_ignore_ascii_case(b"streams")).map_or(argv.len(), |i| i + 1);
             argv[s..].iter().take((argv.len() - s) / 2).copied().collect()
         }
-        "sort" | "sort_ro" | "georadius" | "georadiusbymember" => {
-            let mut k = vec![argv[1]];
-            if name.starts_with("sort") && name != "sort_ro" {
-                k.extend(option(&["store"]));
-            } else if name.starts_with("geo") {
-                k.extend(option(&["store", "storedist"]));
-            }
-            k
-        }
+        "sort" => [argv[1]].into_iter().chain(option(&["store"])).collect(),
+        "georadius" | "georadiusbymember" => [argv[1]].into_iter().chain(option(&["store", "storedist"])).collect(),
         _ if *first == 0 => return Err("ERR The command has no key arguments"),
         _ => {
             let end = if *last < 0 { argv.len() as i64 + last } else { *last };

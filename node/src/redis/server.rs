@@ -373,8 +373,8 @@ struct Pending {
     timed: Vec<(usize, std::time::Instant)>,
     /// Each write's start while SLOWLOG is on (one per write).
     starts: Vec<std::time::Instant>,
-    /// Which writes answer nothing (CLIENT REPLY), by position.
-    silent: Vec<bool>,
+    /// Positions of the writes that answer nothing (CLIENT REPLY).
+    silent: Vec<usize>,
 }
 
 impl Pending {
@@ -390,13 +390,9 @@ impl Pending {
     ) {
         if self.cmds.is_empty() {
             (self.db, self.proto) = (conn.info.db, conn.proto());
-            self.silent.clear();
         }
-        if silent && self.silent.len() < self.cmds.len() {
-            self.silent.resize(self.cmds.len(), false);
-        }
-        if silent || !self.silent.is_empty() {
-            self.silent.push(silent);
+        if silent {
+            self.silent.push(self.cmds.len());
         }
         self.cmds.push(argv);
         self.timed.extend(sampled.map(|t| (conn.last_command, t)));
@@ -411,9 +407,10 @@ impl Pending {
             return;
         }
         let logged = (!self.starts.is_empty()).then(|| self.cmds.clone());
-        let silent = std::mem::take(&mut self.silent);
+        // Ascending positions: one walk alongside the replies.
+        let mut silent = std::mem::take(&mut self.silent).into_iter().peekable();
         for (i, r) in write_cmds(shared, self.db, std::mem::take(&mut self.cmds)).await.into_iter().enumerate() {
-            if !silent.get(i).copied().unwrap_or(false) {
+            if silent.next_if_eq(&i).is_none() {
                 emit(shared, &r, self.proto, out);
             }
         }
@@ -504,7 +501,10 @@ where
     // list (sorted set) with items wakes a pop (a key turned into another
     // type does not end it with an error), and XREADGROUP once a stream
     // holds an entry new to the group.
-    type Ready<'r> = Box<dyn Fn(&catga_raft::keyspace::Keyspace, u64) -> Option<usize> + Send + Sync + 'r>;
+    // After a change: the key a try would take from (its index in `keys`;
+    // 0 for XREADGROUP), none yet, or the error that ends the wait.
+    type Ready<'r> =
+        Box<dyn Fn(&catga_raft::keyspace::Keyspace, u64) -> Result<Option<usize>, &'static str> + Send + Sync + 'r>;
     let (ms, ready, keys): (u64, Ready<'_>, &[&[u8]]) = if name == "xreadgroup" {
         let (ms, _) = {
             let view = raft.view();
@@ -512,7 +512,7 @@ where
             catga_raft::keyspace::streams::xreadgroup_wait(&v.keyspace, db, catga_raft::unix_ms(), &argv)
         };
         let ready = Box::new(|ks: &catga_raft::keyspace::Keyspace, now| {
-            catga_raft::keyspace::streams::xreadgroup_wait(ks, db, now, &argv).1.then_some(0)
+            catga_raft::keyspace::streams::xreadgroup_wait(ks, db, now, &argv).1.map(|ready| ready.then_some(0))
         });
         (ms, ready, &[])
     } else {
@@ -531,8 +531,9 @@ where
         let ms = catga_raft::keyspace::block_timeout_ms(timeout, catga_raft::unix_ms()).unwrap_or(0);
         // The key a pop would take from: the first with items.
         let ready = move |ks: &catga_raft::keyspace::Keyspace, now| {
-            keys.iter()
-                .position(|k| matches!(ks.read(db, now, &[size, k]), Some(catga_raft::keyspace::Out::Int(n)) if n > 0))
+            Ok(keys
+                .iter()
+                .position(|k| matches!(ks.read(db, now, &[size, k]), Some(catga_raft::keyspace::Out::Int(n)) if n > 0)))
         };
         (ms, Box::new(ready), keys)
     };
@@ -556,13 +557,11 @@ where
         let from = {
             let view = raft.view();
             let v = view.read();
-            let now = catga_raft::unix_ms();
-            if name == "xreadgroup" {
-                if let Some(gone) = catga_raft::keyspace::streams::xreadgroup_gone(&v.keyspace, db, now, &argv) {
-                    return Some(Reply::err(gone));
-                }
-            }
-            ready(&v.keyspace, now)
+            ready(&v.keyspace, catga_raft::unix_ms())
+        };
+        let from = match from {
+            Ok(from) => from,
+            Err(gone) => return Some(Reply::err(gone)),
         };
         if from.is_some_and(|i| keys.is_empty() || shared.blocked.first_for(&ticket, db, keys[i])) {
             let reply = pop_once(shared, conn, &argv).await;
@@ -582,7 +581,7 @@ where
 pub struct BlockQueue {
     line: parking_lot::Mutex<Line>,
     /// Bumped whenever a pop leaves the line.
-    left: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
+    left: tokio::sync::watch::Sender<u64>,
 }
 
 /// The next ticket, and each waiting pop's (db, keys) by ticket.
@@ -595,10 +594,6 @@ pub struct Ticket<'a> {
 }
 
 impl BlockQueue {
-    fn sender(&self) -> &tokio::sync::watch::Sender<u64> {
-        self.left.get_or_init(|| tokio::sync::watch::Sender::new(0))
-    }
-
     fn join(&self, db: u32, keys: &[&[u8]]) -> Ticket<'_> {
         let mut line = self.line.lock();
         let id = line.0;
@@ -608,7 +603,7 @@ impl BlockQueue {
     }
 
     fn turns(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.sender().subscribe()
+        self.left.subscribe()
     }
 
     /// Whether no pop that blocked before `t` waits on (db, key).
@@ -621,7 +616,7 @@ impl BlockQueue {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         self.queue.line.lock().1.remove(&self.id);
-        self.queue.sender().send_modify(|n| *n += 1);
+        self.queue.left.send_modify(|n| *n += 1);
     }
 }
 
@@ -751,29 +746,16 @@ where
         return Some(first);
     }
     let mut wait = Wait::new(shared, conn, input, waits, ms);
-    // Where the keys start (after STREAMS); the IDs follow them.
-    let streams = argv.iter().position(|a| a.eq_ignore_ascii_case(b"streams")).map_or(argv.len(), |i| i + 1);
-    let n = (argv.len() - streams) / 2;
     loop {
         if let Err(end) = wait.next_change(changes.changed()).await {
             return end;
         }
-        // As Redis, a key that now holds another type does not wake the
-        // wait (nor end it with an error): only its streams are read.
-        let kept: Vec<&[u8]> = {
+        let kept = {
             let view = raft.view();
             let v = view.read();
-            let now = catga_raft::unix_ms();
-            let stream = |k: &[u8]| !matches!(v.keyspace.read(conn.info.db, now, &[b"TYPE", k]), Some(catga_raft::keyspace::Out::Simple(t)) if t != "stream" && t != "none");
-            let keep: Vec<usize> = (0..n).filter(|i| stream(argv[streams + i])).collect();
-            let mut kept = argv[..streams].to_vec();
-            kept.extend(keep.iter().map(|i| argv[streams + i]));
-            kept.extend(keep.iter().map(|i| argv[streams + n + i]));
-            kept
+            catga_raft::keyspace::streams::xread_streams(&v.keyspace, conn.info.db, catga_raft::unix_ms(), &argv)
         };
-        if kept.len() == streams {
-            continue;
-        }
+        let Some(kept) = kept else { continue };
         let reply = read(&kept);
         if !matches!(reply, Reply::NullArray) {
             return Some(reply);

@@ -336,13 +336,13 @@ fn dist_text(d: f64) -> Vec<u8> {
 }
 
 /// Metres per unit.
-fn unit(u: &[u8]) -> Option<f64> {
+fn unit(u: &[u8]) -> Result<f64, Out> {
     match u.to_ascii_lowercase().as_slice() {
-        b"m" => Some(1.0),
-        b"km" => Some(1000.0),
-        b"ft" => Some(0.3048),
-        b"mi" => Some(1609.34),
-        _ => None,
+        b"m" => Ok(1.0),
+        b"km" => Ok(1000.0),
+        b"ft" => Ok(0.3048),
+        b"mi" => Ok(1609.34),
+        _ => Err(Out::err(UNIT_ERR)),
     }
 }
 
@@ -355,13 +355,13 @@ fn lon_lat(lon: &[u8], lat: &[u8]) -> Result<(f64, f64), Out> {
     Ok((x, y))
 }
 
-/// A non-negative size and its unit: (size, metres per unit).
-fn sized(n: &[u8], what: &str, u: &[u8]) -> Result<(f64, f64), Out> {
-    let Some(v) = float(n) else { return Err(Out::Err(format!("ERR need numeric {what}"))) };
-    if v < 0.0 {
+/// A radius and its unit: the shape, and metres per unit.
+fn radius(n: &[u8], u: &[u8]) -> Result<(Shape, f64), Out> {
+    let Some(r) = float(n) else { return Err(Out::err("ERR need numeric radius")) };
+    if r < 0.0 {
         return Err(Out::err("ERR radius cannot be negative"));
     }
-    Ok((v, unit(u).ok_or_else(|| Out::err(UNIT_ERR))?))
+    Ok((Shape::Radius(r), unit(u)?))
 }
 
 /// Which of the search commands runs.
@@ -377,7 +377,6 @@ enum Kind {
 
 /// A parsed search request.
 struct Request<'a> {
-    search: Option<Search>,
     store: Option<&'a [u8]>,
     store_dist: bool,
     with_dist: bool,
@@ -415,8 +414,8 @@ impl Keyspace {
                 let per = match argv.len() {
                     4 => 1.0,
                     5 => match unit(argv[4]) {
-                        Some(u) => u,
-                        None => return Some(Out::err(UNIT_ERR)),
+                        Ok(u) => u,
+                        Err(e) => return Some(e),
                     },
                     _ => return Some(Out::err(SYNTAX)),
                 };
@@ -519,7 +518,6 @@ impl Keyspace {
         let z = self.coll::<ZSet>(db, src, now_ms)?;
         let from_member = |m: &[u8]| z.and_then(|z| z.score(m)).map(point).ok_or_else(|| Out::err(NO_MEMBER));
         let mut req = Request {
-            search: None,
             store: None,
             store_dist: false,
             with_dist: false,
@@ -534,13 +532,13 @@ impl Keyspace {
         let base = match kind {
             Kind::Coords { .. } => {
                 centre = Some(lon_lat(argv[2], argv[3])?);
-                shape = Some(self::sized(argv[4], "radius", argv[5]).map(|(r, u)| (Shape::Radius(r), u))?);
+                shape = Some(radius(argv[4], argv[5])?);
                 6
             }
             Kind::Member { .. } if z.is_none() => 5,
             Kind::Member { .. } => {
                 centre = Some(from_member(argv[2])?);
-                shape = Some(self::sized(argv[3], "radius", argv[4]).map(|(r, u)| (Shape::Radius(r), u))?);
+                shape = Some(radius(argv[3], argv[4])?);
                 5
             }
             Kind::Search { store } => {
@@ -592,7 +590,7 @@ impl Keyspace {
                     i += 2;
                 }
                 b"byradius" if left >= 2 && search && !by_box => {
-                    shape = Some(sized(rest[i + 1], "radius", rest[i + 2]).map(|(r, u)| (Shape::Radius(r), u))?);
+                    shape = Some(radius(rest[i + 1], rest[i + 2])?);
                     by_radius = true;
                     i += 2;
                 }
@@ -602,7 +600,7 @@ impl Keyspace {
                     if w < 0.0 || h < 0.0 {
                         return Err(Out::err("ERR height or width cannot be negative"));
                     }
-                    let u = unit(rest[i + 3]).ok_or_else(|| Out::err(UNIT_ERR))?;
+                    let u = unit(rest[i + 3])?;
                     shape = Some((Shape::Box { width: w, height: h }, u));
                     by_box = true;
                     i += 3;
@@ -644,7 +642,6 @@ impl Keyspace {
         for f in &mut found {
             f.dist /= s.unit;
         }
-        req.search = Some(s);
         Ok((req, found))
     }
 }

@@ -1331,12 +1331,12 @@ impl Keyspace {
             Some(s) => s.write,
             None => true,
         };
-        // A script's commands fire their own events; the sweep fires
-        // `expired` as it removes.
         if !write {
             return self.run(name, write, db, now_ms, argv);
         }
         let mark = self.changes.len();
+        // A script's commands fire their own events; the sweep fires
+        // `expired` as it removes.
         let out = if self.notify == 0 || matches!(name, "eval" | "evalsha" | EXPIRED) {
             self.run(name, write, db, now_ms, argv)
         } else {

@@ -834,37 +834,42 @@ pub fn xread_for_wait(ks: &Keyspace, db: u32, now_ms: u64, argv: &[&[u8]]) -> (u
     (r.block_ms.unwrap_or(0), out)
 }
 
-/// For a server waiting in `XREADGROUP ... BLOCK ms ...`: the timeout in
-/// ms (0: none), and whether one of the streams now holds an entry new to
-/// the group (then a try may deliver it).
-pub fn xreadgroup_wait(ks: &Keyspace, db: u32, now_ms: u64, argv: &[&[u8]]) -> (u64, bool) {
-    let Ok(r) = parse_read(argv, true) else { return (0, false) };
-    let ready = r.group.is_some_and(|(g, _)| {
-        r.keys.iter().any(|k| {
-            ks.coll::<Stream>(db, k, now_ms).ok().flatten().is_some_and(|s| {
-                s.groups
-                    .get(g)
-                    .is_some_and(|g| s.entries.keys().next_back().is_some_and(|last| *last > g.last_delivered))
-            })
-        })
-    });
-    (r.block_ms.unwrap_or(0), ready)
+/// For a server waiting in `XREAD ... BLOCK`: the call reading only its
+/// keys that hold a stream or nothing (as Redis, a key turned into
+/// another type neither wakes the wait nor ends it with an error); `None`
+/// when no key is left to read.
+pub fn xread_streams<'a>(ks: &Keyspace, db: u32, now_ms: u64, argv: &'a [&'a [u8]]) -> Option<Vec<&'a [u8]>> {
+    let r = parse_read(argv, false).ok()?;
+    let keep: Vec<usize> = (0..r.keys.len()).filter(|i| ks.coll::<Stream>(db, r.keys[*i], now_ms).is_ok()).collect();
+    if keep.is_empty() {
+        return None;
+    }
+    let mut out = argv[..argv.len() - 2 * r.keys.len()].to_vec();
+    out.extend(keep.iter().map(|i| r.keys[*i]));
+    out.extend(keep.iter().map(|i| r.ids[*i]));
+    Some(out)
 }
 
-/// Why a blocked XREADGROUP ends with an error, as Redis 7.0 ends it: one
-/// of its keys no longer holds a stream (deleted, or now another type),
-/// or its group is gone from one of them.
-pub fn xreadgroup_gone(ks: &Keyspace, db: u32, now_ms: u64, argv: &[&[u8]]) -> Option<&'static str> {
-    let r = parse_read(argv, true).ok()?;
-    let (group, _) = r.group?;
+/// For a server waiting in `XREADGROUP ... BLOCK ms ...`: the timeout in
+/// ms (0: none), and whether one of the streams now holds an entry new to
+/// the group (then a try may deliver it), or why the wait ends with an
+/// error, as Redis 7.0 ends it: one of its keys no longer holds a stream
+/// (deleted, or now another type), or its group is gone from one of them.
+pub fn xreadgroup_wait(ks: &Keyspace, db: u32, now_ms: u64, argv: &[&[u8]]) -> (u64, Result<bool, &'static str>) {
+    let Ok(r) = parse_read(argv, true) else { return (0, Ok(false)) };
+    let ms = r.block_ms.unwrap_or(0);
+    let Some((group, _)) = r.group else { return (ms, Ok(false)) };
+    let mut ready = false;
     for k in r.keys {
         match ks.coll::<Stream>(db, k, now_ms) {
-            Ok(Some(s)) if s.groups.contains_key(group) => {}
-            Ok(Some(_)) => return Some("NOGROUP the consumer group this client was blocked on no longer exists"),
-            _ => return Some("UNBLOCKED the stream key no longer exists"),
+            Ok(Some(s)) => match s.groups.get(group) {
+                Some(g) => ready |= s.entries.keys().next_back().is_some_and(|last| *last > g.last_delivered),
+                None => return (ms, Err("NOGROUP the consumer group this client was blocked on no longer exists")),
+            },
+            _ => return (ms, Err("UNBLOCKED the stream key no longer exists")),
         }
     }
-    None
+    (ms, Ok(ready))
 }
 
 /// Whether an XREAD's (or XREADGROUP's) options, before STREAMS, include
@@ -964,6 +969,41 @@ impl Group {
     fn see(&mut self, consumer: &[u8], now_ms: u64, t: &mut Touched, name: &[u8]) {
         self.consumers.insert(consumer.to_vec(), now_ms);
         t.consumer(name, consumer);
+    }
+
+    /// Whether pending entry `id` was delivered less than `min_idle` ms
+    /// before `now_ms`.
+    fn fresher_than(&self, id: &StreamId, now_ms: u64, min_idle: u64) -> bool {
+        self.pending.get(id).is_some_and(|p| now_ms.saturating_sub(p.delivered_ms) < min_idle)
+    }
+}
+
+/// One XCLAIM or XAUTOCLAIM call's consumer: created (and marked seen)
+/// at the first entry it claims, as Redis 7.0 does, not before.
+struct Claim<'a> {
+    consumer: &'a [u8],
+    now_ms: u64,
+    seen: bool,
+}
+
+impl Claim<'_> {
+    /// Hands pending entry `id` of `g` (the group named `group`) to the
+    /// consumer, delivered at `at_ms`; the entry, for its delivery count.
+    fn take<'g>(
+        &mut self,
+        g: &'g mut Group,
+        group: &[u8],
+        id: &StreamId,
+        at_ms: u64,
+        t: &mut Touched,
+    ) -> Option<&'g mut Pending> {
+        if !std::mem::replace(&mut self.seen, true) {
+            g.see(self.consumer, self.now_ms, t, group);
+        }
+        let p = g.pending.get_mut(id)?;
+        p.consumer = self.consumer.to_vec();
+        p.delivered_ms = at_ms;
+        Some(p)
     }
 }
 
@@ -1359,8 +1399,7 @@ impl Keyspace {
             g.last_delivered = last;
             t.group(group);
         }
-        // The consumer is created (and seen) only once it claims an entry.
-        let mut seen = false;
+        let mut claim = Claim { consumer, now_ms, seen: false };
         let mut out = Vec::new();
         for id in ids {
             let mut forced = false;
@@ -1378,15 +1417,10 @@ impl Keyspace {
                 continue;
             }
             // An entry FORCE just made pending has no idle time to check.
-            if !forced && g.pending.get(&id).is_some_and(|p| now_ms.saturating_sub(p.delivered_ms) < min_idle) {
+            if !forced && g.fresher_than(&id, now_ms, min_idle) {
                 continue;
             }
-            if !std::mem::replace(&mut seen, true) {
-                g.see(consumer, now_ms, &mut t, group);
-            }
-            let Some(p) = g.pending.get_mut(&id) else { continue };
-            p.consumer = consumer.to_vec();
-            p.delivered_ms = delivered_ms;
+            let Some(p) = claim.take(g, group, &id, delivered_ms, &mut t) else { continue };
             match retry {
                 Some(n) => p.deliveries = n,
                 None if !justid => p.deliveries += 1,
@@ -1436,8 +1470,7 @@ impl Keyspace {
             Ok(eg) => eg,
             Err(e) => return e,
         };
-        // The consumer is created (and seen) only once it claims an entry.
-        let mut seen = false;
+        let mut claim = Claim { consumer, now_ms, seen: false };
         let (mut claimed, mut deleted) = (Vec::new(), Vec::new());
         // As Redis: each pending entry looked at costs an attempt (10 per
         // COUNT), and each claimed or deleted one a unit of COUNT; the
@@ -1461,15 +1494,10 @@ impl Keyspace {
                 left -= 1;
                 continue;
             }
-            if g.pending.get(&id).is_some_and(|p| now_ms.saturating_sub(p.delivered_ms) < min_idle) {
+            if g.fresher_than(&id, now_ms, min_idle) {
                 continue;
             }
-            if !std::mem::replace(&mut seen, true) {
-                g.see(consumer, now_ms, &mut t, group);
-            }
-            let Some(p) = g.pending.get_mut(&id) else { continue };
-            p.consumer = consumer.to_vec();
-            p.delivered_ms = now_ms;
+            let Some(p) = claim.take(g, group, &id, now_ms, &mut t) else { continue };
             if !justid {
                 p.deliveries += 1;
             }
