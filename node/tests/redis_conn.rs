@@ -978,6 +978,86 @@ async fn info_commandstats_counts_each_command() {
     assert!(everything.contains("# Commandstats\r\ncmdstat_"), "{everything}");
 }
 
+/// INFO commandstats' `rejected_calls` (refused before running: arity,
+/// inside MULTI) and `failed_calls` (ran, answered an error: a write
+/// through the log, a read, inside EXEC, a blocked XREADGROUP ended by
+/// NOGROUP), as
+/// Redis 7.0 counts them; CONFIG RESETSTAT zeroes them with the calls.
+#[tokio::test]
+async fn info_commandstats_counts_rejected_and_failed_calls() {
+    let n = TestNode::start().await;
+    let addr = redis_addr(&n);
+    let mut c = common::redis_client(addr).await;
+    let stat = |stats: &str, name: &str| {
+        let prefix = format!("cmdstat_{name}:");
+        stats.lines().find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_string))
+    };
+    let stats = || {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("commandstats");
+        cmd
+    };
+    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut c).await.unwrap();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut c).await.unwrap();
+    let s: String = stats().query_async(&mut c).await.unwrap();
+    assert_eq!(stat(&s, "set"), None, "RESETSTAT zeroed SET: {s}");
+    assert!(redis::cmd("GET").query_async::<()>(&mut c).await.is_err());
+    assert!(redis::cmd("LPUSH").arg("k").arg("x").query_async::<()>(&mut c).await.is_err());
+    assert!(redis::cmd("INCR").arg("k").query_async::<()>(&mut c).await.is_err());
+    assert!(redis::cmd("LLEN").arg("k").query_async::<()>(&mut c).await.is_err());
+    let _: i64 = redis::cmd("LLEN").arg("nosuch").query_async(&mut c).await.unwrap();
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    // In MULTI: HGET refused at once; INCR fails inside EXEC.
+    raw.write_all(b"MULTI\r\nHGET k\r\nDISCARD\r\nMULTI\r\nINCR k\r\nEXEC\r\n").await.unwrap();
+    let mut got = Vec::new();
+    read_lines(&mut raw, &mut got, 7).await;
+    assert!(
+        got.ends_with(b"*1\r\n-ERR value is not an integer or out of range\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // A blocked XREADGROUP whose group goes answers NOGROUP: a failed call.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("s")
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut b = common::redis_client(addr).await;
+    let blocked = tokio::spawn(async move {
+        redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("alice")
+            .arg("BLOCK")
+            .arg(0)
+            .arg("STREAMS")
+            .arg("s")
+            .arg(">")
+            .query_async::<redis::Value>(&mut b)
+            .await
+    });
+    common::until_redis_blocked(addr, 1).await;
+    let _: i64 = redis::cmd("XGROUP").arg("DESTROY").arg("s").arg("g").query_async(&mut c).await.unwrap();
+    let err = blocked.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some("NOGROUP"), "{err}");
+    let s: String = stats().query_async(&mut c).await.unwrap();
+    let calls = |name: &str| stat(&s, name).unwrap_or_else(|| panic!("{name} in {s}"));
+    assert!(calls("get").starts_with("calls=0,"), "{s}");
+    assert!(calls("get").ends_with(",rejected_calls=1,failed_calls=0"), "{s}");
+    assert!(calls("hget").ends_with(",rejected_calls=1,failed_calls=0"), "{s}");
+    assert!(
+        calls("lpush").starts_with("calls=1,") && calls("lpush").ends_with("rejected_calls=0,failed_calls=1"),
+        "{s}"
+    );
+    assert!(calls("incr").ends_with("rejected_calls=0,failed_calls=2"), "{s}");
+    assert!(calls("llen").starts_with("calls=2,") && calls("llen").ends_with("rejected_calls=0,failed_calls=1"), "{s}");
+    assert!(calls("xreadgroup").starts_with("calls=1,") && calls("xreadgroup").ends_with("failed_calls=1"), "{s}");
+}
+
 /// Reads from `m` into `got` until it holds `lines` newlines (10 s).
 async fn read_lines(m: &mut TcpStream, got: &mut Vec<u8>, lines: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -143,14 +143,16 @@ fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, S
             // the calls, so `usec` is an estimate.
             for (i, name) in super::conn::command_names().iter().enumerate() {
                 let calls = stats.by_command[i].load(Ordering::Relaxed);
-                if calls == 0 {
+                let rejected = stats.rejected[i].load(Ordering::Relaxed);
+                let failed = stats.failed[i].load(Ordering::Relaxed);
+                if calls + rejected + failed == 0 {
                     continue;
                 }
                 let per_call = stats.mean_usec(i).unwrap_or(0.0);
                 put(
                     &format!("cmdstat_{name}"),
                     format!(
-                        "calls={calls},usec={},usec_per_call={per_call:.2},rejected_calls=0,failed_calls=0",
+                        "calls={calls},usec={},usec_per_call={per_call:.2},rejected_calls={rejected},failed_calls={failed}",
                         (per_call * calls as f64).round() as u64
                     ),
                 );
@@ -296,11 +298,7 @@ pub fn config(conn: &Conn, argv: &[&[u8]]) -> Reply {
             }
         }
         "resetstat" if argv.len() == 2 => {
-            let s = &conn.shared.stats;
-            for c in [&s.commands, &s.hits, &s.misses, &s.connections, &s.errors] {
-                c.store(0, Ordering::Relaxed);
-            }
-            s.error_codes.lock().clear();
+            conn.shared.stats.reset();
             Reply::ok()
         }
         "rewrite" if argv.len() == 2 => Reply::err("ERR The server is running without a config file"),

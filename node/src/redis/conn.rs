@@ -83,6 +83,12 @@ pub struct Stats {
     /// Calls per command, indexed like [`command_names`]; unknown
     /// commands count in the last slot.
     pub by_command: Vec<AtomicU64>,
+    /// Per command as `by_command`: calls refused before they ran (arity,
+    /// NOAUTH, a subscribed RESP2 connection, MULTI's queue), and calls
+    /// that ran and answered an error (INFO commandstats'
+    /// `rejected_calls` and `failed_calls`).
+    pub rejected: Vec<AtomicU64>,
+    pub failed: Vec<AtomicU64>,
     /// `catga_request_duration_seconds{protocol="redis",op=…}`, one per
     /// command index, made on first use from the family the node set.
     durations: Vec<std::sync::OnceLock<Histogram>>,
@@ -144,9 +150,13 @@ impl Stats {
 pub const ERROR_CODES_MAX: usize = 128;
 
 impl Stats {
-    /// Counts an error reply by its first word (`ERR`, `WRONGTYPE`…).
-    pub fn count_error(&self, text: &str) {
+    /// Counts an error reply by its first word (`ERR`, `WRONGTYPE`…), and
+    /// as a failed call of the command that ran and gave it, if any.
+    pub fn count_error(&self, text: &str, command: Option<usize>) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = command.and_then(|i| self.failed.get(i)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
         let code = text.split(' ').next().unwrap_or_default();
         let mut codes = self.error_codes.lock();
         if let Some(n) = codes.get_mut(code) {
@@ -154,6 +164,25 @@ impl Stats {
         } else if codes.len() < ERROR_CODES_MAX {
             codes.insert(code.to_string(), 1);
         }
+    }
+}
+
+impl Stats {
+    /// CONFIG RESETSTAT: every counter Redis resets (not the connected or
+    /// blocked clients, which are states).
+    pub fn reset(&self) {
+        for c in [&self.commands, &self.hits, &self.misses, &self.connections, &self.errors] {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.error_codes.lock().clear();
+        for per_command in [&self.by_command, &self.rejected, &self.failed] {
+            per_command.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+        }
+        for (calls, usec) in &self.timed {
+            calls.store(0, Ordering::Relaxed);
+            usec.store(0, Ordering::Relaxed);
+        }
+        self.latency.iter().flatten().for_each(|b| b.store(0, Ordering::Relaxed));
     }
 }
 
@@ -169,6 +198,8 @@ impl Default for Stats {
             blocked: AtomicU64::new(0),
             monitors: AtomicU64::new(0),
             by_command: (0..=command_names().len()).map(|_| AtomicU64::new(0)).collect(),
+            rejected: (0..=command_names().len()).map(|_| AtomicU64::new(0)).collect(),
+            failed: (0..=command_names().len()).map(|_| AtomicU64::new(0)).collect(),
             durations: (0..=command_names().len()).map(|_| std::sync::OnceLock::new()).collect(),
             family: std::sync::OnceLock::new(),
             timed: (0..=command_names().len()).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect(),
@@ -329,6 +360,9 @@ pub struct Conn {
     /// The last command ran (it was not refused as unknown, by arity or
     /// authentication, nor queued in MULTI): SLOWLOG logs only those.
     pub ran: bool,
+    /// The last command was refused before it ran (counted in
+    /// `rejected_calls`, its error not in `failed_calls`).
+    pub rejected: bool,
     /// Commands executed, for sampling durations.
     executed: u64,
     /// Counts not yet added to the shared [`Stats`].
@@ -513,6 +547,7 @@ impl Conn {
             skip_current: false,
             last_command: 0,
             ran: false,
+            rejected: false,
             executed: 0,
             tally: Tally::default(),
         }
@@ -544,14 +579,26 @@ impl Conn {
         c.users.iter().any(|u| u.user.as_bytes() == user && constant_time_eq(u.password.as_bytes(), pass))
     }
 
+    /// The last command, for counting an error it answers as a failed
+    /// call: `None` when it was refused before it ran.
+    pub fn call(&self) -> Option<usize> {
+        (!self.rejected).then_some(self.last_command)
+    }
+
     /// Runs one request; `argv` is not empty. Keyspace commands come
     /// back as [`Step::Store`] for the caller to run through Raft.
     pub fn execute(&mut self, argv: &[&[u8]]) -> Step {
         let (index, name) = resolve(argv[0]);
         self.last_command = index;
+        self.rejected = false;
         let step = self.dispatch(&name, argv);
-        // Counted once run, as Redis does: INFO does not count itself.
-        self.tally.count(&self.shared.stats, index);
+        // Counted once run, as Redis does: INFO does not count itself. A
+        // call refused before it ran counts apart (rare: no batching).
+        if self.rejected {
+            self.shared.stats.rejected[index].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.tally.count(&self.shared.stats, index);
+        }
         step
     }
 
@@ -563,14 +610,18 @@ impl Conn {
             && !PUBSUB_COMMANDS.contains(&name)
             && !matches!(name, "ping" | "quit" | "reset")
         {
+            self.rejected = true;
             return Step::Reply(Reply::err(format!(
                 "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
             )));
         }
         if self.multi.is_some() && !matches!(name, "exec" | "discard" | "multi" | "watch" | "quit" | "reset") {
-            return Step::Reply(self.queue(name, argv));
+            let reply = self.queue(name, argv);
+            self.rejected = matches!(reply, Reply::Error(_));
+            return Step::Reply(reply);
         }
         // Redis's order: unknown command, arity, then authentication.
+        self.rejected = true;
         let spec = catga_raft::keyspace::spec(name);
         let Some(arity) = spec.map(|s| s.arity).or_else(|| other_arity(name)) else {
             return Step::Reply(unknown_command(argv));
@@ -581,6 +632,7 @@ impl Conn {
         if !self.authenticated && !matches!(name, "auth" | "hello" | "quit" | "reset") {
             return Step::Reply(Reply::err("NOAUTH Authentication required."));
         }
+        self.rejected = false;
         self.ran = true;
         if let Some(spec) = spec {
             if catga_raft::keyspace::BLOCKING.contains(&name)

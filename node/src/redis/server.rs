@@ -218,10 +218,14 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                 // This command's reply starts here.
                                 let mark = out.len();
                                 match step {
-                                    Step::Reply(reply) => emit(&shared, &reply, conn.proto(), &mut out),
-                                    Step::Save { background } => {
-                                        emit(&shared, &save(&shared, background).await, conn.proto(), &mut out)
-                                    }
+                                    Step::Reply(reply) => emit(&shared, conn.call(), &reply, conn.proto(), &mut out),
+                                    Step::Save { background } => emit(
+                                        &shared,
+                                        conn.call(),
+                                        &save(&shared, background).await,
+                                        conn.proto(),
+                                        &mut out,
+                                    ),
                                     Step::Monitor => {
                                         drop(argv);
                                         // Subscribed before the +OK, so every
@@ -242,25 +246,41 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                     }
                                     Step::Wait { replicas, timeout_ms } => emit(
                                         &shared,
+                                        conn.call(),
                                         &wait(&shared, replicas, timeout_ms).await,
                                         conn.proto(),
                                         &mut out,
                                     ),
                                     Step::Replies(replies) => {
                                         for r in replies {
-                                            emit(&shared, &r, conn.proto(), &mut out);
+                                            emit(&shared, conn.call(), &r, conn.proto(), &mut out);
                                         }
                                     }
                                     Step::Store { .. } => {
                                         read(&shared, &mut conn, &argv, &mut fresh, &mut now, &mut out).await
                                     }
-                                    Step::Watch(keys) => {
-                                        emit(&shared, &watch(&shared, &mut conn, keys).await, conn.proto(), &mut out)
-                                    }
+                                    Step::Watch(keys) => emit(
+                                        &shared,
+                                        conn.call(),
+                                        &watch(&shared, &mut conn, keys).await,
+                                        conn.proto(),
+                                        &mut out,
+                                    ),
                                     Step::Exec(cmds) => {
                                         fresh = false;
                                         let queued = (slow && conn.ran).then(|| cmds.clone());
+                                        let commands: Vec<usize> =
+                                            cmds.iter().map(|c| super::conn::resolve(&c[0]).0).collect();
                                         let reply = exec(&shared, &mut conn, cmds).await;
+                                        // Each queued command that answered an
+                                        // error is a failed call of it.
+                                        if let Reply::Array(replies) = &reply {
+                                            for (r, command) in replies.iter().zip(commands) {
+                                                if let Reply::Error(e) = r {
+                                                    shared.stats.count_error(e, Some(command));
+                                                }
+                                            }
+                                        }
                                         // Logged only if the transaction ran.
                                         if let (Some(queued), Some(t), Reply::Array(_)) = (queued, t0, &reply) {
                                             let took = t.elapsed();
@@ -269,7 +289,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                                 shared.slowlog.record(&argv, took, &conn.info.addr, &conn.info.name);
                                             }
                                         }
-                                        emit(&shared, &reply, conn.proto(), &mut out)
+                                        emit(&shared, conn.call(), &reply, conn.proto(), &mut out)
                                     }
                                     Step::Block => {
                                         fresh = false;
@@ -285,7 +305,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                         let waits = Waits { stopped: stopped.as_mut(), killed: killed.as_mut() };
                                         match block(&shared, &conn, &args, input, waits).await {
                                             Some(_) if silent => {}
-                                            Some(reply) => emit(&shared, &reply, conn.proto(), &mut out),
+                                            Some(reply) => emit(&shared, conn.call(), &reply, conn.proto(), &mut out),
                                             // The client left, was killed, or the server stops.
                                             None => return,
                                         }
@@ -352,10 +372,11 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
     }
 }
 
-/// Encodes a reply, counting errors for the metrics.
-fn emit(shared: &Shared, reply: &Reply, proto: u8, out: &mut Vec<u8>) {
+/// Encodes a reply to `call` (a command that ran, or `None`), counting
+/// errors for the metrics.
+fn emit(shared: &Shared, call: Option<usize>, reply: &Reply, proto: u8, out: &mut Vec<u8>) {
     if let Reply::Error(e) = reply {
-        shared.stats.count_error(e);
+        shared.stats.count_error(e, call);
     }
     reply.encode(proto, out);
 }
@@ -371,6 +392,8 @@ struct Pending {
     proto: u8,
     /// Sampled writes (command index, start), for the duration metrics.
     timed: Vec<(usize, std::time::Instant)>,
+    /// Each write's command index (an error reply is a failed call of it).
+    commands: Vec<u16>,
     /// Each write's start while SLOWLOG is on (one per write).
     starts: Vec<std::time::Instant>,
     /// Positions of the writes that answer nothing (CLIENT REPLY).
@@ -395,6 +418,7 @@ impl Pending {
             self.silent.push(self.cmds.len());
         }
         self.cmds.push(argv);
+        self.commands.push(conn.last_command as u16);
         self.timed.extend(sampled.map(|t| (conn.last_command, t)));
         self.starts.extend(slow);
     }
@@ -409,9 +433,11 @@ impl Pending {
         let logged = (!self.starts.is_empty()).then(|| self.cmds.clone());
         // Ascending positions: one walk alongside the replies.
         let mut silent = std::mem::take(&mut self.silent).into_iter().peekable();
-        for (i, r) in write_cmds(shared, self.db, std::mem::take(&mut self.cmds)).await.into_iter().enumerate() {
+        let commands = std::mem::take(&mut self.commands);
+        let replies = write_cmds(shared, self.db, std::mem::take(&mut self.cmds)).await;
+        for (i, (r, command)) in replies.into_iter().zip(commands).enumerate() {
             if silent.next_if_eq(&i).is_none() {
-                emit(shared, &r, self.proto, out);
+                emit(shared, Some(usize::from(command)), &r, self.proto, out);
             }
         }
         let end = std::time::Instant::now();
@@ -918,10 +944,11 @@ async fn read(
     now: &mut Option<u64>,
     out: &mut Vec<u8>,
 ) {
-    let Some(raft) = shared.raft.get() else { return emit(shared, &Reply::err(LOADING), conn.proto(), out) };
+    let call = conn.call();
+    let Some(raft) = shared.raft.get() else { return emit(shared, call, &Reply::err(LOADING), conn.proto(), out) };
     if !*fresh {
         if let Err(refused) = linearize(shared, conn, raft).await {
-            return emit(shared, &refused, conn.proto(), out);
+            return emit(shared, call, &refused, conn.proto(), out);
         }
         *fresh = true;
     }
@@ -947,7 +974,7 @@ async fn read(
             Some(_) => {}
         }
     }
-    emit(shared, &read_reply(conn, &v, name, argv, now), conn.proto(), out);
+    emit(shared, call, &read_reply(conn, &v, name, argv, now), conn.proto(), out);
 }
 
 /// The general read: the hit/miss count for its key, then its reply.

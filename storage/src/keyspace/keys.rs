@@ -123,6 +123,7 @@ impl Keyspace {
             "type" => Out::Simple(self.get(db, argv[1], now_ms).map_or("none", |e| e.value.type_name()).into()),
             "touch" => Out::Int(argv[1..].iter().filter(|k| self.get(db, k, now_ms).is_some()).count() as i64),
             "object" => self.object(db, now_ms, argv),
+            "dump" => self.get(db, argv[1], now_ms).map_or(Out::Nil, |e| Out::Bulk(rdb::dump(&e.value))),
             "memory" => self.memory(db, now_ms, argv),
             "dbsize" => Out::Int(self.len(db, now_ms) as i64),
             "scan" => {
@@ -187,6 +188,7 @@ impl Keyspace {
                 Out::Int(1)
             }
             "copy" => self.copy(db, now_ms, argv),
+            "restore" => self.restore_key(db, now_ms, argv),
             "move" => self.move_key(db, now_ms, argv),
             "rename" | "renamenx" => {
                 let Some(e) = self.get(db, argv[1], now_ms).cloned() else {
@@ -541,6 +543,68 @@ impl Keyspace {
         self.expire_if_due(to_db, argv[2], now_ms);
         self.put(to_db, argv[2], e);
         Out::Int(1)
+    }
+
+    /// RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME s] [FREQ f],
+    /// checked in Redis's order: options, then an existing key, the TTL,
+    /// and the payload. IDLETIME and FREQ are checked and then have
+    /// nothing to set (no LRU or LFU is kept here).
+    fn restore_key(&mut self, db: u32, now_ms: u64, argv: &[&[u8]]) -> Out {
+        let (mut replace, mut absttl, mut idle, mut freq) = (false, false, false, false);
+        let mut j = 4;
+        while j < argv.len() {
+            let more = j + 1 < argv.len();
+            match upper(argv[j]).as_str() {
+                "REPLACE" => replace = true,
+                "ABSTTL" => absttl = true,
+                "IDLETIME" if more && !freq => {
+                    j += 1;
+                    match int_arg(argv[j]) {
+                        Ok(n) if n < 0 => return Out::err("ERR Invalid IDLETIME value, must be >= 0"),
+                        Ok(_) => idle = true,
+                        Err(e) => return e,
+                    }
+                }
+                "FREQ" if more && !idle => {
+                    j += 1;
+                    match int_arg(argv[j]) {
+                        Ok(n) if !(0..=255).contains(&n) => {
+                            return Out::err("ERR Invalid FREQ value, must be >= 0 and <= 255");
+                        }
+                        Ok(_) => freq = true,
+                        Err(e) => return e,
+                    }
+                }
+                _ => return Out::err(SYNTAX),
+            }
+            j += 1;
+        }
+        if !replace && self.get(db, argv[1], now_ms).is_some() {
+            return Out::err("BUSYKEY Target key name already exists.");
+        }
+        let ttl = match int_arg(argv[2]) {
+            Ok(n) if n < 0 => return Out::err("ERR Invalid TTL value, must be >= 0"),
+            Ok(n) => n as u64,
+            Err(e) => return e,
+        };
+        let value = match rdb::restore(argv[3]) {
+            Ok(v) => v,
+            Err(e) => return Out::err(e.message()),
+        };
+        if replace {
+            self.remove(db, argv[1], now_ms);
+        }
+        let expire_at_ms = match ttl {
+            0 => None,
+            t if absttl => Some(t),
+            t => Some(now_ms.saturating_add(t)),
+        };
+        if expire_at_ms.is_some_and(|t| t <= now_ms) {
+            return Out::ok();
+        }
+        self.expire_if_due(db, argv[1], now_ms);
+        self.put(db, argv[1], Entry { value, expire_at_ms });
+        Out::ok()
     }
 
     /// MOVE key db: the key (with its TTL) to another database, unless it

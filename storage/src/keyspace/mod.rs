@@ -29,6 +29,7 @@ mod hll;
 mod keys;
 mod lists;
 pub mod notify;
+pub mod rdb;
 pub mod script;
 mod sets;
 mod sort;
@@ -611,6 +612,8 @@ pub const NAMES: &[&str] = &[
     "xautoclaim",
     "xinfo",
     "xsetid",
+    "dump",
+    "restore",
 ];
 
 /// The commands the keyspace runs, by lower-case name.
@@ -640,6 +643,8 @@ pub fn spec(name: &str) -> Option<Spec> {
         "persist" => (2, true),
         "copy" => (-3, true),
         "move" => (3, true),
+        "dump" => (2, false),
+        "restore" => (-4, true),
         // SORT may STORE, so it goes through the log; SORT_RO is a read.
         "sort" => (-2, true),
         "sort_ro" => (-2, false),

@@ -284,7 +284,14 @@ impl Keyspace {
                     .unwrap_or(db);
                 self.fire(GENERIC, "copy_to", to, argv[2]);
             }
-            "restore" if ok => self.fire(GENERIC, "restore", db, key),
+            "restore" if ok => {
+                if self.stored(db, key).is_some() {
+                    self.fire(GENERIC, "restore", db, key);
+                } else if changed {
+                    // REPLACE deleted the key and the TTL had passed.
+                    self.fire(GENERIC, "del", db, key);
+                }
+            }
             "hset" | "hmset" | "hsetnx" if changed => self.fire(HASH, "hset", db, key),
             "hincrby" | "hincrbyfloat" => self.fire(HASH, static_name(name), db, key),
             "hdel" if changed => self.fire_emptied(HASH, "hdel", db, key),

@@ -283,7 +283,7 @@ impl Stream {
     }
 
     /// Adds an entry after every other; the key of the row it went to.
-    fn push_entry(&mut self, id: StreamId, fields: Vec<Vec<u8>>) -> StreamId {
+    pub(super) fn push_entry(&mut self, id: StreamId, fields: Vec<Vec<u8>>) -> StreamId {
         self.entries.insert(id, fields);
         match self.nodes.iter_mut().next_back() {
             Some((k, n)) if (*n as usize) < NODE_ENTRIES => {
@@ -463,6 +463,12 @@ struct Shape {
     /// The first entry's ID (0-0 when empty).
     first: StreamId,
     max_deleted: StreamId,
+}
+
+/// How many entries were ever added to `s` up to `id`, when that can be
+/// told (Redis's estimate for a group whose count is not recorded).
+pub(super) fn entries_read_estimate(s: &Stream, id: StreamId) -> Option<u64> {
+    Shape::of(s).distance(id)
 }
 
 impl Shape {

@@ -10,7 +10,11 @@ what the server answered, in the short form the keyspace tests compare:
 keyspace events each command fires (notify-keyspace-events `KEA`, read
 from the `__keyevent@*__` channels) as `[event:key,...]`, with `@db`
 after the event outside database 0. Inside an argument,
-`\s` stands for a space and `\n` for a newline (Lua scripts).
+`\s` stands for a space and `\n` for a newline (Lua scripts). For
+DUMP/RESTORE (`dumps.txt`): `@dump` is the payload the last DUMP
+answered, `@dump:flip` the same with its last byte changed, and
+`@body:HEX` / `@body11:HEX` a payload made of those bytes and an RDB
+version 10 / 11 footer with its CRC-64.
 
     redis-server --port 7777 --save '' --appendonly no &
     storage/tests/redis/record.py 7777 storage/tests/redis/*.txt
@@ -22,10 +26,34 @@ import socket
 import sys
 
 
+def crc64(data):
+    """Redis's CRC-64 (Jones polynomial, reflected)."""
+    crc = 0
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x95AC9329AC4BC9B5 if crc & 1 else crc >> 1
+    return crc
+
+
+def payload(arg, last_dump):
+    """An argument's bytes: the `@` forms above, or the text itself."""
+    if arg == "@dump":
+        return last_dump
+    if arg == "@dump:flip":
+        return last_dump[:-1] + bytes([last_dump[-1] ^ 1])
+    for prefix, version in (("@body:", 10), ("@body11:", 11)):
+        if arg.startswith(prefix):
+            body = bytes.fromhex(arg[len(prefix):]) + version.to_bytes(2, "little")
+            return body + crc64(body).to_bytes(8, "little")
+    return arg.encode()
+
+
 def encode(args):
     out = b"*%d\r\n" % len(args)
     for a in args:
-        a = a.encode()
+        if isinstance(a, str):
+            a = a.encode()
         out += b"$%d\r\n%s\r\n" % (len(a), a)
     return out
 
@@ -61,6 +89,7 @@ class Conn:
             if n < 0:
                 return "nil"
             data = self.exact(n)
+            self.last_bulk = data
             try:
                 return "$" + data.decode()
             except UnicodeDecodeError:
@@ -105,17 +134,20 @@ def main():
             sub.run(["PSUBSCRIBE", "__keyevent@*__:*"])
             sub.run(["SUBSCRIBE", "fence"])
         out = []
+        last_dump = b""
         for raw in open(path):
             line = raw.rstrip("\n")
             if not line.strip() or line.startswith("#"):
                 out.append(line)
                 continue
             cmd = line.split(" => ")[0]
-            args = [a.replace("\\s", " ").replace("\\n", "\n") for a in cmd.split(" ")]
+            args = [payload(a.replace("\\s", " ").replace("\\n", "\n"), last_dump) for a in cmd.split(" ")]
             if notify:
                 out.append(cmd + " => " + events(c, sub, args, len(out)))
             else:
                 out.append(cmd + " => " + c.run(args))
+            if args[0].upper() == b"DUMP":
+                last_dump = c.last_bulk
         open(path, "w").write("\n".join(out) + "\n")
 
 
