@@ -71,6 +71,33 @@ const NO_AUTH_TABLE: &[(&str, &str)] = &[
     ("CLIENT FOO\r\n", "-ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n"),
     ("CLIENT\r\n", "-ERR wrong number of arguments for 'client' command\r\n"),
     ("CLIENT SETNAME\r\n", "-ERR wrong number of arguments for 'client|setname' command\r\n"),
+    // CLIENT TRACKING / CACHING / GETREDIR / TRACKINGINFO: options, their
+    // errors in Redis's order, and the info map.
+    ("CLIENT TRACKING\r\n", "-ERR wrong number of arguments for 'client|tracking' command\r\n"),
+    ("CLIENT TRACKING maybe\r\n", "-ERR syntax error\r\n"),
+    ("CLIENT TRACKING on FOO\r\n", "-ERR syntax error\r\n"),
+    ("CLIENT TRACKING on REDIRECT\r\n", "-ERR syntax error\r\n"),
+    ("CLIENT TRACKING on REDIRECT x\r\n", "-ERR value is not an integer or out of range\r\n"),
+    ("CLIENT TRACKING on REDIRECT 999999\r\n", "-ERR The client ID you want redirect to does not exist\r\n"),
+    ("CLIENT TRACKING on PREFIX a\r\n", "-ERR PREFIX option requires BCAST mode to be enabled\r\n"),
+    ("CLIENT TRACKING on BCAST OPTIN\r\n", "-ERR OPTIN and OPTOUT are not compatible with BCAST\r\n"),
+    ("CLIENT TRACKING on OPTIN OPTOUT\r\n", "-ERR You can't specify both OPTIN mode and OPTOUT mode\r\n"),
+    ("CLIENT TRACKING on BCAST PREFIX ab PREFIX a\r\n", "-ERR Prefix 'ab' overlaps with another provided prefix 'a'. Prefixes for a single client must not overlap.\r\n"),
+    ("CLIENT TRACKING on BCAST PREFIX a\r\nCLIENT TRACKING on BCAST PREFIX abc\r\n", "+OK\r\n-ERR Prefix 'abc' overlaps with an existing prefix 'a'. Prefixes for a single client must not overlap.\r\n"),
+    ("CLIENT TRACKING on\r\nCLIENT TRACKING on BCAST\r\n", "+OK\r\n-ERR You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode.\r\n"),
+    ("CLIENT TRACKING on OPTIN\r\nCLIENT TRACKING on OPTOUT\r\n", "+OK\r\n-ERR You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling it with a different mode.\r\n"),
+    ("CLIENT CACHING yes\r\n", "-ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled\r\n"),
+    ("CLIENT TRACKING on\r\nCLIENT CACHING yes\r\n", "+OK\r\n-ERR CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.\r\n"),
+    ("CLIENT TRACKING on OPTIN\r\nCLIENT CACHING no\r\nCLIENT CACHING maybe\r\nCLIENT CACHING yes\r\n", "+OK\r\n-ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.\r\n-ERR syntax error\r\n+OK\r\n"),
+    ("CLIENT TRACKING on OPTOUT\r\nCLIENT CACHING yes\r\nCLIENT CACHING no\r\n", "+OK\r\n-ERR CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.\r\n+OK\r\n"),
+    ("CLIENT CACHING\r\n", "-ERR wrong number of arguments for 'client|caching' command\r\n"),
+    ("CLIENT GETREDIR\r\n", ":-1\r\n"),
+    ("CLIENT TRACKING on\r\nCLIENT GETREDIR\r\nCLIENT TRACKING off\r\nCLIENT GETREDIR\r\n", "+OK\r\n:0\r\n+OK\r\n:-1\r\n"),
+    ("CLIENT TRACKINGINFO\r\n", "*6\r\n$5\r\nflags\r\n*1\r\n$3\r\noff\r\n$8\r\nredirect\r\n:-1\r\n$8\r\nprefixes\r\n*0\r\n"),
+    ("CLIENT TRACKING on BCAST PREFIX b PREFIX a NOLOOP\r\nCLIENT TRACKINGINFO\r\n", "+OK\r\n*6\r\n$5\r\nflags\r\n*3\r\n$2\r\non\r\n$5\r\nbcast\r\n$6\r\nnoloop\r\n$8\r\nredirect\r\n:0\r\n$8\r\nprefixes\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n"),
+    ("CLIENT TRACKING on OPTIN\r\nCLIENT CACHING yes\r\nCLIENT TRACKINGINFO\r\n", "+OK\r\n+OK\r\n*6\r\n$5\r\nflags\r\n*3\r\n$2\r\non\r\n$5\r\noptin\r\n$11\r\ncaching-yes\r\n$8\r\nredirect\r\n:0\r\n$8\r\nprefixes\r\n*0\r\n"),
+    ("CLIENT TRACKING on BCAST\r\nCLIENT TRACKINGINFO\r\n", "+OK\r\n*6\r\n$5\r\nflags\r\n*2\r\n$2\r\non\r\n$5\r\nbcast\r\n$8\r\nredirect\r\n:0\r\n$8\r\nprefixes\r\n*1\r\n$0\r\n\r\n"),
+    ("CLIENT GETREDIR x\r\n", "-ERR wrong number of arguments for 'client|getredir' command\r\n"),
     ("QUIT\r\n", "+OK\r\n<closed>"),
     ("RESET\r\n", "+RESET\r\n"),
     ("*x\r\n", "-ERR Protocol error: invalid multibulk length\r\n<closed>"),
@@ -640,7 +667,11 @@ async fn watch_guards_transactions_across_nodes() {
         let url = url(i % 3);
         tasks.push(tokio::spawn(async move {
             // One connection per client: WATCH state is per connection.
-            let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+            // The crate's default 500 ms response timeout is too short for
+            // a loaded test machine; the test is about outcomes, not speed.
+            let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+            let mut c =
+                redis::Client::open(url).unwrap().get_multiplexed_async_connection_with_config(&cfg).await.unwrap();
             let mut wins = 0;
             for _ in 0..15 {
                 loop {

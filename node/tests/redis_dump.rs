@@ -3,7 +3,8 @@
 //! RESTORE is a replicated write, read back through a third), with its
 //! TTL; and, against a real redis-server 7.0 when one is installed,
 //! catga's payloads restore into Redis and Redis's into catga, with the
-//! same values read back on both sides.
+//! same values read back on both sides, and Redis's MIGRATE moves keys
+//! into a catga node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -254,4 +255,29 @@ async fn payloads_move_between_catga_and_redis_server() {
         assert_eq!(into_catga, "OK");
         assert_eq!(read(&mut catga, "from:redis").await, want, "{key}: as catga reads Redis's payload");
     }
+    // Redis's own MIGRATE into catga (SELECT, then a RESTORE per key, with
+    // its TTL): how a dataset moves from a Redis server to catga.
+    let _: () = redis::cmd("PEXPIRE").arg("k:str").arg(600_000).query_async(&mut redis).await.unwrap();
+    let port = c.nodes[0].node.redis.local_addr().port();
+    let migrated: String = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(port)
+        .arg("")
+        .arg(2)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(&KEYS[..])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(migrated, "OK");
+    let left: Vec<String> = redis::cmd("KEYS").arg("k:*").query_async(&mut redis).await.unwrap();
+    assert!(left.is_empty(), "MIGRATE removed the keys from redis-server: {left:?}");
+    let _: () = redis::cmd("SELECT").arg(2).query_async(&mut catga).await.unwrap();
+    let mut db0 = common::redis_client(c.nodes[0].node.redis.local_addr()).await;
+    for key in KEYS {
+        assert_eq!(read(&mut catga, key).await, read(&mut db0, key).await, "{key}: migrated into db 2");
+    }
+    let ttl: i64 = redis::cmd("PTTL").arg("k:str").query_async(&mut catga).await.unwrap();
+    assert!((1..=600_000).contains(&ttl), "the TTL came along: {ttl}");
 }

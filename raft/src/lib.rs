@@ -28,7 +28,7 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use catga_storage::{keyspace, Cmds, EventSink, KeyspaceEvents, Member, Request, Response, View};
+pub use catga_storage::{keyspace, Cmds, EventSink, KeyspaceEvents, Member, Request, Response, TouchedSink, View};
 pub use network::{Call, Reply};
 pub use openraft::async_runtime::watch::WatchReceiver;
 pub use openraft::ServerState;
@@ -396,7 +396,7 @@ impl RaftNode {
 
     /// This node's keyspace notifications: set the flags at any time, the
     /// sink once (the Redis server publishes the events to its clients).
-    pub fn keyspace_events(&self) -> &catga_storage::KeyspaceEvents {
+    pub fn keyspace_events(&self) -> &Arc<catga_storage::KeyspaceEvents> {
         &self.keyspace_events
     }
 

@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use log::{LogStore, SyncObserver};
-pub use sm::{ApplyObserver, EventSink, KeyspaceEvents, StateMachine, View};
+pub use sm::{ApplyObserver, EventSink, KeyspaceEvents, StateMachine, TouchedSink, View};
 pub use types::{Cmds, Member, Request, Response, TypeConfig};
 
 /// sled settings, each chosen on purpose.

@@ -182,14 +182,22 @@ pub type ApplyObserver = Box<dyn Fn(std::time::Duration, usize) + Send + Sync>;
 /// every apply, and the sink that gets each apply call's events, in
 /// order, with the flags they were collected under, after the view is
 /// released.
+///
+/// Likewise for client-side caching: while `track` is on (some client of
+/// this node tracks keys), each apply call's touched keys go to
+/// `touched`.
 #[derive(Default)]
 pub struct KeyspaceEvents {
     pub flags: std::sync::atomic::AtomicU32,
     pub sink: std::sync::OnceLock<EventSink>,
+    pub track: std::sync::atomic::AtomicBool,
+    pub touched: std::sync::OnceLock<TouchedSink>,
 }
 
 /// See [`KeyspaceEvents`].
 pub type EventSink = Box<dyn Fn(u32, Vec<crate::keyspace::notify::Event>) + Send + Sync>;
+/// See [`KeyspaceEvents`].
+pub type TouchedSink = Box<dyn Fn(Vec<crate::keyspace::Touched>) + Send + Sync>;
 
 fn queue_key(node: u64, subject: &[u8], group: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 8 + 4 + subject.len() + group.len());
@@ -652,9 +660,11 @@ impl StateMachine {
         let batch = &mut self.pending;
         let mut out = Vec::with_capacity(entries.len());
         let flags = self.events.flags.load(std::sync::atomic::Ordering::Relaxed);
-        let (gen, events) = {
+        let track = self.events.track.load(std::sync::atomic::Ordering::Relaxed);
+        let (gen, events, touched) = {
             let mut view = self.view.write();
             view.keyspace.set_notify(flags);
+            view.keyspace.set_track(track);
             for e in entries {
                 view.applied = Some(e.log_id);
                 out.push(match &e.payload {
@@ -667,7 +677,7 @@ impl StateMachine {
                 });
             }
             put_meta(&view, batch)?;
-            (view.queues_gen, view.keyspace.take_events())
+            (view.queues_gen, view.keyspace.take_events(), view.keyspace.take_touched())
         };
         let since = *self.pending_since.get_or_insert(started);
         if since.elapsed() >= self.write_behind || self.pending.bytes >= self.write_behind_bytes {
@@ -676,6 +686,9 @@ impl StateMachine {
         self.publish_queues(gen);
         if let (false, Some(sink)) = (events.is_empty(), self.events.sink.get()) {
             sink(flags, events);
+        }
+        if let (false, Some(sink)) = (touched.is_empty(), self.events.touched.get()) {
+            sink(touched);
         }
         if let Some(observe) = self.applied.get() {
             observe(started.elapsed(), out.len());
@@ -915,6 +928,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let gen = view.queues_gen;
         *self.view.write() = view;
         self.publish_queues(gen);
+        // Any key may have changed: tracking clients drop everything.
+        if let (true, Some(sink)) =
+            (self.events.track.load(std::sync::atomic::Ordering::Relaxed), self.events.touched.get())
+        {
+            sink(vec![crate::keyspace::Touched::Flush]);
+        }
         Ok(())
     }
 

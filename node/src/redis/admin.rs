@@ -433,6 +433,13 @@ fn parameters(shared: &Shared) -> Vec<(&'static str, String)> {
     .collect()
 }
 
+/// The keys a command names (none when it names none or its arguments
+/// do not parse), from the command table built once.
+pub fn command_keys<'a>(argv: &[&'a [u8]]) -> Vec<&'a [u8]> {
+    static TABLE: std::sync::OnceLock<Vec<CommandInfo>> = std::sync::OnceLock::new();
+    getkeys(TABLE.get_or_init(table), argv).unwrap_or_default()
+}
+
 /// COMMAND GETKEYS: the keys of the command `argv` (name first), as Redis
 /// 7.0 finds them: the table's first/last/step, or for commands that say
 /// how many keys follow (EVAL, ZUNIONSTORE, LMPOP, XREAD…) or name a

@@ -39,6 +39,8 @@ pub struct Shared {
     pub bus: Arc<crate::bus::Bus>,
     /// Redis subscribers on this node.
     pub pubsub: super::pubsub::Registry,
+    /// This node's clients that track keys (CLIENT TRACKING).
+    pub tracking: Arc<super::tracking::Tracking>,
     /// Where SAVE/BGSAVE write `dump.catga` (`DATA_DIR/redis`).
     pub backup_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// Unix seconds of the last successful save (LASTSAVE).
@@ -297,6 +299,7 @@ impl Shared {
             run_id: rand::random(),
             bus,
             pubsub: Default::default(),
+            tracking: Default::default(),
             backup_dir: std::sync::OnceLock::new(),
             last_save: AtomicU64::new(0),
             dirty_at_save: AtomicU64::new(0),
@@ -367,6 +370,12 @@ pub struct Conn {
     executed: u64,
     /// Counts not yet added to the shared [`Stats`].
     pub tally: Tally,
+    /// CLIENT TRACKING: the options while on.
+    pub tracking: Option<super::tracking::Mode>,
+    /// CLIENT CACHING YES/NO was given for the next command.
+    caching: bool,
+    /// The command being run is a read whose keys tracking remembers.
+    pub track_keys: bool,
 }
 
 /// A transaction being queued.
@@ -550,6 +559,9 @@ impl Conn {
             rejected: false,
             executed: 0,
             tally: Tally::default(),
+            tracking: None,
+            caching: false,
+            track_keys: false,
         }
     }
 
@@ -598,6 +610,18 @@ impl Conn {
             self.shared.stats.rejected[index].fetch_add(1, Ordering::Relaxed);
         } else {
             self.tally.count(&self.shared.stats, index);
+        }
+        if let Some(mode) = &self.tracking {
+            // A read's keys are remembered unless OPTIN without CACHING
+            // YES or OPTOUT with CACHING NO; the CACHING flag lasts one
+            // command (not counting CLIENT CACHING itself).
+            let read = matches!(step, Step::Store { write: false });
+            let wanted = if mode.optin { self.caching } else { !(mode.optout && self.caching) };
+            self.track_keys = read && !mode.bcast && wanted;
+            let caching_itself = name == "client" && argv.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"caching"));
+            if !caching_itself {
+                self.caching = false;
+            }
         }
         step
     }
@@ -745,6 +769,8 @@ impl Conn {
         let proto = self.proto();
         let bytes_max = shared.config.pubsub_output_bytes_max;
         let ps = self.pubsub.get_or_insert_with(|| PubSub::new(RedisSink::new(bus.next_sink_id(), proto, bytes_max)));
+        // A subscriber can be the target of another client's REDIRECT.
+        shared.tracking.register_sink(self.id, ps.sink.clone());
         let confirm =
             |kind: &str, what: Reply, n: usize| Reply::Push(vec![Reply::bulk(kind), what, Reply::Int(n as i64)]);
         let mut replies = Vec::new();
@@ -868,6 +894,9 @@ impl Conn {
                 if let Some(mut ps) = self.pubsub.take() {
                     ps.clear(&self.shared.bus, &self.shared.pubsub);
                 }
+                self.tracking = None;
+                self.caching = false;
+                self.shared.tracking.forget(self.id);
                 self.multi = None;
                 self.watched.clear();
                 self.info.db = 0;
@@ -1075,6 +1104,10 @@ impl Conn {
             "reply" => 3,
             "unblock" => -3,
             "kill" => -3,
+            "tracking" => -3,
+            "caching" => 3,
+            "getredir" => 2,
+            "trackinginfo" => 2,
             _ => {
                 return Reply::err(format!(
                     "ERR unknown subcommand '{}'. Try CLIENT HELP.",
@@ -1156,6 +1189,60 @@ impl Conn {
                 }
                 _ => Reply::err("ERR syntax error"),
             },
+            "tracking" => self.client_tracking(argv),
+            "caching" => {
+                let Some(mode) = &self.tracking else {
+                    return Reply::err("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled");
+                };
+                match String::from_utf8_lossy(argv[2]).to_ascii_lowercase().as_str() {
+                    "yes" if mode.optin => self.caching = true,
+                    "yes" => {
+                        return Reply::err(
+                            "ERR CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.",
+                        )
+                    }
+                    "no" if mode.optout => self.caching = true,
+                    "no" => {
+                        return Reply::err(
+                            "ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.",
+                        )
+                    }
+                    _ => return Reply::err("ERR syntax error"),
+                }
+                Reply::ok()
+            }
+            "getredir" => Reply::Int(self.tracking.as_ref().map_or(-1, |m| m.redirect as i64)),
+            "trackinginfo" => {
+                let mut flags = vec![Reply::bulk(if self.tracking.is_some() { "on" } else { "off" })];
+                if let Some(m) = &self.tracking {
+                    for (on, name) in [
+                        (m.bcast, "bcast"),
+                        (m.optin, "optin"),
+                        (m.optin && self.caching, "caching-yes"),
+                        (m.optout, "optout"),
+                        (m.optout && self.caching, "caching-no"),
+                        (m.noloop, "noloop"),
+                        (self.shared.tracking.broken(self.id), "broken_redirect"),
+                    ] {
+                        if on {
+                            flags.push(Reply::bulk(name));
+                        }
+                    }
+                }
+                let prefixes = self.tracking.as_ref().map_or(Vec::new(), |m| {
+                    let mut p: Vec<&Vec<u8>> = m.prefixes.iter().collect();
+                    if m.bcast && p.is_empty() {
+                        return vec![Reply::bulk("")];
+                    }
+                    p.sort();
+                    p.into_iter().map(Reply::bulk).collect()
+                });
+                Reply::Map(vec![
+                    (Reply::bulk("flags"), Reply::Set(flags)),
+                    (Reply::bulk("redirect"), Reply::Int(self.tracking.as_ref().map_or(-1, |m| m.redirect as i64))),
+                    (Reply::bulk("prefixes"), Reply::Array(prefixes)),
+                ])
+            }
             // Catga never evicts clients: nothing to switch.
             "no-evict" => match String::from_utf8_lossy(argv[2]).to_ascii_lowercase().as_str() {
                 "on" | "off" => Reply::ok(),
@@ -1167,6 +1254,103 @@ impl Conn {
 }
 
 impl Conn {
+    /// CLIENT TRACKING ON|OFF [REDIRECT id] [BCAST] [PREFIX p]... [OPTIN]
+    /// [OPTOUT] [NOLOOP], checked in Redis 7.0's order with its texts.
+    fn client_tracking(&mut self, argv: &[&[u8]]) -> Reply {
+        let mut mode = super::tracking::Mode::default();
+        let mut j = 3;
+        while j < argv.len() {
+            let more = j + 1 < argv.len();
+            match String::from_utf8_lossy(argv[j]).to_ascii_lowercase().as_str() {
+                "redirect" if more => {
+                    j += 1;
+                    if mode.redirect != 0 {
+                        return Reply::err("ERR A client can only redirect to a single other client");
+                    }
+                    let Some(id) = parse_i64(argv[j]) else {
+                        return Reply::err("ERR value is not an integer or out of range");
+                    };
+                    let known = u64::try_from(id).is_ok_and(|id| self.shared.clients.lock().contains_key(&id));
+                    if !known {
+                        return Reply::err("ERR The client ID you want redirect to does not exist");
+                    }
+                    mode.redirect = id as u64;
+                }
+                "bcast" => mode.bcast = true,
+                "optin" => mode.optin = true,
+                "optout" => mode.optout = true,
+                "noloop" => mode.noloop = true,
+                "prefix" if more => {
+                    j += 1;
+                    mode.prefixes.push(argv[j].to_vec());
+                }
+                _ => return Reply::err("ERR syntax error"),
+            }
+            j += 1;
+        }
+        match String::from_utf8_lossy(argv[2]).to_ascii_lowercase().as_str() {
+            "on" => {
+                if !mode.bcast && !mode.prefixes.is_empty() {
+                    return Reply::err("ERR PREFIX option requires BCAST mode to be enabled");
+                }
+                if let Some(old) = &self.tracking {
+                    if old.bcast != mode.bcast {
+                        return Reply::err("ERR You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode.");
+                    }
+                }
+                if mode.bcast && (mode.optin || mode.optout) {
+                    return Reply::err("ERR OPTIN and OPTOUT are not compatible with BCAST");
+                }
+                if mode.optin && mode.optout {
+                    return Reply::err("ERR You can't specify both OPTIN mode and OPTOUT mode");
+                }
+                if let Some(old) = &self.tracking {
+                    if (mode.optin && old.optout) || (mode.optout && old.optin) {
+                        return Reply::err("ERR You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling it with a different mode.");
+                    }
+                }
+                let existing = self.tracking.as_ref().map(|m| m.prefixes.clone()).unwrap_or_default();
+                if mode.bcast {
+                    for (i, p) in mode.prefixes.iter().enumerate() {
+                        let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                        if let Some(e) = existing.iter().find(|e| super::tracking::overlap(e, p)) {
+                            return Reply::err(format!(
+                                "ERR Prefix '{}' overlaps with an existing prefix '{}'. Prefixes for a single client must not overlap.",
+                                show(p),
+                                show(e)
+                            ));
+                        }
+                        if let Some(q) = mode.prefixes[i + 1..].iter().find(|q| super::tracking::overlap(p, q)) {
+                            return Reply::err(format!(
+                                "ERR Prefix '{}' overlaps with another provided prefix '{}'. Prefixes for a single client must not overlap.",
+                                show(p),
+                                show(q)
+                            ));
+                        }
+                    }
+                    // Prefixes add up across calls, as in Redis.
+                    let mut all = existing;
+                    all.extend(mode.prefixes);
+                    mode.prefixes = all;
+                }
+                let (bus, proto, bytes_max) =
+                    (&self.shared.bus, self.proto(), self.shared.config.pubsub_output_bytes_max);
+                let ps = self
+                    .pubsub
+                    .get_or_insert_with(|| PubSub::new(RedisSink::new(bus.next_sink_id(), proto, bytes_max)));
+                self.shared.tracking.enable(self.id, ps.sink.clone(), mode.clone());
+                self.tracking = Some(mode);
+            }
+            "off" => {
+                self.tracking = None;
+                self.caching = false;
+                self.shared.tracking.disable(self.id);
+            }
+            _ => return Reply::err("ERR syntax error"),
+        }
+        Reply::ok()
+    }
+
     /// Whether the command just run answers nothing (CLIENT REPLY OFF,
     /// or SKIP before it).
     pub fn silent(&self) -> bool {
@@ -1179,6 +1363,7 @@ impl Drop for Conn {
         if let Some(mut ps) = self.pubsub.take() {
             ps.clear(&self.shared.bus, &self.shared.pubsub);
         }
+        self.shared.tracking.forget(self.id);
         self.shared.clients.lock().remove(&self.id);
     }
 }

@@ -18,6 +18,7 @@ pub mod reply;
 pub mod sentinel;
 pub mod server;
 pub mod slowlog;
+pub mod tracking;
 
 use serde::{Deserialize, Serialize};
 

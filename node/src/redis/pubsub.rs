@@ -147,6 +147,10 @@ impl RedisSink {
         })
     }
 
+    pub fn proto(&self) -> u8 {
+        self.proto.load(Ordering::Relaxed)
+    }
+
     pub fn set_proto(&self, proto: u8) {
         self.proto.store(proto, Ordering::Relaxed);
     }
@@ -156,6 +160,26 @@ impl RedisSink {
         let out = std::mem::take(&mut *self.out.lock());
         self.drained.notify_waiters();
         out
+    }
+
+    /// Queues what `encode` writes for the connection's protocol (a
+    /// tracking invalidation), under the same output limit as messages,
+    /// and wakes the connection.
+    pub fn queue(&self, encode: impl FnOnce(u8, &mut Vec<u8>)) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut out = self.out.lock();
+        let before = out.len();
+        encode(self.proto.load(Ordering::Relaxed), &mut out);
+        if out.len() > self.bytes_max {
+            self.closed.store(true, Ordering::Relaxed);
+            out.clear();
+        } else if out.len() == before {
+            return;
+        }
+        drop(out);
+        self.wake.notify_one();
     }
 
     /// Over its output limit: the connection must close (Redis's

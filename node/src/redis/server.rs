@@ -59,6 +59,7 @@ impl RedisServer {
         let flags = catga_raft::keyspace::notify::parse_flags(self.shared.config.notify_keyspace_events.as_bytes());
         events.flags.store(flags.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
         let _ = events.sink.set(super::pubsub::keyspace_sink(self.shared.bus.clone()));
+        self.shared.tracking.attach(events.clone());
         if self.shared.raft.set(raft).is_ok() {
             tokio::spawn(sweep_expired(self.shared.clone(), self.stop.clone()));
         }
@@ -951,6 +952,11 @@ async fn read(
             return emit(shared, call, &refused, conn.proto(), out);
         }
         *fresh = true;
+    }
+    if conn.track_keys {
+        // Remembered before the read: a write applied in between then
+        // invalidates what the client is about to cache.
+        shared.tracking.remember(conn.id, super::admin::command_keys(argv));
     }
     let now = *now.get_or_insert_with(catga_raft::unix_ms);
     let view = raft.view();

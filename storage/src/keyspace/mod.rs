@@ -1010,6 +1010,18 @@ pub struct Keyspace {
     /// Changes recorded by lazy expiry (a command's own changes are the
     /// others).
     expiry_changes: usize,
+    /// Whether to collect the keys writes touch (this node has clients
+    /// tracking keys, CLIENT TRACKING), and those collected.
+    track: bool,
+    touched: Vec<Touched>,
+}
+
+/// What a write did to the keys, for client-side caching's invalidations:
+/// a key's value changed (or went), or whole databases went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    Key(Vec<u8>),
+    Flush,
 }
 
 impl PartialEq for Keyspace {
@@ -1155,11 +1167,32 @@ impl Keyspace {
     }
 
     fn note(&mut self, c: Change) {
+        if self.track {
+            match &c {
+                Change::Key(_, k) | Change::Drop(_, k) => self.touched.push(Touched::Key(k.clone())),
+                Change::Db(_) | Change::All => self.touched.push(Touched::Flush),
+                Change::Elem(..) | Change::Script(_) | Change::Scripts => {}
+            }
+        }
         self.changes.push(c);
     }
 
     fn note_elem(&mut self, db: u32, key: &[u8], sub: Vec<u8>) {
+        if self.track {
+            self.touched.push(Touched::Key(key.to_vec()));
+        }
         self.changes.push(Change::Elem(db, key.to_vec(), sub));
+    }
+
+    /// Sets whether writes collect the keys they touch (this node's
+    /// clients track keys); not replicated.
+    pub fn set_track(&mut self, on: bool) {
+        self.track = on;
+    }
+
+    /// The keys touched since the last call (in order, repeats kept).
+    pub fn take_touched(&mut self) -> Vec<Touched> {
+        std::mem::take(&mut self.touched)
     }
 
     /// Records that the stored value at (db, key), about to be replaced
