@@ -10,8 +10,8 @@
 //!   OPTIN/OPTOUT's CLIENT CACHING) are remembered; the first write to one
 //!   sends that client one invalidation for it and forgets it.
 //! - BCAST: every write to a key under one of the client's prefixes (all
-//!   keys without one) is sent, one message per client per apply call
-//!   holding every such key.
+//!   keys without one) is sent: per apply call, one message per prefix
+//!   (in prefix order) holding its keys, as Redis batches them.
 //! - A flush (FLUSHDB, FLUSHALL, SWAPDB, a snapshot installed) sends a
 //!   null invalidation: drop everything.
 //! - Messages: to a RESP3 connection a push `["invalidate", keys]`; to a
@@ -165,7 +165,8 @@ impl Tracking {
     fn invalidate(&self, touched: Vec<Touched>) {
         let mut t = self.table.lock();
         let t = &mut *t;
-        let mut bcast: HashMap<u64, Batch> = HashMap::new();
+        // BCAST: per client, per prefix (in prefix order), the keys.
+        let mut bcast: HashMap<u64, std::collections::BTreeMap<Vec<u8>, Batch>> = HashMap::new();
         for item in touched {
             match item {
                 Touched::Flush => {
@@ -187,8 +188,16 @@ impl Tracking {
                     }
                     for (id, c) in &t.clients {
                         let m = &c.mode;
-                        if m.bcast && (m.prefixes.is_empty() || m.prefixes.iter().any(|p| k.starts_with(p))) {
-                            let (seen, keys) = bcast.entry(*id).or_default();
+                        if !m.bcast {
+                            continue;
+                        }
+                        let prefix: Option<&[u8]> = if m.prefixes.is_empty() {
+                            Some(b"")
+                        } else {
+                            m.prefixes.iter().find(|p| k.starts_with(p)).map(Vec::as_slice)
+                        };
+                        if let Some(prefix) = prefix {
+                            let (seen, keys) = bcast.entry(*id).or_default().entry(prefix.to_vec()).or_default();
                             if seen.insert(k.clone()) {
                                 keys.push(k.clone());
                             }
@@ -201,9 +210,12 @@ impl Tracking {
             let keys = &t.keys;
             t.order.retain(|k| keys.contains_key(k));
         }
-        for (id, (_, keys)) in bcast {
-            let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            send(t, id, Some(&keys));
+        // One message per prefix, as Redis batches them.
+        for (id, batches) in bcast {
+            for (_, keys) in batches.into_values() {
+                let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                send(t, id, Some(&keys));
+            }
         }
     }
 }
