@@ -173,6 +173,76 @@ async fn values_dumped_through_one_node_restore_through_another() {
     assert_eq!(nil, None);
 }
 
+/// MIGRATE from a 3-node cluster (through a follower) into another
+/// cluster's node: every type with its TTL, the source keys deleted
+/// (through the log: gone on every source node), NOKEY, COPY, REPLACE,
+/// the target's BUSYKEY, and an unreachable target, with Redis 7.0's
+/// replies.
+#[tokio::test]
+async fn migrate_moves_keys_to_another_server() {
+    let src = TestCluster::start(3).await;
+    src.wait_voters().await;
+    let dst = TestCluster::start(1).await;
+    dst.wait_voters().await;
+    let mut a = common::redis_client(src.nodes[1].node.redis.local_addr()).await;
+    let mut other = common::redis_client(src.nodes[2].node.redis.local_addr()).await;
+    let target = dst.nodes[0].node.redis.local_addr();
+    let mut t = common::redis_client(target).await;
+    fill(&mut a).await;
+    let _: () = redis::cmd("PEXPIRE").arg("k:list").arg(600_000).query_async(&mut a).await.unwrap();
+    let mut want = Vec::new();
+    for key in KEYS {
+        want.push(read(&mut a, key).await);
+    }
+    let migrate = |key: &str, extra: &[&str]| {
+        let mut cmd = redis::cmd("MIGRATE");
+        cmd.arg("127.0.0.1").arg(target.port()).arg(key).arg(3).arg(5000);
+        for e in extra {
+            cmd.arg(*e);
+        }
+        cmd
+    };
+    let nokey: String = migrate("nosuch", &[]).query_async(&mut a).await.unwrap();
+    assert_eq!(nokey, "NOKEY");
+    let mut keys = vec!["KEYS"];
+    keys.extend(KEYS);
+    let ok: String = migrate("", &keys).query_async(&mut a).await.unwrap();
+    assert_eq!(ok, "OK");
+    let _: () = redis::cmd("SELECT").arg(3).query_async(&mut t).await.unwrap();
+    for (key, want) in KEYS.iter().zip(&want) {
+        assert_eq!(&read(&mut t, key).await, want, "{key} on the target");
+        let exists: i64 = redis::cmd("EXISTS").arg(*key).query_async(&mut other).await.unwrap();
+        assert_eq!(exists, 0, "{key} deleted from the source (read through another node)");
+    }
+    let ttl: i64 = redis::cmd("PTTL").arg("k:list").query_async(&mut t).await.unwrap();
+    assert!((1..=600_000).contains(&ttl), "the TTL came along: {ttl}");
+
+    // COPY keeps the source; the target's existing key is BUSYKEY unless REPLACE.
+    let _: () = redis::cmd("SET").arg("k:str").arg("again").query_async(&mut a).await.unwrap();
+    let busy = migrate("k:str", &["COPY"]).query_async::<String>(&mut a).await.unwrap_err();
+    assert_eq!(busy.detail(), Some("Target instance replied with error: BUSYKEY Target key name already exists."));
+    let ok: String = migrate("k:str", &["COPY", "REPLACE"]).query_async(&mut a).await.unwrap();
+    assert_eq!(ok, "OK");
+    let moved: String = redis::cmd("GET").arg("k:str").query_async(&mut t).await.unwrap();
+    let kept: String = redis::cmd("GET").arg("k:str").query_async(&mut other).await.unwrap();
+    assert_eq!((moved.as_str(), kept.as_str()), ("again", "again"));
+
+    // Nothing listens there: Redis's IOERR.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(closed)
+        .arg("k:str")
+        .arg(0)
+        .arg(500)
+        .query_async::<String>(&mut a)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("IOERR"), "{err}");
+    let still: String = redis::cmd("GET").arg("k:str").query_async(&mut a).await.unwrap();
+    assert_eq!(still, "again", "a failed MIGRATE deletes nothing");
+}
+
 /// redis-server on a Unix socket in a temp dir (the check is skipped,
 /// with a note, when it is not installed; `.ci/run` installs it).
 struct RedisServer {

@@ -407,6 +407,8 @@ pub enum Step {
     /// WAIT numreplicas timeout: the caller waits (up to the timeout) for
     /// that many replicas to hold every write acknowledged so far.
     Wait { replicas: i64, timeout_ms: u64 },
+    /// MIGRATE: the caller sends the keys to another server.
+    Migrate(Migrate),
     /// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX, BLMPOP, BZMPOP
     /// outside MULTI:
     /// the caller pops through the log, and while there is nothing to pop
@@ -460,6 +462,7 @@ pub const OTHER_COMMANDS: &[(&str, i32)] = &[
     ("pubsub", -2),
     ("slowlog", -2),
     ("latency", -2),
+    ("migrate", -6),
 ];
 
 const PUBSUB_COMMANDS: &[&str] = &["subscribe", "unsubscribe", "psubscribe", "punsubscribe"];
@@ -490,6 +493,66 @@ pub fn unknown_command(argv: &[&[u8]]) -> Reply {
 }
 
 /// WAIT's numreplicas and timeout (ms), checked as Redis 7.0 checks them.
+/// MIGRATE host port key|"" destination-db timeout [COPY] [REPLACE]
+/// [AUTH password] [AUTH2 username password] [KEYS key...], parsed.
+pub struct Migrate {
+    pub host: String,
+    pub port: String,
+    pub keys: Vec<Vec<u8>>,
+    pub db: i64,
+    /// At least 1 ms; 0 or less given means 1 s, as in Redis.
+    pub timeout_ms: u64,
+    pub copy: bool,
+    pub replace: bool,
+    /// (username, password) for AUTH / AUTH2.
+    pub auth: Option<(Option<Vec<u8>>, Vec<u8>)>,
+}
+
+/// MIGRATE's arguments, checked in Redis 7.0's order with its texts.
+fn migrate_args(argv: &[&[u8]]) -> Result<Migrate, Reply> {
+    let mut m = Migrate {
+        host: String::from_utf8_lossy(argv[1]).into_owned(),
+        port: String::from_utf8_lossy(argv[2]).into_owned(),
+        keys: vec![argv[3].to_vec()],
+        db: 0,
+        timeout_ms: 1000,
+        copy: false,
+        replace: false,
+        auth: None,
+    };
+    let mut j = 6;
+    while j < argv.len() {
+        let more = argv.len() - 1 - j;
+        match String::from_utf8_lossy(argv[j]).to_ascii_lowercase().as_str() {
+            "copy" => m.copy = true,
+            "replace" => m.replace = true,
+            "auth" if more >= 1 => {
+                m.auth = Some((None, argv[j + 1].to_vec()));
+                j += 1;
+            }
+            "auth2" if more >= 2 => {
+                m.auth = Some((Some(argv[j + 1].to_vec()), argv[j + 2].to_vec()));
+                j += 2;
+            }
+            "keys" => {
+                if !argv[3].is_empty() {
+                    return Err(Reply::err(
+                        "ERR When using MIGRATE KEYS option, the key argument must be set to the empty string",
+                    ));
+                }
+                m.keys = argv[j + 1..].iter().map(|k| k.to_vec()).collect();
+                break;
+            }
+            _ => return Err(Reply::err("ERR syntax error")),
+        }
+        j += 1;
+    }
+    let timeout = parse_i64(argv[5]).ok_or_else(not_integer)?;
+    m.db = parse_i64(argv[4]).ok_or_else(not_integer)?;
+    m.timeout_ms = if timeout <= 0 { 1000 } else { timeout as u64 };
+    Ok(m)
+}
+
 fn wait_args(argv: &[&[u8]]) -> Result<(i64, u64), Reply> {
     let replicas = parse_i64(argv[1]).ok_or_else(not_integer)?;
     let timeout = parse_i64(argv[2]).ok_or_else(not_integer)?;
@@ -673,6 +736,10 @@ impl Conn {
             n if PUBSUB_COMMANDS.contains(&n) => Step::Replies(self.subscription(n, &argv[1..])),
             "save" | "bgsave" => Step::Save { background: name == "bgsave" },
             "monitor" => Step::Monitor,
+            "migrate" => match migrate_args(argv) {
+                Ok(m) => Step::Migrate(m),
+                Err(e) => Step::Reply(e),
+            },
             "wait" => match wait_args(argv) {
                 Ok((replicas, timeout_ms)) => Step::Wait { replicas, timeout_ms },
                 Err(e) => Step::Reply(e),
@@ -917,6 +984,11 @@ impl Conn {
             "lastsave" => Reply::Int(self.shared.last_save.load(Ordering::Relaxed) as i64),
             // Queued in MULTI: EXEC cannot turn into a monitor.
             "monitor" => Reply::err("ERR MONITOR isn't allowed for DENY BLOCKING client"),
+            // Queued in MULTI: EXEC's entry cannot wait on another server.
+            "migrate" => match migrate_args(argv) {
+                Ok(_) => Reply::err("ERR MIGRATE cannot run inside MULTI here"),
+                Err(e) => e,
+            },
             // Queued in MULTI: no waiting, as in Redis.
             "wait" => match wait_args(argv) {
                 Ok(_) => Reply::Int(self.shared.raft.get().map_or(0, |r| replicas_holding(r).0)),

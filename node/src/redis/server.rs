@@ -252,6 +252,11 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                         conn.proto(),
                                         &mut out,
                                     ),
+                                    Step::Migrate(m) => {
+                                        fresh = false;
+                                        let reply = migrate(&shared, &conn, m).await;
+                                        emit(&shared, conn.call(), &reply, conn.proto(), &mut out)
+                                    }
                                     Step::Replies(replies) => {
                                         for r in replies {
                                             emit(&shared, conn.call(), &r, conn.proto(), &mut out);
@@ -1023,6 +1028,29 @@ async fn watch(shared: &Shared, conn: &mut Conn, keys: Vec<Vec<u8>>) -> Reply {
     Reply::ok()
 }
 
+/// Commits `cmds` as one `RedisExec` entry guarded by `watch`: their
+/// replies, `None` if a watched key changed (nothing applied), or the
+/// reply for an entry that could not be committed.
+async fn commit_exec(
+    shared: &Shared,
+    raft: &Arc<catga_raft::RaftNode>,
+    watch: Vec<(u32, Vec<u8>, u64)>,
+    cmds: Vec<(u32, Vec<Vec<u8>>)>,
+    what: &str,
+) -> Result<Option<Vec<catga_raft::keyspace::Out>>, Reply> {
+    match shared.coalescer.write(raft, Request::RedisExec { now_ms: 0, watch, cmds }).await {
+        Ok(Response::RedisExec(r)) => Ok(r),
+        Ok(other) => {
+            tracing::error!(reply = ?other, "unexpected reply to {what}");
+            Err(Reply::err("ERR internal error"))
+        }
+        Err(e) => {
+            tracing::debug!(cause = %e, "{what} not committed");
+            Err(Reply::err(NOT_COMMITTED))
+        }
+    }
+}
+
 /// EXEC: the queued keyspace commands (each in the db the queued SELECTs
 /// put it in) go to the log as one entry with the watched fingerprints,
 /// applied atomically or not at all; queued connection commands run here
@@ -1057,16 +1085,9 @@ async fn exec(shared: &Shared, conn: &mut Conn, queued: Vec<Vec<Vec<u8>>>) -> Re
         Some(Vec::new())
     } else {
         let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
-        match shared.coalescer.write(raft, Request::RedisExec { now_ms: 0, watch, cmds }).await {
-            Ok(Response::RedisExec(r)) => r,
-            Ok(other) => {
-                tracing::error!(reply = ?other, "unexpected reply to EXEC");
-                return Reply::err("ERR internal error");
-            }
-            Err(e) => {
-                tracing::debug!(cause = %e, "EXEC not committed");
-                return Reply::err(NOT_COMMITTED);
-            }
+        match commit_exec(shared, raft, watch, cmds, "EXEC").await {
+            Ok(r) => r,
+            Err(refused) => return refused,
         }
     };
     let Some(outs) = results.as_mut() else { return Reply::NullArray };
@@ -1083,6 +1104,127 @@ async fn exec(shared: &Shared, conn: &mut Conn, queued: Vec<Vec<Vec<u8>>>) -> Re
         }
     }
     Reply::Array(replies)
+}
+
+/// MIGRATE: after a read-index, DUMPs the keys this node holds (none:
+/// `+NOKEY`), sends them to the target over a new connection (AUTH,
+/// SELECT, one RESTORE each with its remaining TTL, every step within the
+/// timeout), and unless COPY deletes here the keys the target took. The
+/// delete is one log entry guarded by each key's fingerprint as it was
+/// dumped: a key written here meanwhile is kept (and the reply says so)
+/// rather than lost. Replies and errors as Redis 7.0's.
+async fn migrate(shared: &Shared, conn: &Conn, m: super::conn::Migrate) -> Reply {
+    use tokio::io::AsyncBufReadExt;
+    let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
+    if let Err(e) = shared.reads.linearize(raft).await {
+        tracing::debug!(cause = %e, "no linearizable read for MIGRATE");
+        return Reply::err(NO_LEADER);
+    }
+    let db = conn.info.db;
+    let now = catga_raft::unix_ms();
+    // (key, payload, TTL in ms (0: none), fingerprint)
+    let found: Vec<(Vec<u8>, Vec<u8>, u64, u64)> = {
+        let view = raft.view();
+        let v = view.read();
+        m.keys
+            .iter()
+            .filter_map(|k| {
+                let e = v.keyspace.get(db, k, now)?;
+                let ttl = e.expire_at_ms.map_or(0, |t| t.saturating_sub(now).max(1));
+                let payload = catga_raft::keyspace::rdb::dump(&e.value);
+                Some((k.clone(), payload, ttl, v.keyspace.fingerprint(db, k, now)))
+            })
+            .collect()
+    };
+    if found.is_empty() {
+        return Reply::Simple("NOKEY".into());
+    }
+    let timeout = std::time::Duration::from_millis(m.timeout_ms);
+    let target = format!("{}:{}", m.host, m.port);
+    // As Redis words it: an address that does not resolve fails to
+    // connect; a refused or silent one fails when the keys are written
+    // (Redis connects without waiting).
+    let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(&target).await {
+        Ok(a) => a.collect(),
+        Err(_) => return Reply::err("IOERR error or timeout connecting to the client"),
+    };
+    let connected = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addrs[..])).await;
+    let Ok(Ok(stream)) = connected else {
+        return Reply::err("IOERR error or timeout writing to target instance");
+    };
+    let mut req = Vec::new();
+    let mut command = |args: &[&[u8]]| {
+        req.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
+    };
+    if let Some((user, pass)) = &m.auth {
+        match user {
+            Some(u) => command(&[b"AUTH", u, pass]),
+            None => command(&[b"AUTH", pass]),
+        }
+    }
+    command(&[b"SELECT", m.db.to_string().as_bytes()]);
+    for (key, payload, ttl, _) in &found {
+        let ttl = ttl.to_string();
+        if m.replace {
+            command(&[b"RESTORE", key, ttl.as_bytes(), payload, b"REPLACE"]);
+        } else {
+            command(&[b"RESTORE", key, ttl.as_bytes(), payload]);
+        }
+    }
+    let (rd, mut wr) = stream.into_split();
+    if !matches!(tokio::time::timeout(timeout, wr.write_all(&req)).await, Ok(Ok(()))) {
+        return Reply::err("IOERR error or timeout writing to target instance");
+    }
+    // Every reply to AUTH, SELECT and RESTORE is one line.
+    let mut rd = tokio::io::BufReader::new(rd);
+    let mut lines = Vec::new();
+    let expected = usize::from(m.auth.is_some()) + 1 + found.len();
+    while lines.len() < expected {
+        let mut line = Vec::new();
+        match tokio::time::timeout(timeout, rd.read_until(b'\n', &mut line)).await {
+            Ok(Ok(n)) if n > 0 && line.ends_with(b"\r\n") => {
+                line.truncate(line.len() - 2);
+                lines.push(line);
+            }
+            _ => break,
+        }
+    }
+    let (setup, restores) = lines.split_at((expected - found.len()).min(lines.len()));
+    let mut error = setup.iter().find(|l| l.first() == Some(&b'-')).cloned();
+    let mut taken = Vec::new();
+    for (line, (key, _, _, fp)) in restores.iter().zip(&found) {
+        if error.is_none() && line.first() == Some(&b'-') {
+            error = Some(line.clone());
+        } else if line.first() != Some(&b'-') && setup.iter().all(|l| l.first() != Some(&b'-')) {
+            taken.push((key.clone(), *fp));
+        }
+    }
+    if !m.copy && !taken.is_empty() {
+        let watch: Vec<(u32, Vec<u8>, u64)> = taken.iter().map(|(k, fp)| (db, k.clone(), *fp)).collect();
+        let mut del = vec![b"DEL".to_vec()];
+        del.extend(taken.into_iter().map(|(k, _)| k));
+        match commit_exec(shared, raft, watch, vec![(db, del)], "MIGRATE's delete").await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Reply::err(
+                    "ERR MIGRATE: a key was written here while it was sent; the target has the value dumped before, and nothing was deleted here",
+                );
+            }
+            Err(refused) => return refused,
+        }
+    }
+    if let Some(e) = error {
+        return Reply::err(format!("ERR Target instance replied with error: {}", String::from_utf8_lossy(&e[1..])));
+    }
+    if lines.len() < expected {
+        return Reply::err("IOERR error or timeout reading to target instance");
+    }
+    Reply::ok()
 }
 
 /// Active expiry, on the leader: every `expiry_sweep_ms`, the keys that
