@@ -128,9 +128,31 @@ async fn config_command_and_info_answer_what_clients_read() {
     let _: Option<String> = redis::cmd("GET").arg("a").query_async(&mut r).await.unwrap();
     let _: Option<String> = redis::cmd("GET").arg("missing").query_async(&mut r).await.unwrap();
     let info: String = redis::cmd("INFO").query_async(&mut r).await.unwrap();
-    for section in ["# Server", "# Clients", "# Memory", "# Stats", "# Replication", "# Keyspace"] {
+    for section in ["# Server", "# Clients", "# Memory", "# Stats", "# Replication", "# CPU", "# Keyspace"] {
         assert!(info.contains(section), "{section} in {info}");
     }
+    // The CPU section in Redis's format (seconds with six decimals); this
+    // process has run something by now.
+    let cpu: String = redis::cmd("INFO").arg("cpu").query_async(&mut r).await.unwrap();
+    let keys: Vec<&str> = cpu.lines().skip(1).filter_map(|l| l.split_once(':').map(|(k, _)| k)).collect();
+    assert_eq!(
+        keys,
+        [
+            "used_cpu_sys",
+            "used_cpu_user",
+            "used_cpu_sys_children",
+            "used_cpu_user_children",
+            "used_cpu_sys_main_thread",
+            "used_cpu_user_main_thread"
+        ]
+    );
+    let secs = |k: &str| {
+        let v = field(&cpu, k).unwrap();
+        let (whole, frac) = v.split_once('.').unwrap();
+        assert_eq!(frac.len(), 6, "{k}:{v}");
+        whole.parse::<f64>().unwrap() + frac.parse::<f64>().unwrap() / 1e6
+    };
+    assert!(secs("used_cpu_user") + secs("used_cpu_sys") > 0.0, "{cpu}");
     assert_eq!(field(&info, "redis_version").as_deref(), Some("7.0.15"));
     assert_eq!(field(&info, "role").as_deref(), Some("master"));
     assert_eq!(field(&info, "db0").as_deref(), Some("keys=2,expires=1,avg_ttl=0"));
@@ -156,7 +178,7 @@ async fn config_command_and_info_answer_what_clients_read() {
         .unwrap();
     assert_eq!(field(&stats, "keyspace_hits").as_deref(), Some("3"));
     assert_eq!(field(&stats, "keyspace_misses").as_deref(), Some("2"));
-    // INFO, INFO keyspace and the three GETs: as in Redis, an INFO does
-    // not count itself.
-    assert_eq!(field(&stats, "total_commands_processed"), Some((before + 5).to_string()));
+    // INFO, INFO cpu, INFO keyspace and the three GETs: as in Redis, an
+    // INFO does not count itself.
+    assert_eq!(field(&stats, "total_commands_processed"), Some((before + 6).to_string()));
 }

@@ -36,7 +36,7 @@ pub fn role(shared: &Shared) -> Role {
 
 /// The INFO sections, in Redis's order; `default` and `all` give them all.
 const SECTIONS: &[&str] =
-    &["server", "clients", "memory", "persistence", "stats", "replication", "errorstats", "keyspace"];
+    &["server", "clients", "memory", "persistence", "stats", "replication", "cpu", "errorstats", "keyspace"];
 
 /// Sections INFO gives only when named, or for `all` / `everything`.
 const EXTRA_SECTIONS: &[&str] = &["commandstats"];
@@ -55,13 +55,33 @@ pub fn info(conn: &Conn, argv: &[&[u8]]) -> Reply {
         if !text.is_empty() {
             text.push_str("\r\n");
         }
-        let title = format!("{}{}", section[..1].to_ascii_uppercase(), &section[1..]);
+        let title = match *section {
+            "cpu" => "CPU".to_string(),
+            s => format!("{}{}", s[..1].to_ascii_uppercase(), &s[1..]),
+        };
         text.push_str(&format!("# {title}\r\n"));
         for (k, v) in section_fields(shared, conn, section) {
             text.push_str(&format!("{k}:{v}\r\n"));
         }
     }
     Reply::Verbatim(text)
+}
+
+/// Clock ticks per second of /proc's CPU times (Linux's user-visible
+/// `USER_HZ`).
+const CLOCK_TICKS: u64 = 100;
+
+/// utime, stime, cutime, cstime in clock ticks from a /proc `stat` file
+/// (zeros if it cannot be read).
+fn cpu_times(path: &str) -> [u64; 4] {
+    let parse = || -> Option<[u64; 4]> {
+        let s = std::fs::read_to_string(path).ok()?;
+        // The fields after the command name, which is in parentheses.
+        let f: Vec<&str> = s.get(s.rfind(')')? + 2..)?.split_whitespace().collect();
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+        Some([n(11)?, n(12)?, n(13)?, n(14)?])
+    };
+    parse().unwrap_or_default()
 }
 
 fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, String)> {
@@ -157,6 +177,20 @@ fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, S
                     ),
                 );
             }
+        }
+        "cpu" => {
+            // Redis's fields, from /proc: the process, its children, and
+            // its first thread (where Redis reports its event loop's).
+            let own = cpu_times("/proc/self/stat");
+            let first = cpu_times(&format!("/proc/self/task/{}/stat", std::process::id()));
+            let secs =
+                |ticks: u64| format!("{}.{:06}", ticks / CLOCK_TICKS, ticks % CLOCK_TICKS * (1_000_000 / CLOCK_TICKS));
+            put("used_cpu_sys", secs(own[1]));
+            put("used_cpu_user", secs(own[0]));
+            put("used_cpu_sys_children", secs(own[3]));
+            put("used_cpu_user_children", secs(own[2]));
+            put("used_cpu_sys_main_thread", secs(first[1]));
+            put("used_cpu_user_main_thread", secs(first[0]));
         }
         "persistence" => {
             // Catga is always durable (every write is in the log on a
