@@ -828,16 +828,26 @@ impl Conn {
         }
     }
 
+    /// The connection's outbound sink for pub/sub messages and tracking
+    /// invalidations, made on first use; it can then also be the target
+    /// of another client's tracking REDIRECT.
+    fn sink(&mut self) -> Arc<RedisSink> {
+        let (shared, proto, id) = (self.shared.clone(), self.proto(), self.id);
+        let ps = self.pubsub.get_or_insert_with(|| {
+            let sink = RedisSink::new(shared.bus.next_sink_id(), proto, shared.config.pubsub_output_bytes_max);
+            shared.tracking.register_sink(id, sink.clone());
+            PubSub::new(sink)
+        });
+        ps.sink.clone()
+    }
+
     /// SUBSCRIBE / UNSUBSCRIBE / PSUBSCRIBE / PUNSUBSCRIBE: one
     /// confirmation per channel or pattern, with the connection's count.
     fn subscription(&mut self, name: &str, args: &[&[u8]]) -> Vec<Reply> {
         let shared = self.shared.clone();
         let (bus, reg) = (&shared.bus, &shared.pubsub);
-        let proto = self.proto();
-        let bytes_max = shared.config.pubsub_output_bytes_max;
-        let ps = self.pubsub.get_or_insert_with(|| PubSub::new(RedisSink::new(bus.next_sink_id(), proto, bytes_max)));
-        // A subscriber can be the target of another client's REDIRECT.
-        shared.tracking.register_sink(self.id, ps.sink.clone());
+        self.sink();
+        let ps = self.pubsub.as_mut().expect("made by sink()");
         let confirm =
             |kind: &str, what: Reply, n: usize| Reply::Push(vec![Reply::bulk(kind), what, Reply::Int(n as i64)]);
         let mut replies = Vec::new();
@@ -1405,12 +1415,8 @@ impl Conn {
                     all.extend(mode.prefixes);
                     mode.prefixes = all;
                 }
-                let (bus, proto, bytes_max) =
-                    (&self.shared.bus, self.proto(), self.shared.config.pubsub_output_bytes_max);
-                let ps = self
-                    .pubsub
-                    .get_or_insert_with(|| PubSub::new(RedisSink::new(bus.next_sink_id(), proto, bytes_max)));
-                self.shared.tracking.enable(self.id, ps.sink.clone(), mode.clone());
+                let sink = self.sink();
+                self.shared.tracking.enable(self.id, sink, mode.clone());
                 self.tracking = Some(mode);
             }
             "off" => {

@@ -1194,16 +1194,21 @@ async fn migrate(shared: &Shared, conn: &Conn, m: super::conn::Migrate) -> Reply
             _ => break,
         }
     }
+    // The first error answers; the target took the keys whose RESTORE
+    // succeeded, if AUTH and SELECT did.
+    let is_error = |l: &&Vec<u8>| l.first() == Some(&b'-');
     let (setup, restores) = lines.split_at((expected - found.len()).min(lines.len()));
-    let mut error = setup.iter().find(|l| l.first() == Some(&b'-')).cloned();
-    let mut taken = Vec::new();
-    for (line, (key, _, _, fp)) in restores.iter().zip(&found) {
-        if error.is_none() && line.first() == Some(&b'-') {
-            error = Some(line.clone());
-        } else if line.first() != Some(&b'-') && setup.iter().all(|l| l.first() != Some(&b'-')) {
-            taken.push((key.clone(), *fp));
-        }
-    }
+    let setup_error = setup.iter().find(is_error);
+    let error = setup_error.or_else(|| restores.iter().find(is_error)).cloned();
+    let taken: Vec<(Vec<u8>, u64)> = match setup_error {
+        Some(_) => Vec::new(),
+        None => restores
+            .iter()
+            .zip(&found)
+            .filter(|(l, _)| !is_error(l))
+            .map(|(_, (k, _, _, fp))| (k.clone(), *fp))
+            .collect(),
+    };
     if !m.copy && !taken.is_empty() {
         let watch: Vec<(u32, Vec<u8>, u64)> = taken.iter().map(|(k, fp)| (db, k.clone(), *fp)).collect();
         let mut del = vec![b"DEL".to_vec()];

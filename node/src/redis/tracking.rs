@@ -106,11 +106,6 @@ impl Tracking {
         self.table.lock().sinks.insert(id, sink);
     }
 
-    /// Whether a connection with this id can be redirected to.
-    pub fn has_sink(&self, id: u64) -> bool {
-        self.table.lock().sinks.contains_key(&id)
-    }
-
     /// Turns tracking on (or changes its options) for client `id`.
     pub fn enable(&self, id: u64, sink: Arc<RedisSink>, mode: Mode) {
         let mut t = self.table.lock();

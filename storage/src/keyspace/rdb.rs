@@ -290,17 +290,9 @@ fn backlen_size(l: u64) -> usize {
     }
 }
 
-fn put_id_key(out: &mut Vec<u8>, id: &StreamId) {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&id.ms.to_be_bytes());
-    k[8..].copy_from_slice(&id.seq.to_be_bytes());
-    put_len(out, 16);
-    out.extend_from_slice(&k);
-}
-
-fn put_raw_id(out: &mut Vec<u8>, id: &StreamId) {
-    out.extend_from_slice(&id.ms.to_be_bytes());
-    out.extend_from_slice(&id.seq.to_be_bytes());
+/// An entry's field names (its fields and values alternate).
+fn fields_of(fv: &[Vec<u8>]) -> impl Iterator<Item = &Vec<u8>> + Clone {
+    fv.iter().step_by(2)
 }
 
 fn put_stream(out: &mut Vec<u8>, st: &Stream) {
@@ -309,18 +301,16 @@ fn put_stream(out: &mut Vec<u8>, st: &Stream) {
     put_len(out, nodes.len() as u64);
     for node in &nodes {
         let (master_id, master_fields) = node[0];
-        let fields_of = |fv: &Vec<Vec<u8>>| fv.iter().step_by(2).cloned().collect::<Vec<_>>();
-        let master = fields_of(master_fields);
         let mut lp = ListpackWriter::new();
         lp.int(node.len() as i64);
         lp.int(0);
-        lp.int(master.len() as i64);
-        for f in &master {
+        lp.int(fields_of(master_fields).count() as i64);
+        for f in fields_of(master_fields) {
             lp.str(f);
         }
         lp.int(0);
         for (id, fv) in node.iter() {
-            let same = fields_of(fv) == master;
+            let same = fields_of(fv).eq(fields_of(master_fields));
             lp.int(if same { STREAM_SAMEFIELDS } else { 0 });
             lp.int(id.ms.wrapping_sub(master_id.ms) as i64);
             lp.int(id.seq.wrapping_sub(master_id.seq) as i64);
@@ -336,7 +326,8 @@ fn put_stream(out: &mut Vec<u8>, st: &Stream) {
             }
             lp.int(if same { n as i64 + 3 } else { 2 * n as i64 + 4 });
         }
-        put_id_key(out, master_id);
+        put_len(out, 16);
+        out.extend_from_slice(&master_id.bytes());
         let lp = lp.finish();
         put_len(out, lp.len() as u64);
         out.extend_from_slice(&lp);
@@ -348,13 +339,18 @@ fn put_stream(out: &mut Vec<u8>, st: &Stream) {
     }
     put_len(out, st.groups.len() as u64);
     for (name, g) in &st.groups {
+        // Each consumer's pending IDs, in one walk of the group's.
+        let mut owned: BTreeMap<&[u8], Vec<&StreamId>> = BTreeMap::new();
+        for (id, p) in &g.pending {
+            owned.entry(p.consumer.as_slice()).or_default().push(id);
+        }
         put_string(out, name);
         put_len(out, g.last_delivered.ms);
         put_len(out, g.last_delivered.seq);
         put_len(out, g.entries_read.unwrap_or(u64::MAX));
         put_len(out, g.pending.len() as u64);
         for (id, p) in &g.pending {
-            put_raw_id(out, id);
+            out.extend_from_slice(&id.bytes());
             out.extend_from_slice(&p.delivered_ms.to_le_bytes());
             put_len(out, p.deliveries);
         }
@@ -362,11 +358,10 @@ fn put_stream(out: &mut Vec<u8>, st: &Stream) {
         for (consumer, seen) in &g.consumers {
             put_string(out, consumer);
             out.extend_from_slice(&seen.to_le_bytes());
-            let owned: Vec<&StreamId> =
-                g.pending.iter().filter(|(_, p)| p.consumer == *consumer).map(|(id, _)| id).collect();
-            put_len(out, owned.len() as u64);
-            for id in owned {
-                put_raw_id(out, id);
+            let ids = owned.remove(consumer.as_slice()).unwrap_or_default();
+            put_len(out, ids.len() as u64);
+            for id in ids {
+                out.extend_from_slice(&id.bytes());
             }
         }
     }
@@ -461,11 +456,7 @@ impl<'a> Reader<'a> {
     }
 
     fn raw_id(&mut self) -> R<StreamId> {
-        let b = self.take(16)?;
-        Ok(StreamId {
-            ms: u64::from_be_bytes(b[..8].try_into().expect("8")),
-            seq: u64::from_be_bytes(b[8..].try_into().expect("8")),
-        })
+        StreamId::from_bytes(self.take(16)?).ok_or(Refused::BadFormat)
     }
 }
 
@@ -840,14 +831,8 @@ fn read_stream(r: &mut Reader<'_>, v2: bool) -> R<Value> {
     let mut entries = BTreeMap::new();
     let nodes = r.count(2)?;
     for _ in 0..nodes {
-        let key = r.string()?;
-        let master = super::streams::StreamId {
-            ms: u64::from_be_bytes(key.get(..8).ok_or(Refused::BadFormat)?.try_into().expect("8")),
-            seq: u64::from_be_bytes(key.get(8..16).ok_or(Refused::BadFormat)?.try_into().expect("8")),
-        };
-        if key.len() != 16 {
-            return Err(Refused::BadFormat);
-        }
+        // The node's key: its master entry's ID, 16 bytes.
+        let master = StreamId::from_bytes(&r.string()?).ok_or(Refused::BadFormat)?;
         stream_node(master, &r.string()?, &mut entries)?;
     }
     let length = r.len()?;

@@ -46,14 +46,14 @@ impl StreamId {
     }
 
     /// Both numbers big-endian, so bytes sort as IDs do.
-    fn bytes(&self) -> [u8; 16] {
+    pub(super) fn bytes(&self) -> [u8; 16] {
         let mut k = [0u8; 16];
         k[..8].copy_from_slice(&self.ms.to_be_bytes());
         k[8..].copy_from_slice(&self.seq.to_be_bytes());
         k
     }
 
-    fn from_bytes(b: &[u8]) -> Option<StreamId> {
+    pub(super) fn from_bytes(b: &[u8]) -> Option<StreamId> {
         let b: &[u8; 16] = b.try_into().ok()?;
         let ms = u64::from_be_bytes(b[..8].try_into().ok()?);
         let seq = u64::from_be_bytes(b[8..].try_into().ok()?);
@@ -1577,10 +1577,22 @@ impl Keyspace {
         }
         let shape = Shape::of(s);
         let field = |k: &str, v: Out| (Out::Bulk(k.as_bytes().to_vec()), v);
+        // The fields XINFO STREAM starts with, FULL or not.
+        let head = || {
+            let keys = s.len().div_ceil(NODE_ENTRIES);
+            vec![
+                field("length", Out::Int(s.len() as i64)),
+                field("radix-tree-keys", Out::Int(keys as i64)),
+                field("radix-tree-nodes", Out::Int(keys as i64 + 1)),
+                field("last-generated-id", Out::Bulk(s.last_id.text())),
+                field("max-deleted-entry-id", Out::Bulk(s.max_deleted.text())),
+                field("entries-added", Out::Int(s.added as i64)),
+                field("recorded-first-entry-id", Out::Bulk(shape.first.text())),
+            ]
+        };
         match sub.as_str() {
             "STREAM" if full.is_some() => {
                 let count = full.unwrap_or(10);
-                let keys = s.len().div_ceil(NODE_ENTRIES);
                 let groups = s.groups.iter().map(|(name, g)| {
                     let pending = g.pending.iter().take(count).map(|(id, p)| {
                         Out::Array(vec![
@@ -1617,36 +1629,21 @@ impl Keyspace {
                         field("consumers", Out::Array(consumers.collect())),
                     ])
                 });
-                Out::Map(vec![
-                    field("length", Out::Int(s.len() as i64)),
-                    field("radix-tree-keys", Out::Int(keys as i64)),
-                    field("radix-tree-nodes", Out::Int(keys as i64 + 1)),
-                    field("last-generated-id", Out::Bulk(s.last_id.text())),
-                    field("max-deleted-entry-id", Out::Bulk(s.max_deleted.text())),
-                    field("entries-added", Out::Int(s.added as i64)),
-                    field("recorded-first-entry-id", Out::Bulk(shape.first.text())),
-                    field(
-                        "entries",
-                        Out::Array(s.entries.iter().take(count).map(|(id, f)| entry_out(id, Some(f))).collect()),
-                    ),
-                    field("groups", Out::Array(groups.collect())),
-                ])
+                let mut out = head();
+                out.push(field(
+                    "entries",
+                    Out::Array(s.entries.iter().take(count).map(|(id, f)| entry_out(id, Some(f))).collect()),
+                ));
+                out.push(field("groups", Out::Array(groups.collect())));
+                Out::Map(out)
             }
             "STREAM" => {
-                let keys = s.len().div_ceil(NODE_ENTRIES);
                 let edge = |e: Option<(&StreamId, &Vec<Vec<u8>>)>| e.map_or(Out::Nil, |(id, f)| entry_out(id, Some(f)));
-                Out::Map(vec![
-                    field("length", Out::Int(s.len() as i64)),
-                    field("radix-tree-keys", Out::Int(keys as i64)),
-                    field("radix-tree-nodes", Out::Int(keys as i64 + 1)),
-                    field("last-generated-id", Out::Bulk(s.last_id.text())),
-                    field("max-deleted-entry-id", Out::Bulk(s.max_deleted.text())),
-                    field("entries-added", Out::Int(s.added as i64)),
-                    field("recorded-first-entry-id", Out::Bulk(shape.first.text())),
-                    field("groups", Out::Int(s.groups.len() as i64)),
-                    field("first-entry", edge(s.entries.iter().next())),
-                    field("last-entry", edge(s.entries.iter().next_back())),
-                ])
+                let mut out = head();
+                out.push(field("groups", Out::Int(s.groups.len() as i64)));
+                out.push(field("first-entry", edge(s.entries.iter().next())));
+                out.push(field("last-entry", edge(s.entries.iter().next_back())));
+                Out::Map(out)
             }
             "GROUPS" => Out::Array(
                 s.groups
