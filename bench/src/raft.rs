@@ -9,6 +9,10 @@
 //!   from a third node; one instance's TCP connection is closed mid-load,
 //!   and every request sent after that must be answered by the other.
 //!
+//! - leader SIGKILL, SIGTERM (a graceful stop hands the leadership over
+//!   first) and SENTINEL FAILOVER: the longest wait between acknowledged
+//!   SETs of a Redis client writing one at a time through a node that stays;
+//!
 //! The killed node is restarted from its data dir after each round, and
 //! the next round starts once the cluster is whole again.
 
@@ -236,6 +240,75 @@ async fn leader_kill(p: &mut Procs, round: usize, redis: bool) -> anyhow::Result
     Ok(took)
 }
 
+/// How the leader goes away in [`write_pause`].
+#[derive(Clone, Copy)]
+enum Leave {
+    /// Nothing happens: the control, the client's longest wait anyway.
+    Stay,
+    /// SIGKILL: the others wait out an election timeout.
+    Kill,
+    /// SIGTERM: a graceful stop, which hands the leadership over first.
+    Term,
+    /// SENTINEL FAILOVER (through the writer's node): a handover, no stop.
+    SentinelFailover,
+}
+
+/// The longest wait between two acknowledged writes of a Redis client that
+/// writes one SET at a time through a node that stays, while the leader
+/// goes away as `how` says (the load runs 300 ms before and 500 ms after;
+/// every SET must answer `+OK`). Returns the pause and how many writes.
+async fn write_pause(p: &mut Procs, round: usize, how: Leave) -> anyhow::Result<(Duration, u64)> {
+    let views = p.whole().await?;
+    let li = Procs::leader_index(&views);
+    let wi = (li + 1) % 3;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (addr, stop) = (p.nodes[wi].redis.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut s = TcpStream::connect(&addr).await?;
+            let (mut longest, mut last, mut n) = (Duration::ZERO, Instant::now(), 0u64);
+            let mut buf = [0u8; 256];
+            while !stop.load(Ordering::Relaxed) {
+                s.write_all(format!("SET pause-{round}-{n} x\r\n").as_bytes()).await?;
+                let got = s.read(&mut buf).await?;
+                if !buf[..got].starts_with(b"+OK") {
+                    bail!("SET answered {:?}", String::from_utf8_lossy(&buf[..got]));
+                }
+                let now = Instant::now();
+                longest = longest.max(now - last);
+                last = now;
+                n += 1;
+            }
+            anyhow::Ok((longest, n))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match how {
+        Leave::Stay => {}
+        Leave::Kill => drop(p.kill(li).await?),
+        Leave::Term => {
+            let pid = p.nodes[li].child.id().context("leader pid")?;
+            let ok = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?.success();
+            anyhow::ensure!(ok, "kill -TERM {pid} failed");
+            p.nodes[li].child.wait().await?;
+        }
+        Leave::SentinelFailover => {
+            let mut s = TcpStream::connect(&p.nodes[wi].sentinel).await?;
+            s.write_all(b"SENTINEL FAILOVER mymaster\r\n").await?;
+            let mut buf = [0u8; 256];
+            let got = s.read(&mut buf).await?;
+            anyhow::ensure!(buf[..got].starts_with(b"+OK"), "{:?}", String::from_utf8_lossy(&buf[..got]));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let pause = writer.await??;
+    if matches!(how, Leave::Kill | Leave::Term) {
+        p.restart(li).await?;
+    }
+    Ok(pause)
+}
+
 fn members_of(view: &Value, subject: &str) -> Vec<u64> {
     view["queues"]
         .as_array()
@@ -417,6 +490,24 @@ pub async fn run(bin: PathBuf, kills: usize) -> anyhow::Result<String> {
         eprintln!("leader kill {round}: a Redis SET acknowledged after {:.1} ms", t.as_secs_f64() * 1e3);
         redis_writes.push(t.as_secs_f64() * 1e3);
     }
+    let mut pauses = Vec::new();
+    for (how, label) in [
+        (Leave::Stay, "nothing (control)"),
+        (Leave::Kill, "leader SIGKILL"),
+        (Leave::Term, "leader SIGTERM (graceful stop: handover first)"),
+        (Leave::SentinelFailover, "SENTINEL FAILOVER (handover)"),
+    ] {
+        let mut longest = Vec::new();
+        for round in 0..kills.div_ceil(2) {
+            let (pause, n) = write_pause(&mut p, round, how).await?;
+            eprintln!(
+                "{label} {round}: longest wait between acknowledged SETs {:.1} ms ({n} SETs)",
+                pause.as_secs_f64() * 1e3
+            );
+            longest.push(pause.as_secs_f64() * 1e3);
+        }
+        pauses.push((label, longest));
+    }
     let mut removal = Vec::new();
     for round in 0..kills.div_ceil(2) {
         let t = member_removal(&mut p, round).await?;
@@ -445,6 +536,14 @@ pub async fn run(bin: PathBuf, kills: usize) -> anyhow::Result<String> {
         median(redis_writes.clone()),
         worst(&redis_writes)
     ));
+    for (label, v) in &pauses {
+        out.push_str(&format!(
+            "| {label} → longest wait between a client's acknowledged SETs (one at a time, through a node that stays) | {} | {:.0} ms | {:.0} ms | |\n",
+            v.len(),
+            median(v.clone()),
+            worst(v)
+        ));
+    }
     out.push_str(&format!(
         "| node SIGKILL → its queue members removed on every survivor | {} | {:.0} ms | {:.0} ms | < 1 s |\n",
         removal.len(),

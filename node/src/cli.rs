@@ -189,7 +189,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => tracing::info!("shutdown signal received, draining clients"),
         _ = int.recv() => tracing::info!("shutdown signal received, draining clients"),
-        _ = node.stop.cancelled() => tracing::info!("left the cluster; stopping"),
+        _ = node.stop.cancelled() => tracing::info!("stop requested (cluster leave or SHUTDOWN); stopping"),
     }
     node.shutdown().await;
     tracing::info!("stopped");

@@ -119,6 +119,7 @@ impl Node {
         let tasks = tokio_util::sync::CancellationToken::new();
         crate::queues::start(cluster.clone(), raft.clone(), tasks.clone());
         let stop = tokio_util::sync::CancellationToken::new();
+        let _ = redis.shared.stop.set(stop.clone());
         let metrics =
             crate::metrics::Metrics::new(nats.shared().clone(), redis.shared.clone(), raft.clone(), mesh.clone());
         let http = HttpServer::serve(

@@ -1,5 +1,6 @@
-//! The `catga` binary as a process: port 0, config precedence, and a
-//! SIGTERM that drains clients (INFO with ldm) and exits 0.
+//! The `catga` binary as a process: port 0, config precedence, a
+//! SIGTERM that drains clients (INFO with ldm) and exits 0, and Redis's
+//! SHUTDOWN.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -109,6 +110,33 @@ async fn bad_config_is_a_clear_error() {
 }
 
 /// `--worker-threads N` runs the node on N runtime threads.
+/// Redis's SHUTDOWN stops the node as SIGTERM does: the connection
+/// closes unanswered (as Redis exits) and the process exits 0. SAVE writes
+/// the backup file first.
+#[tokio::test]
+async fn redis_shutdown_saves_then_stops_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args: Vec<&str> =
+        ["run"].into_iter().chain(LOOPBACK_PORT_ZERO).chain(["--data-dir", data.to_str().unwrap()]).collect();
+    let mut p = spawn(&args, &[]).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut r = tokio::net::TcpStream::connect(p.redis).await.unwrap();
+    r.write_all(b"SET k v\r\n").await.unwrap();
+    let mut ok = [0u8; 5];
+    r.read_exact(&mut ok).await.unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    let dump = data.join("redis").join("dump.catga");
+    assert!(!dump.exists());
+    r.write_all(b"SHUTDOWN SAVE\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut rest)).await.unwrap().unwrap();
+    assert!(rest.is_empty(), "no reply to SHUTDOWN: {:?}", String::from_utf8_lossy(&rest));
+    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(dump.is_file(), "SAVE wrote {}", dump.display());
+}
+
 #[tokio::test]
 async fn worker_threads_sets_the_runtime_threads() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! Raft with real QUIC links and real sled directories: formation with
 //! `--bootstrap-expect`, `/cluster` and `catga cluster status`, leader
-//! SIGKILL, restart from disk, and graceful leave.
+//! SIGKILL, restart from disk, graceful leave, and a leader's graceful
+//! stop handing its leadership over.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -57,6 +58,26 @@ async fn nodes_beyond_max_voters_join_as_learners_and_get_the_log() {
     let learner = rafts.iter().find(|r| r.status().learners.contains(&r.id)).expect("a learner");
     rafts[0].write(Request::KvSet { key: b"l".to_vec(), value: b"x".to_vec() }).await.unwrap();
     eventually(T, "write applied on the learner", || learner.view().read().kv.contains_key(&b"l"[..])).await;
+}
+
+/// A leader that stops gracefully hands its leadership over first: when
+/// its shutdown returns, another node already leads, elected in the next
+/// term (without the handover the others would still name it leader until
+/// their election timeout), and the two left commit writes.
+#[tokio::test]
+async fn a_leader_stopping_gracefully_hands_its_leadership_over_first() {
+    let c = TestCluster::start(3).await;
+    c.wait_voters().await;
+    let leader = c.nodes[0].node.raft.leader().unwrap();
+    let li = c.nodes.iter().position(|n| n.node.id == leader).unwrap();
+    let term = c.nodes[li].node.raft.status().term;
+    c.nodes[li].node.shutdown().await;
+    let rest: Vec<_> = (0..3).filter(|i| *i != li).map(|i| c.nodes[i].node.raft.clone()).collect();
+    let new = rest.iter().find(|r| r.leader() == Some(r.id)).expect("another node leads once the old leader stopped");
+    assert_eq!(new.status().term, term + 1, "one election, in the next term");
+    rest[0].write(Request::KvSet { key: b"after".to_vec(), value: b"x".to_vec() }).await.unwrap();
+    eventually(T, "write applied on both", || rest.iter().all(|r| r.view().read().kv.contains_key(&b"after"[..])))
+        .await;
 }
 
 async fn kill(p: &mut Proc) {

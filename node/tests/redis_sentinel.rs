@@ -2,8 +2,9 @@
 //! and ROLE say master on the Raft leader and slave (with the leader's
 //! address) elsewhere; the Sentinel port answers the commands
 //! Sentinel-aware clients use with the leader's Redis address, follows a
-//! new leader after a partition, and pushes `+switch-master`; CONFIG and
-//! COMMAND answer what clients and tools read.
+//! new leader after a partition, and pushes `+switch-master`; FAILOVER and
+//! SENTINEL FAILOVER hand the leadership over; CONFIG and COMMAND answer
+//! what clients and tools read.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -181,4 +182,67 @@ async fn config_command_and_info_answer_what_clients_read() {
     // INFO, INFO cpu, INFO keyspace and the three GETs: as in Redis, an
     // INFO does not count itself.
     assert_eq!(field(&stats, "total_commands_processed"), Some((before + 6).to_string()));
+}
+
+/// FAILOVER (on the leader's Redis port) and SENTINEL FAILOVER (on any
+/// node's Sentinel port) hand the Raft leadership over at once, without an
+/// election timeout: the target leads when `+OK` arrives. Refusals as
+/// Redis words them; writes go on through the old leader.
+#[tokio::test]
+async fn failover_and_sentinel_failover_hand_the_leadership_over() {
+    let c = TestCluster::start(3).await;
+    c.wait_voters().await;
+    let leader_id = c.nodes[0].node.raft.leader().unwrap();
+    let li = c.nodes.iter().position(|n| n.node.id == leader_id).unwrap();
+    let (fi, oi) = ((li + 1) % 3, (li + 2) % 3);
+    let redis_of = |i: usize| c.nodes[i].node.redis.local_addr();
+    let mut old = conn(redis_of(li)).await;
+    let mut follower = conn(redis_of(fi)).await;
+    let refused = |r: redis::RedisResult<()>| r.unwrap_err().to_string();
+    let e = refused(redis::cmd("FAILOVER").query_async(&mut follower).await);
+    assert!(e.contains("FAILOVER is not valid when server is a replica."), "{e}");
+    let e = refused(redis::cmd("FAILOVER").arg("TO").arg("10.9.9.9").arg(1).query_async(&mut old).await);
+    assert!(e.contains("FAILOVER target HOST and PORT is not a replica."), "{e}");
+    let e = refused(redis::cmd("FAILOVER").arg("FORCE").query_async(&mut old).await);
+    assert!(e.contains("FAILOVER with force option requires both a timeout and target HOST and IP."), "{e}");
+    let info: String = redis::cmd("INFO").arg("replication").query_async(&mut old).await.unwrap();
+    assert_eq!(field(&info, "master_failover_state").as_deref(), Some("no-failover"), "{info}");
+
+    // FAILOVER TO the follower: it leads by the time +OK comes back.
+    let target = redis_of(fi);
+    let _: () = redis::cmd("FAILOVER")
+        .arg("TO")
+        .arg(target.ip().to_string())
+        .arg(target.port())
+        .query_async(&mut old)
+        .await
+        .unwrap();
+    assert_eq!(c.nodes[fi].node.raft.leader(), Some(c.nodes[fi].node.id), "the target leads at +OK");
+    let mut s = conn(c.nodes[oi].node.sentinel.local_addr()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let addr: Option<(String, u16)> =
+            redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("mymaster").query_async(&mut s).await.unwrap();
+        if addr == Some((target.ip().to_string(), target.port())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sentinel still reports {addr:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The old leader is a replica now; writes through it are forwarded.
+    let info: String = redis::cmd("INFO").arg("replication").query_async(&mut old).await.unwrap();
+    assert_eq!(field(&info, "role").as_deref(), Some("slave"), "{info}");
+    let _: () = redis::cmd("SET").arg("after-failover").arg("1").query_async(&mut old).await.unwrap();
+    let got: String = redis::cmd("GET").arg("after-failover").query_async(&mut follower).await.unwrap();
+    assert_eq!(got, "1");
+
+    // SENTINEL FAILOVER through a node that does not lead.
+    let e = refused(redis::cmd("SENTINEL").arg("FAILOVER").arg("other").query_async(&mut s).await);
+    assert!(e.contains("No such master with that name"), "{e}");
+    let e = refused(redis::cmd("SENTINEL").arg("FAILOVER").query_async(&mut s).await);
+    assert!(e.contains("wrong number of arguments for 'sentinel|failover' command"), "{e}");
+    let before = c.nodes[oi].node.raft.leader().unwrap();
+    let _: () = redis::cmd("SENTINEL").arg("FAILOVER").arg("mymaster").query_async(&mut s).await.unwrap();
+    let after = c.nodes[oi].node.raft.leader();
+    assert!(after.is_some_and(|l| l != before), "leader {before} still leads after SENTINEL FAILOVER: {after:?}");
 }

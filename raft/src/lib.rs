@@ -25,7 +25,7 @@ use catga_transport::{Mesh, RpcHandler, RpcReply};
 use openraft::ChangeMembers;
 use openraft::Instant as _;
 use parking_lot::RwLock;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use catga_storage::{keyspace, Cmds, EventSink, KeyspaceEvents, Member, Request, Response, TouchedSink, View};
@@ -167,6 +167,28 @@ pub struct RaftNode {
     incoming: tokio::sync::Mutex<Option<network::Incoming>>,
     /// This process's writes that must apply once (see [`Request::Once`]).
     once: OnceWrites,
+    /// The term in which this node, as leader, started handing its
+    /// leadership over (u64::MAX: never). Its read lease is off for the
+    /// rest of that term: the target is elected without waiting out any
+    /// lease, so this node must stop answering reads on its own.
+    handover_term: AtomicU64,
+}
+
+/// Why a leadership handover ([`RaftNode::hand_over`]) did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum HandoverError {
+    #[error("this node does not lead")]
+    NotLeader,
+    #[error("no other voter has acknowledged the leader lately")]
+    NoTarget,
+    #[error("the target is not another voter of the cluster")]
+    NotVoter,
+    #[error("the target has not acknowledged the leader lately")]
+    TargetOffline,
+    #[error("a leadership handover is already under way")]
+    InProgress,
+    #[error("no new leader within the time limit (the cluster elects one by itself)")]
+    TimedOut,
 }
 
 /// Numbers this process's [`Request::Once`] writes and tracks which are
@@ -286,6 +308,7 @@ impl RaftNode {
             stop: CancellationToken::new(),
             incoming: tokio::sync::Mutex::new(None),
             once: OnceWrites::new(),
+            handover_term: AtomicU64::new(u64::MAX),
         });
         mesh.set_rpc_handler(Arc::new(Server { node: Arc::downgrade(&node) }));
         tokio::spawn(form(node.clone()));
@@ -431,9 +454,101 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Stops Raft. A leader first hands its leadership to a voter that is
+    /// caught up, so the cluster goes on writing without waiting out an
+    /// election timeout (a rolling restart costs milliseconds).
     pub async fn shutdown(&self) {
+        if self.leader() == Some(self.id) {
+            match self.hand_over(None).await {
+                Ok(to) => tracing::info!(to, "handed leadership over before stopping"),
+                Err(HandoverError::NoTarget) => {}
+                Err(e) => tracing::info!(cause = %e, "leadership not handed over before stopping"),
+            }
+        }
         self.stop.cancel();
         let _ = self.raft.shutdown().await;
+    }
+
+    /// Hands leadership to voter `to`, or (`None`) to the other voter
+    /// furthest along that acknowledged the leader within the minimum
+    /// election timeout, through whichever node leads (SENTINEL FAILOVER,
+    /// Redis FAILOVER). Returns the new leader once this node sees it.
+    pub async fn handover(&self, to: Option<u64>) -> anyhow::Result<Result<u64, HandoverError>> {
+        match self.to_leader(Call::Handover { to }).await? {
+            Reply::Handover(r) => Ok(r),
+            other => anyhow::bail!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Whom [`RaftNode::hand_over`] hands the leadership to: voter `to`,
+    /// or the other voter furthest along; either must have acknowledged
+    /// this leader within the minimum election timeout.
+    fn handover_target(&self, m: &RaftMetrics, to: Option<u64>) -> Result<u64, HandoverError> {
+        if m.current_leader != Some(self.id) {
+            return Err(HandoverError::NotLeader);
+        }
+        let recent = Duration::from_millis(self.cfg.election_timeout_min_ms);
+        let acked = |v: &u64| {
+            m.heartbeat.as_ref().and_then(|h| h.get(v)).and_then(Option::as_ref).is_some_and(|t| t.elapsed() < recent)
+        };
+        let matched = |v: &u64| m.replication.as_ref().and_then(|r| r.get(v)).and_then(|l| l.map(|l| l.index));
+        let others: Vec<u64> = m.membership_config.membership().voter_ids().filter(|v| *v != self.id).collect();
+        match to {
+            Some(t) if !others.contains(&t) => Err(HandoverError::NotVoter),
+            Some(t) if !acked(&t) => Err(HandoverError::TargetOffline),
+            Some(t) => Ok(t),
+            None => {
+                others.iter().filter(|v| acked(v)).max_by_key(|v| matched(v)).copied().ok_or(HandoverError::NoTarget)
+            }
+        }
+    }
+
+    /// Whether this node, still leading, is handing its leadership over.
+    pub fn handing_over(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.current_leader == Some(self.id) && self.handover_term.load(Ordering::Acquire) == m.current_term
+    }
+
+    /// [`RaftNode::handover`] on the leader: turns its read lease off for
+    /// this term, has openraft send the handover (the leader stops
+    /// proposing and sending heartbeats; the target, once its log holds
+    /// the leader's last entry, runs an election the others grant at
+    /// once), and waits up to twice the maximum election timeout for
+    /// another leader. If the target never wins, the voters time out on
+    /// the silent leader and elect one as after a crash.
+    pub async fn hand_over(&self, to: Option<u64>) -> Result<u64, HandoverError> {
+        // A leader elected a moment ago has no acknowledgement yet: wait
+        // for one, up to the maximum election timeout.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.election_timeout_max_ms);
+        let mut metrics = self.raft.metrics();
+        let (term, target) = loop {
+            let picked = {
+                let m = metrics.borrow_watched();
+                (m.current_term, self.handover_target(&m, to))
+            };
+            match picked {
+                (term, Ok(target)) => break (term, target),
+                (_, Err(HandoverError::NoTarget | HandoverError::TargetOffline))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    let _ = tokio::time::timeout_at(deadline, metrics.changed()).await;
+                }
+                (_, Err(e)) => return Err(e),
+            }
+        };
+        if self.handover_term.swap(term, Ordering::AcqRel) == term {
+            return Err(HandoverError::InProgress);
+        }
+        tracing::info!(to = target, term, "handing leadership over");
+        if self.raft.trigger().transfer_leader(target).await.is_err() {
+            return Err(HandoverError::TimedOut);
+        }
+        let limit = Duration::from_millis(self.cfg.election_timeout_max_ms * 2);
+        match tokio::time::timeout(limit, self.leader_other_than(self.id)).await {
+            Ok(()) => Ok(self.leader().unwrap_or(target)),
+            Err(_) => Err(HandoverError::TimedOut),
+        }
     }
 
     /// Serves `call` here if this node leads, else forwards it to the leader.
@@ -489,6 +604,9 @@ impl RaftNode {
         }
         let m = self.raft.metrics();
         let m = m.borrow_watched();
+        if self.handover_term.load(Ordering::Acquire) == m.current_term {
+            return None;
+        }
         // A sole voter is its own majority: nobody else can lead. (Asked
         // last: openraft builds the voter set anew on every call.)
         let sole = || m.membership_config.membership().voter_ids().eq([self.id]);
@@ -556,6 +674,7 @@ impl RaftNode {
                 let r = self.raft.client_write(req).await.map_err(|e| e.to_string())?;
                 Ok(Reply::Written(r.data))
             }
+            Call::Handover { to } => Ok(Reply::Handover(self.hand_over(*to).await)),
             Call::ReadIndex => {
                 if let Some(index) = self.lease_read_index() {
                     return Ok(Reply::ReadIndex(Some(index)));
@@ -579,6 +698,9 @@ impl RaftNode {
             }
             Call::Vote(r) => self.raft.vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
             Call::PreVote(r) => self.raft.pre_vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
+            Call::TransferLeader(r) => {
+                self.raft.handle_transfer_leader(r).await.map(Reply::TransferLeader).map_err(|e| e.to_string())
+            }
             Call::SnapshotChunk { vote, offset, data, meta } => {
                 // Pieces of one snapshot come in order from one leader;
                 // the lock also keeps two installs from overlapping.

@@ -10,7 +10,10 @@ use catga_storage::{Member, Request, Response, TypeConfig};
 use catga_transport::{Mesh, RpcError};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::RaftNetworkV2;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +49,14 @@ pub enum Call {
     /// The leader confirms it still leads and says up to which index a
     /// linearizable read must wait (read-index).
     ReadIndex,
+    /// openraft's leadership handover message, which a leader handing
+    /// over sends to every voter.
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// Hand leadership to `to`, or to the best-placed other voter (served
+    /// by the leader; others forward).
+    Handover {
+        to: Option<u64>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,6 +73,9 @@ pub enum Reply {
     Done,
     Written(Response),
     ReadIndex(Option<u64>),
+    TransferLeader(TransferLeaderResponse<TypeConfig>),
+    /// The node that leads after a handover, or why there was none.
+    Handover(Result<u64, crate::HandoverError>),
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
@@ -148,6 +162,17 @@ impl RaftNetworkV2<TypeConfig> for Conn {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         match self.send(&Call::PreVote(rpc), option.hard_ttl()).await? {
             Reply::Vote(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.send(&Call::TransferLeader(req), option.hard_ttl()).await? {
+            Reply::TransferLeader(r) => Ok(r),
             other => Err(unexpected(&other)),
         }
     }

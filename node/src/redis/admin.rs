@@ -142,6 +142,8 @@ fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, S
                 for (i, (h, p)) in r.replicas.iter().enumerate() {
                     put(&format!("slave{i}"), format!("ip={h},port={p},state=online,offset=0,lag=0"));
                 }
+                let handing_over = shared.raft.get().is_some_and(|raft| raft.handing_over());
+                put("master_failover_state", if handing_over { "failover-in-progress" } else { "no-failover" }.into());
             } else {
                 put("role", "slave".into());
                 let (h, p) = r.master.clone().unwrap_or_default();
@@ -150,6 +152,7 @@ fn section_fields(shared: &Shared, conn: &Conn, section: &str) -> Vec<(String, S
                 put("master_link_status", if r.master.is_some() { "up" } else { "down" }.into());
                 put("slave_read_only", "0".into());
                 put("connected_slaves", "0".into());
+                put("master_failover_state", "no-failover".into());
             }
             if let Some(raft) = shared.raft.get() {
                 let st = raft.status();

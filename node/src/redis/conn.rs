@@ -53,6 +53,8 @@ pub struct Shared {
     pub monitor: tokio::sync::broadcast::Sender<Arc<Vec<u8>>>,
     /// A BGSAVE is running.
     pub saving: std::sync::atomic::AtomicBool,
+    /// Cancelled to stop the node (SHUTDOWN); set when the node starts.
+    pub stop: std::sync::OnceLock<tokio_util::sync::CancellationToken>,
     /// SLOWLOG.
     pub slowlog: super::slowlog::SlowLog,
     /// Redis tuning parameters that CONFIG SET takes and CONFIG GET shows
@@ -283,6 +285,14 @@ impl Tally {
 }
 
 impl Shared {
+    /// Asks the node to stop, as SIGTERM does (SHUTDOWN).
+    pub fn stop_node(&self) {
+        tracing::warn!("SHUTDOWN requested by a Redis client; stopping");
+        if let Some(stop) = self.stop.get() {
+            stop.cancel();
+        }
+    }
+
     pub fn new(config: RedisConfig, bus: Arc<crate::bus::Bus>) -> Arc<Self> {
         let monitor_lines = config.monitor_lines_max.max(1);
         let slowlog = super::slowlog::SlowLog::new(config.slowlog_log_slower_than, config.slowlog_max_len);
@@ -304,6 +314,7 @@ impl Shared {
             last_save: AtomicU64::new(0),
             dirty_at_save: AtomicU64::new(0),
             saving: Default::default(),
+            stop: std::sync::OnceLock::new(),
             slowlog,
             blocked: Default::default(),
             unblock: Default::default(),
@@ -409,6 +420,11 @@ pub enum Step {
     Wait { replicas: i64, timeout_ms: u64 },
     /// MIGRATE: the caller sends the keys to another server.
     Migrate(Migrate),
+    /// FAILOVER: the caller hands the leadership over.
+    Failover(Failover),
+    /// SHUTDOWN: the caller saves if asked, stops the node and closes the
+    /// connection without a reply (as Redis exits).
+    Shutdown { save: bool },
     /// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX, BLMPOP, BZMPOP
     /// outside MULTI:
     /// the caller pops through the log, and while there is nothing to pop
@@ -463,6 +479,8 @@ pub const OTHER_COMMANDS: &[(&str, i32)] = &[
     ("slowlog", -2),
     ("latency", -2),
     ("migrate", -6),
+    ("failover", -1),
+    ("shutdown", -1),
 ];
 
 const PUBSUB_COMMANDS: &[&str] = &["subscribe", "unsubscribe", "psubscribe", "punsubscribe"];
@@ -562,6 +580,70 @@ fn wait_args(argv: &[&[u8]]) -> Result<(i64, u64), Reply> {
     Ok((replicas, timeout as u64))
 }
 
+/// FAILOVER [TO host port [FORCE]] [TIMEOUT ms], parsed.
+pub struct Failover {
+    pub to: Option<(String, i64)>,
+    pub timeout_ms: Option<i64>,
+    pub force: bool,
+}
+
+/// FAILOVER's arguments, checked in Redis 7.0's order; `None`: ABORT.
+pub fn failover_args(argv: &[&[u8]]) -> Result<Option<Failover>, Reply> {
+    if argv.len() == 2 && argv[1].eq_ignore_ascii_case(b"abort") {
+        return Ok(None);
+    }
+    let mut f = Failover { to: None, timeout_ms: None, force: false };
+    let mut j = 1;
+    while j < argv.len() {
+        let a = argv[j];
+        if a.eq_ignore_ascii_case(b"timeout") && j + 1 < argv.len() && f.timeout_ms.is_none() {
+            let t = parse_i64(argv[j + 1]).ok_or_else(not_integer)?;
+            if t <= 0 {
+                return Err(Reply::err("ERR FAILOVER timeout must be greater than 0"));
+            }
+            f.timeout_ms = Some(t);
+            j += 2;
+        } else if a.eq_ignore_ascii_case(b"to") && j + 2 < argv.len() && f.to.is_none() {
+            let port = parse_i64(argv[j + 2]).ok_or_else(not_integer)?;
+            f.to = Some((String::from_utf8_lossy(argv[j + 1]).into_owned(), port));
+            j += 3;
+        } else if a.eq_ignore_ascii_case(b"force") && !f.force {
+            f.force = true;
+            j += 1;
+        } else {
+            return Err(Reply::err(SYNTAX_ERROR));
+        }
+    }
+    Ok(Some(f))
+}
+
+/// SHUTDOWN [NOSAVE|SAVE] [NOW] [FORCE] [ABORT], parsed: NOW and FORCE
+/// change nothing here (there is no save point to skip or failure to
+/// force past; the node stops as on SIGTERM).
+pub struct Shutdown {
+    pub save: bool,
+}
+
+/// SHUTDOWN's arguments, checked as Redis 7.0 checks them; `None`: ABORT.
+pub fn shutdown_args(argv: &[&[u8]]) -> Result<Option<Shutdown>, Reply> {
+    let (mut save, mut nosave, mut now, mut force, mut abort) = (false, false, false, false, false);
+    for a in &argv[1..] {
+        let flag = match a.to_ascii_lowercase().as_slice() {
+            b"nosave" => &mut nosave,
+            b"save" => &mut save,
+            b"now" => &mut now,
+            b"force" => &mut force,
+            b"abort" => &mut abort,
+            _ => return Err(Reply::err(SYNTAX_ERROR)),
+        };
+        *flag = true;
+    }
+    if (abort && (save || nosave || now || force)) || (save && nosave) {
+        return Err(Reply::err(SYNTAX_ERROR));
+    }
+    Ok((!abort).then_some(Shutdown { save }))
+}
+
 /// How many replicas (nodes other than the leader) are known to hold
 /// every write acknowledged so far, and how many there are. On the leader:
 /// the followers whose log matches up to what it has applied (every
@@ -582,6 +664,8 @@ pub fn replicas_holding(raft: &catga_raft::RaftNode) -> (i64, i64) {
         .count() as i64;
     (holding, voters - 1)
 }
+
+const SYNTAX_ERROR: &str = "ERR syntax error";
 
 fn not_integer() -> Reply {
     Reply::err("ERR value is not an integer or out of range")
@@ -744,6 +828,16 @@ impl Conn {
                 Ok((replicas, timeout_ms)) => Step::Wait { replicas, timeout_ms },
                 Err(e) => Step::Reply(e),
             },
+            "failover" => match failover_args(argv) {
+                Ok(Some(f)) => Step::Failover(f),
+                Ok(None) => Step::Reply(Reply::err("ERR No failover in progress.")),
+                Err(e) => Step::Reply(e),
+            },
+            "shutdown" => match shutdown_args(argv) {
+                Ok(Some(s)) => Step::Shutdown { save: s.save },
+                Ok(None) => Step::Reply(Reply::err("ERR No shutdown in progress.")),
+                Err(e) => Step::Reply(e),
+            },
             n if TX_COMMANDS.contains(&n) => self.transaction_command(n, argv),
             n => Step::Reply(self.connection_command(n, argv)),
         }
@@ -774,6 +868,8 @@ impl Conn {
             None => Some(unknown_command(argv)),
             Some(a) if !arity_ok(a, argv.len()) => Some(wrong_args(name)),
             Some(_) if !self.authenticated => Some(Reply::err("NOAUTH Authentication required.")),
+            // Redis's no-multi flag.
+            Some(_) if name == "shutdown" => Some(Reply::err("ERR Command not allowed inside a transaction")),
             Some(_) => None,
         };
         let multi = self.multi.as_mut().expect("inside MULTI");
@@ -997,6 +1093,17 @@ impl Conn {
             // Queued in MULTI: EXEC's entry cannot wait on another server.
             "migrate" => match migrate_args(argv) {
                 Ok(_) => Reply::err("ERR MIGRATE cannot run inside MULTI here"),
+                Err(e) => e,
+            },
+            // Queued in MULTI: started in the background, as Redis starts
+            // it and answers at once.
+            "failover" => match failover_args(argv) {
+                Ok(Some(f)) => {
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move { super::server::failover(&shared, f).await });
+                    Reply::ok()
+                }
+                Ok(None) => Reply::err("ERR No failover in progress."),
                 Err(e) => e,
             },
             // Queued in MULTI: no waiting, as in Redis.

@@ -169,6 +169,9 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, stop: CancellationToken) 
                                     None => Reply::err("NOPROTO unsupported protocol version").encode(proto, &mut out),
                                 }
                             }
+                            "sentinel" if argv.len() == 3 && argv[1].eq_ignore_ascii_case(b"failover") => {
+                                failover(&shared, argv[2]).await.encode(proto, &mut out)
+                            }
                             _ => command(&shared, &name, &argv).encode(proto, &mut out),
                         }
                     }
@@ -188,6 +191,27 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, stop: CancellationToken) 
             }
             out.clear();
         }
+    }
+}
+
+/// SENTINEL FAILOVER: the Raft leadership goes to the other voter furthest
+/// along (through whichever node leads), and `+OK` once another node
+/// leads, or once the cluster is left to elect by itself. Refusals as
+/// Sentinel words them.
+async fn failover(shared: &Shared, name: &[u8]) -> Reply {
+    use catga_raft::HandoverError;
+    if name != shared.config.sentinel_master_name.as_bytes() {
+        return Reply::err("ERR No such master with that name");
+    }
+    let Some(raft) = shared.raft.get() else { return Reply::err("NOGOODSLAVE No suitable replica to promote") };
+    match raft.handover(None).await {
+        Ok(Ok(_)) | Ok(Err(HandoverError::TimedOut)) => Reply::ok(),
+        Ok(Err(HandoverError::InProgress)) => Reply::err("INPROG Failover already in progress"),
+        Ok(Err(e)) => {
+            tracing::info!(cause = %e, "SENTINEL FAILOVER refused");
+            Reply::err("NOGOODSLAVE No suitable replica to promote")
+        }
+        Err(e) => Reply::err(format!("ERR no leader to fail over from: {e}")),
     }
 }
 
@@ -327,7 +351,8 @@ fn sentinel(shared: &Shared, argv: &[&[u8]]) -> Reply {
         | "slaves"
         | "sentinels"
         | "myid"
-        | "ckquorum" => Reply::err(format!("ERR wrong number of arguments for 'sentinel|{sub}' command")),
+        | "ckquorum"
+        | "failover" => Reply::err(format!("ERR wrong number of arguments for 'sentinel|{sub}' command")),
         _ => Reply::err(format!("ERR unknown subcommand '{}'. Try SENTINEL HELP.", String::from_utf8_lossy(argv[1]))),
     }
 }

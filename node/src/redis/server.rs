@@ -257,6 +257,23 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                         let reply = migrate(&shared, &conn, m).await;
                                         emit(&shared, conn.call(), &reply, conn.proto(), &mut out)
                                     }
+                                    Step::Failover(f) => {
+                                        emit(&shared, conn.call(), &failover(&shared, f).await, conn.proto(), &mut out)
+                                    }
+                                    Step::Shutdown { save: with_save } => {
+                                        let saved =
+                                            !with_save || !matches!(save(&shared, false).await, Reply::Error(_));
+                                        if saved {
+                                            // The replies before it go out; then
+                                            // the connection closes unanswered.
+                                            out.truncate(mark);
+                                            let _ = wr.write_all(&out).await;
+                                            shared.stop_node();
+                                            return;
+                                        }
+                                        let refused = Reply::err("ERR Errors trying to SHUTDOWN. Check logs.");
+                                        emit(&shared, conn.call(), &refused, conn.proto(), &mut out)
+                                    }
                                     Step::Replies(replies) => {
                                         for r in replies {
                                             emit(&shared, conn.call(), &r, conn.proto(), &mut out);
@@ -1104,6 +1121,62 @@ async fn exec(shared: &Shared, conn: &mut Conn, queued: Vec<Vec<Vec<u8>>>) -> Re
         }
     }
     Reply::Array(replies)
+}
+
+/// FAILOVER on the Redis port: hands the Raft leadership to the node
+/// whose Redis address is `TO host port`, or to the best-placed other
+/// voter, and answers once another node leads (or TIMEOUT ms passed, or
+/// the handover's own limit: the cluster then elects by itself). Refusals
+/// are Redis 7.0's texts: a follower is a replica, the other voters are
+/// its replicas.
+pub async fn failover(shared: &Shared, f: super::conn::Failover) -> Reply {
+    use catga_raft::HandoverError;
+    let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
+    if raft.handing_over() {
+        return Reply::err("ERR FAILOVER already in progress.");
+    }
+    let st = raft.status();
+    let replica = || Reply::err("ERR FAILOVER is not valid when server is a replica.");
+    if st.leader.is_some_and(|l| l != raft.id) {
+        return replica();
+    }
+    // A sole voter (or one still forming its cluster) has no replica.
+    if !st.voters.iter().any(|v| *v != raft.id) {
+        return Reply::err("ERR FAILOVER requires connected replicas.");
+    }
+    if st.leader != Some(raft.id) {
+        return replica();
+    }
+    if f.force && (f.timeout_ms.is_none() || f.to.is_none()) {
+        return Reply::err("ERR FAILOVER with force option requires both a timeout and target HOST and IP.");
+    }
+    let to = match &f.to {
+        Some((host, port)) => {
+            let addr = format!("{host}:{port}");
+            let target =
+                st.members.iter().find(|(id, m)| **id != raft.id && st.voters.contains(id) && m.redis_addr == addr);
+            match target {
+                Some((id, _)) => Some(*id),
+                None => return Reply::err("ERR FAILOVER target HOST and PORT is not a replica."),
+            }
+        }
+        None => None,
+    };
+    let handover = raft.hand_over(to);
+    let outcome = match f.timeout_ms {
+        Some(ms) => tokio::time::timeout(std::time::Duration::from_millis(ms as u64), handover)
+            .await
+            .unwrap_or(Err(HandoverError::TimedOut)),
+        None => handover.await,
+    };
+    match outcome {
+        Ok(_) | Err(HandoverError::TimedOut) => Reply::ok(),
+        Err(HandoverError::NotLeader) => Reply::err("ERR FAILOVER is not valid when server is a replica."),
+        Err(HandoverError::NoTarget) => Reply::err("ERR FAILOVER requires connected replicas."),
+        Err(HandoverError::NotVoter) => Reply::err("ERR FAILOVER target HOST and PORT is not a replica."),
+        Err(HandoverError::TargetOffline) => Reply::err("ERR FAILOVER target replica is not online."),
+        Err(HandoverError::InProgress) => Reply::err("ERR FAILOVER already in progress."),
+    }
 }
 
 /// MIGRATE: after a read-index, DUMPs the keys this node holds (none:
