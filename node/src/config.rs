@@ -280,6 +280,7 @@ impl Config {
         );
         anyhow::ensure!(r.snapshot_after_logs >= 1, "raft.snapshot_after_logs must be at least 1");
         anyhow::ensure!(r.log_segment_bytes >= 4096, "raft.log_segment_bytes must be at least 4096");
+        anyhow::ensure!(r.state_cache_bytes >= 1 << 20, "raft.state_cache_bytes must be at least 1048576");
         anyhow::ensure!(r.append_entries_max >= 1, "raft.append_entries_max must be at least 1");
         anyhow::ensure!(
             r.read_lease_ms <= r.election_timeout_min_ms / 2,

@@ -74,6 +74,9 @@ pub struct RaftConfig {
     /// after the last checkpoint.
     pub state_write_behind_ms: u64,
     pub state_write_behind_bytes: usize,
+    /// sled's page cache for the applied state's rows. Too small for the
+    /// key space, every checkpoint pages tree nodes out and back in.
+    pub state_cache_bytes: u64,
     /// A Raft log segment file past this size is closed and the next one
     /// started; a purge deletes whole segments.
     pub log_segment_bytes: u64,
@@ -108,6 +111,7 @@ impl Default for RaftConfig {
             read_lease_ms: 50,
             state_write_behind_ms: storage.state_write_behind_ms,
             state_write_behind_bytes: storage.state_write_behind_bytes,
+            state_cache_bytes: storage.cache_bytes,
             log_segment_bytes: storage.log_segment_bytes,
             append_entries_max: 300,
             snapshot_chunk_bytes: 1 << 20,
@@ -250,8 +254,8 @@ impl RaftNode {
         let storage = StorageConfig {
             state_write_behind_ms: cfg.state_write_behind_ms,
             state_write_behind_bytes: cfg.state_write_behind_bytes,
+            cache_bytes: cfg.state_cache_bytes,
             log_segment_bytes: cfg.log_segment_bytes,
-            ..StorageConfig::default()
         };
         let (log, sm) = catga_storage::open(dir, &storage)
             .map_err(|e| anyhow::anyhow!("cannot open raft storage in {}: {e}", dir.display()))?;
