@@ -62,6 +62,16 @@ const NO_AUTH_TABLE: &[(&str, &str)] = &[
     ("FAILOVER TIMEOUT 0\r\n", "-ERR FAILOVER timeout must be greater than 0\r\n"),
     ("FAILOVER FOO\r\n", "-ERR syntax error\r\n"),
     ("FAILOVER TIMEOUT 5 TIMEOUT 6\r\n", "-ERR syntax error\r\n"),
+    ("CLIENT PAUSE x\r\n", "-ERR timeout is not an integer or out of range\r\n"),
+    ("CLIENT PAUSE -1\r\n", "-ERR timeout is negative\r\n"),
+    ("CLIENT PAUSE 10 FOO\r\n", "-ERR CLIENT PAUSE mode must be WRITE or ALL\r\n"),
+    ("CLIENT PAUSE\r\n", "-ERR wrong number of arguments for 'client|pause' command\r\n"),
+    (
+        "CLIENT PAUSE 1 2 3\r\n",
+        "-ERR unknown subcommand or wrong number of arguments for 'PAUSE'. Try CLIENT HELP.\r\n",
+    ),
+    ("CLIENT UNPAUSE x\r\n", "-ERR wrong number of arguments for 'client|unpause' command\r\n"),
+    ("CLIENT PAUSE 0\r\nCLIENT PAUSE 0 write\r\n", "+OK\r\n+OK\r\n"),
     ("SHUTDOWN ABORT\r\n", "-ERR No shutdown in progress.\r\n"),
     ("SHUTDOWN FOO\r\n", "-ERR syntax error\r\n"),
     ("SHUTDOWN SAVE NOSAVE\r\n", "-ERR syntax error\r\n"),
@@ -1444,4 +1454,51 @@ async fn changes_since_last_save_count_writes_that_changed_something() {
     let _: () = redis::cmd("SAVE").query_async(&mut c).await.unwrap();
     let saved = changes(redis::cmd("INFO").arg("persistence").query_async(&mut c).await.unwrap());
     assert_eq!(saved, 0);
+}
+
+/// CLIENT PAUSE WRITE holds writes (an EXEC of writes too) while reads go
+/// on, until CLIENT UNPAUSE; CLIENT PAUSE ALL holds every command, the
+/// pausing client's own too, until it ends; a refused command is answered
+/// at once, as Redis refuses it before it pauses.
+#[tokio::test]
+async fn client_pause_holds_writes_or_every_command_until_it_ends() {
+    let n = TestNode::start().await;
+    let addr = redis_addr(&n);
+    let (mut admin, mut reader) = (common::redis_client(addr).await, common::redis_client(addr).await);
+    let _: () = redis::cmd("SET").arg("k").arg("1").query_async(&mut reader).await.unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(60_000).arg("WRITE").query_async(&mut admin).await.unwrap();
+    let mut writer = common::redis_client(addr).await;
+    let mut write = tokio::spawn(async move {
+        let _: () = redis::cmd("SET").arg("k").arg("2").query_async(&mut writer).await.unwrap();
+        let mut tx = redis::pipe();
+        tx.atomic().cmd("INCR").arg("n");
+        let (n,): (i64,) = tx.query_async(&mut writer).await.unwrap();
+        n
+    });
+    let mut transaction = common::redis_client(addr).await;
+    let mut exec = tokio::spawn(async move {
+        let mut tx = redis::pipe();
+        tx.atomic().cmd("SET").arg("t").arg("x");
+        let _: () = tx.query_async(&mut transaction).await.unwrap();
+    });
+    assert!(tokio::time::timeout(Duration::from_millis(300), &mut write).await.is_err(), "SET ran during the pause");
+    assert!(tokio::time::timeout(Duration::from_millis(10), &mut exec).await.is_err(), "EXEC ran during the pause");
+    let got: String = redis::cmd("GET").arg("k").query_async(&mut reader).await.unwrap();
+    assert_eq!(got, "1", "reads go on, and see no held write");
+    let e = redis::cmd("GET").query_async::<()>(&mut reader).await.unwrap_err().to_string();
+    assert!(e.contains("wrong number of arguments"), "{e}");
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query_async(&mut admin).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), write).await.unwrap().unwrap();
+    assert_eq!(n, 1);
+    tokio::time::timeout(Duration::from_secs(10), exec).await.unwrap().unwrap();
+    let got: String = redis::cmd("GET").arg("k").query_async(&mut reader).await.unwrap();
+    assert_eq!(got, "2");
+
+    // ALL: even reads and the pausing client wait, until the end.
+    let started = std::time::Instant::now();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(400).query_async(&mut admin).await.unwrap();
+    let pong: String = redis::cmd("PING").query_async(&mut reader).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let _: String = redis::cmd("GET").arg("k").query_async(&mut admin).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(400), "answered {:?} after the pause began", started.elapsed());
 }

@@ -241,8 +241,15 @@ async fn failover_and_sentinel_failover_hand_the_leadership_over() {
     assert!(e.contains("No such master with that name"), "{e}");
     let e = refused(redis::cmd("SENTINEL").arg("FAILOVER").query_async(&mut s).await);
     assert!(e.contains("wrong number of arguments for 'sentinel|failover' command"), "{e}");
-    let before = c.nodes[oi].node.raft.leader().unwrap();
+    let before = c.nodes[fi].node.id;
     let _: () = redis::cmd("SENTINEL").arg("FAILOVER").arg("mymaster").query_async(&mut s).await.unwrap();
-    let after = c.nodes[oi].node.raft.leader();
-    assert!(after.is_some_and(|l| l != before), "leader {before} still leads after SENTINEL FAILOVER: {after:?}");
+    // The old leader answered once it saw the new one; the others learn it
+    // from its first append.
+    let rafts: Vec<_> = c.nodes.iter().map(|n| n.node.raft.clone()).collect();
+    assert_ne!(rafts[fi].leader(), Some(before), "{before} still leads after SENTINEL FAILOVER");
+    common::eventually(Duration::from_secs(10), "every node sees the new leader", || {
+        let l = rafts[0].leader();
+        l.is_some_and(|l| l != before) && rafts.iter().all(|r| r.leader() == l)
+    })
+    .await;
 }

@@ -474,24 +474,32 @@ impl RaftNode {
     }
 
     /// Hands leadership to voter `to`, or (`None`) to the other voter
-    /// furthest along that acknowledged the leader within the minimum
+    /// furthest along that acknowledged the leader within the maximum
     /// election timeout, through whichever node leads (SENTINEL FAILOVER,
     /// Redis FAILOVER). Returns the new leader once this node sees it.
+    /// Sent once, not retried: a reply lost to a leader change may well
+    /// be that handover's own success, and a retry would move the
+    /// leadership again.
     pub async fn handover(&self, to: Option<u64>) -> anyhow::Result<Result<u64, HandoverError>> {
-        match self.to_leader(Call::Handover { to }).await? {
-            Reply::Handover(r) => Ok(r),
-            other => anyhow::bail!("unexpected reply {other:?}"),
+        let timeout = Duration::from_millis(self.cfg.forward_timeout_ms);
+        match self.leader() {
+            Some(l) if l == self.id => Ok(self.hand_over(to).await),
+            Some(l) => match network::call(&self.mesh, l, &Call::Handover { to }, timeout).await? {
+                Reply::Handover(r) => Ok(r),
+                other => anyhow::bail!("unexpected reply {other:?}"),
+            },
+            None => anyhow::bail!("no leader"),
         }
     }
 
     /// Whom [`RaftNode::hand_over`] hands the leadership to: voter `to`,
     /// or the other voter furthest along; either must have acknowledged
-    /// this leader within the minimum election timeout.
+    /// this leader within the maximum election timeout.
     fn handover_target(&self, m: &RaftMetrics, to: Option<u64>) -> Result<u64, HandoverError> {
         if m.current_leader != Some(self.id) {
             return Err(HandoverError::NotLeader);
         }
-        let recent = Duration::from_millis(self.cfg.election_timeout_min_ms);
+        let recent = Duration::from_millis(self.cfg.election_timeout_max_ms);
         let acked = |v: &u64| {
             m.heartbeat.as_ref().and_then(|h| h.get(v)).and_then(Option::as_ref).is_some_and(|t| t.elapsed() < recent)
         };
@@ -518,13 +526,13 @@ impl RaftNode {
     /// this term, has openraft send the handover (the leader stops
     /// proposing and sending heartbeats; the target, once its log holds
     /// the leader's last entry, runs an election the others grant at
-    /// once), and waits up to twice the maximum election timeout for
-    /// another leader. If the target never wins, the voters time out on
-    /// the silent leader and elect one as after a crash.
+    /// once), and waits up to `forward_timeout_ms` for another leader. If
+    /// the target never wins, the voters time out on the silent leader and
+    /// elect one as after a crash.
     pub async fn hand_over(&self, to: Option<u64>) -> Result<u64, HandoverError> {
         // A leader elected a moment ago has no acknowledgement yet: wait
-        // for one, up to the maximum election timeout.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.election_timeout_max_ms);
+        // for one, up to twice the maximum election timeout.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(2 * self.cfg.election_timeout_max_ms);
         let mut metrics = self.raft.metrics();
         let (term, target) = loop {
             let picked = {
@@ -548,7 +556,10 @@ impl RaftNode {
         if self.raft.trigger().transfer_leader(target).await.is_err() {
             return Err(HandoverError::TimedOut);
         }
-        let limit = Duration::from_millis(self.cfg.election_timeout_max_ms * 2);
+        // Normally milliseconds; bounded by the forward timeout (if the
+        // target is never elected, the voters time out on this silent
+        // leader and elect one by themselves meanwhile).
+        let limit = Duration::from_millis(self.cfg.forward_timeout_ms);
         match tokio::time::timeout(limit, self.leader_other_than(self.id)).await {
             Ok(()) => Ok(self.leader().unwrap_or(target)),
             Err(_) => Err(HandoverError::TimedOut),
@@ -678,7 +689,6 @@ impl RaftNode {
                 let r = self.raft.client_write(req).await.map_err(|e| e.to_string())?;
                 Ok(Reply::Written(r.data))
             }
-            Call::Handover { to } => Ok(Reply::Handover(self.hand_over(*to).await)),
             Call::ReadIndex => {
                 if let Some(index) = self.lease_read_index() {
                     return Ok(Reply::ReadIndex(Some(index)));
@@ -716,6 +726,9 @@ impl RaftNode {
                 let r = self.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
                 Ok(Reply::Snapshot(Some(r)))
             }
+            // Served here whoever leads (a node that no longer does says
+            // so): forwarding it on could hand the leadership over twice.
+            Call::Handover { to } => Ok(Reply::Handover(self.hand_over(to).await)),
             Call::Status => Ok(Reply::Status {
                 formed: self.is_formed(),
                 leader: self.leader(),

@@ -55,6 +55,8 @@ pub struct Shared {
     pub saving: std::sync::atomic::AtomicBool,
     /// Cancelled to stop the node (SHUTDOWN); set when the node starts.
     pub stop: std::sync::OnceLock<tokio_util::sync::CancellationToken>,
+    /// CLIENT PAUSE: this node's clients wait (all commands, or writes).
+    pub pause: Pause,
     /// SLOWLOG.
     pub slowlog: super::slowlog::SlowLog,
     /// Redis tuning parameters that CONFIG SET takes and CONFIG GET shows
@@ -315,6 +317,7 @@ impl Shared {
             dirty_at_save: AtomicU64::new(0),
             saving: Default::default(),
             stop: std::sync::OnceLock::new(),
+            pause: Pause::default(),
             slowlog,
             blocked: Default::default(),
             unblock: Default::default(),
@@ -580,6 +583,55 @@ fn wait_args(argv: &[&[u8]]) -> Result<(i64, u64), Reply> {
     Ok((replicas, timeout as u64))
 }
 
+/// CLIENT PAUSE on this node (as on one Redis server): until its end,
+/// every command (ALL) or every command that may write (WRITE) waits
+/// before it runs; CLIENT UNPAUSE ends it. A later pause extends the end
+/// and can only widen WRITE to ALL, as in Redis.
+#[derive(Default)]
+pub struct Pause {
+    /// The end, and whether every command waits.
+    state: parking_lot::Mutex<Option<(tokio::time::Instant, bool)>>,
+    ended: tokio::sync::Notify,
+}
+
+impl Pause {
+    pub fn set(&self, d: std::time::Duration, all: bool) {
+        let end = tokio::time::Instant::now() + d;
+        let mut s = self.state.lock();
+        *s = Some(match *s {
+            Some((e, a)) => (e.max(end), a || all),
+            None => (end, all),
+        });
+    }
+
+    pub fn clear(&self) {
+        *self.state.lock() = None;
+        self.ended.notify_waiters();
+    }
+
+    /// Whether a command (a write or not) must wait now.
+    pub fn holds(&self, write: bool) -> bool {
+        matches!(*self.state.lock(), Some((end, all)) if (all || write) && tokio::time::Instant::now() < end)
+    }
+
+    /// Waits until a command (a write or not) may run.
+    pub async fn wait(&self, write: bool) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let end = match *self.state.lock() {
+                Some((end, all)) if (all || write) && tokio::time::Instant::now() < end => end,
+                _ => return,
+            };
+            tokio::select! {
+                _ = ended => {}
+                _ = tokio::time::sleep_until(end) => {}
+            }
+        }
+    }
+}
+
 /// FAILOVER [TO host port [FORCE]] [TIMEOUT ms], parsed.
 pub struct Failover {
     pub to: Option<(String, i64)>,
@@ -746,6 +798,33 @@ impl Conn {
 
     /// Runs one request; `argv` is not empty. Keyspace commands come
     /// back as [`Step::Store`] for the caller to run through Raft.
+    /// Whether CLIENT PAUSE holds this command back now (Redis's order: a
+    /// command refused for its name, arity or authentication is refused
+    /// at once, paused or not), and whether it may write.
+    pub fn paused(&self, argv: &[&[u8]]) -> Option<bool> {
+        if !self.shared.pause.holds(true) {
+            return None;
+        }
+        let (_, name) = resolve(argv[0]);
+        let spec = catga_raft::keyspace::spec(&name);
+        let arity = spec.map(|s| s.arity).or_else(|| other_arity(&name))?;
+        if !arity_ok(arity, argv.len()) || (!self.authenticated && !matches!(&*name, "auth" | "hello")) {
+            return None;
+        }
+        let write = match &*name {
+            "eval" | "evalsha" | "publish" | "migrate" => true,
+            "exec" => self.multi.as_ref().is_some_and(|m| {
+                m.cmds.iter().any(|c| {
+                    let (_, n) = resolve(&c[0]);
+                    catga_raft::keyspace::spec(&n).is_some_and(|s| s.write)
+                        || matches!(&*n, "eval" | "evalsha" | "publish")
+                })
+            }),
+            _ => spec.is_some_and(|s| s.write),
+        };
+        self.shared.pause.holds(write).then_some(write)
+    }
+
     pub fn execute(&mut self, argv: &[&[u8]]) -> Step {
         let (index, name) = resolve(argv[0]);
         self.last_command = index;
@@ -1297,6 +1376,8 @@ impl Conn {
             "caching" => 3,
             "getredir" => 2,
             "trackinginfo" => 2,
+            "pause" => -3,
+            "unpause" => 2,
             _ => {
                 return Reply::err(format!(
                     "ERR unknown subcommand '{}'. Try CLIENT HELP.",
@@ -1343,6 +1424,30 @@ impl Conn {
                 let clients = self.shared.clients.lock();
                 let line = clients.get(&self.id).map(|c| client_line(self.id, c)).unwrap_or_default();
                 Reply::Verbatim(line)
+            }
+            "pause" if argv.len() > 4 => Reply::err(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(argv[1])
+            )),
+            "pause" => {
+                let all = match argv.get(3).map(|m| m.to_ascii_lowercase()) {
+                    None => true,
+                    Some(m) if m == b"all" => true,
+                    Some(m) if m == b"write" => false,
+                    Some(_) => return Reply::err("ERR CLIENT PAUSE mode must be WRITE or ALL"),
+                };
+                let Some(ms) = parse_i64(argv[2]) else {
+                    return Reply::err("ERR timeout is not an integer or out of range");
+                };
+                if ms < 0 {
+                    return Reply::err("ERR timeout is negative");
+                }
+                self.shared.pause.set(std::time::Duration::from_millis(ms as u64), all);
+                Reply::ok()
+            }
+            "unpause" => {
+                self.shared.pause.clear();
+                Reply::ok()
             }
             "unblock" if argv.len() > 4 => Reply::err(format!(
                 "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",

@@ -184,6 +184,24 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                         let sampled = conn.sample();
                         let t0 = (slow || sampled).then(|| ended.take().unwrap_or_else(std::time::Instant::now));
                         let started = t0.filter(|_| sampled);
+                        if let Some(write) = conn.paused(&argv) {
+                            // CLIENT PAUSE: what came before is answered;
+                            // this command waits for the pause to end.
+                            writes.commit(&shared, &conn.info, &mut out).await;
+                            if !out.is_empty() {
+                                if wr.write_all(&out).await.is_err() {
+                                    return;
+                                }
+                                out.clear();
+                            }
+                            tokio::select! {
+                                _ = shared.pause.wait(write) => {}
+                                _ = &mut stopped => return,
+                                _ = &mut killed => return,
+                            }
+                            fresh = false;
+                            now = None;
+                        }
                         // CLIENT REPLY SKIP silences the command after it.
                         conn.skip_current = std::mem::take(&mut conn.skip_next);
                         let step = conn.execute(&argv);
