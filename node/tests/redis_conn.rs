@@ -72,6 +72,32 @@ const NO_AUTH_TABLE: &[(&str, &str)] = &[
     ),
     ("CLIENT UNPAUSE x\r\n", "-ERR wrong number of arguments for 'client|unpause' command\r\n"),
     ("CLIENT PAUSE 0\r\nCLIENT PAUSE 0 write\r\n", "+OK\r\n+OK\r\n"),
+    // ACL for the users of the config (none here: default, no password).
+    ("ACL WHOAMI\r\n", "$7\r\ndefault\r\n"),
+    ("ACL USERS\r\n", "*1\r\n$7\r\ndefault\r\n"),
+    ("ACL LIST\r\n", "*1\r\n$34\r\nuser default on nopass ~* &* +@all\r\n"),
+    (
+        "ACL GETUSER default\r\n",
+        "*12\r\n$5\r\nflags\r\n*2\r\n$2\r\non\r\n$6\r\nnopass\r\n$9\r\npasswords\r\n*0\r\n$8\r\ncommands\r\n$5\r\n+@all\r\n$4\r\nkeys\r\n$2\r\n~*\r\n$8\r\nchannels\r\n$2\r\n&*\r\n$9\r\nselectors\r\n*0\r\n",
+    ),
+    ("ACL GETUSER nope\r\n", "$-1\r\n"),
+    ("ACL DRYRUN default get k\r\n", "+OK\r\n"),
+    ("ACL DRYRUN nope get k\r\n", "-ERR User 'nope' not found\r\n"),
+    ("ACL DRYRUN default foo\r\n", "-ERR Command 'foo' not found\r\n"),
+    ("ACL DRYRUN default\r\n", "-ERR wrong number of arguments for 'acl|dryrun' command\r\n"),
+    (
+        "ACL GENPASS 0\r\n",
+        "-ERR ACL GENPASS argument must be the number of bits for the output password, a positive number up to 4096\r\n",
+    ),
+    ("ACL GENPASS x\r\n", "-ERR value is not an integer or out of range\r\n"),
+    (
+        "ACL GENPASS 1 2\r\n",
+        "-ERR unknown subcommand or wrong number of arguments for 'GENPASS'. Try ACL HELP.\r\n",
+    ),
+    ("ACL FOO\r\n", "-ERR unknown subcommand 'FOO'. Try ACL HELP.\r\n"),
+    ("ACL\r\n", "-ERR wrong number of arguments for 'acl' command\r\n"),
+    ("ACL WHOAMI x\r\n", "-ERR wrong number of arguments for 'acl|whoami' command\r\n"),
+    ("ACL GETUSER\r\n", "-ERR wrong number of arguments for 'acl|getuser' command\r\n"),
     ("SHUTDOWN ABORT\r\n", "-ERR No shutdown in progress.\r\n"),
     ("SHUTDOWN FOO\r\n", "-ERR syntax error\r\n"),
     ("SHUTDOWN SAVE NOSAVE\r\n", "-ERR syntax error\r\n"),
@@ -336,6 +362,13 @@ const AUTH_TABLE: &[(&str, &str)] = &[
     ("AUTH pw\r\nPING\r\n", "+OK\r\n+PONG\r\n"),
     ("AUTH default pw\r\n", "+OK\r\n"),
     ("AUTH app apppw\r\nPING\r\n", "+OK\r\n+PONG\r\n"),
+    // Recorded from redis-server 7.0.15 with the same users (requirepass pw,
+    // ACL SETUSER app on >apppw ~* &* +@all).
+    (
+        "AUTH app apppw\r\nACL WHOAMI\r\nACL LIST\r\nACL USERS\r\nACL GETUSER app\r\n",
+        "+OK\r\n$3\r\napp\r\n*2\r\n$89\r\nuser app on #71d3d4e36cf4bc4309fd7390ba79fc6a1d03d8d7b45ef26f04bcdff3ff116868 ~* &* +@all\r\n$93\r\nuser default on #30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4 ~* &* +@all\r\n*2\r\n$3\r\napp\r\n$7\r\ndefault\r\n*12\r\n$5\r\nflags\r\n*1\r\n$2\r\non\r\n$9\r\npasswords\r\n*1\r\n$64\r\n71d3d4e36cf4bc4309fd7390ba79fc6a1d03d8d7b45ef26f04bcdff3ff116868\r\n$8\r\ncommands\r\n$5\r\n+@all\r\n$4\r\nkeys\r\n$2\r\n~*\r\n$8\r\nchannels\r\n$2\r\n&*\r\n$9\r\nselectors\r\n*0\r\n",
+    ),
+    ("AUTH app apppw\r\nRESET\r\nAUTH pw\r\nACL WHOAMI\r\n", "+OK\r\n+RESET\r\n+OK\r\n$7\r\ndefault\r\n"),
     (
         "HELLO 3\r\n",
         "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n",
@@ -364,6 +397,11 @@ async fn requirepass_and_users_as_redis() {
     let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
     let pong: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
     assert_eq!(pong, "PONG");
+    // Over RESP3 it signs in with HELLO AUTH; ACL WHOAMI names the user.
+    let url = format!("redis://app:apppw@{}/?protocol=resp3", redis_addr(&n));
+    let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let me: String = redis::cmd("ACL").arg("WHOAMI").query_async(&mut c).await.unwrap();
+    assert_eq!(me, "app");
 }
 
 #[tokio::test]

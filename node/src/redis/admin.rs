@@ -720,3 +720,111 @@ pub fn memory_stats(shared: &super::conn::Shared, v: &catga_raft::View, now_ms: 
     );
     Reply::Map(map)
 }
+
+/// ACL, for the users the node's config defines (`redis.requirepass` for
+/// `default`, `redis.users`): every user may run every command on every
+/// key and channel, so the rules are `~* &* +@all`. WHOAMI, USERS, LIST,
+/// GETUSER, DRYRUN and GENPASS answer as Redis 7.0 does; the users are
+/// not changed at run time (SETUSER, DELUSER, LOAD, SAVE say so).
+pub fn acl(config: &super::RedisConfig, me: &str, argv: &[&[u8]]) -> Reply {
+    use sha2::Digest;
+    let sub = String::from_utf8_lossy(argv[1]).to_ascii_lowercase();
+    let arity = match sub.as_str() {
+        "whoami" | "users" | "list" | "help" => 2,
+        "getuser" => 3,
+        "dryrun" => -4,
+        "genpass" => -2,
+        "setuser" | "deluser" => -3,
+        "load" | "save" | "log" | "cat" => -2,
+        _ => {
+            return Reply::err(format!("ERR unknown subcommand '{}'. Try ACL HELP.", String::from_utf8_lossy(argv[1])))
+        }
+    };
+    let argc_ok = if arity >= 0 { argv.len() == arity as usize } else { argv.len() >= (-arity) as usize };
+    if !argc_ok {
+        return Reply::err(format!("ERR wrong number of arguments for 'acl|{sub}' command"));
+    }
+    // (name, password) in name order, as Redis lists its users.
+    let mut users: Vec<(&str, Option<&str>)> = vec![("default", config.requirepass.as_deref())];
+    users.extend(config.users.iter().map(|u| (u.user.as_str(), Some(u.password.as_str()))));
+    users.sort_by(|a, b| a.0.cmp(b.0));
+    let hash = |p: &str| -> String { sha2::Sha256::digest(p.as_bytes()).iter().map(|b| format!("{b:02x}")).collect() };
+    let find = |name: &[u8]| users.iter().find(|(n, _)| n.as_bytes() == name);
+    match sub.as_str() {
+        "whoami" => Reply::bulk(me),
+        "users" => Reply::Array(users.iter().map(|(n, _)| Reply::bulk(*n)).collect()),
+        "list" => Reply::Array(
+            users
+                .iter()
+                .map(|(n, p)| {
+                    let pass = p.map_or("nopass".to_string(), |p| format!("#{}", hash(p)));
+                    Reply::bulk(format!("user {n} on {pass} ~* &* +@all"))
+                })
+                .collect(),
+        ),
+        "getuser" => match find(argv[2]) {
+            None => Reply::Null,
+            Some((_, p)) => {
+                let mut flags = vec![Reply::bulk("on")];
+                if p.is_none() {
+                    flags.push(Reply::bulk("nopass"));
+                }
+                Reply::Map(vec![
+                    (Reply::bulk("flags"), Reply::Array(flags)),
+                    (Reply::bulk("passwords"), Reply::Array(p.iter().map(|p| Reply::bulk(hash(p))).collect())),
+                    (Reply::bulk("commands"), Reply::bulk("+@all")),
+                    (Reply::bulk("keys"), Reply::bulk("~*")),
+                    (Reply::bulk("channels"), Reply::bulk("&*")),
+                    (Reply::bulk("selectors"), Reply::Array(Vec::new())),
+                ])
+            }
+        },
+        "dryrun" => {
+            if find(argv[2]).is_none() {
+                return Reply::err(format!("ERR User '{}' not found", String::from_utf8_lossy(argv[2])));
+            }
+            let name = String::from_utf8_lossy(argv[3]).to_ascii_lowercase();
+            if !super::conn::command_names().contains(&name.as_str()) {
+                return Reply::err(format!("ERR Command '{}' not found", String::from_utf8_lossy(argv[3])));
+            }
+            Reply::ok()
+        }
+        "genpass" if argv.len() > 3 => Reply::err(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try ACL HELP.",
+            String::from_utf8_lossy(argv[1])
+        )),
+        "genpass" => {
+            let bits = match argv.get(2) {
+                None => 256,
+                Some(b) => match std::str::from_utf8(b).ok().and_then(|b| b.parse::<i64>().ok()) {
+                    Some(b) if (1..=4096).contains(&b) => b as usize,
+                    Some(_) => return Reply::err("ERR ACL GENPASS argument must be the number of bits for the output password, a positive number up to 4096"),
+                    None => return Reply::err("ERR value is not an integer or out of range"),
+                },
+            };
+            let hex_chars = bits.div_ceil(4);
+            let bytes: Vec<u8> = (0..hex_chars.div_ceil(2)).map(|_| rand::random::<u8>()).collect();
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            Reply::bulk(&hex[..hex_chars])
+        }
+        "help" => Reply::Array(
+            [
+                "ACL <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "DRYRUN <username> <command> [<arg> ...]",
+                "GETUSER <username>",
+                "GENPASS [<bits>]",
+                "LIST",
+                "USERS",
+                "WHOAMI",
+                "HELP",
+            ]
+            .iter()
+            .map(|l| Reply::Simple(l.to_string()))
+            .collect(),
+        ),
+        other => Reply::err(format!(
+            "ERR ACL {} is not supported here: users and their passwords come from the node's config (redis.requirepass, redis.users), and every user may run every command",
+            other.to_ascii_uppercase()
+        )),
+    }
+}

@@ -354,6 +354,8 @@ pub struct Conn {
     pub shared: Arc<Shared>,
     pub info: ClientInfo,
     pub authenticated: bool,
+    /// The user AUTH (or HELLO AUTH) signed in as (ACL WHOAMI).
+    pub user: String,
     /// Set by QUIT: close after the reply.
     pub closing: bool,
     /// Inside MULTI: the queued commands.
@@ -483,6 +485,7 @@ pub const OTHER_COMMANDS: &[(&str, i32)] = &[
     ("latency", -2),
     ("migrate", -6),
     ("failover", -1),
+    ("acl", -2),
     ("shutdown", -1),
 ];
 
@@ -744,6 +747,7 @@ impl Conn {
             shared,
             info,
             authenticated,
+            user: "default".into(),
             closing: false,
             multi: None,
             watched: Vec::new(),
@@ -1155,10 +1159,12 @@ impl Conn {
                 self.info.resp = 2;
                 self.info.name.clear();
                 self.authenticated = self.shared.config.requirepass.is_none();
+                self.user = "default".into();
                 self.publish_info();
                 Reply::Simple("RESET".into())
             }
             "client" => self.client(argv),
+            "acl" => super::admin::acl(&self.shared.config, &self.user, argv),
             "info" => super::admin::info(self, argv),
             "config" => super::admin::config(self, argv),
             "slowlog" => super::slowlog::command(&self.shared.slowlog, argv),
@@ -1225,6 +1231,7 @@ impl Conn {
         };
         if self.check_auth(user, pass) {
             self.authenticated = true;
+            self.user = String::from_utf8_lossy(user).into_owned();
             Reply::ok()
         } else {
             Reply::err("WRONGPASS invalid username-password pair or user is disabled.")
@@ -1255,7 +1262,7 @@ impl Conn {
             i = 2;
         }
         let mut setname = None;
-        let mut authed = false;
+        let mut authed = None;
         while i < argv.len() {
             let opt = String::from_utf8_lossy(argv[i]).to_ascii_uppercase();
             match opt.as_str() {
@@ -1263,7 +1270,7 @@ impl Conn {
                     if !self.check_auth(argv[i + 1], argv[i + 2]) {
                         return Reply::err("WRONGPASS invalid username-password pair or user is disabled.");
                     }
-                    authed = true;
+                    authed = Some(String::from_utf8_lossy(argv[i + 1]).into_owned());
                     i += 3;
                 }
                 "SETNAME" if i + 1 < argv.len() => {
@@ -1281,8 +1288,9 @@ impl Conn {
                 }
             }
         }
-        if authed {
+        if let Some(user) = authed {
             self.authenticated = true;
+            self.user = user;
         }
         if !self.authenticated {
             return Reply::err(
