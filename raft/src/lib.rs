@@ -535,18 +535,22 @@ impl RaftNode {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(2 * self.cfg.election_timeout_max_ms);
         let mut metrics = self.raft.metrics();
         let (term, target) = loop {
-            let picked = {
+            let (term, picked, alone) = {
                 let m = metrics.borrow_watched();
-                (m.current_term, self.handover_target(&m, to))
+                let alone = !m.membership_config.membership().voter_ids().any(|v| v != self.id);
+                (m.current_term, self.handover_target(&m, to), alone)
             };
             match picked {
-                (term, Ok(target)) => break (term, target),
-                (_, Err(HandoverError::NoTarget | HandoverError::TargetOffline))
-                    if tokio::time::Instant::now() < deadline =>
+                Ok(target) => break (term, target),
+                Err(HandoverError::NoTarget | HandoverError::TargetOffline)
+                    if !alone && tokio::time::Instant::now() < deadline =>
                 {
-                    let _ = tokio::time::timeout_at(deadline, metrics.changed()).await;
+                    // Raft stopped: no more metrics, nobody to hand over to.
+                    if let Ok(Err(_)) = tokio::time::timeout_at(deadline, metrics.changed()).await {
+                        return Err(HandoverError::NotLeader);
+                    }
                 }
-                (_, Err(e)) => return Err(e),
+                Err(e) => return Err(e),
             }
         };
         if self.handover_term.swap(term, Ordering::AcqRel) == term {

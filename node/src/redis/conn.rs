@@ -815,13 +815,15 @@ impl Conn {
         if !arity_ok(arity, argv.len()) || (!self.authenticated && !matches!(&*name, "auth" | "hello")) {
             return None;
         }
+        // Redis's may-replicate commands count: PFCOUNT may write the
+        // cached cardinality, PUBLISH goes to replicas.
         let write = match &*name {
-            "eval" | "evalsha" | "publish" | "migrate" => true,
+            "eval" | "evalsha" | "publish" | "migrate" | "pfcount" => true,
             "exec" => self.multi.as_ref().is_some_and(|m| {
                 m.cmds.iter().any(|c| {
                     let (_, n) = resolve(&c[0]);
                     catga_raft::keyspace::spec(&n).is_some_and(|s| s.write)
-                        || matches!(&*n, "eval" | "evalsha" | "publish")
+                        || matches!(&*n, "eval" | "evalsha" | "publish" | "pfcount")
                 })
             }),
             _ => spec.is_some_and(|s| s.write),

@@ -194,6 +194,8 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                 }
                                 out.clear();
                             }
+                            // Counted as blocked, as Redis counts a paused client.
+                            let _paused = Counted::new(&shared.stats.blocked);
                             tokio::select! {
                                 _ = shared.pause.wait(write) => {}
                                 _ = &mut stopped => return,
