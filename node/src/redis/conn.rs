@@ -592,6 +592,9 @@ fn wait_args(argv: &[&[u8]]) -> Result<(i64, u64), Reply> {
 /// and can only widen WRITE to ALL, as in Redis.
 #[derive(Default)]
 pub struct Pause {
+    /// A pause was set and not cleared (it may have ended by time): every
+    /// command asks this first, without the lock.
+    set: std::sync::atomic::AtomicBool,
     /// The end, and whether every command waits.
     state: parking_lot::Mutex<Option<(tokio::time::Instant, bool)>>,
     ended: tokio::sync::Notify,
@@ -605,16 +608,33 @@ impl Pause {
             Some((e, a)) => (e.max(end), a || all),
             None => (end, all),
         });
+        self.set.store(true, Ordering::Release);
     }
 
     pub fn clear(&self) {
-        *self.state.lock() = None;
+        let mut s = self.state.lock();
+        *s = None;
+        self.set.store(false, Ordering::Release);
+        drop(s);
         self.ended.notify_waiters();
     }
 
     /// Whether a command (a write or not) must wait now.
     pub fn holds(&self, write: bool) -> bool {
-        matches!(*self.state.lock(), Some((end, all)) if (all || write) && tokio::time::Instant::now() < end)
+        if !self.set.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut s = self.state.lock();
+        match *s {
+            // Over by time: back to the lock-free answer.
+            Some((end, _)) if tokio::time::Instant::now() >= end => {
+                *s = None;
+                self.set.store(false, Ordering::Release);
+                false
+            }
+            Some((_, all)) => all || write,
+            None => false,
+        }
     }
 
     /// Waits until a command (a write or not) may run.
