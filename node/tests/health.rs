@@ -55,8 +55,7 @@ async fn health_turns_unhealthy_when_quorum_is_lost_and_healthy_again() {
     }
 
     // Cut the leader off: it has no quorum, the majority elects another.
-    let leader = c.nodes[0].node.raft.leader().unwrap();
-    let x = c.nodes.iter().position(|n| n.node.id == leader).unwrap();
+    let x = c.leader_index().unwrap();
     c.partition(x);
     let h = health_until(&addrs[x], "the cut-off leader unhealthy", |code, h| {
         code == 503 && h.status == HealthState::Unhealthy

@@ -47,11 +47,6 @@ async fn member(node: &TestNode, i: usize, tally: Arc<Mutex<Tally>>) -> async_na
     client
 }
 
-fn leader_index(c: &TestCluster) -> Option<usize> {
-    let leader = c.nodes[0].node.raft.leader()?;
-    c.nodes.iter().position(|n| n.node.id == leader)
-}
-
 #[tokio::test]
 async fn queue_member_works_locally_at_once_and_cluster_wide_once_committed() {
     let c = TestCluster::start(3).await;
@@ -137,7 +132,7 @@ async fn partitioned_leader_is_marked_down_gets_no_queue_messages_and_rejoins_on
 
     // Cut off the leader: the majority elects another, which marks the old
     // one down.
-    let x = leader_index(&c).expect("a leader");
+    let x = c.leader_index().expect("a leader");
     let cut = c.nodes[x].node.id;
     c.partition(x);
     let majority: Vec<usize> = (0..3).filter(|i| *i != x).collect();
@@ -186,7 +181,7 @@ async fn node_cut_off_past_the_kept_log_catches_up_by_snapshot() {
     })
     .await;
     c.wait_voters().await;
-    let leader = leader_index(&c).expect("a leader");
+    let leader = c.leader_index().expect("a leader");
     let x = (leader + 1) % 3;
     let lagging = &c.nodes[x];
     eventually(T, "x caught up with formation", || {

@@ -68,8 +68,7 @@ async fn nodes_beyond_max_voters_join_as_learners_and_get_the_log() {
 async fn a_leader_stopping_gracefully_hands_its_leadership_over_first() {
     let c = TestCluster::start(3).await;
     c.wait_voters().await;
-    let leader = c.nodes[0].node.raft.leader().unwrap();
-    let li = c.nodes.iter().position(|n| n.node.id == leader).unwrap();
+    let li = c.leader_index().unwrap();
     let term = c.nodes[li].node.raft.status().term;
     c.nodes[li].node.shutdown().await;
     let rest: Vec<_> = (0..3).filter(|i| *i != li).map(|i| c.nodes[i].node.raft.clone()).collect();

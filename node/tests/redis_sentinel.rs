@@ -26,8 +26,7 @@ fn field(info: &str, name: &str) -> Option<String> {
 async fn replication_role_and_sentinel_follow_the_raft_leader() {
     let c = TestCluster::start(3).await;
     c.wait_voters().await;
-    let leader_id = c.nodes[0].node.raft.leader().unwrap();
-    let li = c.nodes.iter().position(|n| n.node.id == leader_id).unwrap();
+    let li = c.leader_index().unwrap();
     let leader_redis = c.nodes[li].node.redis.local_addr();
     for (i, n) in c.nodes.iter().enumerate() {
         let mut r = conn(n.node.redis.local_addr()).await;
@@ -192,8 +191,7 @@ async fn config_command_and_info_answer_what_clients_read() {
 async fn failover_and_sentinel_failover_hand_the_leadership_over() {
     let c = TestCluster::start(3).await;
     c.wait_voters().await;
-    let leader_id = c.nodes[0].node.raft.leader().unwrap();
-    let li = c.nodes.iter().position(|n| n.node.id == leader_id).unwrap();
+    let li = c.leader_index().unwrap();
     let (fi, oi) = ((li + 1) % 3, (li + 2) % 3);
     let redis_of = |i: usize| c.nodes[i].node.redis.local_addr();
     let mut old = conn(redis_of(li)).await;

@@ -619,22 +619,27 @@ impl Pause {
         self.ended.notify_waiters();
     }
 
-    /// Whether a command (a write or not) must wait now.
-    pub fn holds(&self, write: bool) -> bool {
+    /// The pause in force, if any: its end, and whether it holds every
+    /// command. One over by time is cleared here.
+    fn current(&self) -> Option<(tokio::time::Instant, bool)> {
         if !self.set.load(Ordering::Acquire) {
-            return false;
+            return None;
         }
         let mut s = self.state.lock();
         match *s {
-            // Over by time: back to the lock-free answer.
             Some((end, _)) if tokio::time::Instant::now() >= end => {
                 *s = None;
                 self.set.store(false, Ordering::Release);
-                false
+                None
             }
-            Some((_, all)) => all || write,
-            None => false,
+            other => other,
         }
+    }
+
+    /// `None` when no pause is in force, else whether it holds every
+    /// command (ALL) rather than only writes.
+    pub fn holds_all(&self) -> Option<bool> {
+        self.current().map(|(_, all)| all)
     }
 
     /// Waits until a command (a write or not) may run.
@@ -643,8 +648,8 @@ impl Pause {
             let ended = self.ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            let end = match *self.state.lock() {
-                Some((end, all)) if (all || write) && tokio::time::Instant::now() < end => end,
+            let end = match self.current() {
+                Some((end, all)) if all || write => end,
                 _ => return,
             };
             tokio::select! {
@@ -742,6 +747,20 @@ pub fn replicas_holding(raft: &catga_raft::RaftNode) -> (i64, i64) {
 
 const SYNTAX_ERROR: &str = "ERR syntax error";
 
+/// Whether a command needs an authenticated connection (all but Redis's
+/// no-auth ones).
+fn needs_auth(name: &str) -> bool {
+    !matches!(name, "auth" | "hello" | "quit" | "reset")
+}
+
+/// Whether a command may write, as a WRITE pause counts it: keyspace
+/// writes and Redis's may-replicate commands (scripts, PUBLISH, PFCOUNT,
+/// which may write the cached cardinality, MIGRATE).
+fn may_write(name: &str) -> bool {
+    catga_raft::keyspace::spec(name).is_some_and(|s| s.write)
+        || matches!(name, "eval" | "evalsha" | "publish" | "pfcount" | "migrate")
+}
+
 fn not_integer() -> Reply {
     Reply::err("ERR value is not an integer or out of range")
 }
@@ -820,37 +839,25 @@ impl Conn {
         (!self.rejected).then_some(self.last_command)
     }
 
-    /// Runs one request; `argv` is not empty. Keyspace commands come
-    /// back as [`Step::Store`] for the caller to run through Raft.
     /// Whether CLIENT PAUSE holds this command back now (Redis's order: a
     /// command refused for its name, arity or authentication is refused
     /// at once, paused or not), and whether it may write.
     pub fn paused(&self, argv: &[&[u8]]) -> Option<bool> {
-        if !self.shared.pause.holds(true) {
-            return None;
-        }
+        let all = self.shared.pause.holds_all()?;
         let (_, name) = resolve(argv[0]);
-        let spec = catga_raft::keyspace::spec(&name);
-        let arity = spec.map(|s| s.arity).or_else(|| other_arity(&name))?;
-        if !arity_ok(arity, argv.len()) || (!self.authenticated && !matches!(&*name, "auth" | "hello")) {
+        let arity = catga_raft::keyspace::spec(&name).map(|s| s.arity).or_else(|| other_arity(&name))?;
+        if !arity_ok(arity, argv.len()) || (!self.authenticated && needs_auth(&name)) {
             return None;
         }
-        // Redis's may-replicate commands count: PFCOUNT may write the
-        // cached cardinality, PUBLISH goes to replicas.
         let write = match &*name {
-            "eval" | "evalsha" | "publish" | "migrate" | "pfcount" => true,
-            "exec" => self.multi.as_ref().is_some_and(|m| {
-                m.cmds.iter().any(|c| {
-                    let (_, n) = resolve(&c[0]);
-                    catga_raft::keyspace::spec(&n).is_some_and(|s| s.write)
-                        || matches!(&*n, "eval" | "evalsha" | "publish" | "pfcount")
-                })
-            }),
-            _ => spec.is_some_and(|s| s.write),
+            "exec" => self.multi.as_ref().is_some_and(|m| m.cmds.iter().any(|c| may_write(&resolve(&c[0]).1))),
+            n => may_write(n),
         };
-        self.shared.pause.holds(write).then_some(write)
+        (all || write).then_some(write)
     }
 
+    /// Runs one request; `argv` is not empty. Keyspace commands come
+    /// back as [`Step::Store`] for the caller to run through Raft.
     pub fn execute(&mut self, argv: &[&[u8]]) -> Step {
         let (index, name) = resolve(argv[0]);
         self.last_command = index;
@@ -905,7 +912,7 @@ impl Conn {
         if !arity_ok(arity, argv.len()) {
             return Step::Reply(wrong_args(name));
         }
-        if !self.authenticated && !matches!(name, "auth" | "hello" | "quit" | "reset") {
+        if !self.authenticated && needs_auth(name) {
             return Step::Reply(Reply::err("NOAUTH Authentication required."));
         }
         self.rejected = false;

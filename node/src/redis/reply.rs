@@ -177,6 +177,14 @@ pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends a request as clients send one: an array of bulk strings.
+pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    header(out, b'*', args.len() as i64);
+    for a in args {
+        bulk(out, a);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

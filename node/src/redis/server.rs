@@ -93,6 +93,17 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
 }
 
 /// Over `maxclients`: Redis's error, then close.
+/// Sends what `out` holds (if anything) and empties it; false when the
+/// client is gone.
+async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, out: &mut Vec<u8>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let sent = wr.write_all(out).await.is_ok();
+    out.clear();
+    sent
+}
+
 async fn refuse(mut stream: TcpStream) {
     let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
 }
@@ -188,11 +199,8 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                             // CLIENT PAUSE: what came before is answered;
                             // this command waits for the pause to end.
                             writes.commit(&shared, &conn.info, &mut out).await;
-                            if !out.is_empty() {
-                                if wr.write_all(&out).await.is_err() {
-                                    return;
-                                }
-                                out.clear();
+                            if !send(&mut wr, &mut out).await {
+                                return;
                             }
                             // Counted as blocked, as Redis counts a paused client.
                             let _paused = Counted::new(&shared.stats.blocked);
@@ -286,8 +294,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                         if saved {
                                             // The replies before it go out; then
                                             // the connection closes unanswered.
-                                            out.truncate(mark);
-                                            let _ = wr.write_all(&out).await;
+                                            send(&mut wr, &mut out).await;
                                             shared.stop_node();
                                             return;
                                         }
@@ -337,11 +344,8 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
                                     Step::Block => {
                                         fresh = false;
                                         // Replies so far go out before the wait.
-                                        if !out.is_empty() {
-                                            if wr.write_all(&out).await.is_err() {
-                                                return;
-                                            }
-                                            out.clear();
+                                        if !send(&mut wr, &mut out).await {
+                                            return;
                                         }
                                         let args: Vec<Vec<u8>> = argv.iter().map(|a| a.to_vec()).collect();
                                         let input = Input { rd: &mut rd, arrived: &mut arrived, max: query_max };
@@ -402,11 +406,8 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: C
             tracing::warn!(client = %addr, bytes = buf.len(), "Redis query buffer over its limit; closing");
             close = true;
         }
-        if !out.is_empty() {
-            if wr.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
+        if !send(&mut wr, &mut out).await {
+            return;
         }
         if close {
             let _ = wr.shutdown().await;
@@ -1152,20 +1153,21 @@ async fn exec(shared: &Shared, conn: &mut Conn, queued: Vec<Vec<Vec<u8>>>) -> Re
 pub async fn failover(shared: &Shared, f: super::conn::Failover) -> Reply {
     use catga_raft::HandoverError;
     let Some(raft) = shared.raft.get() else { return Reply::err(LOADING) };
+    // Redis's order of checks; those the handover makes too come first
+    // here because FORCE's is checked between them.
     if raft.handing_over() {
-        return Reply::err("ERR FAILOVER already in progress.");
+        return failover_refusal(HandoverError::InProgress);
     }
     let st = raft.status();
-    let replica = || Reply::err("ERR FAILOVER is not valid when server is a replica.");
     if st.leader.is_some_and(|l| l != raft.id) {
-        return replica();
+        return failover_refusal(HandoverError::NotLeader);
     }
     // A sole voter (or one still forming its cluster) has no replica.
     if !st.voters.iter().any(|v| *v != raft.id) {
-        return Reply::err("ERR FAILOVER requires connected replicas.");
+        return failover_refusal(HandoverError::NoTarget);
     }
     if st.leader != Some(raft.id) {
-        return replica();
+        return failover_refusal(HandoverError::NotLeader);
     }
     if f.force && (f.timeout_ms.is_none() || f.to.is_none()) {
         return Reply::err("ERR FAILOVER with force option requires both a timeout and target HOST and IP.");
@@ -1177,7 +1179,7 @@ pub async fn failover(shared: &Shared, f: super::conn::Failover) -> Reply {
                 st.members.iter().find(|(id, m)| **id != raft.id && st.voters.contains(id) && m.redis_addr == addr);
             match target {
                 Some((id, _)) => Some(*id),
-                None => return Reply::err("ERR FAILOVER target HOST and PORT is not a replica."),
+                None => return failover_refusal(HandoverError::NotVoter),
             }
         }
         None => None,
@@ -1190,13 +1192,25 @@ pub async fn failover(shared: &Shared, f: super::conn::Failover) -> Reply {
         None => handover.await,
     };
     match outcome {
-        Ok(_) | Err(HandoverError::TimedOut) => Reply::ok(),
-        Err(HandoverError::NotLeader) => Reply::err("ERR FAILOVER is not valid when server is a replica."),
-        Err(HandoverError::NoTarget) => Reply::err("ERR FAILOVER requires connected replicas."),
-        Err(HandoverError::NotVoter) => Reply::err("ERR FAILOVER target HOST and PORT is not a replica."),
-        Err(HandoverError::TargetOffline) => Reply::err("ERR FAILOVER target replica is not online."),
-        Err(HandoverError::InProgress) => Reply::err("ERR FAILOVER already in progress."),
+        Ok(_) => Reply::ok(),
+        Err(e) => failover_refusal(e),
     }
+}
+
+/// What FAILOVER answers for a handover that did not happen, in Redis
+/// 7.0's words (a follower is a replica, the other voters are the
+/// leader's replicas). A handover past its time limit was started: `+OK`,
+/// and the cluster elects by itself.
+fn failover_refusal(e: catga_raft::HandoverError) -> Reply {
+    use catga_raft::HandoverError;
+    Reply::err(match e {
+        HandoverError::TimedOut => return Reply::ok(),
+        HandoverError::NotLeader => "ERR FAILOVER is not valid when server is a replica.",
+        HandoverError::NoTarget => "ERR FAILOVER requires connected replicas.",
+        HandoverError::NotVoter => "ERR FAILOVER target HOST and PORT is not a replica.",
+        HandoverError::TargetOffline => "ERR FAILOVER target replica is not online.",
+        HandoverError::InProgress => "ERR FAILOVER already in progress.",
+    })
 }
 
 /// MIGRATE: after a read-index, DUMPs the keys this node holds (none:
@@ -1246,14 +1260,7 @@ async fn migrate(shared: &Shared, conn: &Conn, m: super::conn::Migrate) -> Reply
         return Reply::err("IOERR error or timeout writing to target instance");
     };
     let mut req = Vec::new();
-    let mut command = |args: &[&[u8]]| {
-        req.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a);
-            req.extend_from_slice(b"\r\n");
-        }
-    };
+    let mut command = |args: &[&[u8]]| super::reply::command(&mut req, args);
     if let Some((user, pass)) = &m.auth {
         match user {
             Some(u) => command(&[b"AUTH", u, pass]),

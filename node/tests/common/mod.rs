@@ -148,6 +148,12 @@ impl TestCluster {
         .await;
     }
 
+    /// The index in `nodes` of the leader node 0 knows of, if any.
+    pub fn leader_index(&self) -> Option<usize> {
+        let leader = self.nodes[0].node.raft.leader()?;
+        self.nodes.iter().position(|n| n.node.id == leader)
+    }
+
     /// Cuts node `x` off from every other node, both directions (the
     /// mesh's test hook refuses the links until healed).
     pub fn partition(&self, x: usize) {
